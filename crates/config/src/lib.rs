@@ -1,0 +1,134 @@
+//! Portcullis configuration: the typed YAML model, strict loading (unknown keys are errors,
+//! every error names its key path and line), validation and the JSON Schema.
+//!
+//! The config is turned into runtime objects once, at load or reload; nothing on the request
+//! path reads these types.
+
+#![forbid(unsafe_code)]
+
+mod admin;
+mod issuer;
+mod load;
+mod route;
+mod server;
+mod state;
+mod telemetry;
+mod upstream;
+mod validate;
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use admin::AdminConfig;
+pub use issuer::IssuerConfig;
+pub use load::{ConfigError, ConfigErrors, Invalid, LoadedConfig, load_file, load_str};
+pub use route::{
+    AuthMethod, AuthorizeConfig, Rewrite, RouteConfig, RouteLimits, RouteMatch, RouteTimeouts,
+};
+pub use server::{ClientAuth, ForwardedHeaders, Limits, ServerConfig, TlsConfig};
+pub use state::{StateBackend, StateConfig};
+pub use telemetry::{AccessLogConfig, LogConfig, LogFormat};
+pub use upstream::{
+    PassiveHealth, UpstreamConfig, UpstreamProtocol, UpstreamTimeouts, UpstreamTls,
+};
+pub use values::{ByteSize, Duration, Secret};
+
+/// The name of the built-in upstream that answers every request with what it received.
+pub const ECHO_UPSTREAM: &str = "echo";
+
+/// A Portcullis config file.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Portcullis configuration")]
+pub struct Config {
+    /// The public listener.
+    pub server: ServerConfig,
+    /// The admin listener (health, readiness, metrics, effective config).
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Where shared state lives.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// The process log.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The per-request access log.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    /// Identity providers whose JWTs are accepted.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Named upstream services with several endpoints, timeouts and health checking.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Routes, matched most specific first.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Config {
+    /// The JSON Schema of the config file, generated from these types.
+    pub fn json_schema() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default()
+    }
+
+    /// Makes every file path absolute (relative ones are relative to the config file) and
+    /// reads secrets given as `{ env }` or `{ file }`.
+    fn resolve_files(&mut self, resolve: impl Fn(&Path) -> PathBuf) -> Vec<Invalid> {
+        let fix = |p: &mut PathBuf| *p = resolve(p);
+        if let Some(tls) = &mut self.server.tls {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+            if let Some(ca) = &mut tls.client_ca {
+                fix(ca);
+            }
+        }
+        if let Some(path) = &mut self.access_log.path {
+            fix(path);
+        }
+        for issuer in &mut self.issuers {
+            if let Some(f) = &mut issuer.jwks_file {
+                fix(f);
+            }
+        }
+        for upstream in self.upstreams.values_mut() {
+            if let Some(tls) = &mut upstream.tls {
+                for p in [&mut tls.ca, &mut tls.cert, &mut tls.key]
+                    .into_iter()
+                    .flatten()
+                {
+                    fix(p);
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    /// Every file the config refers to, for reload on change.
+    pub fn referenced_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if let Some(tls) = &self.server.tls {
+            files.extend([tls.cert.clone(), tls.key.clone()]);
+            files.extend(tls.client_ca.clone());
+        }
+        files.extend(self.issuers.iter().filter_map(|i| i.jwks_file.clone()));
+        for upstream in self.upstreams.values() {
+            if let Some(tls) = &upstream.tls {
+                files.extend(
+                    [&tls.ca, &tls.cert, &tls.key]
+                        .into_iter()
+                        .flatten()
+                        .cloned(),
+                );
+            }
+        }
+        files
+    }
+}
+
+#[cfg(test)]
+mod tests;

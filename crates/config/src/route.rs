@@ -1,0 +1,126 @@
+//! Routes: which requests they match, where they go, and how they are secured.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::values::{ByteSize, Duration};
+
+/// A route: a set of requests, the upstream they go to, and how they must authenticate.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, used in metrics, logs and policies.
+    pub id: String,
+    /// Which requests the route takes. The most specific matching route wins.
+    #[serde(rename = "match", default)]
+    pub matches: RouteMatch,
+    /// Where requests go: a URL (`http://127.0.0.1:8080`), the name of an entry in
+    /// `upstreams`, or `echo` (a built-in upstream that answers with what it received).
+    pub upstream: String,
+    /// How callers authenticate; required (default deny). Several methods may be listed; a
+    /// request must satisfy one. `[none]` makes the route public, visibly.
+    #[serde(default)]
+    pub authenticate: Option<Vec<AuthMethod>>,
+    /// What an authenticated caller must have to be let through.
+    #[serde(default)]
+    pub authorize: Option<AuthorizeConfig>,
+    /// Timeouts for this route, overriding the upstream's.
+    #[serde(default)]
+    pub timeouts: Option<RouteTimeouts>,
+    /// Limits for this route, overriding the listener's.
+    #[serde(default)]
+    pub limits: Option<RouteLimits>,
+    /// Path rewriting before forwarding.
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+}
+
+/// What a route matches. Every condition given must hold. At most one of `path`,
+/// `path_prefix` and `path_template`; none means every path.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Host name (`api.example.com`) or wildcard (`*.example.com`), without port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Exact path, e.g. `/healthz`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Path prefix on segment boundaries: `/orders` matches `/orders` and `/orders/7`, not
+    /// `/orders-archive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Path with named parameters, e.g. `/orders/{id}/items/{item}`; each parameter matches
+    /// one segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_template: Option<String>,
+    /// HTTP methods; all methods when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+}
+
+/// A way for callers to authenticate.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// A JWT access token (`Authorization: Bearer`), checked against the configured issuers.
+    Jwt,
+    /// An opaque token checked by OAuth 2.0 token introspection (RFC 7662).
+    Introspection,
+    /// An API key of a configured consumer.
+    ApiKey,
+    /// A client certificate (mutual TLS), including SPIFFE X.509-SVIDs.
+    Mtls,
+    /// A DPoP-bound access token with its proof (RFC 9449).
+    Dpop,
+    /// No authentication: the route is public.
+    None,
+}
+
+impl AuthMethod {
+    /// The name used in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Jwt => "jwt",
+            AuthMethod::Introspection => "introspection",
+            AuthMethod::ApiKey => "api_key",
+            AuthMethod::Mtls => "mtls",
+            AuthMethod::Dpop => "dpop",
+            AuthMethod::None => "none",
+        }
+    }
+}
+
+/// Rules an authenticated caller must satisfy.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeConfig {
+    /// Scopes the caller must all hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+/// Per-route timeouts.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTimeouts {
+    /// Time from sending the request until the upstream's response headers arrive.
+    pub request: Duration,
+}
+
+/// Per-route limits.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimits {
+    /// Largest request body for this route; larger gets `413`.
+    pub max_body_bytes: ByteSize,
+}
+
+/// How the path is rewritten before forwarding.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Replaces the matched `match.path_prefix`: a route matching `/api/orders` with
+    /// `rewrite: { path_prefix: /orders }` forwards `/api/orders/7` as `/orders/7`.
+    pub path_prefix: String,
+}

@@ -1,0 +1,383 @@
+//! Value types that appear throughout the config: durations, byte sizes and secrets.
+//!
+//! Each parses from the human form an operator writes (`10s`, `16KiB`, `{ env: NAME }`) at
+//! load time, so a bad value is reported with its key and line, and serialises back to a form
+//! that is safe to show (a secret never round-trips).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A span of time written as `250ms`, `10s`, `5m` or `1h 30m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    /// A duration of `secs` seconds.
+    pub const fn from_secs(secs: u64) -> Self {
+        Self(std::time::Duration::from_secs(secs))
+    }
+
+    /// A duration of `ms` milliseconds.
+    pub const fn from_millis(ms: u64) -> Self {
+        Self(std::time::Duration::from_millis(ms))
+    }
+
+    /// The standard-library duration.
+    pub const fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as `250ms`, `10s` or `5m`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                humantime::parse_duration(v.trim())
+                    .map(Duration)
+                    .map_err(|e| {
+                        E::custom(format!(
+                            "invalid duration `{v}`: {e} (write e.g. `250ms`, `10s`, `5m`)"
+                        ))
+                    })
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+                Err(E::custom(format!(
+                    "a duration needs a unit: write `{v}s` or `{v}ms`"
+                )))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+                Err(E::custom(format!(
+                    "a duration needs a unit: write `{v}s` or `{v}ms`"
+                )))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
+impl JsonSchema for Duration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "A duration with a unit: `250ms`, `10s`, `5m`, `1h`.",
+            "pattern": "^\\s*([0-9]+\\s*(ns|us|ms|s|sec|m|min|h|hr|d)\\s*)+$"
+        })
+    }
+}
+
+/// A size in bytes, written as a number of bytes or with a unit: `16KiB`, `10MB`, `1GiB`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// `n` kibibytes.
+    pub const fn kib(n: u64) -> Self {
+        Self(n * 1024)
+    }
+    /// `n` mebibytes.
+    pub const fn mib(n: u64) -> Self {
+        Self(n * 1024 * 1024)
+    }
+    /// The size in bytes.
+    pub const fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as `16KiB`, `10MiB` or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("a size cannot be negative: {v}")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.trim()
+                    .parse::<bytesize::ByteSize>()
+                    .map(|b| ByteSize(b.as_u64()))
+                    .map_err(|_| {
+                        E::custom(format!(
+                            "invalid size `{v}` (write e.g. `16KiB`, `10MiB`, `1GiB`)"
+                        ))
+                    })
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0)
+    }
+}
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A size: a number of bytes, or a number with a unit (`16KiB`, `10MB`, `1GiB`).",
+            "anyOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*([KMGT]i?B?|B)?\\s*$" }
+            ]
+        })
+    }
+}
+
+/// Where a secret comes from. Only the resolved value is secret; the source may be shown.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// Written in the config file itself.
+    Inline,
+    /// Read from an environment variable at load.
+    Env(String),
+    /// Read from a file at load (trailing newline removed).
+    File(PathBuf),
+}
+
+/// A secret value (password, shared key, client secret). Written inline, or as
+/// `{ env: VAR }` or `{ file: path }`. It never appears in logs, `Debug` output or config
+/// dumps: those show `<redacted>` or where the value came from.
+#[derive(Clone)]
+pub struct Secret {
+    source: SecretSource,
+    value: Arc<str>,
+}
+
+impl Secret {
+    /// A secret whose value is known (tests, generated values).
+    pub fn new(value: impl Into<Arc<str>>) -> Self {
+        Self {
+            source: SecretSource::Inline,
+            value: value.into(),
+        }
+    }
+
+    /// The secret value. Callers must not log it.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+
+    /// Where the value came from.
+    pub fn source(&self) -> &SecretSource {
+        &self.source
+    }
+
+    /// Reads `{ env }` and `{ file }` secrets; file paths are relative to `base`.
+    pub fn resolve(&mut self, base: &Path) -> Result<(), String> {
+        match &mut self.source {
+            SecretSource::Inline => Ok(()),
+            SecretSource::Env(name) => {
+                let v = std::env::var(name.as_str())
+                    .map_err(|_| format!("environment variable `{name}` is not set"))?;
+                self.value = v.into();
+                Ok(())
+            }
+            SecretSource::File(path) => {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+                let v = std::fs::read_to_string(&*path)
+                    .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+                self.value = v.trim_end_matches(['\r', '\n']).into();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source && self.value == other.value
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a secret: a string, `{ env: VARIABLE }` or `{ file: path }`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret::new(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Secret, A::Error> {
+                let key: String = map
+                    .next_key()?
+                    .ok_or_else(|| de::Error::custom("a secret needs `env` or `file`"))?;
+                let val: String = map.next_value()?;
+                let source = match key.as_str() {
+                    "env" => SecretSource::Env(val),
+                    "file" => SecretSource::File(PathBuf::from(val)),
+                    other => return Err(de::Error::unknown_field(other, &["env", "file"])),
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "a secret takes exactly one of `env` or `file`, found also `{extra}`"
+                    )));
+                }
+                Ok(Secret {
+                    source,
+                    value: "".into(),
+                })
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match &self.source {
+            SecretSource::Inline => serializer.serialize_str("<redacted>"),
+            SecretSource::Env(name) => {
+                let mut m = serializer.serialize_map(Some(1))?;
+                m.serialize_entry("env", name)?;
+                m.end()
+            }
+            SecretSource::File(path) => {
+                let mut m = serializer.serialize_map(Some(1))?;
+                m.serialize_entry("file", path)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl JsonSchema for Secret {
+    fn schema_name() -> Cow<'static, str> {
+        "Secret".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A secret: inline string, `{ env: VARIABLE }` or `{ file: path }`. Never logged or shown.",
+            "anyOf": [
+                { "type": "string" },
+                { "type": "object", "properties": { "env": { "type": "string" } }, "required": ["env"], "additionalProperties": false },
+                { "type": "object", "properties": { "file": { "type": "string" } }, "required": ["file"], "additionalProperties": false }
+            ]
+        })
+    }
+}
+
+/// Serialises a URL with any password replaced by `<redacted>` (for config dumps).
+pub fn serialize_url_redacted<S: Serializer>(
+    url: &url::Url,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    if url.password().is_some() {
+        let mut shown = url.clone();
+        let _ = shown.set_password(Some("redacted"));
+        serializer.collect_str(&shown)
+    } else {
+        serializer.collect_str(url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, String> {
+        serde_saphyr::from_str(s).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(
+            yaml::<Duration>("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(yaml::<Duration>("1m 30s").unwrap(), Duration::from_secs(90));
+        assert!(yaml::<Duration>("10").unwrap_err().contains("needs a unit"));
+        assert!(
+            yaml::<Duration>("ten")
+                .unwrap_err()
+                .contains("invalid duration")
+        );
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(yaml::<ByteSize>("16KiB").unwrap(), ByteSize::kib(16));
+        assert_eq!(yaml::<ByteSize>("1024").unwrap(), ByteSize(1024));
+        assert_eq!(yaml::<ByteSize>("10 MiB").unwrap(), ByteSize::mib(10));
+        assert!(yaml::<ByteSize>("-1").is_err());
+        assert!(
+            yaml::<ByteSize>("lots")
+                .unwrap_err()
+                .contains("invalid size")
+        );
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let s: Secret = yaml("hunter2").unwrap();
+        assert_eq!(s.expose(), "hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"<redacted>\"");
+        let mut e: Secret = yaml("{ env: PORTCULLIS_TEST_SECRET_UNSET }").unwrap();
+        assert!(e.resolve(Path::new(".")).unwrap_err().contains("not set"));
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"env":"PORTCULLIS_TEST_SECRET_UNSET"}"#
+        );
+        assert!(yaml::<Secret>("{ env: A, file: b }").is_err());
+    }
+
+    #[test]
+    fn url_passwords_are_redacted() {
+        #[derive(Serialize)]
+        struct W {
+            #[serde(serialize_with = "serialize_url_redacted")]
+            u: url::Url,
+        }
+        let w = W {
+            u: "redis://user:pa55@127.0.0.1:6379/0".parse().unwrap(),
+        };
+        let s = serde_json::to_string(&w).unwrap();
+        assert!(!s.contains("pa55"), "{s}");
+        assert!(s.contains("redacted"));
+    }
+}

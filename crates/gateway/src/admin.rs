@@ -1,0 +1,114 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and `/config`.
+//!
+//! Four read-only endpoints do not need a web framework; hyper's HTTP/1 server and a match
+//! on the path are the whole router.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use portcullis_core::Problem;
+use portcullis_proxy::Runtime;
+use portcullis_telemetry::Metrics;
+use tokio::net::TcpListener;
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    /// The runtime being served.
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    /// Every metric.
+    pub metrics: Arc<Metrics>,
+    /// False until the gateway serves, and again once it drains.
+    pub ready: AtomicBool,
+}
+
+/// Serves the admin endpoints for the life of the process.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(&state, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return problem(Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "the admin API is read-only",
+        ));
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+        "/readyz" => {
+            if state.ready.load(Ordering::Acquire) {
+                text(
+                    StatusCode::OK,
+                    "text/plain; charset=utf-8",
+                    "ready\n".into(),
+                )
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    "not ready\n".into(),
+                )
+            }
+        }
+        "/metrics" => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.encode(),
+        ),
+        "/config" => {
+            let rt = state.runtime.load();
+            let body = serde_json::json!({
+                "generation": rt.generation,
+                "file": rt.config.file,
+                "config": rt.config.config,
+            });
+            text(StatusCode::OK, "application/json", body.to_string())
+        }
+        _ => problem(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such admin endpoint",
+        )),
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn problem(p: Problem) -> Response<Full<Bytes>> {
+    p.to_response(None).map(Full::new)
+}

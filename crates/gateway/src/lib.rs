@@ -1,0 +1,273 @@
+//! The Portcullis process: loads and compiles the config, serves the public and admin
+//! listeners, reloads on SIGHUP or when a file changes (keeping the old config when the new
+//! one is invalid), and drains connections on SIGTERM.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+mod watch;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use portcullis_config::{ConfigErrors, LoadedConfig, LogFormat, load_file};
+use portcullis_proxy::{Runtime, Shared, listener};
+use portcullis_telemetry::{AccessLog, Metrics, init_logging};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch as channel;
+
+use crate::admin::AdminState;
+use crate::watch::{FileWatch, fingerprint};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config is invalid.
+    #[error("{0}")]
+    Config(ConfigErrors),
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr} (`{key}`): {source}")]
+    Bind {
+        /// The config key of the address.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// Logging could not be set up.
+    #[error("{0}")]
+    Logging(String),
+    /// Anything else the operating system refused.
+    #[error("cannot start: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// How to run the gateway.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The config file.
+    pub config: PathBuf,
+    /// Overrides `log.format`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// What a successful `check` found.
+#[derive(Debug)]
+pub struct CheckSummary {
+    /// Route ids in match order.
+    pub routes: Vec<Arc<str>>,
+}
+
+/// Loads and compiles a config without serving it: every error a `serve` would hit at
+/// start-up (syntax, types, cross-references, unreadable certificates...).
+pub fn check(path: &Path) -> Result<CheckSummary, ConfigErrors> {
+    let loaded = load_file(path)?;
+    let shared = Shared::new(Arc::new(Metrics::new()));
+    let runtime = Runtime::build(Arc::new(loaded), &shared, None, 1)?;
+    Ok(CheckSummary {
+        routes: runtime.route_ids(),
+    })
+}
+
+/// Runs the gateway in the foreground until SIGTERM or SIGINT, then drains and returns.
+pub fn serve(opts: ServeOptions) -> Result<(), Error> {
+    let loaded = load_file(&opts.config).map_err(Error::Config)?;
+    let format = opts.log_format.unwrap_or(loaded.config.log.format);
+    init_logging(format == LogFormat::Json, &loaded.config.log.level).map_err(Error::Logging)?;
+    let workers = loaded
+        .config
+        .server
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("portcullis-worker")
+        .enable_all()
+        .build()?;
+    rt.block_on(run(opts.config, loaded))
+}
+
+fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, Error> {
+    let err = |source| Error::Bind { key, addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(4096).map_err(err)
+}
+
+async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
+    // A gateway holds many sockets: use all the descriptors the hard limit allows.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
+    let metrics = Arc::new(Metrics::new());
+    let shared = Arc::new(Shared::new(metrics.clone()));
+    let access_log = AccessLog::start(
+        loaded.config.access_log.path.clone(),
+        metrics.access_log_dropped.clone(),
+    )?;
+    let listen = loaded.config.server.listen;
+    let admin_addr = loaded.config.admin.as_ref().map(|a| a.listen);
+    let max_connections = loaded.config.server.limits.max_connections;
+    let files = watched_files(&path, &loaded);
+
+    let runtime = Runtime::build(Arc::new(loaded), &shared, Some(access_log.clone()), 1)
+        .map_err(Error::Config)?;
+    let routes = runtime.route_ids().len();
+    let tcp = bind(listen, "server.listen")?;
+    let admin_listener = admin_addr.map(|a| bind(a, "admin.listen")).transpose()?;
+
+    let swap = Arc::new(ArcSwap::from_pointee(runtime));
+    metrics.config_generation.set(1);
+    let (shutdown_tx, shutdown_rx) = channel::channel(false);
+    let proxy = tokio::spawn(listener::serve(
+        tcp,
+        swap.clone(),
+        metrics.clone(),
+        max_connections,
+        shutdown_rx,
+    ));
+    let admin_state = Arc::new(AdminState {
+        runtime: swap.clone(),
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(true),
+    });
+    if let Some(l) = admin_listener {
+        // The admin listener lives until the process exits, so that /readyz says
+        // "not ready" while connections drain.
+        tokio::spawn(admin::serve(l, admin_state.clone()));
+    }
+    tracing::info!(%listen, admin = ?admin_addr, routes, "portcullis serving");
+
+    let mut reloader = Reloader {
+        path,
+        shared,
+        swap: swap.clone(),
+        access_log,
+        watch: FileWatch::new(),
+        files: Vec::new(),
+        fingerprint: 0,
+        generation: 1,
+        listen,
+        admin: admin_addr,
+    };
+    reloader.set_files(files);
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => reloader.reload("SIGHUP").await,
+            _ = reloader.watch.changed() => {
+                if fingerprint(&reloader.files) != reloader.fingerprint {
+                    reloader.reload("file change").await;
+                }
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+
+    // Drain: stop accepting, tell load balancers, let requests in flight finish.
+    admin_state.ready.store(false, Ordering::Release);
+    let drain = swap.load().config.config.server.drain_timeout.get();
+    let _ = shutdown_tx.send(true);
+    let graceful = proxy.await.map_err(io::Error::other)?;
+    tracing::info!(
+        connections = graceful.count(),
+        seconds = drain.as_secs_f64(),
+        "draining"
+    );
+    match tokio::time::timeout(drain, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("drained; exiting"),
+        Err(_) => tracing::warn!("drain deadline passed; closing the remaining connections"),
+    }
+    Ok(())
+}
+
+/// The config file and every file it names.
+fn watched_files(path: &Path, loaded: &LoadedConfig) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    files.extend(loaded.config.referenced_files());
+    files
+}
+
+struct Reloader {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    swap: Arc<ArcSwap<Runtime>>,
+    access_log: AccessLog,
+    watch: FileWatch,
+    files: Vec<PathBuf>,
+    fingerprint: u64,
+    generation: u64,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+}
+
+impl Reloader {
+    fn set_files(&mut self, files: Vec<PathBuf>) {
+        self.watch.watch(&files);
+        self.fingerprint = fingerprint(&files);
+        self.files = files;
+    }
+
+    /// Loads, validates and compiles the config again; swaps it in only if all of that
+    /// succeeds. Requests in flight finish on the runtime they started with.
+    async fn reload(&mut self, cause: &'static str) {
+        let path = self.path.clone();
+        let shared = self.shared.clone();
+        let log = self.access_log.clone();
+        let generation = self.generation + 1;
+        let built = tokio::task::spawn_blocking(move || {
+            let loaded = load_file(&path)?;
+            let files = watched_files(&path, &loaded);
+            Runtime::build(Arc::new(loaded), &shared, Some(log), generation).map(|rt| (rt, files))
+        })
+        .await;
+        let metrics = &self.shared.metrics;
+        match built {
+            Ok(Ok((runtime, files))) => {
+                let c = &runtime.config.config;
+                if c.server.listen != self.listen
+                    || c.admin.as_ref().map(|a| a.listen) != self.admin
+                {
+                    tracing::warn!(
+                        "listen addresses changed; they take effect at the next restart"
+                    );
+                }
+                self.access_log.reopen(c.access_log.path.clone());
+                let routes = runtime.route_ids().len();
+                self.swap.store(Arc::new(runtime));
+                self.generation = generation;
+                metrics.reload(true);
+                metrics
+                    .config_generation
+                    .set(i64::try_from(generation).unwrap_or(i64::MAX));
+                tracing::info!(cause, generation, routes, "config reloaded");
+                self.set_files(files);
+            }
+            Ok(Err(errors)) => {
+                metrics.reload(false);
+                tracing::error!(cause, generation = self.generation, errors = %errors, "config reload rejected; still serving the previous config");
+                // Do not retry the same broken files on every unrelated event.
+                self.fingerprint = fingerprint(&self.files);
+            }
+            Err(e) => {
+                metrics.reload(false);
+                tracing::error!(cause, error = %e, "config reload failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Noticing that the config, or a file it names, changed on disk.
+//!
+//! Folders are watched rather than files: editors replace files, and Kubernetes updates a
+//! mounted ConfigMap by swapping a symlink, neither of which a watch on the old file sees.
+//! Any event in a watched folder makes the caller compare a fingerprint of the files' contents,
+//! so unrelated files in the same folder cause no reload.
+
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+/// Watches the folders of a set of files.
+pub struct FileWatch {
+    watcher: Option<RecommendedWatcher>,
+    folders: HashSet<PathBuf>,
+    events: mpsc::Receiver<()>,
+}
+
+impl FileWatch {
+    /// A watch on nothing yet. If the platform cannot watch files, changes are only picked
+    /// up on SIGHUP.
+    pub fn new() -> FileWatch {
+        let (tx, events) = mpsc::channel(1);
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                // Full channel: a wake-up is already pending, which is all we need.
+                let _ = tx.try_send(());
+            }
+        })
+        .map_err(|e| tracing::warn!(error = %e, "cannot watch files; reload with SIGHUP"))
+        .ok();
+        FileWatch {
+            watcher,
+            folders: HashSet::new(),
+            events,
+        }
+    }
+
+    /// Also watches the folders of `files`.
+    pub fn watch(&mut self, files: &[PathBuf]) {
+        let Some(watcher) = &mut self.watcher else {
+            return;
+        };
+        for file in files {
+            let folder = file
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            let folder = if folder.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                folder
+            };
+            if self.folders.contains(&folder) {
+                continue;
+            }
+            match watcher.watch(&folder, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.folders.insert(folder);
+                }
+                Err(e) => {
+                    tracing::warn!(folder = %folder.display(), error = %e, "cannot watch folder")
+                }
+            }
+        }
+    }
+
+    /// Waits for the next change in a watched folder; then drains the burst that usually
+    /// follows one save.
+    pub async fn changed(&mut self) {
+        if self.events.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        while self.events.try_recv().is_ok() {}
+    }
+}
+
+/// A fingerprint of the contents of `files` (a missing file counts as a content too).
+pub fn fingerprint(files: &[PathBuf]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for f in files {
+        f.hash(&mut h);
+        match std::fs::read(f) {
+            Ok(bytes) => bytes.hash(&mut h),
+            Err(e) => e.kind().to_string().hash(&mut h),
+        }
+    }
+    h.finish()
+}

@@ -1,0 +1,19 @@
+//! The Portcullis data plane: the public listener, routing, the request pipeline and
+//! forwarding to upstreams.
+//!
+//! A config is compiled into a [`Runtime`] once per load or reload; the listener serves each
+//! request with the runtime current at its arrival, through the stages of [`pipeline`].
+
+#![forbid(unsafe_code)]
+
+pub mod body;
+mod echo;
+pub mod headers;
+pub mod listener;
+pub mod pipeline;
+pub mod router;
+pub mod runtime;
+pub mod tls;
+pub mod upstream;
+
+pub use runtime::{Runtime, Shared};

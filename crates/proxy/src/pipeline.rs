@@ -1,0 +1,509 @@
+//! The request pipeline: every request passes the same short list of stages, in order.
+//!
+//! ```text
+//! admit → match → authenticate → authorize → protect → propagate → forward → log
+//! ```
+//!
+//! Each stage is a function below with one job. A stage either fills the [`RequestCtx`]
+//! and passes the request on, or stops it with a [`Problem`], which [`handle`] turns into the
+//! response. Nothing reaches the upstream unless every stage before `forward` passed.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use portcullis_core::{Principal, Problem};
+use portcullis_telemetry::{AccessRecord, UpstreamErrorKind};
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::headers::{self, X_REQUEST_ID};
+use crate::router::PathParams;
+use crate::router::path::normalize;
+use crate::runtime::{Authn, Route, Runtime, Target};
+use crate::upstream::Failure;
+
+/// What the gateway knows about the connection a request came on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The local address the connection was accepted on.
+    pub local: SocketAddr,
+    /// TLS facts, for HTTPS connections.
+    pub tls: Option<TlsInfo>,
+}
+
+/// Facts about a TLS connection.
+#[derive(Debug, Default)]
+pub struct TlsInfo {
+    /// The negotiated ALPN protocol.
+    pub alpn: Option<Vec<u8>>,
+    /// The SNI host name the client sent.
+    pub sni: Option<String>,
+    /// The client's certificate chain (leaf first), when it presented one.
+    pub peer_certificates: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+}
+
+/// What the stages learn about a request as it passes.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// Sent upstream, returned to the client, and logged.
+    pub request_id: HeaderValue,
+    /// The client's address (see `server.trusted_proxies`).
+    pub client_ip: IpAddr,
+    /// The matched route.
+    pub route: Option<Arc<Route>>,
+    /// Template parameters of the matched path.
+    pub params: PathParams,
+    /// Who sent the request.
+    pub principal: Option<Arc<Principal>>,
+    /// The authorization outcome.
+    pub decision: Option<&'static str>,
+    /// How long the upstream took to answer.
+    pub upstream_elapsed: Option<Duration>,
+    /// Why the request was stopped, if it was.
+    pub reason: Option<&'static str>,
+}
+
+/// Runs a request through the pipeline and returns the response to send.
+pub async fn handle(
+    rt: Arc<Runtime>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let mut ctx = RequestCtx {
+        request_id: headers::request_id(req.headers()),
+        client_ip: headers::client_ip(req.headers(), conn.peer.ip(), &rt.trusted_proxies),
+        route: None,
+        params: Vec::new(),
+        principal: None,
+        decision: None,
+        upstream_elapsed: None,
+        reason: None,
+    };
+    // What the access log needs of the request, taken before the stages consume it.
+    let log_fields = rt.access_log.as_ref().map(|_| {
+        (
+            SystemTime::now(),
+            req.method().to_string(),
+            req.uri().path().to_string(),
+            protocol(req.version()),
+        )
+    });
+
+    let mut resp = match run(&rt, &conn, &mut ctx, req).await {
+        Ok(resp) => resp,
+        Err(problem) => {
+            ctx.reason = Some(problem.code);
+            if problem.status.is_server_error() {
+                tracing::debug!(request_id = ?ctx.request_id, %problem, "request failed");
+            }
+            problem
+                .to_response(ctx.request_id.to_str().ok())
+                .map(ResponseBody::full)
+        }
+    };
+    resp.headers_mut()
+        .insert(&X_REQUEST_ID, ctx.request_id.clone());
+
+    // Log stage.
+    let elapsed = start.elapsed();
+    let status = resp.status().as_u16();
+    match &ctx.route {
+        Some(route) => route.metrics.request(status, elapsed),
+        None => rt.no_route.request(status, elapsed),
+    }
+    if let (Some(log), Some((time, method, path, protocol))) = (&rt.access_log, log_fields) {
+        log.write(&AccessRecord {
+            time,
+            request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
+            client_ip: ctx.client_ip,
+            protocol,
+            method,
+            path,
+            route: ctx.route.as_ref().map(|r| r.id.clone()),
+            status,
+            duration_ms: elapsed.as_secs_f64() * 1e3,
+            upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
+            principal: ctx.principal.as_ref().and_then(|p| p.subject.clone()),
+            auth_method: ctx.principal.as_ref().map(|p| p.method.as_str()),
+            decision: ctx.decision,
+            reason: ctx.reason,
+        });
+    }
+    resp
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
+/// The stages, in order.
+async fn run(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Problem> {
+    let (mut parts, body) = req.into_parts();
+
+    // Admit: the head is within limits and the path is one we can reason about.
+    admit(rt, &parts)?;
+    let path = normalize(parts.uri.path(), false)
+        .map_err(|e| Problem::bad_request("invalid_path", e.detail()))?;
+    let authority = RequestAuthority::of(&parts)?;
+    let host = authority.host();
+
+    // Match.
+    let (route, params) = rt
+        .router
+        .find(&host, &path, &parts.method)
+        .ok_or_else(Problem::no_route)?;
+    let route = route.clone();
+    ctx.route = Some(route.clone());
+    ctx.params = params;
+
+    // Authenticate.
+    let principal = match &route.authn {
+        Authn::Public => rt.anonymous.clone(),
+    };
+    ctx.principal = Some(principal);
+
+    // Authorize: routes are public or carry no rules yet.
+    ctx.decision = Some("allow");
+
+    // Protect: the body may not exceed the route's limit.
+    let body = protect_body(&parts, body, route.max_body)?;
+
+    // Propagate: the upstream never sees the caller's credential.
+    parts.headers.remove(header::AUTHORIZATION);
+    parts.headers.remove("dpop");
+
+    // Forward.
+    let path = forward_path(&parts.uri, path, route.rewrite.as_ref());
+    forward(rt, conn, ctx, &route, parts, body, path, authority.as_str()).await
+}
+
+/// The head is within the configured limits (`431`).
+fn admit(rt: &Runtime, parts: &http::request::Parts) -> Result<(), Problem> {
+    let limits = rt.head_limits;
+    if parts.headers.len() > limits.max_headers
+        || headers::head_size(&parts.method, &parts.uri, &parts.headers) > limits.max_header_bytes
+    {
+        return Err(Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            "the request head is larger than this gateway accepts",
+        ));
+    }
+    Ok(())
+}
+
+/// The authority (host and port) the client addressed: the URI's (HTTP/2 `:authority`, or
+/// an absolute-form request line), else the `Host` header. Cheap to clone.
+enum RequestAuthority {
+    Uri(http::uri::Authority),
+    Header(HeaderValue),
+    Missing,
+}
+
+impl RequestAuthority {
+    /// HTTP/1.1 requires one (RFC 9112 §3.2).
+    fn of(parts: &http::request::Parts) -> Result<Self, Problem> {
+        if let Some(a) = parts.uri.authority() {
+            return Ok(Self::Uri(a.clone()));
+        }
+        match parts.headers.get(header::HOST) {
+            Some(h) if h.to_str().is_ok() => Ok(Self::Header(h.clone())),
+            Some(_) => Err(Problem::bad_request(
+                "bad_host",
+                "the Host header is not valid",
+            )),
+            None if parts.version == Version::HTTP_11 => Err(Problem::bad_request(
+                "missing_host",
+                "HTTP/1.1 requests need a Host header",
+            )),
+            None => Ok(Self::Missing),
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Uri(a) => Some(a.as_str()),
+            Self::Header(h) => h.to_str().ok(),
+            Self::Missing => None,
+        }
+    }
+
+    /// The host for route matching: lower-case, without port.
+    fn host(&self) -> Cow<'_, str> {
+        let h = strip_port(self.as_str().unwrap_or_default());
+        if h.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(h.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(h)
+        }
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    })
+}
+
+/// `413` problem.
+pub(crate) fn body_too_large() -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "the request body is larger than this route accepts",
+    )
+}
+
+/// Refuses a declared length over the limit at once; otherwise counts as the body streams.
+fn protect_body(
+    parts: &http::request::Parts,
+    body: Incoming,
+    max: u64,
+) -> Result<RequestBody, Problem> {
+    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Problem::bad_request("bad_content_length", "invalid Content-Length"))?;
+        if len > max {
+            return Err(body_too_large());
+        }
+    }
+    if http_body::Body::is_end_stream(&body) {
+        return Ok(RequestBody::Empty);
+    }
+    Ok(RequestBody::Client(Limited::new(
+        body,
+        usize::try_from(max).unwrap_or(usize::MAX),
+    )))
+}
+
+/// The path and query to request upstream: the normalised path (the one routes and
+/// policies saw), rewritten if the route says so, and the query unchanged.
+fn forward_path(
+    uri: &http::Uri,
+    path: Cow<'_, str>,
+    rewrite: Option<&(String, String)>,
+) -> PathAndQuery {
+    if let (Cow::Borrowed(_), None) = (&path, rewrite) {
+        // Unchanged: reuse the request's own bytes.
+        if let Some(pq) = uri.path_and_query() {
+            return pq.clone();
+        }
+    }
+    let path: Cow<'_, str> = match rewrite {
+        Some((prefix, replacement)) => {
+            let rest = path.strip_prefix(prefix.as_str()).unwrap_or(&path);
+            let joined = match (replacement.ends_with('/'), rest.starts_with('/')) {
+                (true, true) => format!("{replacement}{}", &rest[1..]),
+                (false, false) if !rest.is_empty() => format!("{replacement}/{rest}"),
+                _ => format!("{replacement}{rest}"),
+            };
+            Cow::Owned(if joined.is_empty() {
+                "/".into()
+            } else {
+                joined
+            })
+        }
+        None => path,
+    };
+    let s = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    };
+    PathAndQuery::try_from(s).unwrap_or_else(|_| PathAndQuery::from_static("/"))
+}
+
+/// Sends the request to the route's target and relays the response.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    mut parts: http::request::Parts,
+    body: RequestBody,
+    path: PathAndQuery,
+    authority: Option<&str>,
+) -> Result<Response<ResponseBody>, Problem> {
+    // An HTTP/1.1 protocol upgrade (WebSocket) is relayed as a byte stream after the 101.
+    let upgrade = upgrade_request(&parts);
+    let client_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(proto) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, proto.clone());
+    }
+    let facts = headers::ClientFacts {
+        peer: conn.peer.ip(),
+        tls: conn.tls.is_some(),
+        host: authority,
+    };
+    headers::set_forwarded(
+        &mut parts.headers,
+        &facts,
+        &rt.trusted_proxies,
+        rt.forwarded,
+    );
+    parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+
+    let upstream = match &route.target {
+        Target::Echo => {
+            parts.uri = http::Uri::from(path);
+            return crate::echo::respond(Request::from_parts(parts, body)).await;
+        }
+        Target::Upstream(u) => u,
+    };
+
+    let started = Instant::now();
+    let result = upstream
+        .send(Request::from_parts(parts, body), path, route.timeout)
+        .await;
+    let took = started.elapsed();
+    ctx.upstream_elapsed = Some(took);
+    route.metrics.upstream(took);
+
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(failure) => {
+            return Err(match failure {
+                Failure::Connect => {
+                    route.metrics.upstream_error(UpstreamErrorKind::connect);
+                    Problem::bad_gateway("the upstream service could not be reached")
+                }
+                Failure::Timeout => {
+                    route.metrics.upstream_error(UpstreamErrorKind::timeout);
+                    Problem::gateway_timeout()
+                }
+                Failure::BodyTooLarge => body_too_large(),
+                Failure::Protocol(e) => {
+                    route.metrics.upstream_error(UpstreamErrorKind::protocol);
+                    tracing::debug!(route = %route.id, error = %e, "upstream exchange failed");
+                    Problem::bad_gateway("the upstream service failed to answer")
+                }
+            });
+        }
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let (Some(proto), Some(client)) = (upgrade, client_upgrade) {
+            let upstream_io = hyper::upgrade::on(&mut resp);
+            tokio::spawn(relay_upgraded(client, upstream_io));
+            let (mut p, _) = resp.into_parts();
+            headers::strip_hop_by_hop_response(&mut p.headers);
+            p.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            p.headers.insert(header::UPGRADE, proto);
+            return Ok(Response::from_parts(p, ResponseBody::empty()));
+        }
+        return Err(Problem::bad_gateway(
+            "the upstream switched protocols unasked",
+        ));
+    }
+
+    let (mut p, b) = resp.into_parts();
+    headers::strip_hop_by_hop_response(&mut p.headers);
+    Ok(Response::from_parts(p, ResponseBody::Upstream(b)))
+}
+
+/// The protocol a client asks to upgrade to, for HTTP/1.1 upgrade requests.
+fn upgrade_request(parts: &http::request::Parts) -> Option<HeaderValue> {
+    if parts.version != Version::HTTP_11 {
+        return None;
+    }
+    let wants = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    if wants {
+        parts.headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+async fn relay_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+        return;
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_paths() {
+        let uri: http::Uri = "/api/orders/7?x=1".parse().unwrap();
+        let rw = ("/api/orders".to_string(), "/orders".to_string());
+        assert_eq!(
+            forward_path(&uri, Cow::Borrowed("/api/orders/7"), Some(&rw)),
+            "/orders/7?x=1"
+        );
+        assert_eq!(
+            forward_path(&uri, Cow::Borrowed("/api/orders"), Some(&rw)),
+            "/orders?x=1"
+        );
+        let root = ("/api".to_string(), "/".to_string());
+        assert_eq!(
+            forward_path(&uri, Cow::Borrowed("/api/orders/7"), Some(&root)),
+            "/orders/7?x=1"
+        );
+        assert_eq!(
+            forward_path(&uri, Cow::Borrowed("/api"), Some(&root)),
+            "/?x=1"
+        );
+        let dotted: http::Uri = "/a/../b?q".parse().unwrap();
+        assert_eq!(forward_path(&dotted, Cow::Owned("/b".into()), None), "/b?q");
+    }
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:443"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}

@@ -1,0 +1,233 @@
+//! Path normalisation: routes and policies must see the same path the upstream will act on.
+//!
+//! A gateway that matches `/public/../admin` as `/public` and forwards it unchanged lets the
+//! upstream resolve it to `/admin` behind the gateway's back. So before matching, the path
+//! is normalised (RFC 3986 §6.2.2: percent-decoding of unreserved characters and upper-case
+//! hex; §5.2.4: removal of dot segments; repeated slashes merged), and the normalised path is
+//! what gets forwarded. Encoded slashes and backslashes (`%2F`, `%5C`), which upstreams
+//! disagree about, are refused unless the operator allows them; encoded NUL always is.
+
+use std::borrow::Cow;
+
+/// Why a path was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathError {
+    /// Not an absolute path (`/...`).
+    NotAbsolute,
+    /// A `%` not followed by two hex digits.
+    BadEscape,
+    /// `%2F` or `%5C`, with encoded slashes not allowed.
+    EncodedSlash,
+    /// `%00` or a literal backslash.
+    Forbidden,
+}
+
+impl PathError {
+    /// A short explanation for the client.
+    pub fn detail(self) -> &'static str {
+        match self {
+            PathError::NotAbsolute => "the request path must start with `/`",
+            PathError::BadEscape => "the request path has a malformed percent-encoding",
+            PathError::EncodedSlash => "encoded slashes (%2F, %5C) are not allowed in the path",
+            PathError::Forbidden => "the request path contains a forbidden character",
+        }
+    }
+}
+
+/// Normalises `path`. Borrows when it is already normal (the common case: no allocation).
+pub fn normalize(path: &str, allow_encoded_slashes: bool) -> Result<Cow<'_, str>, PathError> {
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    if is_normal(path) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(path, allow_encoded_slashes)?;
+    Ok(Cow::Owned(remove_dot_segments(&decoded)))
+}
+
+/// True when no rule would change the path.
+fn is_normal(path: &str) -> bool {
+    let b = path.as_bytes();
+    if b.iter().any(|&c| c == b'%' || c == b'\\') {
+        return false;
+    }
+    // Every segment after the leading `/` must be non-empty (except a final trailing slash)
+    // and neither `.` nor `..`.
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if (seg.is_empty() && !last) || seg == "." || seg == ".." {
+            return false;
+        }
+    }
+    true
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes `%XX` of unreserved characters (RFC 3986 §2.3), upper-cases the hex of the rest.
+fn decode_unreserved(path: &str, allow_encoded_slashes: bool) -> Result<String, PathError> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => return Err(PathError::Forbidden),
+            b'%' => {
+                let (Some(h), Some(l)) = (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(PathError::BadEscape);
+                };
+                let v = h << 4 | l;
+                match v {
+                    0 => return Err(PathError::Forbidden),
+                    b'/' | b'\\' if !allow_encoded_slashes => return Err(PathError::EncodedSlash),
+                    c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
+                        out.push(c as char)
+                    }
+                    _ => {
+                        out.push('%');
+                        out.push(HEX[usize::from(h)] as char);
+                        out.push(HEX[usize::from(l)] as char);
+                    }
+                }
+                i += 3;
+            }
+            _ => {
+                // Copy the run of ordinary bytes up to the next `%` or `\` in one go; the
+                // boundaries are ASCII, so slicing keeps UTF-8 intact.
+                let end = b[i..]
+                    .iter()
+                    .position(|&c| c == b'%' || c == b'\\')
+                    .map_or(b.len(), |p| i + p);
+                out.push_str(&path[i..end]);
+                i = end;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes `.` and `..` segments (RFC 3986 §5.2.4) and merges repeated slashes. `..` above
+/// the root stays at the root. A trailing slash, or a trailing dot segment, keeps the result
+/// ending in `/`.
+fn remove_dot_segments(path: &str) -> String {
+    let mut stack: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for seg in path[1..].split('/') {
+        trailing_slash = false;
+        match seg {
+            "" | "." => trailing_slash = true,
+            ".." => {
+                stack.pop();
+                trailing_slash = true;
+            }
+            s => stack.push(s),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for s in &stack {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing_slash || stack.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(p: &str) -> Result<String, PathError> {
+        normalize(p, false).map(|c| c.into_owned())
+    }
+
+    #[test]
+    fn normal_paths_are_borrowed() {
+        for p in [
+            "/",
+            "/orders",
+            "/orders/",
+            "/orders/7/items",
+            "/a-b_c~d.e",
+            "/ünï",
+        ] {
+            assert!(matches!(normalize(p, false), Ok(Cow::Borrowed(_))), "{p}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_and_slashes() {
+        let cases = [
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/public/../admin", "/admin"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("/a//b///c", "/a/b/c"),
+            ("//admin", "/admin"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/.", "/a/"),
+            ("/..", "/"),
+            ("/a/b/", "/a/b/"),
+            ("/.hidden/x", "/.hidden/x"),
+            ("/a/..b/c", "/a/..b/c"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(n(input).as_deref(), Ok(want), "{input}");
+        }
+    }
+
+    #[test]
+    fn percent_encoding() {
+        let cases = [
+            ("/%61dmin", "/admin"),
+            ("/public/%2e%2e/admin", "/admin"),
+            ("/public/%2E%2E/admin", "/admin"),
+            ("/public/.%2e/admin", "/admin"),
+            ("/a%20b", "/a%20b"),
+            ("/a%3fb", "/a%3Fb"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/%7euser", "/~user"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(n(input).as_deref(), Ok(want), "{input}");
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(n("orders"), Err(PathError::NotAbsolute));
+        assert_eq!(n("*"), Err(PathError::NotAbsolute));
+        assert_eq!(n("/a%2Fb"), Err(PathError::EncodedSlash));
+        assert_eq!(n("/a%2fb"), Err(PathError::EncodedSlash));
+        assert_eq!(n("/a%5cb"), Err(PathError::EncodedSlash));
+        assert_eq!(n("/a\\b"), Err(PathError::Forbidden));
+        assert_eq!(n("/a%00b"), Err(PathError::Forbidden));
+        assert_eq!(n("/a%zz"), Err(PathError::BadEscape));
+        assert_eq!(n("/a%2"), Err(PathError::BadEscape));
+        assert_eq!(n("/a%"), Err(PathError::BadEscape));
+        assert_eq!(normalize("/a%2fb", true).as_deref(), Ok("/a%2Fb"));
+    }
+
+    #[test]
+    fn normalising_twice_changes_nothing() {
+        for p in ["/a/./b/../c//d/", "/%2e%2e/x", "/x/%7e/..", "/a%20b/./c"] {
+            let once = n(p).unwrap();
+            assert_eq!(n(&once).unwrap(), once, "{p}");
+        }
+    }
+}

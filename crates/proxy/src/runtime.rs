@@ -1,0 +1,337 @@
+//! The runtime: a config compiled into the objects the request path uses (router, routes,
+//! upstream pools, TLS settings, limits). Built once per load or reload and swapped in
+//! atomically; requests in flight keep the runtime they started with.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use ipnet::IpNet;
+use portcullis_config::{
+    AuthMethod, ConfigErrors, ECHO_UPSTREAM, ForwardedHeaders, Invalid, LoadedConfig, RouteConfig,
+    UpstreamConfig,
+};
+use portcullis_core::Principal;
+use portcullis_telemetry::{Metrics, RouteMetrics};
+
+use crate::router::{Matcher, Router};
+use crate::upstream::Upstream;
+
+/// State that outlives any one config: metrics, and upstream connection pools reused by
+/// later configs whose upstream settings are unchanged.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Every metric.
+    pub metrics: Arc<Metrics>,
+    /// Upstreams by their settings; weak so that ones no config uses any more are freed.
+    /// Locked only while a config is compiled, never on the request path.
+    upstreams: Mutex<HashMap<String, Weak<Upstream>>>,
+}
+
+impl Shared {
+    /// Shared state with these metrics.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            upstreams: Mutex::default(),
+        }
+    }
+
+    fn upstream(
+        &self,
+        name: &str,
+        cfg: &UpstreamConfig,
+        at: &str,
+    ) -> Result<Arc<Upstream>, Vec<Invalid>> {
+        // The key covers the settings and the state of any files they name, so a changed
+        // CA or client certificate builds a new pool.
+        let mut key = format!("{name}\n{}", serde_json::to_string(cfg).unwrap_or_default());
+        if let Some(tls) = &cfg.tls {
+            for f in [&tls.ca, &tls.cert, &tls.key].into_iter().flatten() {
+                let meta = std::fs::metadata(f).ok();
+                key.push_str(&format!(
+                    "\n{:?}{:?}",
+                    meta.as_ref().map(|m| m.len()),
+                    meta.and_then(|m| m.modified().ok())
+                ));
+            }
+        }
+        let mut cache = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|_, w| w.strong_count() > 0);
+        if let Some(up) = cache.get(&key).and_then(Weak::upgrade) {
+            return Ok(up);
+        }
+        let up = Arc::new(Upstream::new(name, cfg, at, self.metrics.ejection(name))?);
+        cache.insert(key, Arc::downgrade(&up));
+        Ok(up)
+    }
+}
+
+/// Where a route sends requests.
+#[derive(Debug)]
+pub enum Target {
+    /// The built-in echo upstream.
+    Echo,
+    /// An upstream service.
+    Upstream(Arc<Upstream>),
+}
+
+/// How a route authenticates callers.
+#[derive(Debug)]
+pub enum Authn {
+    /// A public route: every caller is the anonymous principal.
+    Public,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's id.
+    pub id: Arc<str>,
+    /// Where requests go.
+    pub target: Target,
+    /// How callers authenticate.
+    pub authn: Authn,
+    /// Time to wait for the upstream's response head.
+    pub timeout: Duration,
+    /// Largest request body.
+    pub max_body: u64,
+    /// `(matched prefix, replacement)` for `rewrite.path_prefix`.
+    pub rewrite: Option<(String, String)>,
+    /// Metric handles.
+    pub metrics: RouteMetrics,
+}
+
+/// Limits checked on every request head.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    /// Largest request head in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields.
+    pub max_headers: usize,
+}
+
+/// A compiled config.
+pub struct Runtime {
+    /// 1 for the config loaded at start, +1 per successful reload.
+    pub generation: u64,
+    /// The config this was built from (shown, redacted, by the admin API).
+    pub config: Arc<LoadedConfig>,
+    pub(crate) router: Router<Arc<Route>>,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) http: auto::Builder<TokioExecutor>,
+    pub(crate) head_limits: HeadLimits,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) trusted_proxies: Vec<IpNet>,
+    pub(crate) forwarded: ForwardedHeaders,
+    pub(crate) access_log: Option<portcullis_telemetry::AccessLog>,
+    pub(crate) no_route: RouteMetrics,
+    pub(crate) anonymous: Arc<Principal>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Compiles `config`. Every problem found is returned, located in the config file.
+    pub fn build(
+        config: Arc<LoadedConfig>,
+        shared: &Shared,
+        access_log: Option<portcullis_telemetry::AccessLog>,
+        generation: u64,
+    ) -> Result<Runtime, ConfigErrors> {
+        let mut errors = Vec::new();
+        let c = &config.config;
+
+        let tls = match &c.server.tls {
+            None => None,
+            Some(t) => crate::tls::server_config(t, c.server.http2)
+                .map_err(|(key, msg)| errors.push(Invalid::new(format!("server.tls.{key}"), msg)))
+                .ok(),
+        };
+
+        let mut upstreams = HashMap::new();
+        for (name, up) in &c.upstreams {
+            match shared.upstream(name, up, &format!("upstreams.{name}")) {
+                Ok(u) => {
+                    upstreams.insert(name.as_str(), u);
+                }
+                Err(e) => errors.extend(e),
+            }
+        }
+
+        let mut routes = Vec::new();
+        for (i, rc) in c.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            let matcher = Matcher::compile(&rc.matches, &format!("{at}.match"))
+                .map_err(|e| errors.extend(e))
+                .ok();
+            let route = compile_route(
+                rc,
+                &at,
+                shared,
+                &upstreams,
+                c.server.limits.max_body_bytes.bytes(),
+            )
+            .map_err(|e| errors.extend(e))
+            .ok();
+            if let (Some(m), Some(r)) = (matcher, route) {
+                routes.push((m, Arc::new(r), i));
+            }
+        }
+        let router = match Router::new(routes) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                errors.extend(e);
+                None
+            }
+        };
+
+        let (Some(router), true) = (router, errors.is_empty()) else {
+            return Err(config.locate(errors));
+        };
+
+        let limits = &c.server.limits;
+        let max_header_bytes =
+            usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout.get())
+            // Heads between our limit and twice it get a problem+json 431 from the pipeline;
+            // hyper answers a bare 431 only beyond that.
+            .max_buf_size((2 * max_header_bytes).max(64 * 1024))
+            .max_headers((2 * limits.max_headers).max(100));
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(2 * max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .adaptive_window(true);
+        if !c.server.http2 {
+            http = http.http1_only();
+        }
+
+        Ok(Runtime {
+            generation,
+            router,
+            tls,
+            http,
+            head_limits: HeadLimits {
+                max_header_bytes,
+                max_headers: limits.max_headers,
+            },
+            handshake_timeout: limits.header_read_timeout.get(),
+            trusted_proxies: c.server.trusted_proxies.clone(),
+            forwarded: c.server.forwarded_headers,
+            access_log: access_log.filter(|_| c.access_log.enabled),
+            no_route: shared.metrics.route("(none)"),
+            anonymous: Principal::anonymous(),
+            config,
+        })
+    }
+
+    /// Route ids, most specific first.
+    pub fn route_ids(&self) -> Vec<Arc<str>> {
+        self.router.iter().map(|(_, r)| r.id.clone()).collect()
+    }
+}
+
+fn compile_route(
+    rc: &RouteConfig,
+    at: &str,
+    shared: &Shared,
+    upstreams: &HashMap<&str, Arc<Upstream>>,
+    default_max_body: u64,
+) -> Result<Route, Vec<Invalid>> {
+    let mut errors = Vec::new();
+    let (target, upstream_timeout) = if rc.upstream == ECHO_UPSTREAM {
+        (Some(Target::Echo), Duration::from_secs(30))
+    } else if rc.upstream.contains("://") {
+        // A URL: an anonymous upstream with default settings, named after the route.
+        let cfg = UpstreamConfig {
+            endpoints: vec![rc.upstream.clone()],
+            protocol: Default::default(),
+            timeouts: Default::default(),
+            health: Default::default(),
+            tls: None,
+            preserve_host: false,
+        };
+        match shared.upstream(&rc.id, &cfg, &format!("{at}.upstream")) {
+            Ok(u) => {
+                let t = u.request_timeout;
+                (Some(Target::Upstream(u)), t)
+            }
+            Err(e) => {
+                // Errors name `endpoints[0]` of a made-up upstream: point at the route's key.
+                errors.extend(
+                    e.into_iter()
+                        .map(|i| Invalid::new(format!("{at}.upstream"), i.message)),
+                );
+                (None, Duration::ZERO)
+            }
+        }
+    } else {
+        match upstreams.get(rc.upstream.as_str()) {
+            Some(u) => (Some(Target::Upstream(u.clone())), u.request_timeout),
+            // Already reported by validation, or the upstream failed to build.
+            None => (None, Duration::ZERO),
+        }
+    };
+
+    let methods = rc.authenticate.as_deref().unwrap_or_default();
+    let authn = if methods == [AuthMethod::None] {
+        Some(Authn::Public)
+    } else {
+        for (j, m) in methods.iter().enumerate() {
+            errors.push(Invalid::new(
+                format!("{at}.authenticate[{j}]"),
+                format!(
+                    "`{}` authentication is not available in this build",
+                    m.as_str()
+                ),
+            ));
+        }
+        None
+    };
+
+    let rewrite = match (&rc.rewrite, &rc.matches.path_prefix) {
+        (Some(rw), Some(prefix)) => {
+            if !rw.path_prefix.starts_with('/') {
+                errors.push(Invalid::new(
+                    format!("{at}.rewrite.path_prefix"),
+                    "must start with `/`",
+                ));
+            }
+            Some((prefix.clone(), rw.path_prefix.clone()))
+        }
+        _ => None,
+    };
+
+    match (target, authn, errors.is_empty()) {
+        (Some(target), Some(authn), true) => Ok(Route {
+            id: rc.id.as_str().into(),
+            target,
+            authn,
+            timeout: rc
+                .timeouts
+                .as_ref()
+                .map_or(upstream_timeout, |t| t.request.get()),
+            max_body: rc
+                .limits
+                .as_ref()
+                .map_or(default_max_body, |l| l.max_body_bytes.bytes()),
+            rewrite,
+            metrics: shared.metrics.route(&rc.id),
+        }),
+        _ => Err(errors),
+    }
+}

@@ -1,0 +1,387 @@
+//! The forward stage's upstreams: endpoints chosen in turn, pooled connections (HTTP/1.1 and
+//! HTTP/2, plain or TLS), timeouts, and passive health checking that ejects endpoints which
+//! keep failing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use portcullis_config::{Invalid, UpstreamConfig, UpstreamProtocol};
+use portcullis_telemetry::Counter;
+
+use crate::body::{RequestBody, is_body_too_large};
+
+/// How a request to an upstream failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection could be made (nothing was sent).
+    Connect,
+    /// No response head within the request timeout.
+    Timeout,
+    /// The client's body went over the route's size limit.
+    BodyTooLarge,
+    /// The exchange broke after sending began.
+    Protocol(hyper_util::client::legacy::Error),
+}
+
+/// One address of an upstream, with its health.
+#[derive(Debug)]
+struct Endpoint {
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+    /// Consecutive failures.
+    failures: AtomicU32,
+    /// Ejections since it last served well (doubles the next ejection period).
+    ejections: AtomicU32,
+    /// Milliseconds since `Upstream::epoch` until which the endpoint is ejected.
+    ejected_until: AtomicU64,
+}
+
+/// An upstream service: its endpoints and a connection pool to them. Kept across config
+/// reloads while its settings do not change, so reloads do not drop pooled connections.
+#[derive(Debug)]
+pub struct Upstream {
+    name: Arc<str>,
+    endpoints: Box<[Endpoint]>,
+    next: AtomicUsize,
+    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    /// Default time to wait for a response head (routes may override).
+    pub request_timeout: Duration,
+    preserve_host: bool,
+    failure_threshold: u32,
+    ejection_time: Duration,
+    max_ejection_time: Duration,
+    epoch: Instant,
+    ejection_counter: Counter,
+}
+
+impl Upstream {
+    /// Builds an upstream; `at` is its key path, for errors.
+    pub fn new(
+        name: &str,
+        cfg: &UpstreamConfig,
+        at: &str,
+        ejection_counter: Counter,
+    ) -> Result<Upstream, Vec<Invalid>> {
+        let mut errors = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, url) in cfg.endpoints.iter().enumerate() {
+            match parse_endpoint(url) {
+                Ok(ep) => endpoints.push(ep),
+                Err(msg) => errors.push(Invalid::new(format!("{at}.endpoints[{i}]"), msg)),
+            }
+        }
+        let any_tls = endpoints.iter().any(|e| e.scheme == Scheme::HTTPS);
+        if cfg.tls.is_some() && !any_tls && errors.is_empty() {
+            errors.push(Invalid::new(
+                format!("{at}.tls"),
+                "set, but no endpoint is https://",
+            ));
+        }
+        let tls = crate::tls::client_config(cfg.tls.as_ref())
+            .map_err(|(key, msg)| errors.push(Invalid::new(format!("{at}.tls.{key}"), msg)))
+            .ok();
+        let server_name = cfg.tls.as_ref().and_then(|t| t.server_name.clone());
+        let (Some(tls), true) = (tls, errors.is_empty()) else {
+            return Err(errors);
+        };
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.timeouts.connect.get()));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let builder = match server_name {
+            Some(name) => {
+                let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|_| {
+                    vec![Invalid::new(
+                        format!("{at}.tls.server_name"),
+                        format!("`{name}` is not a valid server name"),
+                    )]
+                })?;
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => builder,
+        };
+        let connector = match cfg.protocol {
+            UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+            UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
+            UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(http),
+        };
+        let mut client = Client::builder(TokioExecutor::new());
+        client
+            .pool_idle_timeout(cfg.timeouts.idle.get())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_adaptive_window(true);
+        if cfg.protocol == UpstreamProtocol::Http2 {
+            client.http2_only(true);
+        }
+        Ok(Upstream {
+            name: name.into(),
+            endpoints: endpoints.into_boxed_slice(),
+            next: AtomicUsize::new(0),
+            client: client.build(connector),
+            request_timeout: cfg.timeouts.request.get(),
+            preserve_host: cfg.preserve_host,
+            failure_threshold: cfg.health.consecutive_failures,
+            ejection_time: cfg.health.ejection_time.get(),
+            max_ejection_time: cfg.health.max_ejection_time.get(),
+            epoch: Instant::now(),
+            ejection_counter,
+        })
+    }
+
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The next endpoint in turn that is not ejected; if all are, the one whose ejection
+    /// ends first (better to try than to refuse).
+    fn pick(&self, avoid: Option<usize>) -> usize {
+        let n = self.endpoints.len();
+        if n == 1 {
+            return 0;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| {
+                Some(i) != avoid && self.endpoints[i].ejected_until.load(Ordering::Relaxed) <= now
+            })
+            .unwrap_or_else(|| {
+                (0..n)
+                    .min_by_key(|&i| self.endpoints[i].ejected_until.load(Ordering::Relaxed))
+                    .unwrap_or(0)
+            })
+    }
+
+    fn succeeded(&self, i: usize) {
+        let ep = &self.endpoints[i];
+        if ep.failures.load(Ordering::Relaxed) != 0 {
+            ep.failures.store(0, Ordering::Relaxed);
+        }
+        if ep.ejections.load(Ordering::Relaxed) != 0
+            && ep.ejected_until.load(Ordering::Relaxed) <= self.now_ms()
+        {
+            ep.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self, i: usize) {
+        if self.endpoints.len() == 1 {
+            return; // Nowhere else to go: ejecting would change nothing.
+        }
+        let ep = &self.endpoints[i];
+        let failures = ep.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < self.failure_threshold {
+            return;
+        }
+        ep.failures.store(0, Ordering::Relaxed);
+        let k = ep.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let period = self
+            .ejection_time
+            .saturating_mul(1 << k)
+            .min(self.max_ejection_time);
+        let until = self
+            .now_ms()
+            .saturating_add(u64::try_from(period.as_millis()).unwrap_or(u64::MAX));
+        ep.ejected_until.store(until, Ordering::Relaxed);
+        self.ejection_counter.inc();
+        tracing::warn!(upstream = %self.name, endpoint = %ep.authority, seconds = period.as_secs(), "endpoint ejected after consecutive failures");
+    }
+
+    /// Sends a request and waits for the response head. `path` is the path and query to
+    /// request. A request without a body is retried once on another endpoint when the
+    /// first could not be connected to.
+    pub async fn send(
+        &self,
+        mut req: Request<RequestBody>,
+        path: PathAndQuery,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, Failure> {
+        let retry = (self.endpoints.len() > 1 && req.body().is_end_stream())
+            .then(|| (req.method().clone(), req.headers().clone(), path.clone()));
+        *req.version_mut() = Version::HTTP_11;
+        let first = self.pick(None);
+        let result = self.send_to(first, req, path, timeout).await;
+        match (result, retry) {
+            (Err(Failure::Connect), Some((method, headers, path))) => {
+                let second = self.pick(Some(first));
+                let mut req = Request::new(RequestBody::Empty);
+                *req.method_mut() = method;
+                *req.headers_mut() = headers;
+                self.send_to(second, req, path, timeout).await
+            }
+            (result, _) => result,
+        }
+    }
+
+    async fn send_to(
+        &self,
+        i: usize,
+        mut req: Request<RequestBody>,
+        path: PathAndQuery,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, Failure> {
+        let ep = &self.endpoints[i];
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(ep.scheme.clone());
+        parts.authority = Some(ep.authority.clone());
+        parts.path_and_query = Some(path);
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::Connect)?;
+        if !self.preserve_host {
+            req.headers_mut()
+                .insert(http::header::HOST, ep.host.clone());
+        }
+        let result = match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => Err(Failure::Timeout),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if is_body_too_large(&e) => return Err(Failure::BodyTooLarge),
+            Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
+            Ok(Err(e)) => Err(Failure::Protocol(e)),
+        };
+        match &result {
+            Ok(resp) if matches!(resp.status().as_u16(), 502..=504) => self.failed(i),
+            Ok(_) => self.succeeded(i),
+            Err(_) => self.failed(i),
+        }
+        result
+    }
+}
+
+fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| format!("`{url}` is not a valid URL"))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::HTTP,
+        Some("https") => Scheme::HTTPS,
+        _ => return Err(format!("`{url}`: use an http:// or https:// URL")),
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("`{url}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "`{url}`: credentials in upstream URLs are not supported"
+        ));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "`{url}`: give only scheme, host and port; use `rewrite` to change paths"
+        ));
+    }
+    let host = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| format!("`{url}` has an invalid host"))?;
+    Ok(Endpoint {
+        scheme,
+        authority,
+        host,
+        failures: AtomicU32::new(0),
+        ejections: AtomicU32::new(0),
+        ejected_until: AtomicU64::new(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_config::Duration as D;
+
+    fn upstream(endpoints: &[&str], threshold: u32) -> Upstream {
+        let mut cfg: UpstreamConfig = UpstreamConfig {
+            endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
+            protocol: UpstreamProtocol::Auto,
+            timeouts: Default::default(),
+            health: Default::default(),
+            tls: None,
+            preserve_host: false,
+        };
+        cfg.health.consecutive_failures = threshold;
+        cfg.health.ejection_time = D::from_secs(10);
+        cfg.health.max_ejection_time = D::from_secs(25);
+        Upstream::new("u", &cfg, "upstreams.u", Counter::default()).unwrap()
+    }
+
+    #[test]
+    fn round_robin_skips_ejected_endpoints() {
+        let u = upstream(
+            &[
+                "http://127.0.0.1:1",
+                "http://127.0.0.1:2",
+                "http://127.0.0.1:3",
+            ],
+            2,
+        );
+        let picks: Vec<usize> = (0..6).map(|_| u.pick(None)).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        u.failed(1);
+        assert_eq!(
+            u.endpoints[1].ejected_until.load(Ordering::Relaxed),
+            0,
+            "one failure is not enough"
+        );
+        u.failed(1);
+        assert!(u.endpoints[1].ejected_until.load(Ordering::Relaxed) > 0);
+        let picks: Vec<usize> = (0..6).map(|_| u.pick(None)).collect();
+        assert!(!picks.contains(&1), "{picks:?}");
+        assert_eq!(u.ejection_counter.get(), 1);
+    }
+
+    #[test]
+    fn ejection_doubles_up_to_the_maximum() {
+        let u = upstream(&["http://127.0.0.1:1", "http://127.0.0.1:2"], 1);
+        let until = |u: &Upstream| u.endpoints[0].ejected_until.load(Ordering::Relaxed);
+        u.failed(0);
+        let first = until(&u);
+        assert!((9_000..=10_100).contains(&first), "{first}");
+        u.failed(0);
+        assert!((19_000..=20_100).contains(&until(&u)));
+        u.failed(0);
+        assert!(
+            (24_000..=25_100).contains(&until(&u)),
+            "capped at max_ejection_time"
+        );
+    }
+
+    #[test]
+    fn all_ejected_still_picks_one() {
+        let u = upstream(&["http://127.0.0.1:1", "http://127.0.0.1:2"], 1);
+        u.failed(0);
+        u.failed(1);
+        u.failed(1);
+        assert_eq!(u.pick(None), 0, "the one whose ejection ends first");
+    }
+
+    #[test]
+    fn endpoint_urls_are_checked() {
+        for (url, msg) in [
+            ("ftp://x", "http:// or https://"),
+            ("http://127.0.0.1:1/base", "rewrite"),
+            ("http://user:pw@h:1", "credentials"),
+            ("not a url", "not a valid URL"),
+        ] {
+            assert!(parse_endpoint(url).err().unwrap().contains(msg), "{url}");
+        }
+    }
+}

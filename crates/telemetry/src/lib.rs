@@ -1,0 +1,15 @@
+//! Observability: Prometheus metrics with lock-free handles resolved once per route, the
+//! JSON access log written off the request path, and process-log set-up.
+
+#![forbid(unsafe_code)]
+
+mod access_log;
+mod histogram;
+mod logging;
+mod metrics;
+
+pub use access_log::{AccessLog, AccessRecord};
+pub use histogram::AtomicHistogram;
+pub use logging::init_logging;
+pub use metrics::{Metrics, RouteMetrics, UpstreamErrorKind};
+pub use prometheus_client::metrics::counter::Counter;

@@ -1,0 +1,287 @@
+//! The catalogue of Portcullis metrics, and per-route handles resolved once when a config is
+//! loaded so that recording a request takes no lock and no label allocation.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::histogram::AtomicHistogram;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteCode {
+    route: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteErrorLabels {
+    route: String,
+    kind: UpstreamErrorKind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: ReloadResult,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum ReloadResult {
+    success,
+    failure,
+}
+
+/// Why a request to an upstream failed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum UpstreamErrorKind {
+    /// No connection could be made.
+    connect,
+    /// No response in time.
+    timeout,
+    /// The exchange broke (reset, protocol error).
+    protocol,
+}
+
+const KINDS: [UpstreamErrorKind; 3] = [
+    UpstreamErrorKind::connect,
+    UpstreamErrorKind::timeout,
+    UpstreamErrorKind::protocol,
+];
+
+/// Every metric the gateway exports, registered once for the life of the process (values
+/// survive config reloads).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteCode, Counter>,
+    duration: Family<RouteLabel, AtomicHistogram>,
+    upstream_duration: Family<RouteLabel, AtomicHistogram>,
+    upstream_errors: Family<RouteErrorLabels, Counter>,
+    ejections: Family<UpstreamLabel, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+    /// The generation of the config being served (1 at start, +1 per successful reload).
+    pub config_generation: Gauge,
+    /// Client connections open now.
+    pub connections_active: Gauge,
+    /// Client connections accepted since start.
+    pub connections_total: Counter,
+    /// Access-log lines dropped because the writer could not keep up.
+    pub access_log_dropped: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `portcullis_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let m = Metrics {
+            requests: Family::default(),
+            duration: Family::default(),
+            upstream_duration: Family::default(),
+            upstream_errors: Family::default(),
+            ejections: Family::default(),
+            reloads: Family::default(),
+            config_generation: Gauge::default(),
+            connections_active: Gauge::default(),
+            connections_total: Counter::default(),
+            access_log_dropped: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests by route and response status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request to sending the response head, by route",
+            m.duration.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time the upstream took to answer with a response head, by route",
+            m.upstream_duration.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed upstream requests by route and kind",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_ejections",
+            "Endpoints ejected by passive health checks",
+            m.ejections.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reload attempts by result",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Generation of the config being served",
+            m.config_generation.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Client connections open now",
+            m.connections_active.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access-log lines dropped under overload",
+            m.access_log_dropped.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Handles for one route, to be kept by the compiled route.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let label = RouteLabel {
+            route: route.to_string(),
+        };
+        RouteMetrics {
+            route: route.to_string(),
+            requests: self.requests.clone(),
+            by_status: (100..600).map(|_| OnceLock::new()).collect(),
+            duration: self.duration.get_or_create_owned(&label),
+            upstream_duration: self.upstream_duration.get_or_create_owned(&label),
+            upstream_errors: KINDS.map(|kind| {
+                self.upstream_errors.get_or_create_owned(&RouteErrorLabels {
+                    route: route.to_string(),
+                    kind,
+                })
+            }),
+        }
+    }
+
+    /// Counts an endpoint ejection.
+    pub fn ejection(&self, upstream: &str) -> Counter {
+        self.ejections.get_or_create_owned(&UpstreamLabel {
+            upstream: upstream.to_string(),
+        })
+    }
+
+    /// Counts a reload attempt.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok {
+            ReloadResult::success
+        } else {
+            ReloadResult::failure
+        };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Metric handles of one route.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: String,
+    requests: Family<RouteCode, Counter>,
+    /// One counter per status code 100..=599, created on first use.
+    by_status: Box<[OnceLock<Counter>]>,
+    duration: AtomicHistogram,
+    upstream_duration: AtomicHistogram,
+    upstream_errors: [Counter; 3],
+}
+
+impl RouteMetrics {
+    /// Records a finished request.
+    pub fn request(&self, status: u16, elapsed: Duration) {
+        self.duration.observe(elapsed);
+        let Some(slot) = self.by_status.get(usize::from(status).wrapping_sub(100)) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            self.requests.get_or_create_owned(&RouteCode {
+                route: self.route.clone(),
+                code: status,
+            })
+        })
+        .inc();
+    }
+
+    /// Records how long the upstream took to answer.
+    pub fn upstream(&self, elapsed: Duration) {
+        self.upstream_duration.observe(elapsed);
+    }
+
+    /// Records a failed upstream request.
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors[kind as usize].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_handles_count_into_the_shared_families() {
+        let m = Metrics::new();
+        let r = m.route("orders");
+        r.request(200, Duration::from_millis(2));
+        r.request(200, Duration::from_millis(2));
+        r.request(404, Duration::from_millis(1));
+        r.request(999, Duration::from_millis(1)); // out of range: ignored, no panic
+        r.upstream_error(UpstreamErrorKind::timeout);
+        // A second handle for the same route (after a reload) shares the counters.
+        m.route("orders").request(200, Duration::from_millis(1));
+        m.reload(false);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"portcullis_requests_total{route="orders",code="200"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"portcullis_requests_total{route="orders",code="404"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"portcullis_upstream_errors_total{route="orders",kind="timeout"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"portcullis_config_reloads_total{result="failure"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"portcullis_request_duration_seconds_count{route="orders"} 5"#),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! Whole-gateway tests: the real `portcullis` binary on loopback, driven over HTTP.
