@@ -1,1 +1,12 @@
-//! Whole-gateway tests: the real `portcullis` binary on loopback, driven over HTTP.
+//! Whole-gateway tests: the real `portcullis` binary on loopback, driven over HTTP/1.1,
+//! HTTP/2 and TLS against real peers (an HTTP upstream, a gRPC server and client in Python).
+
+mod harness;
+mod pki;
+mod upstream;
+
+mod lifecycle;
+mod protocols;
+mod proxy;
+mod robustness;
+mod streaming;

@@ -198,7 +198,9 @@ async fn run(
     forward(rt, conn, ctx, &route, parts, body, path, authority.as_str()).await
 }
 
-/// The head is within the configured limits (`431`).
+/// The head is within the configured limits (`431`). (Ambiguous framing, such as both
+/// `Content-Length` and `Transfer-Encoding`, is settled by the HTTP layer per RFC 9112 §6.3:
+/// the length is dropped and the connection closed after the response.)
 fn admit(rt: &Runtime, parts: &http::request::Parts) -> Result<(), Problem> {
     let limits = rt.head_limits;
     if parts.headers.len() > limits.max_headers
@@ -224,11 +226,19 @@ enum RequestAuthority {
 impl RequestAuthority {
     /// HTTP/1.1 requires one (RFC 9112 §3.2).
     fn of(parts: &http::request::Parts) -> Result<Self, Problem> {
+        // Two Host headers would let the gateway and the upstream disagree on the host.
+        let mut hosts = parts.headers.get_all(header::HOST).iter();
+        if hosts.next().is_some() && hosts.next().is_some() {
+            return Err(Problem::bad_request(
+                "bad_host",
+                "more than one Host header",
+            ));
+        }
         if let Some(a) = parts.uri.authority() {
             return Ok(Self::Uri(a.clone()));
         }
         match parts.headers.get(header::HOST) {
-            Some(h) if h.to_str().is_ok() => Ok(Self::Header(h.clone())),
+            Some(h) if is_authority(h.as_bytes()) => Ok(Self::Header(h.clone())),
             Some(_) => Err(Problem::bad_request(
                 "bad_host",
                 "the Host header is not valid",
@@ -258,6 +268,13 @@ impl RequestAuthority {
             Cow::Borrowed(h)
         }
     }
+}
+
+/// Whether `b` is made only of the characters an authority may hold (RFC 3986 §3.2).
+fn is_authority(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(c))
 }
 
 fn strip_port(host: &str) -> &str {

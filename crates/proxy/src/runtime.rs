@@ -204,6 +204,8 @@ impl Runtime {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
+            // A client may shut down its sending side and still wait for the answer.
+            .half_close(true)
             .header_read_timeout(limits.header_read_timeout.get())
             // Heads between our limit and twice it get a problem+json 431 from the pipeline;
             // hyper answers a bare 431 only beyond that.

@@ -223,6 +223,32 @@ mod tests {
         assert_eq!(normalize("/a%2fb", true).as_deref(), Ok("/a%2Fb"));
     }
 
+    proptest::proptest! {
+        /// Whatever the input, a normalised path is absolute, has no dot segments and no
+        /// empty segments, keeps no decodable escape, and is its own normal form.
+        #[test]
+        fn normal_form_properties(raw in "/[a-zA-Z0-9._~%/\\-]{0,40}") {
+            if let Ok(p) = normalize(&raw, false) {
+                proptest::prop_assert!(p.starts_with('/'));
+                let segs: Vec<&str> = p[1..].split('/').collect();
+                for (i, s) in segs.iter().enumerate() {
+                    proptest::prop_assert!(*s != "." && *s != "..", "{p}");
+                    proptest::prop_assert!(!s.is_empty() || i == segs.len() - 1, "{p}");
+                }
+                proptest::prop_assert!(!p.contains('\\'));
+                let again = normalize(&p, false).unwrap().into_owned();
+                proptest::prop_assert_eq!(again.as_str(), p.as_ref());
+            }
+        }
+
+        /// Arbitrary bytes (valid UTF-8) never panic.
+        #[test]
+        fn never_panics(raw in "\\PC{0,64}") {
+            let _ = normalize(&raw, false);
+            let _ = normalize(&raw, true);
+        }
+    }
+
     #[test]
     fn normalising_twice_changes_nothing() {
         for p in ["/a/./b/../c//d/", "/%2e%2e/x", "/x/%7e/..", "/a%20b/./c"] {

@@ -1,0 +1,283 @@
+//! The process: config check, hot reload (under load, and of an invalid config), draining
+//! on SIGTERM, and the CLI's other commands.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Gateway, TempDir, admin_get, client, run_cli};
+use crate::upstream::Upstream;
+
+fn routes(up: &str, extra_route: bool) -> String {
+    let mut s = format!(
+        "routes:\n  - id: main\n    match: {{ path_prefix: /main }}\n    upstream: {up}\n    authenticate: [none]\n"
+    );
+    if extra_route {
+        s.push_str("  - id: extra\n    match: { path_prefix: /extra }\n    upstream: echo\n    authenticate: [none]\n");
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_under_load_fails_no_request() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&routes(&up.url(), false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for i in 0..8 {
+        // Half reuse connections, half open a new one per request.
+        let c = if i % 2 == 0 {
+            client()
+        } else {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap()
+        };
+        let (url, stop, ok) = (gw.url("/main/x"), stop.clone(), ok.clone());
+        workers.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failures.push(format!("status {}", r.status())),
+                    Err(e) => failures.push(format!("error {e}")),
+                }
+            }
+            failures
+        }));
+    }
+    let gw = Arc::new(gw);
+    for round in 0..20 {
+        gw.write_config(&routes(&up.url(), round % 2 == 0));
+        let g = gw.clone();
+        tokio::task::spawn_blocking(move || g.reload())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for w in workers {
+        failures.extend(w.await.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} requests failed during reloads: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 200,
+        "the load ran: {} requests",
+        ok.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        gw.metric("portcullis_config_reloads_total{result=\"success\"}"),
+        20.0
+    );
+    assert_eq!(gw.metric("portcullis_config_generation"), 21.0);
+}
+
+#[tokio::test]
+async fn invalid_reload_keeps_the_old_config_serving() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&routes(&up.url(), true));
+    let c = client();
+    assert_eq!(c.get(gw.url("/extra")).send().await.unwrap().status(), 200);
+
+    for broken in [
+        "routes:\n  - id: main\n    upstream: echo\n", // default deny: no authenticate
+        "routes: [\n",                                 // YAML syntax
+        "server:\n  listen: {listen}\n  tls: { cert: /nonexistent.pem, key: /nonexistent-key.pem }\nroutes: []\n",
+    ] {
+        gw.write_config(broken);
+        gw.reload();
+        assert_eq!(
+            c.get(gw.url("/extra")).send().await.unwrap().status(),
+            200,
+            "old config still serves after {broken:?}"
+        );
+        assert_eq!(c.get(gw.url("/main/y")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        gw.metric("portcullis_config_reloads_total{result=\"failure\"}"),
+        3.0
+    );
+    assert_eq!(gw.metric("portcullis_config_generation"), 1.0);
+    let log = gw.stderr();
+    assert!(log.contains("config reload rejected"), "{log}");
+    assert!(
+        log.contains("routes[0].authenticate"),
+        "the log names the key: {log}"
+    );
+
+    // A good config after the bad ones is taken.
+    gw.write_config(&routes(&up.url(), false));
+    gw.reload();
+    assert_eq!(c.get(gw.url("/extra")).send().await.unwrap().status(), 404);
+    assert_eq!(gw.metric("portcullis_config_generation"), 2.0);
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight() {
+    let up = Upstream::start();
+    let mut gw = Gateway::start(&format!(
+        "server:\n  listen: {{listen}}\n  drain_timeout: 10s\n{}",
+        routes(&up.url(), false)
+    ));
+    let url = gw.url("/main/slow?ms=1500");
+    let in_flight = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { client().get(url).send().await.map(|r| r.status().as_u16()) })
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let started = Instant::now();
+    gw.signal("TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        admin_get(gw.admin, "/readyz").unwrap().0,
+        503,
+        "not ready while draining"
+    );
+    assert!(
+        std::net::TcpStream::connect(gw.addr).is_err(),
+        "no new connections while draining"
+    );
+    let status = gw.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(
+        in_flight.join().unwrap().unwrap(),
+        200,
+        "the request in flight completed"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "exit waited for the request"
+    );
+}
+
+#[test]
+fn drain_has_a_deadline() {
+    let up = Upstream::start();
+    let mut gw = Gateway::start(&format!(
+        "server:\n  listen: {{listen}}\n  drain_timeout: 500ms\n{}",
+        routes(&up.url(), false)
+    ));
+    let url = gw.url("/main/slow?ms=10000");
+    let _stuck = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { client().get(url).send().await.map(|r| r.status().as_u16()) })
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = gw.terminate(Duration::from_secs(5));
+    assert!(status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "exited at the drain deadline, not after the request"
+    );
+}
+
+/// `check` reports every malformed config with the key and the line.
+#[test]
+fn check_names_key_and_line() {
+    let dir = TempDir::new("check");
+    let good = "server:\n  listen: 127.0.0.1:8080\nroutes:\n  - id: a\n    upstream: echo\n    authenticate: [none]\n";
+    let path = dir.write("good.yaml", good);
+    let (code, out, _) = run_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("valid (1 routes)"), "{out}");
+
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "server:\n  listen: 127.0.0.1:8080\n  lisen: x\nroutes: []\n",
+            ":3:",
+            "unknown field `lisen`",
+        ),
+        (
+            "server:\n  listen: nowhere\nroutes: []\n",
+            ":2:",
+            "server.listen",
+        ),
+        (
+            "server:\n  listen: 127.0.0.1:8080\nroutes:\n  - id: a\n    upstream: echo\n",
+            ":4:",
+            "routes[0].authenticate",
+        ),
+        (
+            "server:\n  listen: 127.0.0.1:8080\nroutes:\n  - id: a\n    match: { path_template: \"/a/{id\" }\n    upstream: echo\n    authenticate: [none]\n",
+            ":5:",
+            "routes[0].match.path_template",
+        ),
+        (
+            "server:\n  listen: 127.0.0.1:8080\n  tls: { cert: missing.pem, key: missing-key.pem }\nroutes: []\n",
+            ":3:",
+            "server.tls.cert",
+        ),
+        (
+            "server:\n  listen: 127.0.0.1:8080\nroutes:\n  - id: a\n    upstream: ftp://x\n    authenticate: [none]\n",
+            ":5:",
+            "routes[0].upstream",
+        ),
+        (
+            "server:\n  listen: 127.0.0.1:8080\nroutes:\n  - id: a\n    upstream: echo\n    authenticate: [none]\n  - id: b\n    upstream: echo\n    authenticate: [none]\n",
+            ":7:",
+            "routes[1].match",
+        ),
+        (
+            "server:\n  listen: 127.0.0.1:8080\nroutes:\n  - id: a\n    upstream: echo\n    authenticate: [jwt]\n",
+            ":6:",
+            "issuers",
+        ),
+    ];
+    for (yaml, line, key) in cases {
+        let path = dir.write("bad.yaml", yaml);
+        let (code, _, err) = run_cli(&["check", "--config", path.to_str().unwrap()]);
+        assert_ne!(code, 0, "accepted:\n{yaml}");
+        assert!(
+            err.contains(&format!("bad.yaml{line}")),
+            "no line {line} in: {err}"
+        );
+        assert!(err.contains(key), "no `{key}` in: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let (code, _, err) = run_cli(&["check", "--config", "/nonexistent/portcullis.yaml"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot read config file"), "{err}");
+}
+
+#[test]
+fn serve_refuses_an_invalid_config() {
+    let dir = TempDir::new("serve-bad");
+    let path = dir.write(
+        "bad.yaml",
+        "server:\n  listen: 127.0.0.1:1\nroutes:\n  - id: a\n    upstream: echo\n",
+    );
+    let (code, _, err) = run_cli(&["serve", "--config", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("routes[0].authenticate"), "{err}");
+}
+
+#[test]
+fn schema_and_version() {
+    let (code, out, _) = run_cli(&["config", "schema"]);
+    assert_eq!(code, 0);
+    let schema: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(schema["title"], "Portcullis configuration");
+    assert!(schema["properties"]["routes"].is_object());
+    let (code, out, _) = run_cli(&["version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("portcullis "), "{out}");
+}

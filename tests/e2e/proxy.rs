@@ -1,0 +1,549 @@
+//! Routing, forwarding, headers and limits through the real binary.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Gateway, client, free_port, problem};
+use crate::upstream::Upstream;
+
+fn two_upstreams() -> (Upstream, Upstream) {
+    (Upstream::start(), Upstream::start())
+}
+
+#[tokio::test]
+async fn most_specific_route_wins_and_unmatched_is_404() {
+    let (a, b) = two_upstreams();
+    let gw = Gateway::start(&format!(
+        r#"
+routes:
+  - id: everything
+    upstream: {a}
+    authenticate: [none]
+  - id: order
+    match: {{ path_template: "/orders/{{id}}", methods: [GET] }}
+    upstream: {b}
+    authenticate: [none]
+  - id: api-host
+    match: {{ host: api.example.com, path_prefix: /orders }}
+    upstream: echo
+    authenticate: [none]
+  - id: only-post
+    match: {{ path: /submit, methods: [POST] }}
+    upstream: {b}
+    authenticate: [none]
+"#,
+        a = a.url(),
+        b = b.url()
+    ));
+    let c = client();
+    let get = |p: &str| c.get(gw.url(p)).send();
+    let r = get("/orders/42").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(b.count(), 1, "the template route goes to b");
+    get("/orders/42/items").await.unwrap();
+    assert_eq!(a.count(), 1, "deeper paths fall back to the catch-all");
+    let r = c
+        .get(gw.url("/orders/1"))
+        .header("host", "API.example.com:8443")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["method"], "GET",
+        "host-specific route is the echo upstream: {v}"
+    );
+    assert_eq!(b.count(), 1);
+
+    // A route that matches nothing else: method mismatch falls to the catch-all here.
+    c.get(gw.url("/submit")).send().await.unwrap();
+    assert_eq!(a.count(), 2);
+    c.post(gw.url("/submit")).send().await.unwrap();
+    assert_eq!(b.count(), 2);
+
+    // Without a catch-all, nothing matches: 404 problem.
+    let gw2 = Gateway::start(&format!(
+        "routes:\n  - id: o\n    match: {{ path_prefix: /orders }}\n    upstream: {}\n    authenticate: [none]\n",
+        a.url()
+    ));
+    let p = problem(c.get(gw2.url("/ordersX")).send().await.unwrap(), 404).await;
+    assert_eq!(p["type"], "urn:portcullis:problem:no-route");
+    assert!(p["request_id"].is_string());
+    assert_eq!(a.count(), 2, "a 404 never reaches an upstream");
+}
+
+#[tokio::test]
+async fn dot_segments_cannot_sneak_past_a_route() {
+    let (public, admin) = two_upstreams();
+    let gw = Gateway::start(&format!(
+        r#"
+routes:
+  - id: public
+    match: {{ path_prefix: /public }}
+    upstream: {p}
+    authenticate: [none]
+  - id: admin
+    match: {{ path_prefix: /admin }}
+    upstream: {a}
+    authenticate: [none]
+"#,
+        p = public.url(),
+        a = admin.url()
+    ));
+    // Raw requests: HTTP clients would normalise these themselves.
+    for raw in [
+        "/public/../admin/users",
+        "/public/%2e%2e/admin/users",
+        "/public/.%2E/admin/users",
+        "//admin/users",
+    ] {
+        let (status, body) = raw_request(
+            &gw,
+            &format!("GET {raw} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(status, 200, "{raw}: {body}");
+        let v: Value = serde_json::from_str(body.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(
+            v["path"], "/admin/users",
+            "{raw}: the upstream sees the path the route saw"
+        );
+    }
+    assert_eq!(
+        public.count(),
+        0,
+        "a path that resolves to /admin is routed as /admin"
+    );
+    let (status, body) = raw_request(
+        &gw,
+        "GET /public/..%2Fadmin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("application/problem+json"));
+}
+
+/// Sends raw bytes, returns (status, whole response).
+pub fn raw_request(gw: &Gateway, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    (
+        text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0),
+        text,
+    )
+}
+
+#[tokio::test]
+async fn upstream_sees_clean_headers_and_forwarding_facts() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n",
+        up.url()
+    ));
+    let resp = client()
+        .get(gw.url("/x?y=1"))
+        .header("connection", "x-hop")
+        .header("x-hop", "must go")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic c2VjcmV0")
+        .header("authorization", "Bearer caller-credential")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-request-id", "client-chosen-id-1")
+        .header("x-custom", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-request-id"], "client-chosen-id-1");
+    assert!(
+        resp.headers().get("keep-alive").is_none(),
+        "hop-by-hop response headers are removed"
+    );
+    assert_eq!(resp.headers()["x-upstream"], "yes");
+    let v: Value = resp.json().await.unwrap();
+    let h = &v["headers"];
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "authorization",
+    ] {
+        assert!(h.get(gone).is_none(), "{gone} reached the upstream: {h}");
+    }
+    assert_eq!(h["x-custom"], "kept");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "an untrusted client cannot choose its address"
+    );
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], gw.addr.to_string());
+    assert_eq!(h["x-request-id"], "client-chosen-id-1");
+    assert_eq!(h["host"], up.addr.to_string(), "Host is the upstream's");
+    assert_eq!(v["uri"], "/x?y=1");
+
+    // Without a usable id from the client, a fresh one goes both ways.
+    let resp = client()
+        .get(gw.url("/x"))
+        .header("x-request-id", "<bad id>")
+        .send()
+        .await
+        .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["headers"]["x-request-id"], id.as_str());
+    assert_eq!(id.len(), 36);
+}
+
+#[tokio::test]
+async fn trusted_proxies_and_rfc7239() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "server:\n  listen: {{listen}}\n  trusted_proxies: [127.0.0.0/8]\n  forwarded_headers: forwarded\nroutes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n",
+        up.url()
+    ));
+    let v: Value = client()
+        .get(gw.url("/"))
+        .header("forwarded", "for=198.51.100.1;proto=https")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fwd = v["headers"]["forwarded"].as_str().unwrap();
+    assert!(
+        fwd.starts_with("for=198.51.100.1;proto=https, for=127.0.0.1;proto=http;host="),
+        "{fwd}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_failures_are_502_and_504_without_internals() {
+    let up = Upstream::start();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let gw = Gateway::start(&format!(
+        r#"
+routes:
+  - id: dead
+    match: {{ path_prefix: /dead }}
+    upstream: {dead}
+    authenticate: [none]
+  - id: slow
+    match: {{ path_prefix: /slow }}
+    upstream: {up}
+    authenticate: [none]
+    timeouts: {{ request: 300ms }}
+  - id: drop
+    match: {{ path_prefix: /drop }}
+    upstream: {up}
+    authenticate: [none]
+  - id: status
+    match: {{ path_prefix: /status }}
+    upstream: {up}
+    authenticate: [none]
+"#,
+        up = up.url()
+    ));
+    let c = client();
+    let p = problem(c.get(gw.url("/dead")).send().await.unwrap(), 502).await;
+    let text = p.to_string().to_lowercase();
+    for leak in ["refused", "127.0.0.1", "os error", "tcp"] {
+        assert!(!text.contains(leak), "502 leaks `{leak}`: {p}");
+    }
+    let started = Instant::now();
+    let p = problem(c.get(gw.url("/slow?ms=3000")).send().await.unwrap(), 504).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "timed out at the route timeout"
+    );
+    assert_eq!(p["type"], "urn:portcullis:problem:upstream-timeout");
+    problem(c.get(gw.url("/drop")).send().await.unwrap(), 502).await;
+    // The upstream's own error statuses pass through untouched.
+    let r = c.get(gw.url("/status/503")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.text().await.unwrap(), "status 503");
+
+    gw.wait_metric("upstream error metrics", |g| {
+        g.metric("portcullis_upstream_errors_total{route=\"dead\",kind=\"connect\"}") >= 1.0
+            && g.metric("portcullis_upstream_errors_total{route=\"slow\",kind=\"timeout\"}") >= 1.0
+    });
+}
+
+#[tokio::test]
+async fn failing_endpoints_are_ejected_and_connect_failures_retried() {
+    let up = Upstream::start();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  pool:
+    endpoints: [{dead}, {live}]
+    health: {{ consecutive_failures: 2, ejection_time: 30s }}
+routes:
+  - id: r
+    upstream: pool
+    authenticate: [none]
+"#,
+        live = up.url()
+    ));
+    let c = client();
+    for i in 0..20 {
+        let r = c.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "request {i}: body-less requests are retried on the other endpoint"
+        );
+    }
+    assert_eq!(up.count(), 20);
+    assert_eq!(
+        gw.metric("portcullis_upstream_ejections_total{upstream=\"pool\"}"),
+        1.0
+    );
+    // A request with a body cannot be replayed, but the dead endpoint is ejected by now.
+    for _ in 0..5 {
+        let r = c.post(gw.url("/x")).body("payload").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn header_and_body_limits() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        r#"
+server:
+  listen: {{listen}}
+  limits: {{ max_header_bytes: 4KiB, max_body_bytes: 1KiB, max_headers: 20 }}
+routes:
+  - id: small
+    upstream: {u}
+    authenticate: [none]
+  - id: big
+    match: {{ path_prefix: /big }}
+    upstream: {u}
+    authenticate: [none]
+    limits: {{ max_body_bytes: 1MiB }}
+"#,
+        u = up.url()
+    ));
+    let c = client();
+    let p = problem(
+        c.get(gw.url("/"))
+            .header("x-big", "a".repeat(5000))
+            .send()
+            .await
+            .unwrap(),
+        431,
+    )
+    .await;
+    assert_eq!(p["type"], "urn:portcullis:problem:headers-too-large");
+    let mut req = c.get(gw.url("/"));
+    for i in 0..25 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    problem(req.send().await.unwrap(), 431).await;
+    // Far beyond the limit the HTTP layer refuses on its own, still with 431.
+    let r = c
+        .get(gw.url("/"))
+        .header("x-huge", "a".repeat(200_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+
+    problem(
+        c.post(gw.url("/count"))
+            .body(vec![0u8; 2048])
+            .send()
+            .await
+            .unwrap(),
+        413,
+    )
+    .await;
+    // A chunked body without a length is cut off as it streams.
+    let chunks =
+        futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![1u8; 512])));
+    let r = c
+        .post(gw.url("/count"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    problem(r, 413).await;
+    let r = c
+        .post(gw.url("/big/upload"))
+        .body(vec![0u8; 100_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the route's own limit applies");
+    let r = c
+        .post(gw.url("/count"))
+        .body(vec![0u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["bytes"], 1000);
+}
+
+#[tokio::test]
+async fn rewrite_replaces_the_matched_prefix() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "routes:\n  - id: r\n    match: {{ path_prefix: /api/v1 }}\n    rewrite: {{ path_prefix: / }}\n    upstream: {}\n    authenticate: [none]\n",
+        up.url()
+    ));
+    let v: Value = client()
+        .get(gw.url("/api/v1/orders/7?x=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["uri"], "/orders/7?x=1");
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_connections_are_capped() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "server:\n  listen: {{listen}}\n  limits: {{ header_read_timeout: 1s, max_connections: 2 }}\nroutes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n",
+        up.url()
+    ));
+    // Slowloris: a head that never completes is dropped after the header timeout.
+    let mut slow = TcpStream::connect(gw.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    assert!(
+        n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+        "closed without serving"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+
+    // Two open connections use the whole allowance; a third waits until one closes.
+    let mut c1 = keep_alive(&gw);
+    let c2 = keep_alive(&gw);
+    let mut c3 = TcpStream::connect(gw.addr).unwrap();
+    c3.set_read_timeout(Some(Duration::from_millis(600)))
+        .unwrap();
+    c3.write_all(b"GET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        c3.read(&mut buf).is_err(),
+        "a third connection must not be served while two are open"
+    );
+    c1.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = c1.read_to_end(&mut sink);
+    drop(c1);
+    c3.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    let _ = c3.read_to_end(&mut out);
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
+        "served once a slot freed"
+    );
+    drop(c2);
+}
+
+fn keep_alive(gw: &Gateway) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    s
+}
+
+#[tokio::test]
+async fn metrics_access_log_and_effective_config() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        r#"
+state:
+  backend: redis
+  redis_url: "redis://:hunter2-secret@127.0.0.1:6379"
+routes:
+  - id: r
+    upstream: {}
+    authenticate: [none]
+"#,
+        up.url()
+    ));
+    let c = client();
+    c.get(gw.url("/x?access_token=leaky-token-value"))
+        .header("authorization", "Bearer also-secret")
+        .send()
+        .await
+        .unwrap();
+    c.get(gw.url("/status/418")).send().await.unwrap();
+
+    gw.wait_metric("request counts", |g| {
+        g.metric("portcullis_requests_total{route=\"r\",code=\"418\"}") == 1.0
+    });
+    let m = gw.metrics();
+    assert!(
+        m.contains("portcullis_requests_total{route=\"r\",code=\"200\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("portcullis_request_duration_seconds_bucket{le=\"0.005\",route=\"r\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("portcullis_upstream_duration_seconds_count{route=\"r\"} 2"),
+        "{m}"
+    );
+    assert!(m.contains("portcullis_config_generation 1"), "{m}");
+
+    let (status, cfg) = crate::harness::admin_get(gw.admin, "/config").unwrap();
+    assert_eq!(status, 200);
+    let cfg: Value = serde_json::from_str(&cfg).unwrap();
+    assert_eq!(cfg["config"]["routes"][0]["id"], "r");
+    assert!(!cfg.to_string().contains("hunter2-secret"), "{cfg}");
+
+    // The access log: one JSON line per request, no query strings, no credentials.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = gw.access_log();
+        if log.lines().count() >= 2 || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert_eq!(lines[0]["route"], "r");
+    assert_eq!(lines[0]["path"], "/x");
+    assert_eq!(lines[0]["status"], 200);
+    assert!(lines[0]["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(lines[0]["upstream_ms"].as_f64().is_some());
+    assert!(lines[0]["request_id"].as_str().unwrap().len() == 36);
+    assert_eq!(lines[1]["status"], 418);
+    let everything = format!("{log}{}", gw.stderr());
+    for secret in ["leaky-token-value", "also-secret", "hunter2-secret"] {
+        assert!(!everything.contains(secret), "`{secret}` was logged");
+    }
+}
