@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis_config::{Config, LogFormat};
 
+// A request allocates a few small objects that die with it; mimalloc's thread-local free
+// lists serve that pattern with fewer instructions than glibc (measured: see bench/).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A zero-trust microgateway: every request is authenticated, authorized and checked before
 /// it reaches a service.
 #[derive(Parser)]
@@ -61,8 +66,7 @@ fn main() -> ExitCode {
                 Format::Json => LogFormat::Json,
                 Format::Pretty => LogFormat::Pretty,
             });
-            match portcullis_gateway::serve(portcullis_gateway::ServeOptions { config, log_format })
-            {
+            match portcullis_gateway::serve(portcullis_gateway::ServeOptions { config, log_format }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis: {e}");
@@ -72,11 +76,7 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match portcullis_gateway::check(&config) {
             Ok(summary) => {
-                println!(
-                    "{}: valid ({} routes)",
-                    config.display(),
-                    summary.routes.len()
-                );
+                println!("{}: valid ({} routes)", config.display(), summary.routes.len());
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -87,13 +87,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Config {
-            command: ConfigCommand::Schema,
-        } => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&Config::json_schema()).unwrap_or_default()
-            );
+        Command::Config { command: ConfigCommand::Schema } => {
+            println!("{}", serde_json::to_string_pretty(&Config::json_schema()).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Command::Version => {

@@ -43,11 +43,7 @@ impl Drop for TempDir {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn binary() -> &'static str {
@@ -67,9 +63,7 @@ pub struct Gateway {
 /// in `rest` are not needed: the harness adds the `server`/`admin` keys itself unless the
 /// test gives a full `server:` block containing `{listen}`.
 pub fn config_with(listen: SocketAddr, admin: SocketAddr, body: &str) -> String {
-    let body = body
-        .replace("{listen}", &listen.to_string())
-        .replace("{admin}", &admin.to_string());
+    let body = body.replace("{listen}", &listen.to_string()).replace("{admin}", &admin.to_string());
     let mut out = String::new();
     if !body.contains("server:") {
         out.push_str(&format!("server:\n  listen: {listen}\n"));
@@ -98,13 +92,7 @@ impl Gateway {
             let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let d = dir.take().unwrap();
             let config = d.write("portcullis.yaml", config_with(addr, admin, body));
-            let mut gw = Gateway {
-                child: None,
-                addr,
-                admin,
-                config,
-                dir: d,
-            };
+            let mut gw = Gateway { child: None, addr, admin, config, dir: d };
             match gw.spawn() {
                 Ok(()) => return gw,
                 // The port was taken between our probe and the gateway's bind: try others.
@@ -138,10 +126,7 @@ impl Gateway {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 return Err(format!("exited with {status}: {}", self.stderr()));
             }
-            if admin_get(self.admin, "/readyz")
-                .map(|(s, _)| s == 200)
-                .unwrap_or(false)
-            {
+            if admin_get(self.admin, "/readyz").map(|(s, _)| s == 200).unwrap_or(false) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -160,10 +145,7 @@ impl Gateway {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .unwrap();
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
         assert!(ok.success(), "kill -{sig} failed");
     }
 
@@ -198,11 +180,7 @@ impl Gateway {
     pub fn wait_metric(&self, what: &str, cond: impl Fn(&Gateway) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !cond(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; stderr:\n{}",
-                self.stderr()
-            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; stderr:\n{}", self.stderr());
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -232,10 +210,7 @@ impl Gateway {
             if let Some(s) = child.try_wait().unwrap() {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not exit within {within:?}"
-            );
+            assert!(Instant::now() < deadline, "gateway did not exit within {within:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -274,17 +249,11 @@ pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)>
     use std::io::Write;
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let status = buf.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, dechunk(&body)))
 }
 
@@ -322,38 +291,25 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
 
 /// An HTTP client that does not reuse connections across tests.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
 /// Parses a problem+json response, checking its content type and status field.
 pub async fn problem(resp: reqwest::Response, status: u16) -> serde_json::Value {
     assert_eq!(resp.status().as_u16(), status, "unexpected status");
     assert_eq!(
-        resp.headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap()),
+        resp.headers().get("content-type").map(|v| v.to_str().unwrap()),
         Some("application/problem+json"),
         "problem responses are application/problem+json"
     );
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["status"], status);
-    assert!(
-        v["type"]
-            .as_str()
-            .unwrap()
-            .starts_with("urn:portcullis:problem:"),
-        "{v}"
-    );
+    assert!(v["type"].as_str().unwrap().starts_with("urn:portcullis:problem:"), "{v}");
     assert!(v["title"].is_string() && v["detail"].is_string(), "{v}");
     v
 }
 
 /// Python helpers live next to the tests.
 pub fn helper(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/helpers")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helpers").join(name)
 }

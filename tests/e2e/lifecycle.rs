@@ -29,14 +29,8 @@ async fn reload_under_load_fails_no_request() {
     let mut workers = Vec::new();
     for i in 0..8 {
         // Half reuse connections, half open a new one per request.
-        let c = if i % 2 == 0 {
-            client()
-        } else {
-            reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap()
-        };
+        let c =
+            if i % 2 == 0 { client() } else { reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap() };
         let (url, stop, ok) = (gw.url("/main/x"), stop.clone(), ok.clone());
         workers.push(tokio::spawn(async move {
             let mut failures = Vec::new();
@@ -56,9 +50,7 @@ async fn reload_under_load_fails_no_request() {
     for round in 0..20 {
         gw.write_config(&routes(&up.url(), round % 2 == 0));
         let g = gw.clone();
-        tokio::task::spawn_blocking(move || g.reload())
-            .await
-            .unwrap();
+        tokio::task::spawn_blocking(move || g.reload()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -72,15 +64,8 @@ async fn reload_under_load_fails_no_request() {
         failures.len(),
         &failures[..failures.len().min(5)]
     );
-    assert!(
-        ok.load(Ordering::Relaxed) > 200,
-        "the load ran: {} requests",
-        ok.load(Ordering::Relaxed)
-    );
-    assert_eq!(
-        gw.metric("portcullis_config_reloads_total{result=\"success\"}"),
-        20.0
-    );
+    assert!(ok.load(Ordering::Relaxed) > 200, "the load ran: {} requests", ok.load(Ordering::Relaxed));
+    assert_eq!(gw.metric("portcullis_config_reloads_total{result=\"success\"}"), 20.0);
     assert_eq!(gw.metric("portcullis_config_generation"), 21.0);
 }
 
@@ -105,17 +90,11 @@ async fn invalid_reload_keeps_the_old_config_serving() {
         );
         assert_eq!(c.get(gw.url("/main/y")).send().await.unwrap().status(), 200);
     }
-    assert_eq!(
-        gw.metric("portcullis_config_reloads_total{result=\"failure\"}"),
-        3.0
-    );
+    assert_eq!(gw.metric("portcullis_config_reloads_total{result=\"failure\"}"), 3.0);
     assert_eq!(gw.metric("portcullis_config_generation"), 1.0);
     let log = gw.stderr();
     assert!(log.contains("config reload rejected"), "{log}");
-    assert!(
-        log.contains("routes[0].authenticate"),
-        "the log names the key: {log}"
-    );
+    assert!(log.contains("routes[0].authenticate"), "the log names the key: {log}");
 
     // A good config after the bad ones is taken.
     gw.write_config(&routes(&up.url(), false));
@@ -127,67 +106,40 @@ async fn invalid_reload_keeps_the_old_config_serving() {
 #[test]
 fn sigterm_drains_requests_in_flight() {
     let up = Upstream::start();
-    let mut gw = Gateway::start(&format!(
-        "server:\n  listen: {{listen}}\n  drain_timeout: 10s\n{}",
-        routes(&up.url(), false)
-    ));
+    let mut gw =
+        Gateway::start(&format!("server:\n  listen: {{listen}}\n  drain_timeout: 10s\n{}", routes(&up.url(), false)));
     let url = gw.url("/main/slow?ms=1500");
     let in_flight = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async { client().get(url).send().await.map(|r| r.status().as_u16()) })
     });
     std::thread::sleep(Duration::from_millis(400));
     let started = Instant::now();
     gw.signal("TERM");
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        admin_get(gw.admin, "/readyz").unwrap().0,
-        503,
-        "not ready while draining"
-    );
-    assert!(
-        std::net::TcpStream::connect(gw.addr).is_err(),
-        "no new connections while draining"
-    );
+    assert_eq!(admin_get(gw.admin, "/readyz").unwrap().0, 503, "not ready while draining");
+    assert!(std::net::TcpStream::connect(gw.addr).is_err(), "no new connections while draining");
     let status = gw.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
-    assert_eq!(
-        in_flight.join().unwrap().unwrap(),
-        200,
-        "the request in flight completed"
-    );
-    assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "exit waited for the request"
-    );
+    assert_eq!(in_flight.join().unwrap().unwrap(), 200, "the request in flight completed");
+    assert!(started.elapsed() >= Duration::from_millis(900), "exit waited for the request");
 }
 
 #[test]
 fn drain_has_a_deadline() {
     let up = Upstream::start();
-    let mut gw = Gateway::start(&format!(
-        "server:\n  listen: {{listen}}\n  drain_timeout: 500ms\n{}",
-        routes(&up.url(), false)
-    ));
+    let mut gw =
+        Gateway::start(&format!("server:\n  listen: {{listen}}\n  drain_timeout: 500ms\n{}", routes(&up.url(), false)));
     let url = gw.url("/main/slow?ms=10000");
     let _stuck = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async { client().get(url).send().await.map(|r| r.status().as_u16()) })
     });
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     let status = gw.terminate(Duration::from_secs(5));
     assert!(status.success());
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "exited at the drain deadline, not after the request"
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "exited at the drain deadline, not after the request");
 }
 
 /// `check` reports every malformed config with the key and the line.
@@ -201,16 +153,8 @@ fn check_names_key_and_line() {
     assert!(out.contains("valid (1 routes)"), "{out}");
 
     let cases: &[(&str, &str, &str)] = &[
-        (
-            "server:\n  listen: 127.0.0.1:8080\n  lisen: x\nroutes: []\n",
-            ":3:",
-            "unknown field `lisen`",
-        ),
-        (
-            "server:\n  listen: nowhere\nroutes: []\n",
-            ":2:",
-            "server.listen",
-        ),
+        ("server:\n  listen: 127.0.0.1:8080\n  lisen: x\nroutes: []\n", ":3:", "unknown field `lisen`"),
+        ("server:\n  listen: nowhere\nroutes: []\n", ":2:", "server.listen"),
         (
             "server:\n  listen: 127.0.0.1:8080\nroutes:\n  - id: a\n    upstream: echo\n",
             ":4:",
@@ -246,10 +190,7 @@ fn check_names_key_and_line() {
         let path = dir.write("bad.yaml", yaml);
         let (code, _, err) = run_cli(&["check", "--config", path.to_str().unwrap()]);
         assert_ne!(code, 0, "accepted:\n{yaml}");
-        assert!(
-            err.contains(&format!("bad.yaml{line}")),
-            "no line {line} in: {err}"
-        );
+        assert!(err.contains(&format!("bad.yaml{line}")), "no line {line} in: {err}");
         assert!(err.contains(key), "no `{key}` in: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
@@ -261,10 +202,7 @@ fn check_names_key_and_line() {
 #[test]
 fn serve_refuses_an_invalid_config() {
     let dir = TempDir::new("serve-bad");
-    let path = dir.write(
-        "bad.yaml",
-        "server:\n  listen: 127.0.0.1:1\nroutes:\n  - id: a\n    upstream: echo\n",
-    );
+    let path = dir.write("bad.yaml", "server:\n  listen: 127.0.0.1:1\nroutes:\n  - id: a\n    upstream: echo\n");
     let (code, _, err) = run_cli(&["serve", "--config", path.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("routes[0].authenticate"), "{err}");

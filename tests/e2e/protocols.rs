@@ -32,22 +32,12 @@ routes:
 "#,
         u = up.url()
     ));
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let r = h2.get(gw.url("/h1/x")).send().await.unwrap();
     assert_eq!(r.version(), http::Version::HTTP_2, "the gateway speaks h2c");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["version"], "HTTP/1.1", "HTTP/2 in, HTTP/1.1 out");
-    let v: Value = client()
-        .get(gw.url("/h2/x"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = client().get(gw.url("/h2/x")).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["version"], "HTTP/2.0", "HTTP/1.1 in, h2c out");
 
     // Many concurrent streams on one connection.
@@ -55,9 +45,7 @@ routes:
     for i in 0..100 {
         let h2 = h2.clone();
         let url = gw.url(&format!("/h2/stream/{i}"));
-        tasks.push(tokio::spawn(async move {
-            h2.get(url).send().await.unwrap().status()
-        }));
+        tasks.push(tokio::spawn(async move { h2.get(url).send().await.unwrap().status() }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
@@ -84,12 +72,7 @@ fn tls_client(ca: &Ca) -> reqwest::ClientBuilder {
 }
 
 fn peer_cert(resp: &reqwest::Response) -> Vec<u8> {
-    resp.extensions()
-        .get::<reqwest::tls::TlsInfo>()
-        .unwrap()
-        .peer_certificate()
-        .unwrap()
-        .to_vec()
+    resp.extensions().get::<reqwest::tls::TlsInfo>().unwrap().peer_certificate().unwrap().to_vec()
 }
 
 #[tokio::test]
@@ -98,23 +81,10 @@ async fn tls_with_alpn_and_certificate_reload() {
     let gw = tls_gateway(TempDir::new("tls"), &ca, "", "echo");
     let url = format!("https://localhost:{}/x", gw.addr.port());
 
-    let r = tls_client(&ca)
-        .build()
-        .unwrap()
-        .get(&url)
-        .send()
-        .await
-        .unwrap();
+    let r = tls_client(&ca).build().unwrap().get(&url).send().await.unwrap();
     assert_eq!(r.version(), http::Version::HTTP_2, "h2 by ALPN");
     let first = peer_cert(&r);
-    let r = tls_client(&ca)
-        .http1_only()
-        .build()
-        .unwrap()
-        .get(&url)
-        .send()
-        .await
-        .unwrap();
+    let r = tls_client(&ca).http1_only().build().unwrap().get(&url).send().await.unwrap();
     assert_eq!(r.version(), http::Version::HTTP_11);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["headers"]["x-forwarded-proto"], "https");
@@ -126,22 +96,10 @@ async fn tls_with_alpn_and_certificate_reload() {
     let next = ca.server();
     gw.dir.write("server-key.pem", &next.key);
     gw.dir.write("server.pem", &next.cert);
-    gw.wait_metric("the certificate reload", |g| {
-        g.metric("portcullis_config_generation") >= 2.0
-    });
-    let r = tls_client(&ca)
-        .build()
-        .unwrap()
-        .get(&url)
-        .send()
-        .await
-        .unwrap();
+    gw.wait_metric("the certificate reload", |g| g.metric("portcullis_config_generation") >= 2.0);
+    let r = tls_client(&ca).build().unwrap().get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_ne!(
-        peer_cert(&r),
-        first,
-        "new connections present the rotated certificate"
-    );
+    assert_ne!(peer_cert(&r), first, "new connections present the rotated certificate");
 }
 
 #[tokio::test]
@@ -150,33 +108,13 @@ async fn mutual_tls_required() {
     let other = Ca::new("someone else");
     let dir = TempDir::new("mtls");
     dir.write("clients.pem", ca.pem());
-    let gw = tls_gateway(
-        dir,
-        &ca,
-        "    client_ca: clients.pem\n    client_auth: required\n",
-        "echo",
-    );
+    let gw = tls_gateway(dir, &ca, "    client_ca: clients.pem\n    client_auth: required\n", "echo");
     let url = format!("https://localhost:{}/x", gw.addr.port());
 
-    assert!(
-        tls_client(&ca)
-            .build()
-            .unwrap()
-            .get(&url)
-            .send()
-            .await
-            .is_err(),
-        "no certificate, no handshake"
-    );
+    assert!(tls_client(&ca).build().unwrap().get(&url).send().await.is_err(), "no certificate, no handshake");
     let foreign = other.client("mallory");
-    let c = tls_client(&ca)
-        .identity(foreign.identity())
-        .build()
-        .unwrap();
-    assert!(
-        c.get(&url).send().await.is_err(),
-        "a certificate from another CA is refused"
-    );
+    let c = tls_client(&ca).identity(foreign.identity()).build().unwrap();
+    assert!(c.get(&url).send().await.is_err(), "a certificate from another CA is refused");
     let good = ca.client("alice");
     let c = tls_client(&ca).identity(good.identity()).build().unwrap();
     assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
@@ -192,13 +130,8 @@ fn grpc_end_to_end_with_trailers_and_streaming() {
         .spawn()
         .expect("python3 with grpcio is needed (see .ci/run)");
     let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("grpc server said {line:?}"));
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("grpc server said {line:?}"));
 
     let gw = Gateway::start(&format!(
         r#"
@@ -213,29 +146,15 @@ routes:
     authenticate: [none]
 "#
     ));
-    let out = Command::new("python3")
-        .arg(helper("grpc_echo.py"))
-        .args(["client", &gw.addr.to_string()])
-        .output()
-        .unwrap();
+    let out =
+        Command::new("python3").arg(helper("grpc_echo.py")).args(["client", &gw.addr.to_string()]).output().unwrap();
     let _ = server.kill();
     let _ = server.wait();
-    assert!(
-        out.status.success(),
-        "grpc client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "grpc client failed: {}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["say"], "olleh");
-    assert_eq!(
-        v["trailers"]["x-trailer"], "present",
-        "trailers cross the gateway"
-    );
-    assert_eq!(
-        v["fail"],
-        serde_json::json!(["INVALID_ARGUMENT", "asked to fail"]),
-        "grpc-status crosses the gateway"
-    );
+    assert_eq!(v["trailers"]["x-trailer"], "present", "trailers cross the gateway");
+    assert_eq!(v["fail"], serde_json::json!(["INVALID_ARGUMENT", "asked to fail"]), "grpc-status crosses the gateway");
     let count: Vec<String> = serde_json::from_value(v["count"].clone()).unwrap();
     assert_eq!(count.len(), 100);
     assert_eq!(count[99], "99");
@@ -244,10 +163,7 @@ routes:
 #[test]
 fn http1_upgrades_are_relayed() {
     let up = Upstream::start();
-    let gw = Gateway::start(&format!(
-        "routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n",
-        up.url()
-    ));
+    let gw = Gateway::start(&format!("routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n", up.url()));
     let mut s = TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-protocol\r\n\r\n").unwrap();
@@ -259,10 +175,7 @@ fn http1_upgrades_are_relayed() {
     }
     let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(
-        head.to_ascii_lowercase().contains("upgrade: echo-protocol"),
-        "{head}"
-    );
+    assert!(head.to_ascii_lowercase().contains("upgrade: echo-protocol"), "{head}");
     s.write_all(b"ping over the upgraded connection").unwrap();
     let mut buf = [0u8; 33];
     s.read_exact(&mut buf).unwrap();

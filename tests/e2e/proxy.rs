@@ -45,17 +45,9 @@ routes:
     assert_eq!(b.count(), 1, "the template route goes to b");
     get("/orders/42/items").await.unwrap();
     assert_eq!(a.count(), 1, "deeper paths fall back to the catch-all");
-    let r = c
-        .get(gw.url("/orders/1"))
-        .header("host", "API.example.com:8443")
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(gw.url("/orders/1")).header("host", "API.example.com:8443").send().await.unwrap();
     let v: Value = r.json().await.unwrap();
-    assert_eq!(
-        v["method"], "GET",
-        "host-specific route is the echo upstream: {v}"
-    );
+    assert_eq!(v["method"], "GET", "host-specific route is the echo upstream: {v}");
     assert_eq!(b.count(), 1);
 
     // A route that matches nothing else: method mismatch falls to the catch-all here.
@@ -94,32 +86,14 @@ routes:
         a = admin.url()
     ));
     // Raw requests: HTTP clients would normalise these themselves.
-    for raw in [
-        "/public/../admin/users",
-        "/public/%2e%2e/admin/users",
-        "/public/.%2E/admin/users",
-        "//admin/users",
-    ] {
-        let (status, body) = raw_request(
-            &gw,
-            &format!("GET {raw} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-        );
+    for raw in ["/public/../admin/users", "/public/%2e%2e/admin/users", "/public/.%2E/admin/users", "//admin/users"] {
+        let (status, body) = raw_request(&gw, &format!("GET {raw} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
         assert_eq!(status, 200, "{raw}: {body}");
         let v: Value = serde_json::from_str(body.split_once("\r\n\r\n").unwrap().1).unwrap();
-        assert_eq!(
-            v["path"], "/admin/users",
-            "{raw}: the upstream sees the path the route saw"
-        );
+        assert_eq!(v["path"], "/admin/users", "{raw}: the upstream sees the path the route saw");
     }
-    assert_eq!(
-        public.count(),
-        0,
-        "a path that resolves to /admin is routed as /admin"
-    );
-    let (status, body) = raw_request(
-        &gw,
-        "GET /public/..%2Fadmin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+    assert_eq!(public.count(), 0, "a path that resolves to /admin is routed as /admin");
+    let (status, body) = raw_request(&gw, "GET /public/..%2Fadmin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("application/problem+json"));
 }
@@ -132,19 +106,13 @@ pub fn raw_request(gw: &Gateway, request: &str) -> (u16, String) {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).into_owned();
-    (
-        text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0),
-        text,
-    )
+    (text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0), text)
 }
 
 #[tokio::test]
 async fn upstream_sees_clean_headers_and_forwarding_facts() {
     let up = Upstream::start();
-    let gw = Gateway::start(&format!(
-        "routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n",
-        up.url()
-    ));
+    let gw = Gateway::start(&format!("routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n", up.url()));
     let resp = client()
         .get(gw.url("/x?y=1"))
         .header("connection", "x-hop")
@@ -161,26 +129,15 @@ async fn upstream_sees_clean_headers_and_forwarding_facts() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-request-id"], "client-chosen-id-1");
-    assert!(
-        resp.headers().get("keep-alive").is_none(),
-        "hop-by-hop response headers are removed"
-    );
+    assert!(resp.headers().get("keep-alive").is_none(), "hop-by-hop response headers are removed");
     assert_eq!(resp.headers()["x-upstream"], "yes");
     let v: Value = resp.json().await.unwrap();
     let h = &v["headers"];
-    for gone in [
-        "x-hop",
-        "keep-alive",
-        "proxy-authorization",
-        "authorization",
-    ] {
+    for gone in ["x-hop", "keep-alive", "proxy-authorization", "authorization"] {
         assert!(h.get(gone).is_none(), "{gone} reached the upstream: {h}");
     }
     assert_eq!(h["x-custom"], "kept");
-    assert_eq!(
-        h["x-forwarded-for"], "127.0.0.1",
-        "an untrusted client cannot choose its address"
-    );
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "an untrusted client cannot choose its address");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], gw.addr.to_string());
     assert_eq!(h["x-request-id"], "client-chosen-id-1");
@@ -188,12 +145,7 @@ async fn upstream_sees_clean_headers_and_forwarding_facts() {
     assert_eq!(v["uri"], "/x?y=1");
 
     // Without a usable id from the client, a fresh one goes both ways.
-    let resp = client()
-        .get(gw.url("/x"))
-        .header("x-request-id", "<bad id>")
-        .send()
-        .await
-        .unwrap();
+    let resp = client().get(gw.url("/x")).header("x-request-id", "<bad id>").send().await.unwrap();
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["headers"]["x-request-id"], id.as_str());
@@ -217,10 +169,7 @@ async fn trusted_proxies_and_rfc7239() {
         .await
         .unwrap();
     let fwd = v["headers"]["forwarded"].as_str().unwrap();
-    assert!(
-        fwd.starts_with("for=198.51.100.1;proto=https, for=127.0.0.1;proto=http;host="),
-        "{fwd}"
-    );
+    assert!(fwd.starts_with("for=198.51.100.1;proto=https, for=127.0.0.1;proto=http;host="), "{fwd}");
 }
 
 #[tokio::test]
@@ -258,10 +207,7 @@ routes:
     }
     let started = Instant::now();
     let p = problem(c.get(gw.url("/slow?ms=3000")).send().await.unwrap(), 504).await;
-    assert!(
-        started.elapsed() < Duration::from_millis(2500),
-        "timed out at the route timeout"
-    );
+    assert!(started.elapsed() < Duration::from_millis(2500), "timed out at the route timeout");
     assert_eq!(p["type"], "urn:portcullis:problem:upstream-timeout");
     problem(c.get(gw.url("/drop")).send().await.unwrap(), 502).await;
     // The upstream's own error statuses pass through untouched.
@@ -295,17 +241,10 @@ routes:
     let c = client();
     for i in 0..20 {
         let r = c.get(gw.url("/x")).send().await.unwrap();
-        assert_eq!(
-            r.status(),
-            200,
-            "request {i}: body-less requests are retried on the other endpoint"
-        );
+        assert_eq!(r.status(), 200, "request {i}: body-less requests are retried on the other endpoint");
     }
     assert_eq!(up.count(), 20);
-    assert_eq!(
-        gw.metric("portcullis_upstream_ejections_total{upstream=\"pool\"}"),
-        1.0
-    );
+    assert_eq!(gw.metric("portcullis_upstream_ejections_total{upstream=\"pool\"}"), 1.0);
     // A request with a body cannot be replayed, but the dead endpoint is ejected by now.
     for _ in 0..5 {
         let r = c.post(gw.url("/x")).body("payload").send().await.unwrap();
@@ -334,15 +273,7 @@ routes:
         u = up.url()
     ));
     let c = client();
-    let p = problem(
-        c.get(gw.url("/"))
-            .header("x-big", "a".repeat(5000))
-            .send()
-            .await
-            .unwrap(),
-        431,
-    )
-    .await;
+    let p = problem(c.get(gw.url("/")).header("x-big", "a".repeat(5000)).send().await.unwrap(), 431).await;
     assert_eq!(p["type"], "urn:portcullis:problem:headers-too-large");
     let mut req = c.get(gw.url("/"));
     for i in 0..25 {
@@ -350,46 +281,17 @@ routes:
     }
     problem(req.send().await.unwrap(), 431).await;
     // Far beyond the limit the HTTP layer refuses on its own, still with 431.
-    let r = c
-        .get(gw.url("/"))
-        .header("x-huge", "a".repeat(200_000))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(gw.url("/")).header("x-huge", "a".repeat(200_000)).send().await.unwrap();
     assert_eq!(r.status(), 431);
 
-    problem(
-        c.post(gw.url("/count"))
-            .body(vec![0u8; 2048])
-            .send()
-            .await
-            .unwrap(),
-        413,
-    )
-    .await;
+    problem(c.post(gw.url("/count")).body(vec![0u8; 2048]).send().await.unwrap(), 413).await;
     // A chunked body without a length is cut off as it streams.
-    let chunks =
-        futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![1u8; 512])));
-    let r = c
-        .post(gw.url("/count"))
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
+    let chunks = futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![1u8; 512])));
+    let r = c.post(gw.url("/count")).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
     problem(r, 413).await;
-    let r = c
-        .post(gw.url("/big/upload"))
-        .body(vec![0u8; 100_000])
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(gw.url("/big/upload")).body(vec![0u8; 100_000]).send().await.unwrap();
     assert_eq!(r.status(), 200, "the route's own limit applies");
-    let r = c
-        .post(gw.url("/count"))
-        .body(vec![0u8; 1000])
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(gw.url("/count")).body(vec![0u8; 1000]).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["bytes"], 1000);
 }
@@ -401,14 +303,7 @@ async fn rewrite_replaces_the_matched_prefix() {
         "routes:\n  - id: r\n    match: {{ path_prefix: /api/v1 }}\n    rewrite: {{ path_prefix: / }}\n    upstream: {}\n    authenticate: [none]\n",
         up.url()
     ));
-    let v: Value = client()
-        .get(gw.url("/api/v1/orders/7?x=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = client().get(gw.url("/api/v1/orders/7?x=1")).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["uri"], "/orders/7?x=1");
 }
 
@@ -426,41 +321,26 @@ fn slow_clients_are_cut_off_and_connections_are_capped() {
     let started = Instant::now();
     let mut buf = [0u8; 256];
     let n = slow.read(&mut buf).unwrap_or(0);
-    assert!(
-        n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
-        "closed without serving"
-    );
+    assert!(n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "closed without serving");
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(800) && took < Duration::from_secs(4),
-        "closed after {took:?}"
-    );
+    assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(4), "closed after {took:?}");
 
     // Two open connections use the whole allowance; a third waits until one closes.
     let mut c1 = keep_alive(&gw);
     let c2 = keep_alive(&gw);
     let mut c3 = TcpStream::connect(gw.addr).unwrap();
-    c3.set_read_timeout(Some(Duration::from_millis(600)))
-        .unwrap();
-    c3.write_all(b"GET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    c3.set_read_timeout(Some(Duration::from_millis(600))).unwrap();
+    c3.write_all(b"GET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut buf = [0u8; 64];
-    assert!(
-        c3.read(&mut buf).is_err(),
-        "a third connection must not be served while two are open"
-    );
-    c1.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    assert!(c3.read(&mut buf).is_err(), "a third connection must not be served while two are open");
+    c1.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut sink = Vec::new();
     let _ = c1.read_to_end(&mut sink);
     drop(c1);
     c3.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut out = Vec::new();
     let _ = c3.read_to_end(&mut out);
-    assert!(
-        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
-        "served once a slot freed"
-    );
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"), "served once a slot freed");
     drop(c2);
 }
 
@@ -497,22 +377,11 @@ routes:
         .unwrap();
     c.get(gw.url("/status/418")).send().await.unwrap();
 
-    gw.wait_metric("request counts", |g| {
-        g.metric("portcullis_requests_total{route=\"r\",code=\"418\"}") == 1.0
-    });
+    gw.wait_metric("request counts", |g| g.metric("portcullis_requests_total{route=\"r\",code=\"418\"}") == 1.0);
     let m = gw.metrics();
-    assert!(
-        m.contains("portcullis_requests_total{route=\"r\",code=\"200\"} 1"),
-        "{m}"
-    );
-    assert!(
-        m.contains("portcullis_request_duration_seconds_bucket{le=\"0.005\",route=\"r\"}"),
-        "{m}"
-    );
-    assert!(
-        m.contains("portcullis_upstream_duration_seconds_count{route=\"r\"} 2"),
-        "{m}"
-    );
+    assert!(m.contains("portcullis_requests_total{route=\"r\",code=\"200\"} 1"), "{m}");
+    assert!(m.contains("portcullis_request_duration_seconds_bucket{le=\"0.005\",route=\"r\"}"), "{m}");
+    assert!(m.contains("portcullis_upstream_duration_seconds_count{route=\"r\"} 2"), "{m}");
     assert!(m.contains("portcullis_config_generation 1"), "{m}");
 
     let (status, cfg) = crate::harness::admin_get(gw.admin, "/config").unwrap();
@@ -530,10 +399,7 @@ routes:
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let lines: Vec<Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2, "{log}");
     assert_eq!(lines[0]["route"], "r");
     assert_eq!(lines[0]["path"], "/x");

@@ -27,10 +27,7 @@ fn status(resp: &str) -> u16 {
 #[tokio::test]
 async fn malformed_requests_get_clean_refusals() {
     let up = Upstream::start();
-    let gw = Gateway::start(&format!(
-        "routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n",
-        up.url()
-    ));
+    let gw = Gateway::start(&format!("routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n", up.url()));
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100_000));
     // (request, acceptable statuses; 0 = connection closed without a response)
     let cases: Vec<(Vec<u8>, &[u16])> = vec![
@@ -57,17 +54,9 @@ async fn malformed_requests_get_clean_refusals() {
     for (req, allowed) in &cases {
         let resp = send_raw(&gw, req);
         let got = status(&resp);
-        assert!(
-            allowed.contains(&got),
-            "{:?} got {got}: {resp}",
-            String::from_utf8_lossy(&req[..req.len().min(80)])
-        );
+        assert!(allowed.contains(&got), "{:?} got {got}: {resp}", String::from_utf8_lossy(&req[..req.len().min(80)]));
         if got >= 400 && resp.contains("\r\n\r\n{") {
-            assert!(
-                resp.to_ascii_lowercase()
-                    .contains("content-type: application/problem+json"),
-                "{resp}"
-            );
+            assert!(resp.to_ascii_lowercase().contains("content-type: application/problem+json"), "{resp}");
         }
     }
     // The smuggled request inside the chunked body is never seen as a request of its own.
@@ -76,11 +65,7 @@ async fn malformed_requests_get_clean_refusals() {
         &gw,
         b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 45\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
     );
-    assert_eq!(
-        resp.matches("HTTP/1.1 ").count(),
-        1,
-        "one request in, one response out: {resp}"
-    );
+    assert_eq!(resp.matches("HTTP/1.1 ").count(), 1, "one request in, one response out: {resp}");
     assert_eq!(up.count(), before + 1);
 
     // Random bytes, reproducibly.

@@ -37,11 +37,7 @@ impl Upstream {
         let requests = Arc::new(AtomicU64::new(0));
         let counter = requests.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send(listener.local_addr().unwrap()).unwrap();
@@ -56,10 +52,9 @@ impl Upstream {
                                 counter.fetch_add(1, Ordering::Relaxed);
                                 handle(req)
                             });
-                            let _ =
-                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                                    .await;
+                            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
                         });
                     }
                 };
@@ -70,11 +65,7 @@ impl Upstream {
             });
         });
         let addr = rx.recv().unwrap();
-        Upstream {
-            addr,
-            requests,
-            _shutdown: stop_tx,
-        }
+        Upstream { addr, requests, _shutdown: stop_tx }
     }
 
     pub fn url(&self) -> String {
@@ -87,20 +78,13 @@ impl Upstream {
 }
 
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(body.into())
-            .map_err(|e: Infallible| match e {})
-            .boxed(),
-    );
+    let mut r = Response::new(Full::new(body.into()).map_err(|e: Infallible| match e {}).boxed());
     *r.status_mut() = status;
     r
 }
 
 fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
-    req.uri()
-        .query()?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
 async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
@@ -149,8 +133,7 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, std::io::E
             }
         });
         let mut r = full(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
-        r.headers_mut()
-            .insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut().insert("connection", "upgrade".parse().unwrap());
         r.headers_mut().insert("upgrade", proto);
         return Ok(r);
     }
@@ -160,10 +143,7 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, std::io::E
     // Describe the request.
     let mut headers = serde_json::Map::new();
     for (k, v) in req.headers() {
-        headers.insert(
-            k.as_str().to_string(),
-            json!(String::from_utf8_lossy(v.as_bytes())),
-        );
+        headers.insert(k.as_str().to_string(), json!(String::from_utf8_lossy(v.as_bytes())));
     }
     let doc = json!({
         "method": req.method().as_str(),
@@ -174,12 +154,9 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, std::io::E
     });
     let _ = req.into_body().collect().await;
     let mut r = full(StatusCode::OK, doc.to_string());
-    r.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    r.headers_mut()
-        .insert("connection", "keep-alive".parse().unwrap());
-    r.headers_mut()
-        .insert("keep-alive", "timeout=60".parse().unwrap());
+    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut().insert("connection", "keep-alive".parse().unwrap());
+    r.headers_mut().insert("keep-alive", "timeout=60".parse().unwrap());
     r.headers_mut().insert("x-upstream", "yes".parse().unwrap());
     Ok(r)
 }

@@ -26,15 +26,11 @@ use serde::{Deserialize, Serialize};
 pub use admin::AdminConfig;
 pub use issuer::IssuerConfig;
 pub use load::{ConfigError, ConfigErrors, Invalid, LoadedConfig, load_file, load_str};
-pub use route::{
-    AuthMethod, AuthorizeConfig, Rewrite, RouteConfig, RouteLimits, RouteMatch, RouteTimeouts,
-};
+pub use route::{AuthMethod, AuthorizeConfig, Rewrite, RouteConfig, RouteLimits, RouteMatch, RouteTimeouts};
 pub use server::{ClientAuth, ForwardedHeaders, Limits, ServerConfig, TlsConfig};
 pub use state::{StateBackend, StateConfig};
 pub use telemetry::{AccessLogConfig, LogConfig, LogFormat};
-pub use upstream::{
-    PassiveHealth, UpstreamConfig, UpstreamProtocol, UpstreamTimeouts, UpstreamTls,
-};
+pub use upstream::{PassiveHealth, UpstreamConfig, UpstreamProtocol, UpstreamTimeouts, UpstreamTls};
 pub use values::{ByteSize, Duration, Secret};
 
 /// The name of the built-in upstream that answers every request with what it received.
@@ -97,10 +93,7 @@ impl Config {
         }
         for upstream in self.upstreams.values_mut() {
             if let Some(tls) = &mut upstream.tls {
-                for p in [&mut tls.ca, &mut tls.cert, &mut tls.key]
-                    .into_iter()
-                    .flatten()
-                {
+                for p in [&mut tls.ca, &mut tls.cert, &mut tls.key].into_iter().flatten() {
                     fix(p);
                 }
             }
@@ -118,12 +111,7 @@ impl Config {
         files.extend(self.issuers.iter().filter_map(|i| i.jwks_file.clone()));
         for upstream in self.upstreams.values() {
             if let Some(tls) = &upstream.tls {
-                files.extend(
-                    [&tls.ca, &tls.cert, &tls.key]
-                        .into_iter()
-                        .flatten()
-                        .cloned(),
-                );
+                files.extend([&tls.ca, &tls.cert, &tls.key].into_iter().flatten().cloned());
             }
         }
         files

@@ -73,10 +73,7 @@ pub struct Invalid {
 impl Invalid {
     /// A problem at `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
+        Self { path: path.into(), message: message.into() }
     }
 }
 
@@ -95,12 +92,7 @@ pub struct LoadedConfig {
 impl LoadedConfig {
     /// Turns problems found while building runtime objects into located errors.
     pub fn locate(&self, problems: impl IntoIterator<Item = Invalid>) -> ConfigErrors {
-        ConfigErrors(
-            problems
-                .into_iter()
-                .map(|p| self.source_map.error(&self.file, p))
-                .collect(),
-        )
+        ConfigErrors(problems.into_iter().map(|p| self.source_map.error(&self.file, p)).collect())
     }
 
     /// Resolves `path` against the folder of the config file, as every relative path in a
@@ -111,11 +103,7 @@ impl LoadedConfig {
 }
 
 fn resolve_against(file: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        file.parent().unwrap_or(Path::new(".")).join(path)
-    }
+    if path.is_absolute() { path.to_path_buf() } else { file.parent().unwrap_or(Path::new(".")).join(path) }
 }
 
 /// Reads, parses and validates the config file at `file`.
@@ -151,24 +139,15 @@ pub fn load_str(text: String, file: &Path) -> Result<LoadedConfig, ConfigErrors>
     // Repeated keys reach the tree so that they are reported with their full path.
     let mut tree_options = options();
     tree_options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
-    let source_map = match serde_saphyr::from_str_with_options::<Spanned<Node>>(&text, tree_options)
-    {
+    let source_map = match serde_saphyr::from_str_with_options::<Spanned<Node>>(&text, tree_options) {
         Ok(tree) => SourceMap::build(tree),
         Err(e) => {
-            return Err(fail(
-                String::new(),
-                e.location().as_ref(),
-                clean_message(&e),
-            ));
+            return Err(fail(String::new(), e.location().as_ref(), clean_message(&e)));
         }
     };
     if let Some((path, loc)) = source_map.duplicates.first() {
         let key = path.rsplit('.').next().unwrap_or(path);
-        return Err(fail(
-            path.clone(),
-            Some(loc),
-            format!("duplicate key `{key}`: a key may appear once"),
-        ));
+        return Err(fail(path.clone(), Some(loc), format!("duplicate key `{key}`: a key may appear once")));
     }
     if source_map.is_empty_document() {
         return Err(fail(String::new(), None, "the config file is empty".into()));
@@ -187,16 +166,10 @@ pub fn load_str(text: String, file: &Path) -> Result<LoadedConfig, ConfigErrors>
     let mut config = match typed {
         Ok(c) => c,
         Err(e) => {
-            let path = failed_path
-                .map(|p| if p == "." { String::new() } else { p })
-                .unwrap_or_default();
+            let path = failed_path.map(|p| if p == "." { String::new() } else { p }).unwrap_or_default();
             // The key itself is the better place to point at (for a missing field the parser
             // reports where the mapping ends); fall back to the parser's position.
-            let loc = source_map
-                .locations
-                .get(&path)
-                .cloned()
-                .or_else(|| e.location());
+            let loc = source_map.locations.get(&path).cloned().or_else(|| e.location());
             return Err(fail(path, loc.as_ref(), clean_message(&e)));
         }
     };
@@ -205,17 +178,8 @@ pub fn load_str(text: String, file: &Path) -> Result<LoadedConfig, ConfigErrors>
     if problems.is_empty() {
         problems = crate::validate::validate(&config);
     }
-    let loaded = LoadedConfig {
-        config,
-        file: file.to_path_buf(),
-        text,
-        source_map,
-    };
-    if problems.is_empty() {
-        Ok(loaded)
-    } else {
-        Err(loaded.locate(problems))
-    }
+    let loaded = LoadedConfig { config, file: file.to_path_buf(), text, source_map };
+    if problems.is_empty() { Ok(loaded) } else { Err(loaded.locate(problems)) }
 }
 
 /// The parser's message without its own "line X column Y" prefix (we print our own).
@@ -254,11 +218,7 @@ impl SourceMap {
         match node {
             Node::Map(entries) => {
                 for (key, value) in entries {
-                    let p = if path.is_empty() {
-                        key.value.clone()
-                    } else {
-                        format!("{path}.{}", key.value)
-                    };
+                    let p = if path.is_empty() { key.value.clone() } else { format!("{path}.{}", key.value) };
                     if self.locations.insert(p.clone(), key.referenced).is_some() {
                         self.duplicates.push((p.clone(), key.referenced));
                     }
@@ -325,10 +285,7 @@ impl<'de> Deserialize<'de> for Node {
                 let mut entries = Vec::new();
                 while let Some(key) = map.next_key::<Spanned<KeyText>>()? {
                     let value = map.next_value::<Spanned<Node>>()?;
-                    entries.push((
-                        Spanned::new(key.value.0, key.referenced, key.defined),
-                        value,
-                    ));
+                    entries.push((Spanned::new(key.value.0, key.referenced, key.defined), value));
                 }
                 Ok(Node::Map(entries))
             }

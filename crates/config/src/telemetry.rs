@@ -18,10 +18,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            format: LogFormat::Json,
-            level: "info".into(),
-        }
+        Self { format: LogFormat::Json, level: "info".into() }
     }
 }
 
@@ -49,9 +46,6 @@ pub struct AccessLogConfig {
 
 impl Default for AccessLogConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            path: None,
-        }
+        Self { enabled: true, path: None }
     }
 }

@@ -34,25 +34,16 @@ fn load(text: &str) -> Result<LoadedConfig, ConfigErrors> {
 fn the_acceptance_example_loads() {
     let c = load(VALID).unwrap().config;
     assert_eq!(c.routes[0].authenticate, Some(vec![AuthMethod::Jwt]));
-    assert_eq!(
-        c.routes[0].matches.methods.as_deref(),
-        Some(&["GET".to_string(), "POST".to_string()][..])
-    );
+    assert_eq!(c.routes[0].matches.methods.as_deref(), Some(&["GET".to_string(), "POST".to_string()][..]));
     assert_eq!(c.server.limits, Limits::default());
 }
 
 #[test]
 fn relative_paths_resolve_against_the_config_folder() {
     let c = load(VALID).unwrap().config;
-    assert_eq!(
-        c.issuers[0].jwks_file.as_deref(),
-        Some(Path::new("/etc/portcullis/jwks.json"))
-    );
+    assert_eq!(c.issuers[0].jwks_file.as_deref(), Some(Path::new("/etc/portcullis/jwks.json")));
     let abs = VALID.replace("jwks.json", "/keys/jwks.json");
-    assert_eq!(
-        load(&abs).unwrap().config.issuers[0].jwks_file.as_deref(),
-        Some(Path::new("/keys/jwks.json"))
-    );
+    assert_eq!(load(&abs).unwrap().config.issuers[0].jwks_file.as_deref(), Some(Path::new("/keys/jwks.json")));
 }
 
 /// Every malformed config names the key and the line, and says what is wrong.
@@ -68,38 +59,10 @@ fn malformed_configs_get_precise_errors() {
             16,
             "unknown field `upstrem`",
         ),
-        (
-            "unknown top-level key",
-            "admin:\n",
-            "adminn: {}\nadmin:\n",
-            "adminn",
-            3,
-            "unknown field `adminn`",
-        ),
-        (
-            "bad listen address",
-            "127.0.0.1:8080",
-            "localhost",
-            "server.listen",
-            2,
-            "socket address",
-        ),
-        (
-            "unknown auth method",
-            "[jwt]",
-            "[jwtt]",
-            "routes[0].authenticate[0]",
-            17,
-            "unknown variant `jwtt`",
-        ),
-        (
-            "missing upstream",
-            "    upstream: http://127.0.0.1:18080\n",
-            "",
-            "routes[0]",
-            12,
-            "missing field `upstream`",
-        ),
+        ("unknown top-level key", "admin:\n", "adminn: {}\nadmin:\n", "adminn", 3, "unknown field `adminn`"),
+        ("bad listen address", "127.0.0.1:8080", "localhost", "server.listen", 2, "socket address"),
+        ("unknown auth method", "[jwt]", "[jwtt]", "routes[0].authenticate[0]", 17, "unknown variant `jwtt`"),
+        ("missing upstream", "    upstream: http://127.0.0.1:18080\n", "", "routes[0]", 12, "missing field `upstream`"),
         (
             "default deny",
             "    authenticate: [jwt]\n",
@@ -108,22 +71,8 @@ fn malformed_configs_get_precise_errors() {
             12,
             "every route must say how callers authenticate",
         ),
-        (
-            "empty authenticate",
-            "[jwt]",
-            "[]",
-            "routes[0].authenticate",
-            17,
-            "empty",
-        ),
-        (
-            "none combined",
-            "[jwt]",
-            "[none, jwt]",
-            "routes[0].authenticate",
-            17,
-            "cannot be combined",
-        ),
+        ("empty authenticate", "[jwt]", "[]", "routes[0].authenticate", 17, "empty"),
+        ("none combined", "[jwt]", "[none, jwt]", "routes[0].authenticate", 17, "cannot be combined"),
         (
             "duplicate key",
             "    issuer: https://idp.example\n",
@@ -140,30 +89,9 @@ fn malformed_configs_get_precise_errors() {
             6,
             "exactly one key source",
         ),
-        (
-            "no key source",
-            "    jwks_file: jwks.json\n",
-            "",
-            "issuers[0]",
-            6,
-            "exactly one key source",
-        ),
-        (
-            "no audiences",
-            "[orders-api]",
-            "[]",
-            "issuers[0].audiences",
-            9,
-            "at least one audience",
-        ),
-        (
-            "unknown upstream name",
-            "http://127.0.0.1:18080",
-            "orders-svc",
-            "routes[0].upstream",
-            16,
-            "neither a URL",
-        ),
+        ("no key source", "    jwks_file: jwks.json\n", "", "issuers[0]", 6, "exactly one key source"),
+        ("no audiences", "[orders-api]", "[]", "issuers[0].audiences", 9, "at least one audience"),
+        ("unknown upstream name", "http://127.0.0.1:18080", "orders-svc", "routes[0].upstream", 16, "neither a URL"),
         (
             "two path kinds",
             "      path_prefix: /orders\n",
@@ -172,14 +100,7 @@ fn malformed_configs_get_precise_errors() {
             13,
             "at most one",
         ),
-        (
-            "wrong type",
-            "      methods: [GET, POST]",
-            "      methods: GET",
-            "routes[0].match.methods",
-            15,
-            "sequence",
-        ),
+        ("wrong type", "      methods: [GET, POST]", "      methods: GET", "routes[0].match.methods", 15, "sequence"),
         (
             "duration without unit",
             "admin:\n",
@@ -204,56 +125,23 @@ fn malformed_configs_get_precise_errors() {
             3,
             "needs `redis_url`",
         ),
-        (
-            "jwt without issuers",
-            ISSUERS,
-            "",
-            "routes[0].authenticate",
-            11,
-            "need at least one entry in `issuers`",
-        ),
-        (
-            "admin on server port",
-            "127.0.0.1:9901",
-            "127.0.0.1:8080",
-            "admin.listen",
-            4,
-            "must differ",
-        ),
-        (
-            "yaml syntax",
-            "    match:\n",
-            "    match: [\n",
-            "",
-            15,
-            "did not find expected",
-        ),
+        ("jwt without issuers", ISSUERS, "", "routes[0].authenticate", 11, "need at least one entry in `issuers`"),
+        ("admin on server port", "127.0.0.1:9901", "127.0.0.1:8080", "admin.listen", 4, "must differ"),
+        ("yaml syntax", "    match:\n", "    match: [\n", "", 15, "did not find expected"),
     ];
     for (what, from, to, path, line, msg) in cases {
-        assert!(
-            VALID.contains(from),
-            "case `{what}`: fixture lacks {from:?}"
-        );
+        assert!(VALID.contains(from), "case `{what}`: fixture lacks {from:?}");
         let text = VALID.replacen(from, to, 1);
         let errs = load(&text).expect_err(what).0;
         let e = errs
             .iter()
             .find(|e| e.message.contains(msg) && e.path == *path)
-            .unwrap_or_else(|| {
-                panic!("case `{what}`: no error at `{path}` containing {msg:?}; got {errs:#?}")
-            });
+            .unwrap_or_else(|| panic!("case `{what}`: no error at `{path}` containing {msg:?}; got {errs:#?}"));
         assert_eq!(e.line, Some(*line), "case `{what}`: {e}");
         assert_eq!(e.file, Path::new("/etc/portcullis/gw.yaml"));
-        assert!(
-            !e.message.contains(" at line "),
-            "case `{what}`: location repeated in {:?}",
-            e.message
-        );
+        assert!(!e.message.contains(" at line "), "case `{what}`: location repeated in {:?}", e.message);
         let shown = e.to_string();
-        assert!(
-            shown.starts_with(&format!("/etc/portcullis/gw.yaml:{line}:")),
-            "case `{what}`: {shown}"
-        );
+        assert!(shown.starts_with(&format!("/etc/portcullis/gw.yaml:{line}:")), "case `{what}`: {shown}");
     }
 }
 
@@ -277,12 +165,7 @@ fn all_problems_are_reported_together() {
 #[test]
 fn empty_and_unreadable_files() {
     assert!(load("").unwrap_err().to_string().contains("empty"));
-    assert!(
-        load("# only a comment\n")
-            .unwrap_err()
-            .to_string()
-            .contains("empty")
-    );
+    assert!(load("# only a comment\n").unwrap_err().to_string().contains("empty"));
     let e = load_file(Path::new("/nonexistent/portcullis.yaml")).unwrap_err();
     assert!(e.to_string().contains("cannot read config file"), "{e}");
 }
@@ -291,26 +174,14 @@ fn empty_and_unreadable_files() {
 fn public_routes_cannot_require_scopes() {
     let text = VALID.replace("[jwt]", "[none]");
     let errs = load(&text).unwrap_err().0;
-    assert!(
-        errs.iter().any(|e| e.path == "routes[0].authorize"),
-        "{errs:?}"
-    );
+    assert!(errs.iter().any(|e| e.path == "routes[0].authorize"), "{errs:?}");
 }
 
 #[test]
 fn schema_is_generated_from_the_types() {
     let schema = Config::json_schema();
     let props = &schema["properties"];
-    for key in [
-        "server",
-        "admin",
-        "state",
-        "issuers",
-        "upstreams",
-        "routes",
-        "log",
-        "access_log",
-    ] {
+    for key in ["server", "admin", "state", "issuers", "upstreams", "routes", "log", "access_log"] {
         assert!(props.get(key).is_some(), "schema lacks `{key}`");
     }
     assert_eq!(schema["additionalProperties"], serde_json::json!(false));
@@ -320,10 +191,8 @@ fn schema_is_generated_from_the_types() {
 
 #[test]
 fn effective_config_dump_has_no_secrets() {
-    let text = VALID.replace(
-        "admin:\n",
-        "state: { backend: redis, redis_url: \"redis://:s3cr3t@127.0.0.1:6379\" }\nadmin:\n",
-    );
+    let text =
+        VALID.replace("admin:\n", "state: { backend: redis, redis_url: \"redis://:s3cr3t@127.0.0.1:6379\" }\nadmin:\n");
     let c = load(&text).unwrap().config;
     let dump = serde_json::to_string(&c).unwrap();
     assert!(!dump.contains("s3cr3t"), "{dump}");

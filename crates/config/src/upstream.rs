@@ -58,11 +58,7 @@ pub struct UpstreamTimeouts {
 
 impl Default for UpstreamTimeouts {
     fn default() -> Self {
-        Self {
-            connect: Duration::from_secs(5),
-            request: Duration::from_secs(30),
-            idle: Duration::from_secs(90),
-        }
+        Self { connect: Duration::from_secs(5), request: Duration::from_secs(30), idle: Duration::from_secs(90) }
     }
 }
 

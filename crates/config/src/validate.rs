@@ -14,18 +14,12 @@ pub(crate) fn validate(config: &Config) -> Vec<Invalid> {
     upstreams(config, &mut out);
     routes(config, &mut out);
     if config.state.backend == StateBackend::Redis && config.state.redis_url.is_none() {
-        out.push(Invalid::new(
-            "state.redis_url",
-            "`backend: redis` needs `redis_url`, e.g. redis://127.0.0.1:6379",
-        ));
+        out.push(Invalid::new("state.redis_url", "`backend: redis` needs `redis_url`, e.g. redis://127.0.0.1:6379"));
     }
     if let Some(url) = &config.state.redis_url
         && !matches!(url.scheme(), "redis" | "rediss")
     {
-        out.push(Invalid::new(
-            "state.redis_url",
-            "must be a redis:// or rediss:// URL",
-        ));
+        out.push(Invalid::new("state.redis_url", "must be a redis:// or rediss:// URL"));
     }
     out
 }
@@ -43,40 +37,22 @@ fn server(config: &Config, out: &mut Vec<Invalid>) {
     }
     let l = &s.limits;
     if l.max_header_bytes.bytes() < 1024 {
-        out.push(Invalid::new(
-            "server.limits.max_header_bytes",
-            "must be at least 1KiB",
-        ));
+        out.push(Invalid::new("server.limits.max_header_bytes", "must be at least 1KiB"));
     }
     if l.max_header_bytes.bytes() > 1024 * 1024 {
-        out.push(Invalid::new(
-            "server.limits.max_header_bytes",
-            "must be at most 1MiB",
-        ));
+        out.push(Invalid::new("server.limits.max_header_bytes", "must be at most 1MiB"));
     }
     if l.max_headers == 0 {
-        out.push(Invalid::new(
-            "server.limits.max_headers",
-            "must be at least 1",
-        ));
+        out.push(Invalid::new("server.limits.max_headers", "must be at least 1"));
     }
     if l.max_connections == 0 {
-        out.push(Invalid::new(
-            "server.limits.max_connections",
-            "must be at least 1",
-        ));
+        out.push(Invalid::new("server.limits.max_connections", "must be at least 1"));
     }
     if l.max_concurrent_streams == 0 {
-        out.push(Invalid::new(
-            "server.limits.max_concurrent_streams",
-            "must be at least 1",
-        ));
+        out.push(Invalid::new("server.limits.max_concurrent_streams", "must be at least 1"));
     }
     if l.header_read_timeout.get().is_zero() {
-        out.push(Invalid::new(
-            "server.limits.header_read_timeout",
-            "must be longer than zero",
-        ));
+        out.push(Invalid::new("server.limits.header_read_timeout", "must be longer than zero"));
     }
     if s.workers == Some(0) {
         out.push(Invalid::new("server.workers", "must be at least 1"));
@@ -84,10 +60,7 @@ fn server(config: &Config, out: &mut Vec<Invalid>) {
     if let Some(admin) = &config.admin
         && admin.listen == s.listen
     {
-        out.push(Invalid::new(
-            "admin.listen",
-            "must differ from server.listen",
-        ));
+        out.push(Invalid::new("admin.listen", "must differ from server.listen"));
     }
 }
 
@@ -99,25 +72,15 @@ fn issuers(config: &Config, out: &mut Vec<Invalid>) {
         if issuer.id.is_empty() {
             out.push(Invalid::new(at("id"), "must not be empty"));
         } else if !ids.insert(issuer.id.as_str()) {
-            out.push(Invalid::new(
-                at("id"),
-                format!("duplicate issuer id `{}`", issuer.id),
-            ));
+            out.push(Invalid::new(at("id"), format!("duplicate issuer id `{}`", issuer.id)));
         }
         if let Some(first) = iss.insert(issuer.issuer.as_str(), i) {
             out.push(Invalid::new(
                 at("issuer"),
-                format!(
-                    "`{}` is already configured by issuers[{first}]; one issuer, one entry",
-                    issuer.issuer
-                ),
+                format!("`{}` is already configured by issuers[{first}]; one issuer, one entry", issuer.issuer),
             ));
         }
-        let sources = [
-            issuer.jwks_file.is_some(),
-            issuer.jwks_uri.is_some(),
-            issuer.discovery,
-        ];
+        let sources = [issuer.jwks_file.is_some(), issuer.jwks_uri.is_some(), issuer.discovery];
         if sources.iter().filter(|s| **s).count() != 1 {
             out.push(Invalid::new(
                 format!("issuers[{i}]"),
@@ -131,10 +94,7 @@ fn issuers(config: &Config, out: &mut Vec<Invalid>) {
             ));
         }
         if issuer.algorithms.is_empty() {
-            out.push(Invalid::new(
-                at("algorithms"),
-                "list at least one algorithm",
-            ));
+            out.push(Invalid::new(at("algorithms"), "list at least one algorithm"));
         }
     }
 }
@@ -143,29 +103,17 @@ fn upstreams(config: &Config, out: &mut Vec<Invalid>) {
     for (name, up) in &config.upstreams {
         let at = |k: &str| format!("upstreams.{name}.{k}");
         if name == ECHO_UPSTREAM {
-            out.push(Invalid::new(
-                format!("upstreams.{name}"),
-                "`echo` is the built-in upstream; choose another name",
-            ));
+            out.push(Invalid::new(format!("upstreams.{name}"), "`echo` is the built-in upstream; choose another name"));
         }
         if up.endpoints.is_empty() {
-            out.push(Invalid::new(
-                at("endpoints"),
-                "list at least one endpoint URL",
-            ));
+            out.push(Invalid::new(at("endpoints"), "list at least one endpoint URL"));
         }
         let h = &up.health;
         if h.consecutive_failures == 0 {
-            out.push(Invalid::new(
-                at("health.consecutive_failures"),
-                "must be at least 1",
-            ));
+            out.push(Invalid::new(at("health.consecutive_failures"), "must be at least 1"));
         }
         if h.max_ejection_time < h.ejection_time {
-            out.push(Invalid::new(
-                at("health.max_ejection_time"),
-                "must not be shorter than ejection_time",
-            ));
+            out.push(Invalid::new(at("health.max_ejection_time"), "must not be shorter than ejection_time"));
         }
         if let Some(tls) = &up.tls
             && tls.cert.is_some() != tls.key.is_some()
@@ -181,56 +129,29 @@ fn routes(config: &Config, out: &mut Vec<Invalid>) {
         let at = |k: &str| format!("routes[{i}].{k}");
         if route.id.is_empty() {
             out.push(Invalid::new(at("id"), "must not be empty"));
-        } else if !route
-            .id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
-        {
-            out.push(Invalid::new(
-                at("id"),
-                "use letters, digits and `-_.:` only",
-            ));
+        } else if !route.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+            out.push(Invalid::new(at("id"), "use letters, digits and `-_.:` only"));
         } else if !ids.insert(route.id.as_str()) {
-            out.push(Invalid::new(
-                at("id"),
-                format!("duplicate route id `{}`", route.id),
-            ));
+            out.push(Invalid::new(at("id"), format!("duplicate route id `{}`", route.id)));
         }
 
         let m = &route.matches;
-        let kinds = [
-            m.path.is_some(),
-            m.path_prefix.is_some(),
-            m.path_template.is_some(),
-        ];
+        let kinds = [m.path.is_some(), m.path_prefix.is_some(), m.path_template.is_some()];
         if kinds.iter().filter(|k| **k).count() > 1 {
-            out.push(Invalid::new(
-                at("match"),
-                "use at most one of `path`, `path_prefix` and `path_template`",
-            ));
+            out.push(Invalid::new(at("match"), "use at most one of `path`, `path_prefix` and `path_template`"));
         }
         if route.rewrite.is_some() && m.path_prefix.is_none() {
-            out.push(Invalid::new(
-                at("rewrite"),
-                "`rewrite.path_prefix` needs `match.path_prefix`",
-            ));
+            out.push(Invalid::new(at("rewrite"), "`rewrite.path_prefix` needs `match.path_prefix`"));
         }
 
         let upstream = route.upstream.as_str();
-        if upstream != ECHO_UPSTREAM
-            && !upstream.contains("://")
-            && !config.upstreams.contains_key(upstream)
-        {
+        if upstream != ECHO_UPSTREAM && !upstream.contains("://") && !config.upstreams.contains_key(upstream) {
             let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
             out.push(Invalid::new(
                 at("upstream"),
                 format!(
                     "`{upstream}` is neither a URL, `echo`, nor a name in `upstreams` (known: {})",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
                 ),
             ));
         }
@@ -248,34 +169,20 @@ fn routes(config: &Config, out: &mut Vec<Invalid>) {
             Some(methods) => {
                 let public = methods.contains(&AuthMethod::None);
                 if public && methods.len() > 1 {
-                    out.push(Invalid::new(
-                        at("authenticate"),
-                        "`none` cannot be combined with other methods",
-                    ));
+                    out.push(Invalid::new(at("authenticate"), "`none` cannot be combined with other methods"));
                 }
                 let mut seen = HashSet::new();
                 for (j, m) in methods.iter().enumerate() {
                     if !seen.insert(*m) {
-                        out.push(Invalid::new(
-                            format!("routes[{i}].authenticate[{j}]"),
-                            "listed twice",
-                        ));
+                        out.push(Invalid::new(format!("routes[{i}].authenticate[{j}]"), "listed twice"));
                     }
                 }
                 if (methods.contains(&AuthMethod::Jwt) || methods.contains(&AuthMethod::Dpop))
                     && config.issuers.is_empty()
                 {
-                    out.push(Invalid::new(
-                        at("authenticate"),
-                        "`jwt` and `dpop` need at least one entry in `issuers`",
-                    ));
+                    out.push(Invalid::new(at("authenticate"), "`jwt` and `dpop` need at least one entry in `issuers`"));
                 }
-                if public
-                    && route
-                        .authorize
-                        .as_ref()
-                        .is_some_and(|a| !a.scopes.is_empty())
-                {
+                if public && route.authorize.as_ref().is_some_and(|a| !a.scopes.is_empty()) {
                     out.push(Invalid::new(
                         at("authorize"),
                         "a public route (`authenticate: [none]`) has no caller to check",

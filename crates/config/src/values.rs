@@ -45,21 +45,13 @@ impl<'de> Deserialize<'de> for Duration {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
                 humantime::parse_duration(v.trim())
                     .map(Duration)
-                    .map_err(|e| {
-                        E::custom(format!(
-                            "invalid duration `{v}`: {e} (write e.g. `250ms`, `10s`, `5m`)"
-                        ))
-                    })
+                    .map_err(|e| E::custom(format!("invalid duration `{v}`: {e} (write e.g. `250ms`, `10s`, `5m`)")))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-                Err(E::custom(format!(
-                    "a duration needs a unit: write `{v}s` or `{v}ms`"
-                )))
+                Err(E::custom(format!("a duration needs a unit: write `{v}s` or `{v}ms`")))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-                Err(E::custom(format!(
-                    "a duration needs a unit: write `{v}s` or `{v}ms`"
-                )))
+                Err(E::custom(format!("a duration needs a unit: write `{v}s` or `{v}ms`")))
             }
         }
         deserializer.deserialize_any(V)
@@ -116,19 +108,13 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom(format!("a size cannot be negative: {v}")))
+                u64::try_from(v).map(ByteSize).map_err(|_| E::custom(format!("a size cannot be negative: {v}")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 v.trim()
                     .parse::<bytesize::ByteSize>()
                     .map(|b| ByteSize(b.as_u64()))
-                    .map_err(|_| {
-                        E::custom(format!(
-                            "invalid size `{v}` (write e.g. `16KiB`, `10MiB`, `1GiB`)"
-                        ))
-                    })
+                    .map_err(|_| E::custom(format!("invalid size `{v}` (write e.g. `16KiB`, `10MiB`, `1GiB`)")))
             }
         }
         deserializer.deserialize_any(V)
@@ -179,10 +165,7 @@ pub struct Secret {
 impl Secret {
     /// A secret whose value is known (tests, generated values).
     pub fn new(value: impl Into<Arc<str>>) -> Self {
-        Self {
-            source: SecretSource::Inline,
-            value: value.into(),
-        }
+        Self { source: SecretSource::Inline, value: value.into() }
     }
 
     /// The secret value. Callers must not log it.
@@ -200,8 +183,8 @@ impl Secret {
         match &mut self.source {
             SecretSource::Inline => Ok(()),
             SecretSource::Env(name) => {
-                let v = std::env::var(name.as_str())
-                    .map_err(|_| format!("environment variable `{name}` is not set"))?;
+                let v =
+                    std::env::var(name.as_str()).map_err(|_| format!("environment variable `{name}` is not set"))?;
                 self.value = v.into();
                 Ok(())
             }
@@ -242,9 +225,7 @@ impl<'de> Deserialize<'de> for Secret {
                 Ok(Secret::new(v))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Secret, A::Error> {
-                let key: String = map
-                    .next_key()?
-                    .ok_or_else(|| de::Error::custom("a secret needs `env` or `file`"))?;
+                let key: String = map.next_key()?.ok_or_else(|| de::Error::custom("a secret needs `env` or `file`"))?;
                 let val: String = map.next_value()?;
                 let source = match key.as_str() {
                     "env" => SecretSource::Env(val),
@@ -256,10 +237,7 @@ impl<'de> Deserialize<'de> for Secret {
                         "a secret takes exactly one of `env` or `file`, found also `{extra}`"
                     )));
                 }
-                Ok(Secret {
-                    source,
-                    value: "".into(),
-                })
+                Ok(Secret { source, value: "".into() })
             }
         }
         deserializer.deserialize_any(V)
@@ -302,10 +280,7 @@ impl JsonSchema for Secret {
 }
 
 /// Serialises a URL with any password replaced by `<redacted>` (for config dumps).
-pub fn serialize_url_redacted<S: Serializer>(
-    url: &url::Url,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+pub fn serialize_url_redacted<S: Serializer>(url: &url::Url, serializer: S) -> Result<S::Ok, S::Error> {
     if url.password().is_some() {
         let mut shown = url.clone();
         let _ = shown.set_password(Some("redacted"));
@@ -325,17 +300,10 @@ mod tests {
 
     #[test]
     fn durations_need_units() {
-        assert_eq!(
-            yaml::<Duration>("250ms").unwrap(),
-            Duration::from_millis(250)
-        );
+        assert_eq!(yaml::<Duration>("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(yaml::<Duration>("1m 30s").unwrap(), Duration::from_secs(90));
         assert!(yaml::<Duration>("10").unwrap_err().contains("needs a unit"));
-        assert!(
-            yaml::<Duration>("ten")
-                .unwrap_err()
-                .contains("invalid duration")
-        );
+        assert!(yaml::<Duration>("ten").unwrap_err().contains("invalid duration"));
     }
 
     #[test]
@@ -344,11 +312,7 @@ mod tests {
         assert_eq!(yaml::<ByteSize>("1024").unwrap(), ByteSize(1024));
         assert_eq!(yaml::<ByteSize>("10 MiB").unwrap(), ByteSize::mib(10));
         assert!(yaml::<ByteSize>("-1").is_err());
-        assert!(
-            yaml::<ByteSize>("lots")
-                .unwrap_err()
-                .contains("invalid size")
-        );
+        assert!(yaml::<ByteSize>("lots").unwrap_err().contains("invalid size"));
     }
 
     #[test]
@@ -359,10 +323,7 @@ mod tests {
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"<redacted>\"");
         let mut e: Secret = yaml("{ env: PORTCULLIS_TEST_SECRET_UNSET }").unwrap();
         assert!(e.resolve(Path::new(".")).unwrap_err().contains("not set"));
-        assert_eq!(
-            serde_json::to_string(&e).unwrap(),
-            r#"{"env":"PORTCULLIS_TEST_SECRET_UNSET"}"#
-        );
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"env":"PORTCULLIS_TEST_SECRET_UNSET"}"#);
         assert!(yaml::<Secret>("{ env: A, file: b }").is_err());
     }
 
@@ -373,9 +334,7 @@ mod tests {
             #[serde(serialize_with = "serialize_url_redacted")]
             u: url::Url,
         }
-        let w = W {
-            u: "redis://user:pa55@127.0.0.1:6379/0".parse().unwrap(),
-        };
+        let w = W { u: "redis://user:pa55@127.0.0.1:6379/0".parse().unwrap() };
         let s = serde_json::to_string(&w).unwrap();
         assert!(!s.contains("pa55"), "{s}");
         assert!(s.contains("redacted"));

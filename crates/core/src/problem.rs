@@ -56,13 +56,7 @@ pub struct Challenge {
 impl Challenge {
     /// A challenge with only an error code.
     pub fn new(scheme: ChallengeScheme, error: &'static str) -> Self {
-        Self {
-            scheme,
-            error,
-            description: None,
-            scope: None,
-            algs: None,
-        }
+        Self { scheme, error, description: None, scope: None, algs: None }
     }
 
     fn header_value(&self) -> HeaderValue {
@@ -91,13 +85,7 @@ fn push_param(s: &mut String, name: &str, value: &str, first: bool) {
     s.push_str(if first { " " } else { ", " });
     s.push_str(name);
     s.push_str("=\"");
-    s.extend(value.chars().map(|c| {
-        if (' '..='~').contains(&c) && c != '"' && c != '\\' {
-            c
-        } else {
-            ' '
-        }
-    }));
+    s.extend(value.chars().map(|c| if (' '..='~').contains(&c) && c != '"' && c != '\\' { c } else { ' ' }));
     s.push('"');
 }
 
@@ -123,24 +111,9 @@ pub struct Problem {
 
 impl Problem {
     /// A problem with a status, reason code and detail.
-    pub fn new(
-        status: StatusCode,
-        code: &'static str,
-        detail: impl Into<Cow<'static, str>>,
-    ) -> Self {
-        let side = if status.is_server_error() {
-            Side::Internal
-        } else {
-            Side::Client
-        };
-        Self {
-            status,
-            code,
-            detail: detail.into(),
-            side,
-            challenges: Vec::new(),
-            headers: Vec::new(),
-        }
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<Cow<'static, str>>) -> Self {
+        let side = if status.is_server_error() { Side::Internal } else { Side::Client };
+        Self { status, code, detail: detail.into(), side, challenges: Vec::new(), headers: Vec::new() }
     }
 
     /// Sets the side that failed.
@@ -163,11 +136,7 @@ impl Problem {
 
     /// `404`: no route matches the request.
     pub fn no_route() -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "no_route",
-            "no route matches this request",
-        )
+        Self::new(StatusCode::NOT_FOUND, "no_route", "no route matches this request")
     }
 
     /// `400`: the request is malformed.
@@ -182,12 +151,8 @@ impl Problem {
 
     /// `504`: the upstream did not answer in time.
     pub fn gateway_timeout() -> Self {
-        Self::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream_timeout",
-            "the upstream service did not answer in time",
-        )
-        .side(Side::Upstream)
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the upstream service did not answer in time")
+            .side(Side::Upstream)
     }
 
     /// The response: `application/problem+json` (RFC 9457) with the challenges and headers.
@@ -203,10 +168,7 @@ impl Problem {
         let mut resp = Response::new(Bytes::from(body.to_string()));
         *resp.status_mut() = self.status;
         let h = resp.headers_mut();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         for c in &self.challenges {
             h.append(WWW_AUTHENTICATE, c.header_value());
@@ -248,9 +210,7 @@ mod tests {
             scope: Some("orders.read orders.write".into()),
             ..Challenge::new(ChallengeScheme::Bearer, "insufficient_scope")
         };
-        let r = Problem::new(StatusCode::FORBIDDEN, "insufficient_scope", "x")
-            .challenge(c)
-            .to_response(None);
+        let r = Problem::new(StatusCode::FORBIDDEN, "insufficient_scope", "x").challenge(c).to_response(None);
         let h = r.headers()[WWW_AUTHENTICATE].to_str().unwrap();
         assert_eq!(
             h,
@@ -265,12 +225,6 @@ mod tests {
             .challenge(Challenge::new(ChallengeScheme::Bearer, "invalid_token"))
             .to_response(None);
         let all: Vec<_> = r.headers().get_all(WWW_AUTHENTICATE).iter().collect();
-        assert_eq!(
-            all,
-            [
-                r#"DPoP error="invalid_token""#,
-                r#"Bearer error="invalid_token""#
-            ]
-        );
+        assert_eq!(all, [r#"DPoP error="invalid_token""#, r#"Bearer error="invalid_token""#]);
     }
 }

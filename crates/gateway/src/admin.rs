@@ -64,24 +64,14 @@ fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> 
         "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
         "/readyz" => {
             if state.ready.load(Ordering::Acquire) {
-                text(
-                    StatusCode::OK,
-                    "text/plain; charset=utf-8",
-                    "ready\n".into(),
-                )
+                text(StatusCode::OK, "text/plain; charset=utf-8", "ready\n".into())
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain; charset=utf-8",
-                    "not ready\n".into(),
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "not ready\n".into())
             }
         }
-        "/metrics" => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.encode(),
-        ),
+        "/metrics" => {
+            text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.metrics.encode())
+        }
         "/config" => {
             let rt = state.runtime.load();
             let body = serde_json::json!({
@@ -91,21 +81,15 @@ fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> 
             });
             text(StatusCode::OK, "application/json", body.to_string())
         }
-        _ => problem(Problem::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such admin endpoint",
-        )),
+        _ => problem(Problem::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")),
     }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 

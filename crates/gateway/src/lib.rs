@@ -68,11 +68,9 @@ pub struct CheckSummary {
 /// start-up (syntax, types, cross-references, unreadable certificates...).
 pub fn check(path: &Path) -> Result<CheckSummary, ConfigErrors> {
     let loaded = load_file(path)?;
-    let shared = Shared::new(Arc::new(Metrics::new()));
+    let shared = Shared::new(Arc::new(Metrics::new()), 1);
     let runtime = Runtime::build(Arc::new(loaded), &shared, None, 1)?;
-    Ok(CheckSummary {
-        routes: runtime.route_ids(),
-    })
+    Ok(CheckSummary { routes: runtime.route_ids() })
 }
 
 /// Runs the gateway in the foreground until SIGTERM or SIGINT, then drains and returns.
@@ -80,30 +78,18 @@ pub fn serve(opts: ServeOptions) -> Result<(), Error> {
     let loaded = load_file(&opts.config).map_err(Error::Config)?;
     let format = opts.log_format.unwrap_or(loaded.config.log.format);
     init_logging(format == LogFormat::Json, &loaded.config.log.level).map_err(Error::Logging)?;
-    let workers = loaded
-        .config
-        .server
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name("portcullis-worker")
-        .enable_all()
-        .build()?;
-    rt.block_on(run(opts.config, loaded))
+    // This thread runs the control plane (signals, reloads, the admin API); requests run on
+    // the worker threads `run` starts.
+    let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    control.block_on(run(opts.config, loaded))
 }
 
-fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, Error> {
-    let err = |source| Error::Bind { key, addr, source };
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(err)?;
+fn bind_admin(addr: SocketAddr) -> Result<TcpListener, Error> {
+    let err = |source| Error::Bind { key: "admin.listen", addr, source };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
     socket.set_reuseaddr(true).map_err(err)?;
     socket.bind(addr).map_err(err)?;
-    socket.listen(4096).map_err(err)
+    socket.listen(128).map_err(err)
 }
 
 async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
@@ -111,44 +97,43 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "cannot raise the open-file limit");
     }
-    let metrics = Arc::new(Metrics::new());
-    let shared = Arc::new(Shared::new(metrics.clone()));
-    let access_log = AccessLog::start(
-        loaded.config.access_log.path.clone(),
-        metrics.access_log_dropped.clone(),
-    )?;
-    let listen = loaded.config.server.listen;
+    let server = &loaded.config.server;
+    let workers = server.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let listen = server.listen;
+    let max_connections = server.limits.max_connections;
     let admin_addr = loaded.config.admin.as_ref().map(|a| a.listen);
-    let max_connections = loaded.config.server.limits.max_connections;
+    let metrics = Arc::new(Metrics::new());
+    let shared = Arc::new(Shared::new(metrics.clone(), workers));
+    let access_log = AccessLog::start(loaded.config.access_log.path.clone(), metrics.access_log_dropped.clone())?;
     let files = watched_files(&path, &loaded);
 
-    let runtime = Runtime::build(Arc::new(loaded), &shared, Some(access_log.clone()), 1)
-        .map_err(Error::Config)?;
+    let runtime = Runtime::build(Arc::new(loaded), &shared, Some(access_log.clone()), 1).map_err(Error::Config)?;
     let routes = runtime.route_ids().len();
-    let tcp = bind(listen, "server.listen")?;
-    let admin_listener = admin_addr.map(|a| bind(a, "admin.listen")).transpose()?;
+    let sockets =
+        listener::bind(listen, workers).map_err(|source| Error::Bind { key: "server.listen", addr: listen, source })?;
+    let admin_listener = admin_addr.map(bind_admin).transpose()?;
 
     let swap = Arc::new(ArcSwap::from_pointee(runtime));
     metrics.config_generation.set(1);
     let (shutdown_tx, shutdown_rx) = channel::channel(false);
-    let proxy = tokio::spawn(listener::serve(
-        tcp,
-        swap.clone(),
-        metrics.clone(),
-        max_connections,
-        shutdown_rx,
-    ));
-    let admin_state = Arc::new(AdminState {
+    let ctx = listener::WorkerContext {
         runtime: swap.clone(),
         metrics: metrics.clone(),
-        ready: AtomicBool::new(true),
-    });
+        connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+        shutdown: shutdown_rx,
+    };
+    let mut threads = Vec::with_capacity(workers);
+    for (i, socket) in sockets.into_iter().enumerate() {
+        threads.push(listener::spawn_worker(i + 1, socket, ctx.clone())?);
+    }
+    let admin_state =
+        Arc::new(AdminState { runtime: swap.clone(), metrics: metrics.clone(), ready: AtomicBool::new(true) });
     if let Some(l) = admin_listener {
         // The admin listener lives until the process exits, so that /readyz says
         // "not ready" while connections drain.
         tokio::spawn(admin::serve(l, admin_state.clone()));
     }
-    tracing::info!(%listen, admin = ?admin_addr, routes, "portcullis serving");
+    tracing::info!(%listen, admin = ?admin_addr, routes, workers, "portcullis serving");
 
     let mut reloader = Reloader {
         path,
@@ -179,20 +164,20 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
         }
     }
 
-    // Drain: stop accepting, tell load balancers, let requests in flight finish.
+    // Drain: tell load balancers, stop accepting, let requests in flight finish. Each worker
+    // drains its own connections until the drain deadline.
     admin_state.ready.store(false, Ordering::Release);
     let drain = swap.load().config.config.server.drain_timeout.get();
+    tracing::info!(connections = metrics.connections_active.get(), seconds = drain.as_secs_f64(), "draining");
     let _ = shutdown_tx.send(true);
-    let graceful = proxy.await.map_err(io::Error::other)?;
-    tracing::info!(
-        connections = graceful.count(),
-        seconds = drain.as_secs_f64(),
-        "draining"
-    );
-    match tokio::time::timeout(drain, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("drained; exiting"),
-        Err(_) => tracing::warn!("drain deadline passed; closing the remaining connections"),
-    }
+    tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await
+    .map_err(io::Error::other)?;
+    tracing::info!("drained; exiting");
     Ok(())
 }
 
@@ -240,21 +225,15 @@ impl Reloader {
         match built {
             Ok(Ok((runtime, files))) => {
                 let c = &runtime.config.config;
-                if c.server.listen != self.listen
-                    || c.admin.as_ref().map(|a| a.listen) != self.admin
-                {
-                    tracing::warn!(
-                        "listen addresses changed; they take effect at the next restart"
-                    );
+                if c.server.listen != self.listen || c.admin.as_ref().map(|a| a.listen) != self.admin {
+                    tracing::warn!("listen addresses changed; they take effect at the next restart");
                 }
                 self.access_log.reopen(c.access_log.path.clone());
                 let routes = runtime.route_ids().len();
                 self.swap.store(Arc::new(runtime));
                 self.generation = generation;
                 metrics.reload(true);
-                metrics
-                    .config_generation
-                    .set(i64::try_from(generation).unwrap_or(i64::MAX));
+                metrics.config_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
                 tracing::info!(cause, generation, routes, "config reloaded");
                 self.set_files(files);
             }

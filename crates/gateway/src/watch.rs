@@ -32,11 +32,7 @@ impl FileWatch {
         })
         .map_err(|e| tracing::warn!(error = %e, "cannot watch files; reload with SIGHUP"))
         .ok();
-        FileWatch {
-            watcher,
-            folders: HashSet::new(),
-            events,
-        }
+        FileWatch { watcher, folders: HashSet::new(), events }
     }
 
     /// Also watches the folders of `files`.
@@ -45,15 +41,8 @@ impl FileWatch {
             return;
         };
         for file in files {
-            let folder = file
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from("."));
-            let folder = if folder.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                folder
-            };
+            let folder = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+            let folder = if folder.as_os_str().is_empty() { PathBuf::from(".") } else { folder };
             if self.folders.contains(&folder) {
                 continue;
             }

@@ -26,10 +26,7 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Client(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
@@ -54,8 +51,10 @@ impl Body for RequestBody {
 /// The body of a response sent to the client.
 #[derive(Debug)]
 pub enum ResponseBody {
-    /// The upstream's body, streamed.
+    /// The upstream's body, streamed (hyper's client).
     Upstream(Incoming),
+    /// The upstream's body, streamed (the lean HTTP/1.1 client).
+    Lean(crate::upstream::h1::LeanBody),
     /// A body the gateway made (problem details, echo, admin).
     Full(Option<Bytes>),
 }
@@ -74,25 +73,20 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx),
-            ResponseBody::Full(b) => Poll::Ready(
-                b.take()
-                    .filter(|b| !b.is_empty())
-                    .map(|b| Ok(Frame::data(b))),
-            ),
+            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Lean(b) => Pin::new(b).poll_frame(cx),
+            ResponseBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Upstream(b) => b.is_end_stream(),
+            ResponseBody::Lean(b) => b.is_end_stream(),
             ResponseBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
         }
     }
@@ -100,6 +94,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Upstream(b) => b.size_hint(),
+            ResponseBody::Lean(b) => b.size_hint(),
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

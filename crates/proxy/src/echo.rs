@@ -55,7 +55,6 @@ pub async fn respond(req: Request<RequestBody>) -> Result<Response<ResponseBody>
     });
     let mut resp = Response::new(ResponseBody::full(Bytes::from(doc.to_string())));
     *resp.status_mut() = StatusCode::OK;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(resp)
 }

@@ -16,45 +16,130 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static DPOP: HeaderName = HeaderName::from_static("dpop");
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-fn hop_by_hop() -> [&'static HeaderName; 7] {
-    [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TRANSFER_ENCODING,
-        &header::TE,
-        &header::UPGRADE,
-        &header::PROXY_AUTHORIZATION,
-    ]
+/// Which headers the proxy acts on a message has, found in one pass over its names, so
+/// that the common message (none of them) costs no map lookups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Present(u32);
+
+impl Present {
+    /// `Connection`.
+    pub const CONNECTION: u32 = 1;
+    /// `Keep-Alive`.
+    pub const KEEP_ALIVE: u32 = 1 << 1;
+    /// `Proxy-Connection`.
+    pub const PROXY_CONNECTION: u32 = 1 << 2;
+    /// `Transfer-Encoding`.
+    pub const TRANSFER_ENCODING: u32 = 1 << 3;
+    /// `TE`.
+    pub const TE: u32 = 1 << 4;
+    /// `Upgrade`.
+    pub const UPGRADE: u32 = 1 << 5;
+    /// `Proxy-Authorization`.
+    pub const PROXY_AUTHORIZATION: u32 = 1 << 6;
+    /// `Proxy-Authenticate`.
+    pub const PROXY_AUTHENTICATE: u32 = 1 << 7;
+    /// `Forwarded`.
+    pub const FORWARDED: u32 = 1 << 8;
+    /// `X-Forwarded-For`.
+    pub const X_FORWARDED_FOR: u32 = 1 << 9;
+    /// `X-Forwarded-Proto`.
+    pub const X_FORWARDED_PROTO: u32 = 1 << 10;
+    /// `X-Forwarded-Host`.
+    pub const X_FORWARDED_HOST: u32 = 1 << 11;
+    /// `Authorization`.
+    pub const AUTHORIZATION: u32 = 1 << 12;
+    /// `DPoP`.
+    pub const DPOP: u32 = 1 << 13;
+    /// `X-Request-Id`.
+    pub const X_REQUEST_ID: u32 = 1 << 14;
+
+    /// All hop-by-hop headers (RFC 9110 §7.6.1) and the credentials meant for a proxy.
+    const HOP_BY_HOP: u32 = Self::CONNECTION
+        | Self::KEEP_ALIVE
+        | Self::PROXY_CONNECTION
+        | Self::TRANSFER_ENCODING
+        | Self::TE
+        | Self::UPGRADE
+        | Self::PROXY_AUTHORIZATION
+        | Self::PROXY_AUTHENTICATE;
+
+    /// Scans the header names once.
+    pub fn scan(headers: &HeaderMap) -> Present {
+        let mut bits = 0;
+        for name in headers.keys() {
+            bits |= match name.as_str() {
+                "connection" => Self::CONNECTION,
+                "keep-alive" => Self::KEEP_ALIVE,
+                "proxy-connection" => Self::PROXY_CONNECTION,
+                "transfer-encoding" => Self::TRANSFER_ENCODING,
+                "te" => Self::TE,
+                "upgrade" => Self::UPGRADE,
+                "proxy-authorization" => Self::PROXY_AUTHORIZATION,
+                "proxy-authenticate" => Self::PROXY_AUTHENTICATE,
+                "forwarded" => Self::FORWARDED,
+                "x-forwarded-for" => Self::X_FORWARDED_FOR,
+                "x-forwarded-proto" => Self::X_FORWARDED_PROTO,
+                "x-forwarded-host" => Self::X_FORWARDED_HOST,
+                "authorization" => Self::AUTHORIZATION,
+                "dpop" => Self::DPOP,
+                "x-request-id" => Self::X_REQUEST_ID,
+                _ => 0,
+            };
+        }
+        Present(bits)
+    }
+
+    /// Whether any of `bits` is present.
+    pub fn any(self, bits: u32) -> bool {
+        self.0 & bits != 0
+    }
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`. Keeps `TE: trailers`,
 /// which gRPC needs end to end. Returns whether the client asked for trailers.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    let mut wants_trailers = false;
-    if let Some(te) = headers.get(header::TE) {
-        wants_trailers = te.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, present: Present) -> bool {
+    if !present.any(Present::HOP_BY_HOP) {
+        return false;
     }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
+    let mut wants_trailers = false;
+    if present.any(Present::TE)
+        && let Some(te) = headers.get(header::TE)
+    {
+        wants_trailers = te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    }
+    if present.any(Present::CONNECTION) {
+        // Options other than the usual ones name extra headers to remove (RFC 9110 §7.6.1).
+        let mut named: Vec<HeaderName> = Vec::new();
+        for token in
+            headers.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','))
+        {
+            let token = token.trim();
+            let usual = ["keep-alive", "close", "upgrade", "te"].iter().any(|u| token.eq_ignore_ascii_case(u));
+            if !usual && let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(n);
+            }
+        }
         // Headers the gateway adds itself are set after this, so naming them here is harmless.
         for n in named {
             headers.remove(&n);
         }
     }
-    for h in hop_by_hop() {
-        headers.remove(h);
+    let table: [(u32, &HeaderName); 8] = [
+        (Present::CONNECTION, &header::CONNECTION),
+        (Present::KEEP_ALIVE, &KEEP_ALIVE),
+        (Present::PROXY_CONNECTION, &PROXY_CONNECTION),
+        (Present::TRANSFER_ENCODING, &header::TRANSFER_ENCODING),
+        (Present::TE, &header::TE),
+        (Present::UPGRADE, &header::UPGRADE),
+        (Present::PROXY_AUTHORIZATION, &header::PROXY_AUTHORIZATION),
+        (Present::PROXY_AUTHENTICATE, &header::PROXY_AUTHENTICATE),
+    ];
+    for (bit, name) in table {
+        if present.any(bit) {
+            headers.remove(name);
+        }
     }
     if wants_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -64,25 +149,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers from an upstream's response.
 pub fn strip_hop_by_hop_response(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        strip_hop_by_hop(headers);
+    let present = Present::scan(headers);
+    if present.any(Present::HOP_BY_HOP) {
+        strip_hop_by_hop(headers, present);
         headers.remove(header::TE);
-    } else {
-        for h in hop_by_hop() {
-            headers.remove(h);
-        }
     }
-    headers.remove(header::PROXY_AUTHENTICATE);
+}
+
+/// Removes the caller's credentials (`Authorization`, `DPoP`): the upstream gets the
+/// identity the gateway vouches for, not the credential itself.
+pub fn strip_credentials(headers: &mut HeaderMap, present: Present) {
+    if present.any(Present::AUTHORIZATION) {
+        headers.remove(header::AUTHORIZATION);
+    }
+    if present.any(Present::DPOP) {
+        headers.remove(&DPOP);
+    }
 }
 
 /// Facts about the client for the forwarded headers.
 pub struct ClientFacts<'a> {
     /// The address the connection came from.
     pub peer: IpAddr,
+    /// `peer` as a header value, made once per connection.
+    pub peer_value: &'a HeaderValue,
     /// Whether the connection is TLS.
     pub tls: bool,
     /// The `Host` (or `:authority`) the client asked for.
     pub host: Option<&'a str>,
+    /// The same host as a header value, when the client sent one (reused, not copied).
+    pub host_value: Option<&'a HeaderValue>,
 }
 
 /// Whether `peer` is a proxy whose forwarded headers may be believed.
@@ -118,52 +214,97 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr
     ip
 }
 
-/// Sets the forwarded headers. From a trusted proxy, its chain is extended; from anyone
-/// else, whatever the client wrote is replaced, so the upstream cannot be lied to.
+/// Headers the gateway adds on the way upstream. They are kept apart from the request's
+/// map until sending: the lean HTTP/1.1 client writes them straight into the request head
+/// (no hashing and no growing of the map), other senders insert them.
+#[derive(Clone, Debug, Default)]
+pub struct Added {
+    entries: [Option<(&'static HeaderName, HeaderValue)>; 6],
+    len: usize,
+}
+
+static FORWARDED: HeaderName = header::FORWARDED;
+
+impl Added {
+    /// Adds a header. The caller has removed any copy the client sent.
+    pub fn push(&mut self, name: &'static HeaderName, value: HeaderValue) {
+        if let Some(slot) = self.entries.get_mut(self.len) {
+            *slot = Some((name, value));
+            self.len += 1;
+        }
+    }
+
+    /// The added headers.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.entries[..self.len].iter().flatten().map(|(n, v)| (*n, v))
+    }
+
+    /// Puts them into `map`, replacing what is there.
+    pub fn insert_into(&self, map: &mut HeaderMap) {
+        for (name, value) in self.iter() {
+            map.insert(name, value.clone());
+        }
+    }
+}
+
+/// Works out the forwarded headers into `added`. From a trusted proxy, its chain is
+/// extended; from anyone else, whatever the client wrote is replaced (removed from
+/// `headers`), so the upstream cannot be lied to.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
+    present: Present,
     facts: &ClientFacts<'_>,
     trusted: &[IpNet],
     style: ForwardedHeaders,
+    added: &mut Added,
 ) {
-    let trust = is_trusted(facts.peer, trusted);
-    let proto = if facts.tls { "https" } else { "http" };
+    let trust = !trusted.is_empty() && is_trusted(facts.peer, trusted);
+    let proto = HeaderValue::from_static(if facts.tls { "https" } else { "http" });
+    // Removes the client's copy unless it is believed; returns whether it is kept.
+    fn keep_or_remove(headers: &mut HeaderMap, present: Present, bit: u32, name: &HeaderName, keep: bool) -> bool {
+        if present.any(bit) {
+            if keep {
+                return true;
+            }
+            headers.remove(name);
+        }
+        false
+    }
     match style {
         ForwardedHeaders::XForwarded => {
-            let mut xff = String::new();
-            if trust {
-                for v in headers
-                    .get_all(&X_FORWARDED_FOR)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                {
+            if trust && present.any(Present::X_FORWARDED_FOR) {
+                let mut xff = String::new();
+                for v in headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
                     xff.push_str(v);
                     xff.push_str(", ");
                 }
+                let _ = write!(xff, "{}", facts.peer);
+                headers.remove(&X_FORWARDED_FOR);
+                if let Ok(v) = HeaderValue::from_str(&xff) {
+                    added.push(&X_FORWARDED_FOR, v);
+                }
+            } else {
+                keep_or_remove(headers, present, Present::X_FORWARDED_FOR, &X_FORWARDED_FOR, false);
+                added.push(&X_FORWARDED_FOR, facts.peer_value.clone());
             }
-            let _ = write!(xff, "{}", facts.peer);
-            set(headers, &X_FORWARDED_FOR, &xff);
-            if !(trust && headers.contains_key(&X_FORWARDED_PROTO)) {
-                headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+            if !keep_or_remove(headers, present, Present::X_FORWARDED_PROTO, &X_FORWARDED_PROTO, trust) {
+                added.push(&X_FORWARDED_PROTO, proto);
             }
-            if !(trust && headers.contains_key(&X_FORWARDED_HOST)) {
-                match facts.host {
-                    Some(h) => set(headers, &X_FORWARDED_HOST, h),
-                    None => {
-                        headers.remove(&X_FORWARDED_HOST);
-                    }
+            if !keep_or_remove(headers, present, Present::X_FORWARDED_HOST, &X_FORWARDED_HOST, trust) {
+                let value = match facts.host_value {
+                    Some(v) => Some(v.clone()),
+                    None => facts.host.and_then(|h| HeaderValue::from_str(h).ok()),
+                };
+                if let Some(v) = value {
+                    added.push(&X_FORWARDED_HOST, v);
                 }
             }
-            headers.remove(header::FORWARDED);
+            keep_or_remove(headers, present, Present::FORWARDED, &FORWARDED, false);
         }
         ForwardedHeaders::Forwarded => {
             let mut fwd = String::new();
             if trust {
-                for v in headers
-                    .get_all(header::FORWARDED)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                {
+                for v in headers.get_all(&FORWARDED).iter().filter_map(|v| v.to_str().ok()) {
                     fwd.push_str(v);
                     fwd.push_str(", ");
                 }
@@ -176,30 +317,28 @@ pub fn set_forwarded(
                     let _ = write!(fwd, "for=\"[{a}]\"");
                 }
             }
-            let _ = write!(fwd, ";proto={proto}");
-            if let Some(h) = facts
-                .host
-                .filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
-            {
+            let _ = write!(fwd, ";proto={}", if facts.tls { "https" } else { "http" });
+            if let Some(h) = facts.host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
                 let _ = write!(fwd, ";host=\"{h}\"");
             }
-            set(headers, &header::FORWARDED, &fwd);
-            for h in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
-                headers.remove(h);
+            keep_or_remove(headers, present, Present::FORWARDED, &FORWARDED, false);
+            if let Ok(v) = HeaderValue::from_str(&fwd) {
+                added.push(&FORWARDED, v);
+            }
+            for (bit, h) in [
+                (Present::X_FORWARDED_FOR, &X_FORWARDED_FOR),
+                (Present::X_FORWARDED_PROTO, &X_FORWARDED_PROTO),
+                (Present::X_FORWARDED_HOST, &X_FORWARDED_HOST),
+            ] {
+                keep_or_remove(headers, present, bit, h, false);
             }
         }
     }
 }
 
-fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    match HeaderValue::from_str(value) {
-        Ok(v) => {
-            headers.insert(name, v);
-        }
-        Err(_) => {
-            headers.remove(name);
-        }
-    }
+/// A header value for an IP address (once per connection).
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The request id: the client's `X-Request-Id` when it is a sane token (at most 128
@@ -207,11 +346,7 @@ fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
-        if !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c))
-        {
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c)) {
             return v.clone();
         }
     }
@@ -220,30 +355,42 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 
 /// A random request id in UUID form.
 pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    thread_local! {
+        // Ids are cut from one shared buffer per thread instead of one allocation each.
+        static SLAB: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+    }
     let mut r = fastrand::u128(..);
     // Version 4, variant 1.
     r = (r & !(0xf << 76)) | (0x4 << 76);
     r = (r & !(0x3 << 62)) | (0x2 << 62);
-    let mut out = [0u8; 36];
+    let mut out = [b'-'; 36];
+    let bytes = r.to_be_bytes();
     let mut j = 0;
-    for i in 0..32 {
-        if matches!(i, 8 | 12 | 16 | 20) {
-            out[j] = b'-';
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
             j += 1;
         }
-        out[j] = HEX[((r >> (124 - 4 * i)) & 0xf) as usize];
-        j += 1;
+        out[j] = HEX_DIGITS[usize::from(b >> 4)];
+        out[j + 1] = HEX_DIGITS[usize::from(b & 0xf)];
+        j += 2;
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    let id = SLAB.with(|slab| {
+        let mut slab = slab.borrow_mut();
+        if slab.capacity() - slab.len() < out.len() {
+            *slab = bytes::BytesMut::with_capacity(64 * 1024);
+        }
+        slab.extend_from_slice(&out);
+        slab.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Approximate size of a request head in HTTP/1.1 form (request line and header lines).
 pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> usize {
     let line = method.as_str().len() + uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
-    headers
-        .iter()
-        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+    headers.iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 #[cfg(test)]
@@ -253,10 +400,7 @@ mod tests {
     fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -273,73 +417,61 @@ mod tests {
             ("authorization", "Bearer t"),
             ("x-keep", "1"),
         ]);
-        assert!(strip_hop_by_hop(&mut h));
+        let present = Present::scan(&h);
+        assert!(strip_hop_by_hop(&mut h, present));
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-keep", "te"]);
         assert_eq!(h["te"], "trailers");
     }
 
+    fn forward(h: &mut HeaderMap, peer: &str, tls: bool, host: &str, trusted: &[IpNet], style: ForwardedHeaders) {
+        let peer: IpAddr = peer.parse().unwrap();
+        let pv = ip_value(peer);
+        let facts = ClientFacts { peer, peer_value: &pv, tls, host: Some(host), host_value: None };
+        let mut added = Added::default();
+        set_forwarded(h, Present::scan(h), &facts, trusted, style, &mut added);
+        added.insert_into(h);
+    }
+
     #[test]
     fn forwarded_for_cannot_be_spoofed_by_untrusted_clients() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let facts = ClientFacts {
-            peer: "203.0.113.9".parse().unwrap(),
-            tls: true,
-            host: Some("api.example"),
-        };
-        let mut h = hm(&[
-            ("x-forwarded-for", "1.2.3.4"),
-            ("x-forwarded-proto", "http"),
-            ("x-forwarded-host", "evil"),
-        ]);
-        set_forwarded(&mut h, &facts, &trusted, ForwardedHeaders::XForwarded);
+        let mut h = hm(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "http"), ("x-forwarded-host", "evil")]);
+        forward(&mut h, "203.0.113.9", true, "api.example", &trusted, ForwardedHeaders::XForwarded);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "api.example");
-        assert_eq!(
-            client_ip(&hm(&[("x-forwarded-for", "1.2.3.4")]), facts.peer, &trusted),
-            facts.peer
-        );
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(client_ip(&hm(&[("x-forwarded-for", "1.2.3.4")]), peer, &trusted), peer);
     }
 
     #[test]
     fn trusted_proxies_extend_the_chain() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let peer: IpAddr = "10.1.1.1".parse().unwrap();
-        let facts = ClientFacts {
-            peer,
-            tls: false,
-            host: Some("h"),
-        };
         let mut h = hm(&[("x-forwarded-for", "198.51.100.7, 10.2.2.2")]);
-        assert_eq!(
-            client_ip(&h, peer, &trusted),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
-        );
-        set_forwarded(&mut h, &facts, &trusted, ForwardedHeaders::XForwarded);
+        assert_eq!(client_ip(&h, peer, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        forward(&mut h, "10.1.1.1", false, "h", &trusted, ForwardedHeaders::XForwarded);
         assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.2.2.2, 10.1.1.1");
         // A garbage hop stops the walk at the last good address.
         let h = hm(&[("x-forwarded-for", "198.51.100.7, junk, 10.2.2.2")]);
-        assert_eq!(
-            client_ip(&h, peer, &trusted),
-            "10.2.2.2".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(client_ip(&h, peer, &trusted), "10.2.2.2".parse::<IpAddr>().unwrap());
     }
 
     #[test]
     fn rfc7239_forwarded() {
-        let facts = ClientFacts {
-            peer: "2001:db8::1".parse().unwrap(),
-            tls: false,
-            host: Some("h.example"),
-        };
         let mut h = hm(&[("forwarded", "for=evil"), ("x-forwarded-for", "evil")]);
-        set_forwarded(&mut h, &facts, &[], ForwardedHeaders::Forwarded);
-        assert_eq!(
-            h["forwarded"],
-            "for=\"[2001:db8::1]\";proto=http;host=\"h.example\""
-        );
+        forward(&mut h, "2001:db8::1", false, "h.example", &[], ForwardedHeaders::Forwarded);
+        assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\";proto=http;host=\"h.example\"");
         assert!(!h.contains_key("x-forwarded-for"));
+    }
+
+    #[test]
+    fn credentials_are_stripped() {
+        let mut h = hm(&[("authorization", "Bearer x"), ("dpop", "proof"), ("x-keep", "1")]);
+        let present = Present::scan(&h);
+        strip_credentials(&mut h, present);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
     }
 
     #[test]

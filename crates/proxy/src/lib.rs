@@ -7,12 +7,14 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod drain;
 mod echo;
 pub mod headers;
 pub mod listener;
 pub mod pipeline;
 pub mod router;
 pub mod runtime;
+pub mod timer;
 pub mod tls;
 pub mod upstream;
 

@@ -35,6 +35,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The local address the connection was accepted on.
     pub local: SocketAddr,
+    /// The peer's IP address as a header value (for `X-Forwarded-For`), made once.
+    pub peer_value: HeaderValue,
     /// TLS facts, for HTTPS connections.
     pub tls: Option<TlsInfo>,
 }
@@ -72,11 +74,7 @@ pub struct RequestCtx {
 }
 
 /// Runs a request through the pipeline and returns the response to send.
-pub async fn handle(
-    rt: Arc<Runtime>,
-    conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
-) -> Response<ResponseBody> {
+pub async fn handle(rt: Arc<Runtime>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody> {
     let start = Instant::now();
     let mut ctx = RequestCtx {
         request_id: headers::request_id(req.headers()),
@@ -89,14 +87,10 @@ pub async fn handle(
         reason: None,
     };
     // What the access log needs of the request, taken before the stages consume it.
-    let log_fields = rt.access_log.as_ref().map(|_| {
-        (
-            SystemTime::now(),
-            req.method().to_string(),
-            req.uri().path().to_string(),
-            protocol(req.version()),
-        )
-    });
+    let log_fields = rt
+        .access_log
+        .as_ref()
+        .map(|_| (SystemTime::now(), req.method().to_string(), req.uri().path().to_string(), protocol(req.version())));
 
     let mut resp = match run(&rt, &conn, &mut ctx, req).await {
         Ok(resp) => resp,
@@ -105,13 +99,10 @@ pub async fn handle(
             if problem.status.is_server_error() {
                 tracing::debug!(request_id = ?ctx.request_id, %problem, "request failed");
             }
-            problem
-                .to_response(ctx.request_id.to_str().ok())
-                .map(ResponseBody::full)
+            problem.to_response(ctx.request_id.to_str().ok()).map(ResponseBody::full)
         }
     };
-    resp.headers_mut()
-        .insert(&X_REQUEST_ID, ctx.request_id.clone());
+    resp.headers_mut().insert(&X_REQUEST_ID, ctx.request_id.clone());
 
     // Log stage.
     let elapsed = start.elapsed();
@@ -163,16 +154,12 @@ async fn run(
 
     // Admit: the head is within limits and the path is one we can reason about.
     admit(rt, &parts)?;
-    let path = normalize(parts.uri.path(), false)
-        .map_err(|e| Problem::bad_request("invalid_path", e.detail()))?;
+    let path = normalize(parts.uri.path(), false).map_err(|e| Problem::bad_request("invalid_path", e.detail()))?;
     let authority = RequestAuthority::of(&parts)?;
     let host = authority.host();
 
     // Match.
-    let (route, params) = rt
-        .router
-        .find(&host, &path, &parts.method)
-        .ok_or_else(Problem::no_route)?;
+    let (route, params) = rt.router.find(&host, &path, &parts.method).ok_or_else(Problem::no_route)?;
     let route = route.clone();
     ctx.route = Some(route.clone());
     ctx.params = params;
@@ -190,12 +177,12 @@ async fn run(
     let body = protect_body(&parts, body, route.max_body)?;
 
     // Propagate: the upstream never sees the caller's credential.
-    parts.headers.remove(header::AUTHORIZATION);
-    parts.headers.remove("dpop");
+    let present = headers::Present::scan(&parts.headers);
+    headers::strip_credentials(&mut parts.headers, present);
 
     // Forward.
     let path = forward_path(&parts.uri, path, route.rewrite.as_ref());
-    forward(rt, conn, ctx, &route, parts, body, path, authority.as_str()).await
+    forward(rt, conn, ctx, &route, parts, present, body, path, &authority).await
 }
 
 /// The head is within the configured limits (`431`). (Ambiguous framing, such as both
@@ -226,28 +213,30 @@ enum RequestAuthority {
 impl RequestAuthority {
     /// HTTP/1.1 requires one (RFC 9112 §3.2).
     fn of(parts: &http::request::Parts) -> Result<Self, Problem> {
-        // Two Host headers would let the gateway and the upstream disagree on the host.
         let mut hosts = parts.headers.get_all(header::HOST).iter();
-        if hosts.next().is_some() && hosts.next().is_some() {
-            return Err(Problem::bad_request(
-                "bad_host",
-                "more than one Host header",
-            ));
+        let host = hosts.next();
+        // Two Host headers would let the gateway and the upstream disagree on the host.
+        if host.is_some() && hosts.next().is_some() {
+            return Err(Problem::bad_request("bad_host", "more than one Host header"));
         }
         if let Some(a) = parts.uri.authority() {
             return Ok(Self::Uri(a.clone()));
         }
-        match parts.headers.get(header::HOST) {
+        match host {
             Some(h) if is_authority(h.as_bytes()) => Ok(Self::Header(h.clone())),
-            Some(_) => Err(Problem::bad_request(
-                "bad_host",
-                "the Host header is not valid",
-            )),
-            None if parts.version == Version::HTTP_11 => Err(Problem::bad_request(
-                "missing_host",
-                "HTTP/1.1 requests need a Host header",
-            )),
+            Some(_) => Err(Problem::bad_request("bad_host", "the Host header is not valid")),
+            None if parts.version == Version::HTTP_11 => {
+                Err(Problem::bad_request("missing_host", "HTTP/1.1 requests need a Host header"))
+            }
             None => Ok(Self::Missing),
+        }
+    }
+
+    /// The `Host` header value itself, when that is where the authority came from.
+    fn header_value(&self) -> Option<&HeaderValue> {
+        match self {
+            Self::Header(h) => Some(h),
+            _ => None,
         }
     }
 
@@ -262,49 +251,45 @@ impl RequestAuthority {
     /// The host for route matching: lower-case, without port.
     fn host(&self) -> Cow<'_, str> {
         let h = strip_port(self.as_str().unwrap_or_default());
-        if h.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(h.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(h)
-        }
+        if h.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(h.to_ascii_lowercase()) } else { Cow::Borrowed(h) }
     }
 }
 
 /// Whether `b` is made only of the characters an authority may hold (RFC 3986 §3.2).
 fn is_authority(b: &[u8]) -> bool {
-    !b.is_empty()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(c))
+    const ALLOWED: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            let c = i as u8;
+            t[i] = c.is_ascii_alphanumeric();
+            i += 1;
+        }
+        let extra = b"-._~%!$&'()*+,;=:[]";
+        let mut j = 0;
+        while j < extra.len() {
+            t[extra[j] as usize] = true;
+            j += 1;
+        }
+        t
+    };
+    !b.is_empty() && b.iter().all(|&c| ALLOWED[usize::from(c)])
 }
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |i| &host[..=i]);
     }
-    host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    })
+    host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
 }
 
 /// `413` problem.
 pub(crate) fn body_too_large() -> Problem {
-    Problem::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        "the request body is larger than this route accepts",
-    )
+    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is larger than this route accepts")
 }
 
 /// Refuses a declared length over the limit at once; otherwise counts as the body streams.
-fn protect_body(
-    parts: &http::request::Parts,
-    body: Incoming,
-    max: u64,
-) -> Result<RequestBody, Problem> {
+fn protect_body(parts: &http::request::Parts, body: Incoming, max: u64) -> Result<RequestBody, Problem> {
     if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
         let len: u64 = len
             .to_str()
@@ -318,19 +303,12 @@ fn protect_body(
     if http_body::Body::is_end_stream(&body) {
         return Ok(RequestBody::Empty);
     }
-    Ok(RequestBody::Client(Limited::new(
-        body,
-        usize::try_from(max).unwrap_or(usize::MAX),
-    )))
+    Ok(RequestBody::Client(Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))))
 }
 
 /// The path and query to request upstream: the normalised path (the one routes and
 /// policies saw), rewritten if the route says so, and the query unchanged.
-fn forward_path(
-    uri: &http::Uri,
-    path: Cow<'_, str>,
-    rewrite: Option<&(String, String)>,
-) -> PathAndQuery {
+fn forward_path(uri: &http::Uri, path: Cow<'_, str>, rewrite: Option<&(String, String)>) -> PathAndQuery {
     if let (Cow::Borrowed(_), None) = (&path, rewrite) {
         // Unchanged: reuse the request's own bytes.
         if let Some(pq) = uri.path_and_query() {
@@ -345,11 +323,7 @@ fn forward_path(
                 (false, false) if !rest.is_empty() => format!("{replacement}/{rest}"),
                 _ => format!("{replacement}{rest}"),
             };
-            Cow::Owned(if joined.is_empty() {
-                "/".into()
-            } else {
-                joined
-            })
+            Cow::Owned(if joined.is_empty() { "/".into() } else { joined })
         }
         None => path,
     };
@@ -368,38 +342,37 @@ async fn forward(
     ctx: &mut RequestCtx,
     route: &Route,
     mut parts: http::request::Parts,
+    present: headers::Present,
     body: RequestBody,
     path: PathAndQuery,
-    authority: Option<&str>,
+    authority: &RequestAuthority,
 ) -> Result<Response<ResponseBody>, Problem> {
     // An HTTP/1.1 protocol upgrade (WebSocket) is relayed as a byte stream after the 101.
     let upgrade = upgrade_request(&parts);
-    let client_upgrade = upgrade
-        .as_ref()
-        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
 
-    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers, present);
     if let Some(proto) = &upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, proto.clone());
     }
     let facts = headers::ClientFacts {
         peer: conn.peer.ip(),
+        peer_value: &conn.peer_value,
         tls: conn.tls.is_some(),
-        host: authority,
+        host: authority.as_str(),
+        host_value: authority.header_value(),
     };
-    headers::set_forwarded(
-        &mut parts.headers,
-        &facts,
-        &rt.trusted_proxies,
-        rt.forwarded,
-    );
-    parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+    let mut added = headers::Added::default();
+    headers::set_forwarded(&mut parts.headers, present, &facts, &rt.trusted_proxies, rt.forwarded, &mut added);
+    if present.any(headers::Present::X_REQUEST_ID) {
+        parts.headers.remove(&X_REQUEST_ID);
+    }
+    added.push(&X_REQUEST_ID, ctx.request_id.clone());
 
     let upstream = match &route.target {
         Target::Echo => {
+            added.insert_into(&mut parts.headers);
             parts.uri = http::Uri::from(path);
             return crate::echo::respond(Request::from_parts(parts, body)).await;
         }
@@ -407,9 +380,7 @@ async fn forward(
     };
 
     let started = Instant::now();
-    let result = upstream
-        .send(Request::from_parts(parts, body), path, route.timeout)
-        .await;
+    let result = upstream.send(Request::from_parts(parts, body), &added, path, route.timeout, upgrade.is_some()).await;
     let took = started.elapsed();
     ctx.upstream_elapsed = Some(took);
     route.metrics.upstream(took);
@@ -442,19 +413,18 @@ async fn forward(
             tokio::spawn(relay_upgraded(client, upstream_io));
             let (mut p, _) = resp.into_parts();
             headers::strip_hop_by_hop_response(&mut p.headers);
-            p.headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            p.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             p.headers.insert(header::UPGRADE, proto);
             return Ok(Response::from_parts(p, ResponseBody::empty()));
         }
-        return Err(Problem::bad_gateway(
-            "the upstream switched protocols unasked",
-        ));
+        return Err(Problem::bad_gateway("the upstream switched protocols unasked"));
     }
 
-    let (mut p, b) = resp.into_parts();
-    headers::strip_hop_by_hop_response(&mut p.headers);
-    Ok(Response::from_parts(p, ResponseBody::Upstream(b)))
+    // The lean client never passes hop-by-hop response fields on; hyper's client does.
+    if !matches!(resp.body(), ResponseBody::Lean(_)) {
+        headers::strip_hop_by_hop_response(resp.headers_mut());
+    }
+    Ok(resp)
 }
 
 /// The protocol a client asks to upgrade to, for HTTP/1.1 upgrade requests.
@@ -467,15 +437,8 @@ fn upgrade_request(parts: &http::request::Parts) -> Option<HeaderValue> {
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        });
-    if wants {
-        parts.headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    if wants { parts.headers.get(header::UPGRADE).cloned() } else { None }
 }
 
 async fn relay_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
@@ -495,23 +458,11 @@ mod tests {
     fn forward_paths() {
         let uri: http::Uri = "/api/orders/7?x=1".parse().unwrap();
         let rw = ("/api/orders".to_string(), "/orders".to_string());
-        assert_eq!(
-            forward_path(&uri, Cow::Borrowed("/api/orders/7"), Some(&rw)),
-            "/orders/7?x=1"
-        );
-        assert_eq!(
-            forward_path(&uri, Cow::Borrowed("/api/orders"), Some(&rw)),
-            "/orders?x=1"
-        );
+        assert_eq!(forward_path(&uri, Cow::Borrowed("/api/orders/7"), Some(&rw)), "/orders/7?x=1");
+        assert_eq!(forward_path(&uri, Cow::Borrowed("/api/orders"), Some(&rw)), "/orders?x=1");
         let root = ("/api".to_string(), "/".to_string());
-        assert_eq!(
-            forward_path(&uri, Cow::Borrowed("/api/orders/7"), Some(&root)),
-            "/orders/7?x=1"
-        );
-        assert_eq!(
-            forward_path(&uri, Cow::Borrowed("/api"), Some(&root)),
-            "/?x=1"
-        );
+        assert_eq!(forward_path(&uri, Cow::Borrowed("/api/orders/7"), Some(&root)), "/orders/7?x=1");
+        assert_eq!(forward_path(&uri, Cow::Borrowed("/api"), Some(&root)), "/?x=1");
         let dotted: http::Uri = "/a/../b?q".parse().unwrap();
         assert_eq!(forward_path(&dotted, Cow::Owned("/b".into()), None), "/b?q");
     }

@@ -72,11 +72,7 @@ impl Matcher {
             PathMatch::Exact(p.clone())
         } else if let Some(p) = &m.path_prefix {
             check_path(p, &format!("{at}.path_prefix"), &mut errors);
-            if p == "/" {
-                PathMatch::Any
-            } else {
-                PathMatch::Prefix(p.clone())
-            }
+            if p == "/" { PathMatch::Any } else { PathMatch::Prefix(p.clone()) }
         } else if let Some(t) = &m.path_template {
             match compile_template(t) {
                 Ok(segs) => PathMatch::Template(segs),
@@ -91,20 +87,16 @@ impl Matcher {
         let methods = match &m.methods {
             None => None,
             Some(list) if list.is_empty() => {
-                errors.push(Invalid::new(
-                    format!("{at}.methods"),
-                    "empty: omit `methods` to allow all methods",
-                ));
+                errors.push(Invalid::new(format!("{at}.methods"), "empty: omit `methods` to allow all methods"));
                 None
             }
             Some(list) => {
                 let mut out: Vec<Method> = Vec::new();
                 for (i, name) in list.iter().enumerate() {
                     match parse_method(name) {
-                        Ok(m) if out.contains(&m) => errors.push(Invalid::new(
-                            format!("{at}.methods[{i}]"),
-                            format!("`{name}` is listed twice"),
-                        )),
+                        Ok(m) if out.contains(&m) => {
+                            errors.push(Invalid::new(format!("{at}.methods[{i}]"), format!("`{name}` is listed twice")))
+                        }
                         Ok(m) => out.push(m),
                         Err(msg) => errors.push(Invalid::new(format!("{at}.methods[{i}]"), msg)),
                     }
@@ -112,15 +104,7 @@ impl Matcher {
                 Some(out.into_boxed_slice())
             }
         };
-        if errors.is_empty() {
-            Ok(Matcher {
-                host,
-                path,
-                methods,
-            })
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(Matcher { host, path, methods }) } else { Err(errors) }
     }
 
     /// Specificity: a larger key is more specific.
@@ -133,10 +117,7 @@ impl Matcher {
         let (path_rank, a, b) = match &self.path {
             PathMatch::Exact(p) => (3, p.len(), 0),
             PathMatch::Template(segs) => {
-                let literals = segs
-                    .iter()
-                    .filter(|s| matches!(s, Segment::Literal(_)))
-                    .count();
+                let literals = segs.iter().filter(|s| matches!(s, Segment::Literal(_))).count();
                 (2, literals, segs.len())
             }
             PathMatch::Prefix(p) => (1, p.len(), 0),
@@ -224,16 +205,10 @@ fn template_matches(segs: &[Segment], path: &str) -> Option<PathParams> {
 
 fn compile_host(h: &str) -> Result<HostMatch, String> {
     let lower = h.to_ascii_lowercase();
-    let valid_label = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-    };
+    let valid_label = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     if let Some(suffix) = lower.strip_prefix("*.") {
         if !valid_label(suffix) || suffix.starts_with('.') {
-            return Err(format!(
-                "`{h}` is not a valid wildcard host; write e.g. `*.example.com`"
-            ));
+            return Err(format!("`{h}` is not a valid wildcard host; write e.g. `*.example.com`"));
         }
         return Ok(HostMatch::Suffix(format!(".{suffix}")));
     }
@@ -249,10 +224,7 @@ fn compile_host(h: &str) -> Result<HostMatch, String> {
 fn check_path(p: &str, at: &str, errors: &mut Vec<Invalid>) {
     match path::normalize(p, false) {
         Ok(n) if n == p => {}
-        Ok(n) => errors.push(Invalid::new(
-            at,
-            format!("`{p}` is not a normalised path; write `{n}`"),
-        )),
+        Ok(n) => errors.push(Invalid::new(at, format!("`{p}` is not a normalised path; write `{n}`"))),
         Err(e) => errors.push(Invalid::new(at, format!("`{p}`: {}", e.detail()))),
     }
 }
@@ -265,15 +237,10 @@ fn compile_template(t: &str) -> Result<Box<[Segment]>, String> {
     let mut segs = Vec::new();
     for part in t[1..].split('/') {
         if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-            let valid = inner
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            let valid = inner.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err(format!(
-                    "`{{{inner}}}` is not a valid parameter name (letters, digits, `_`)"
-                ));
+                return Err(format!("`{{{inner}}}` is not a valid parameter name (letters, digits, `_`)"));
             }
             if names.contains(&inner) {
                 return Err(format!("parameter `{inner}` appears twice"));
@@ -281,9 +248,7 @@ fn compile_template(t: &str) -> Result<Box<[Segment]>, String> {
             names.push(inner);
             segs.push(Segment::Param(inner.into()));
         } else if part.contains(['{', '}']) {
-            return Err(format!(
-                "`{part}`: a parameter must be a whole segment, like `{{id}}`"
-            ));
+            return Err(format!("`{part}`: a parameter must be a whole segment, like `{{id}}`"));
         } else {
             segs.push(Segment::Literal(part.to_string()));
         }
@@ -300,15 +265,8 @@ fn compile_template(t: &str) -> Result<Box<[Segment]>, String> {
 
 fn parse_method(name: &str) -> Result<Method, String> {
     let upper = name.to_ascii_uppercase();
-    if upper != name
-        && !matches!(
-            upper.as_str(),
-            "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS"
-        )
-    {
-        return Err(format!(
-            "methods are case-sensitive: `{name}` is not `{upper}`"
-        ));
+    if upper != name && !matches!(upper.as_str(), "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") {
+        return Err(format!("methods are case-sensitive: `{name}` is not `{upper}`"));
     }
     Method::from_bytes(upper.as_bytes()).map_err(|_| format!("`{name}` is not a valid HTTP method"))
 }
@@ -339,16 +297,12 @@ impl<T> Router<T> {
         let mut routes = routes;
         // Stable: equally specific routes keep file order.
         routes.sort_by_key(|(m, _, _)| Reverse(m.rank()));
-        Ok(Router {
-            entries: routes.into_iter().map(|(m, t, _)| (m, t)).collect(),
-        })
+        Ok(Router { entries: routes.into_iter().map(|(m, t, _)| (m, t)).collect() })
     }
 
     /// The most specific route for a request.
     pub fn find(&self, host: &str, path: &str, method: &Method) -> Option<(&T, PathParams)> {
-        self.entries
-            .iter()
-            .find_map(|(m, t)| m.matches(host, path, method).map(|p| (t, p)))
+        self.entries.iter().find_map(|(m, t)| m.matches(host, path, method).map(|p| (t, p)))
     }
 
     /// The routes, most specific first.

@@ -23,12 +23,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?
         .collect::<Result<_, _>>()
-        .map_err(|e| {
-            format!(
-                "{} is not a valid PEM certificate file: {e}",
-                path.display()
-            )
-        })?;
+        .map_err(|e| format!("{} is not a valid PEM certificate file: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!("{} holds no PEM certificate", path.display()));
     }
@@ -37,26 +32,20 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| format!("{}: no usable PEM private key ({e})", path.display()))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: no usable PEM private key ({e})", path.display()))
 }
 
 /// Reads a PEM bundle of CA certificates into a root store.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+        roots.add(cert).map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
     }
     Ok(roots)
 }
 
 /// The public listener's TLS config. `Err` names the key at fault (`cert`, `key`, ...) and why.
-pub fn server_config(
-    tls: &TlsConfig,
-    http2: bool,
-) -> Result<Arc<ServerConfig>, (&'static str, String)> {
+pub fn server_config(tls: &TlsConfig, http2: bool) -> Result<Arc<ServerConfig>, (&'static str, String)> {
     let certs = load_certs(&tls.cert).map_err(|e| ("cert", e))?;
     let key = load_key(&tls.key).map_err(|e| ("key", e))?;
     let builder = ServerConfig::builder_with_provider(provider())
@@ -71,22 +60,13 @@ pub fn server_config(
                 ClientAuth::Optional => verifier.allow_unauthenticated(),
                 ClientAuth::Required => verifier,
             };
-            builder.with_client_cert_verifier(
-                verifier.build().map_err(|e| ("client_ca", e.to_string()))?,
-            )
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| ("client_ca", e.to_string()))?)
         }
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-        (
-            "key",
-            format!("the key does not fit the certificate or is unusable: {e}"),
-        )
-    })?;
-    config.alpn_protocols = if http2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| ("key", format!("the key does not fit the certificate or is unusable: {e}")))?;
+    config.alpn_protocols = if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     if let Ok(ticketer) = aws_lc_rs::Ticketer::new() {
         config.ticketer = ticketer;
     }
@@ -126,9 +106,7 @@ pub fn client_config(tls: Option<&UpstreamTls>) -> Result<ClientConfig, (&'stati
         Some((cert, key)) => {
             let chain = load_certs(cert).map_err(|e| ("cert", e))?;
             let key = load_key(key).map_err(|e| ("key", e))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| ("key", e.to_string()))?
+            builder.with_client_auth_cert(chain, key).map_err(|e| ("key", e.to_string()))?
         }
         None => builder.with_no_client_auth(),
     };

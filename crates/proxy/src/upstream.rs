@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -17,7 +16,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_config::{Invalid, UpstreamConfig, UpstreamProtocol};
 use portcullis_telemetry::Counter;
 
-use crate::body::{RequestBody, is_body_too_large};
+use crate::body::{BoxError, RequestBody, ResponseBody, is_body_too_large};
+use crate::headers::Added;
+
+pub mod h1;
 
 /// How a request to an upstream failed.
 #[derive(Debug)]
@@ -29,7 +31,7 @@ pub enum Failure {
     /// The client's body went over the route's size limit.
     BodyTooLarge,
     /// The exchange broke after sending began.
-    Protocol(hyper_util::client::legacy::Error),
+    Protocol(BoxError),
 }
 
 /// One address of an upstream, with its health.
@@ -38,6 +40,8 @@ struct Endpoint {
     scheme: Scheme,
     authority: Authority,
     host: HeaderValue,
+    /// Idle connections for the lean HTTP/1.1 client (plain-text HTTP/1.1 endpoints).
+    lean: Option<Arc<h1::IdlePool>>,
     /// Consecutive failures.
     failures: AtomicU32,
     /// Ejections since it last served well (doubles the next ejection period).
@@ -53,9 +57,12 @@ pub struct Upstream {
     name: Arc<str>,
     endpoints: Box<[Endpoint]>,
     next: AtomicUsize,
-    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    /// One pool per worker (see [`crate::listener::worker_slot`]), so that a connection is
+    /// only ever used by the thread that drives it.
+    clients: Box<[Client<HttpsConnector<HttpConnector>, RequestBody>]>,
     /// Default time to wait for a response head (routes may override).
     pub request_timeout: Duration,
+    connect_timeout: Duration,
     preserve_host: bool,
     failure_threshold: u32,
     ejection_time: Duration,
@@ -65,11 +72,13 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds an upstream; `at` is its key path, for errors.
+    /// Builds an upstream with a pool for each of `workers` workers; `at` is its key path,
+    /// for errors.
     pub fn new(
         name: &str,
         cfg: &UpstreamConfig,
         at: &str,
+        workers: usize,
         ejection_counter: Counter,
     ) -> Result<Upstream, Vec<Invalid>> {
         let mut errors = Vec::new();
@@ -80,12 +89,14 @@ impl Upstream {
                 Err(msg) => errors.push(Invalid::new(format!("{at}.endpoints[{i}]"), msg)),
             }
         }
+        if cfg.protocol != UpstreamProtocol::Http2 {
+            for ep in endpoints.iter_mut().filter(|e| e.scheme == Scheme::HTTP) {
+                ep.lean = Some(Arc::new(h1::IdlePool::new(workers, cfg.timeouts.idle.get(), 256)));
+            }
+        }
         let any_tls = endpoints.iter().any(|e| e.scheme == Scheme::HTTPS);
         if cfg.tls.is_some() && !any_tls && errors.is_empty() {
-            errors.push(Invalid::new(
-                format!("{at}.tls"),
-                "set, but no endpoint is https://",
-            ));
+            errors.push(Invalid::new(format!("{at}.tls"), "set, but no endpoint is https://"));
         }
         let tls = crate::tls::client_config(cfg.tls.as_ref())
             .map_err(|(key, msg)| errors.push(Invalid::new(format!("{at}.tls.{key}"), msg)))
@@ -100,16 +111,11 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.timeouts.connect.get()));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
         let builder = match server_name {
             Some(name) => {
                 let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|_| {
-                    vec![Invalid::new(
-                        format!("{at}.tls.server_name"),
-                        format!("`{name}` is not a valid server name"),
-                    )]
+                    vec![Invalid::new(format!("{at}.tls.server_name"), format!("`{name}` is not a valid server name"))]
                 })?;
                 builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
             }
@@ -129,12 +135,15 @@ impl Upstream {
         if cfg.protocol == UpstreamProtocol::Http2 {
             client.http2_only(true);
         }
+        // Slot 0 serves threads that are not workers.
+        let clients = (0..=workers).map(|_| client.build(connector.clone())).collect();
         Ok(Upstream {
             name: name.into(),
             endpoints: endpoints.into_boxed_slice(),
             next: AtomicUsize::new(0),
-            client: client.build(connector),
+            clients,
             request_timeout: cfg.timeouts.request.get(),
+            connect_timeout: cfg.timeouts.connect.get(),
             preserve_host: cfg.preserve_host,
             failure_threshold: cfg.health.consecutive_failures,
             ejection_time: cfg.health.ejection_time.get(),
@@ -164,13 +173,9 @@ impl Upstream {
         let now = self.now_ms();
         (0..n)
             .map(|i| (start + i) % n)
-            .find(|&i| {
-                Some(i) != avoid && self.endpoints[i].ejected_until.load(Ordering::Relaxed) <= now
-            })
+            .find(|&i| Some(i) != avoid && self.endpoints[i].ejected_until.load(Ordering::Relaxed) <= now)
             .unwrap_or_else(|| {
-                (0..n)
-                    .min_by_key(|&i| self.endpoints[i].ejected_until.load(Ordering::Relaxed))
-                    .unwrap_or(0)
+                (0..n).min_by_key(|&i| self.endpoints[i].ejected_until.load(Ordering::Relaxed)).unwrap_or(0)
             })
     }
 
@@ -179,9 +184,7 @@ impl Upstream {
         if ep.failures.load(Ordering::Relaxed) != 0 {
             ep.failures.store(0, Ordering::Relaxed);
         }
-        if ep.ejections.load(Ordering::Relaxed) != 0
-            && ep.ejected_until.load(Ordering::Relaxed) <= self.now_ms()
-        {
+        if ep.ejections.load(Ordering::Relaxed) != 0 && ep.ejected_until.load(Ordering::Relaxed) <= self.now_ms() {
             ep.ejections.store(0, Ordering::Relaxed);
         }
     }
@@ -197,39 +200,36 @@ impl Upstream {
         }
         ep.failures.store(0, Ordering::Relaxed);
         let k = ep.ejections.fetch_add(1, Ordering::Relaxed).min(16);
-        let period = self
-            .ejection_time
-            .saturating_mul(1 << k)
-            .min(self.max_ejection_time);
-        let until = self
-            .now_ms()
-            .saturating_add(u64::try_from(period.as_millis()).unwrap_or(u64::MAX));
+        let period = self.ejection_time.saturating_mul(1 << k).min(self.max_ejection_time);
+        let until = self.now_ms().saturating_add(u64::try_from(period.as_millis()).unwrap_or(u64::MAX));
         ep.ejected_until.store(until, Ordering::Relaxed);
         self.ejection_counter.inc();
         tracing::warn!(upstream = %self.name, endpoint = %ep.authority, seconds = period.as_secs(), "endpoint ejected after consecutive failures");
     }
 
     /// Sends a request and waits for the response head. `path` is the path and query to
-    /// request. A request without a body is retried once on another endpoint when the
-    /// first could not be connected to.
+    /// request; `upgrade` asks for an HTTP/1.1 protocol upgrade. A request without a body is
+    /// retried once on another endpoint when the first could not be connected to.
     pub async fn send(
         &self,
         mut req: Request<RequestBody>,
+        added: &Added,
         path: PathAndQuery,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, Failure> {
+        upgrade: bool,
+    ) -> Result<Response<ResponseBody>, Failure> {
         let retry = (self.endpoints.len() > 1 && req.body().is_end_stream())
             .then(|| (req.method().clone(), req.headers().clone(), path.clone()));
         *req.version_mut() = Version::HTTP_11;
         let first = self.pick(None);
-        let result = self.send_to(first, req, path, timeout).await;
+        let result = self.send_to(first, req, added, path, timeout, upgrade).await;
         match (result, retry) {
             (Err(Failure::Connect), Some((method, headers, path))) => {
                 let second = self.pick(Some(first));
                 let mut req = Request::new(RequestBody::Empty);
                 *req.method_mut() = method;
                 *req.headers_mut() = headers;
-                self.send_to(second, req, path, timeout).await
+                self.send_to(second, req, added, path, timeout, upgrade).await
             }
             (result, _) => result,
         }
@@ -239,25 +239,44 @@ impl Upstream {
         &self,
         i: usize,
         mut req: Request<RequestBody>,
+        added: &Added,
         path: PathAndQuery,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, Failure> {
+        upgrade: bool,
+    ) -> Result<Response<ResponseBody>, Failure> {
         let ep = &self.endpoints[i];
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(ep.scheme.clone());
-        parts.authority = Some(ep.authority.clone());
-        parts.path_and_query = Some(path);
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::Connect)?;
-        if !self.preserve_host {
-            req.headers_mut()
-                .insert(http::header::HOST, ep.host.clone());
-        }
-        let result = match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Err(_) => Err(Failure::Timeout),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if is_body_too_large(&e) => return Err(Failure::BodyTooLarge),
-            Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
-            Ok(Err(e)) => Err(Failure::Protocol(e)),
+        let host = (!self.preserve_host).then_some(&ep.host);
+        let result = match (&ep.lean, upgrade) {
+            (Some(pool), false) => {
+                let exchange = h1::send(pool, &ep.authority, self.connect_timeout, req, added, host, &path);
+                match crate::timer::timeout(timeout, exchange).await {
+                    Err(_) => Err(Failure::Timeout),
+                    Ok(Ok(resp)) => Ok(resp.map(ResponseBody::Lean)),
+                    Ok(Err(h1::Error::Connect(_))) => Err(Failure::Connect),
+                    Ok(Err(h1::Error::BodyTooLarge)) => return Err(Failure::BodyTooLarge),
+                    Ok(Err(h1::Error::Stale)) => Err(Failure::Protocol("stale upstream connection".into())),
+                    Ok(Err(h1::Error::Protocol(e))) => Err(Failure::Protocol(e)),
+                }
+            }
+            _ => {
+                added.insert_into(req.headers_mut());
+                if let Some(h) = host {
+                    req.headers_mut().insert(http::header::HOST, h.clone());
+                }
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(ep.scheme.clone());
+                parts.authority = Some(ep.authority.clone());
+                parts.path_and_query = Some(path);
+                *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::Connect)?;
+                let client = &self.clients[crate::listener::worker_slot().min(self.clients.len() - 1)];
+                match crate::timer::timeout(timeout, client.request(req)).await {
+                    Err(_) => Err(Failure::Timeout),
+                    Ok(Ok(resp)) => Ok(resp.map(ResponseBody::Upstream)),
+                    Ok(Err(e)) if is_body_too_large(&e) => return Err(Failure::BodyTooLarge),
+                    Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
+                    Ok(Err(e)) => Err(Failure::Protocol(e.into())),
+                }
+            }
         };
         match &result {
             Ok(resp) if matches!(resp.status().as_u16(), 502..=504) => self.failed(i),
@@ -269,34 +288,25 @@ impl Upstream {
 }
 
 fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|_| format!("`{url}` is not a valid URL"))?;
+    let uri: Uri = url.parse().map_err(|_| format!("`{url}` is not a valid URL"))?;
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::HTTP,
         Some("https") => Scheme::HTTPS,
         _ => return Err(format!("`{url}`: use an http:// or https:// URL")),
     };
-    let authority = uri
-        .authority()
-        .cloned()
-        .ok_or_else(|| format!("`{url}` has no host"))?;
+    let authority = uri.authority().cloned().ok_or_else(|| format!("`{url}` has no host"))?;
     if authority.as_str().contains('@') {
-        return Err(format!(
-            "`{url}`: credentials in upstream URLs are not supported"
-        ));
+        return Err(format!("`{url}`: credentials in upstream URLs are not supported"));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!(
-            "`{url}`: give only scheme, host and port; use `rewrite` to change paths"
-        ));
+        return Err(format!("`{url}`: give only scheme, host and port; use `rewrite` to change paths"));
     }
-    let host = HeaderValue::from_str(authority.as_str())
-        .map_err(|_| format!("`{url}` has an invalid host"))?;
+    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| format!("`{url}` has an invalid host"))?;
     Ok(Endpoint {
         scheme,
         authority,
         host,
+        lean: None,
         failures: AtomicU32::new(0),
         ejections: AtomicU32::new(0),
         ejected_until: AtomicU64::new(0),
@@ -320,27 +330,16 @@ mod tests {
         cfg.health.consecutive_failures = threshold;
         cfg.health.ejection_time = D::from_secs(10);
         cfg.health.max_ejection_time = D::from_secs(25);
-        Upstream::new("u", &cfg, "upstreams.u", Counter::default()).unwrap()
+        Upstream::new("u", &cfg, "upstreams.u", 1, Counter::default()).unwrap()
     }
 
     #[test]
     fn round_robin_skips_ejected_endpoints() {
-        let u = upstream(
-            &[
-                "http://127.0.0.1:1",
-                "http://127.0.0.1:2",
-                "http://127.0.0.1:3",
-            ],
-            2,
-        );
+        let u = upstream(&["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"], 2);
         let picks: Vec<usize> = (0..6).map(|_| u.pick(None)).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         u.failed(1);
-        assert_eq!(
-            u.endpoints[1].ejected_until.load(Ordering::Relaxed),
-            0,
-            "one failure is not enough"
-        );
+        assert_eq!(u.endpoints[1].ejected_until.load(Ordering::Relaxed), 0, "one failure is not enough");
         u.failed(1);
         assert!(u.endpoints[1].ejected_until.load(Ordering::Relaxed) > 0);
         let picks: Vec<usize> = (0..6).map(|_| u.pick(None)).collect();
@@ -358,10 +357,7 @@ mod tests {
         u.failed(0);
         assert!((19_000..=20_100).contains(&until(&u)));
         u.failed(0);
-        assert!(
-            (24_000..=25_100).contains(&until(&u)),
-            "capped at max_ejection_time"
-        );
+        assert!((24_000..=25_100).contains(&until(&u)), "capped at max_ejection_time");
     }
 
     #[test]

@@ -73,9 +73,7 @@ impl AccessLog {
     pub fn start(path: Option<PathBuf>, dropped: Counter) -> io::Result<AccessLog> {
         let out = open(path.as_ref())?;
         let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || writer(rx, out))?;
+        std::thread::Builder::new().name("access-log".into()).spawn(move || writer(rx, out))?;
         Ok(AccessLog { tx, dropped })
     }
 
@@ -168,14 +166,8 @@ mod tests {
         log.write(&rec);
         drop(log);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::fs::read_to_string(&b)
-            .map(|s| s.is_empty())
-            .unwrap_or(true)
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "second file never written"
-            );
+        while std::fs::read_to_string(&b).map(|s| s.is_empty()).unwrap_or(true) {
+            assert!(std::time::Instant::now() < deadline, "second file never written");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let first = std::fs::read_to_string(&a).unwrap();

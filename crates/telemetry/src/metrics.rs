@@ -58,11 +58,8 @@ pub enum UpstreamErrorKind {
     protocol,
 }
 
-const KINDS: [UpstreamErrorKind; 3] = [
-    UpstreamErrorKind::connect,
-    UpstreamErrorKind::timeout,
-    UpstreamErrorKind::protocol,
-];
+const KINDS: [UpstreamErrorKind; 3] =
+    [UpstreamErrorKind::connect, UpstreamErrorKind::timeout, UpstreamErrorKind::protocol];
 
 /// Every metric the gateway exports, registered once for the life of the process (values
 /// survive config reloads).
@@ -108,11 +105,7 @@ impl Metrics {
             access_log_dropped: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "requests",
-            "Requests by route and response status",
-            m.requests.clone(),
-        );
+        registry.register("requests", "Requests by route and response status", m.requests.clone());
         registry.register(
             "request_duration_seconds",
             "Time from receiving a request to sending the response head, by route",
@@ -123,36 +116,12 @@ impl Metrics {
             "Time the upstream took to answer with a response head, by route",
             m.upstream_duration.clone(),
         );
-        registry.register(
-            "upstream_errors",
-            "Failed upstream requests by route and kind",
-            m.upstream_errors.clone(),
-        );
-        registry.register(
-            "upstream_ejections",
-            "Endpoints ejected by passive health checks",
-            m.ejections.clone(),
-        );
-        registry.register(
-            "config_reloads",
-            "Config reload attempts by result",
-            m.reloads.clone(),
-        );
-        registry.register(
-            "config_generation",
-            "Generation of the config being served",
-            m.config_generation.clone(),
-        );
-        registry.register(
-            "connections_active",
-            "Client connections open now",
-            m.connections_active.clone(),
-        );
-        registry.register(
-            "connections",
-            "Client connections accepted",
-            m.connections_total.clone(),
-        );
+        registry.register("upstream_errors", "Failed upstream requests by route and kind", m.upstream_errors.clone());
+        registry.register("upstream_ejections", "Endpoints ejected by passive health checks", m.ejections.clone());
+        registry.register("config_reloads", "Config reload attempts by result", m.reloads.clone());
+        registry.register("config_generation", "Generation of the config being served", m.config_generation.clone());
+        registry.register("connections_active", "Client connections open now", m.connections_active.clone());
+        registry.register("connections", "Client connections accepted", m.connections_total.clone());
         registry.register(
             "access_log_dropped",
             "Access-log lines dropped under overload",
@@ -163,9 +132,7 @@ impl Metrics {
 
     /// Handles for one route, to be kept by the compiled route.
     pub fn route(&self, route: &str) -> RouteMetrics {
-        let label = RouteLabel {
-            route: route.to_string(),
-        };
+        let label = RouteLabel { route: route.to_string() };
         RouteMetrics {
             route: route.to_string(),
             requests: self.requests.clone(),
@@ -173,28 +140,19 @@ impl Metrics {
             duration: self.duration.get_or_create_owned(&label),
             upstream_duration: self.upstream_duration.get_or_create_owned(&label),
             upstream_errors: KINDS.map(|kind| {
-                self.upstream_errors.get_or_create_owned(&RouteErrorLabels {
-                    route: route.to_string(),
-                    kind,
-                })
+                self.upstream_errors.get_or_create_owned(&RouteErrorLabels { route: route.to_string(), kind })
             }),
         }
     }
 
     /// Counts an endpoint ejection.
     pub fn ejection(&self, upstream: &str) -> Counter {
-        self.ejections.get_or_create_owned(&UpstreamLabel {
-            upstream: upstream.to_string(),
-        })
+        self.ejections.get_or_create_owned(&UpstreamLabel { upstream: upstream.to_string() })
     }
 
     /// Counts a reload attempt.
     pub fn reload(&self, ok: bool) {
-        let result = if ok {
-            ReloadResult::success
-        } else {
-            ReloadResult::failure
-        };
+        let result = if ok { ReloadResult::success } else { ReloadResult::failure };
         self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
@@ -226,13 +184,8 @@ impl RouteMetrics {
         let Some(slot) = self.by_status.get(usize::from(status).wrapping_sub(100)) else {
             return;
         };
-        slot.get_or_init(|| {
-            self.requests.get_or_create_owned(&RouteCode {
-                route: self.route.clone(),
-                code: status,
-            })
-        })
-        .inc();
+        slot.get_or_init(|| self.requests.get_or_create_owned(&RouteCode { route: self.route.clone(), code: status }))
+            .inc();
     }
 
     /// Records how long the upstream took to answer.
@@ -263,25 +216,10 @@ mod tests {
         m.route("orders").request(200, Duration::from_millis(1));
         m.reload(false);
         let text = m.encode();
-        assert!(
-            text.contains(r#"portcullis_requests_total{route="orders",code="200"} 3"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"portcullis_requests_total{route="orders",code="404"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"portcullis_upstream_errors_total{route="orders",kind="timeout"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"portcullis_config_reloads_total{result="failure"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"portcullis_request_duration_seconds_count{route="orders"} 5"#),
-            "{text}"
-        );
+        assert!(text.contains(r#"portcullis_requests_total{route="orders",code="200"} 3"#), "{text}");
+        assert!(text.contains(r#"portcullis_requests_total{route="orders",code="404"} 1"#), "{text}");
+        assert!(text.contains(r#"portcullis_upstream_errors_total{route="orders",kind="timeout"} 1"#), "{text}");
+        assert!(text.contains(r#"portcullis_config_reloads_total{result="failure"} 1"#), "{text}");
+        assert!(text.contains(r#"portcullis_request_duration_seconds_count{route="orders"} 5"#), "{text}");
     }
 }

@@ -83,19 +83,15 @@ fn decode_unreserved(path: &str, allow_encoded_slashes: bool) -> Result<String, 
         match b[i] {
             b'\\' => return Err(PathError::Forbidden),
             b'%' => {
-                let (Some(h), Some(l)) = (
-                    b.get(i + 1).copied().and_then(hex),
-                    b.get(i + 2).copied().and_then(hex),
-                ) else {
+                let (Some(h), Some(l)) = (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex))
+                else {
                     return Err(PathError::BadEscape);
                 };
                 let v = h << 4 | l;
                 match v {
                     0 => return Err(PathError::Forbidden),
                     b'/' | b'\\' if !allow_encoded_slashes => return Err(PathError::EncodedSlash),
-                    c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
-                        out.push(c as char)
-                    }
+                    c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => out.push(c as char),
                     _ => {
                         out.push('%');
                         out.push(HEX[usize::from(h)] as char);
@@ -107,10 +103,7 @@ fn decode_unreserved(path: &str, allow_encoded_slashes: bool) -> Result<String, 
             _ => {
                 // Copy the run of ordinary bytes up to the next `%` or `\` in one go; the
                 // boundaries are ASCII, so slicing keeps UTF-8 intact.
-                let end = b[i..]
-                    .iter()
-                    .position(|&c| c == b'%' || c == b'\\')
-                    .map_or(b.len(), |p| i + p);
+                let end = b[i..].iter().position(|&c| c == b'%' || c == b'\\').map_or(b.len(), |p| i + p);
                 out.push_str(&path[i..end]);
                 i = end;
             }
@@ -157,14 +150,7 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed() {
-        for p in [
-            "/",
-            "/orders",
-            "/orders/",
-            "/orders/7/items",
-            "/a-b_c~d.e",
-            "/ünï",
-        ] {
+        for p in ["/", "/orders", "/orders/", "/orders/7/items", "/a-b_c~d.e", "/ünï"] {
             assert!(matches!(normalize(p, false), Ok(Cow::Borrowed(_))), "{p}");
         }
     }

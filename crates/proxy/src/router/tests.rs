@@ -25,8 +25,7 @@ fn router(specs: Vec<(&'static str, RouteMatch)>) -> Router<&'static str> {
 }
 
 fn find<'a>(r: &'a Router<&'static str>, host: &str, path: &str, method: &str) -> Option<&'a str> {
-    r.find(host, path, &Method::from_bytes(method.as_bytes()).unwrap())
-        .map(|(t, _)| *t)
+    r.find(host, path, &Method::from_bytes(method.as_bytes()).unwrap()).map(|(t, _)| *t)
 }
 
 #[test]
@@ -36,10 +35,7 @@ fn most_specific_wins_whatever_the_order() {
         ("orders", m(None, "prefix", "/orders", None)),
         ("orders-get", m(None, "prefix", "/orders", Some(&["GET"]))),
         ("order", m(None, "template", "/orders/{id}", None)),
-        (
-            "order-items",
-            m(None, "template", "/orders/{id}/items", None),
-        ),
+        ("order-items", m(None, "template", "/orders/{id}/items", None)),
         ("export", m(None, "exact", "/orders/export", None)),
         ("host", m(Some("api.example.com"), "prefix", "/", None)),
         ("wild", m(Some("*.example.com"), "prefix", "/", None)),
@@ -53,21 +49,12 @@ fn most_specific_wins_whatever_the_order() {
         let r = router(s);
         assert_eq!(find(&r, "x", "/orders/export", "GET"), Some("export"));
         assert_eq!(find(&r, "x", "/orders/7", "GET"), Some("order"));
-        assert_eq!(
-            find(&r, "x", "/orders/7/items", "POST"),
-            Some("order-items")
-        );
-        assert_eq!(
-            find(&r, "x", "/orders/7/items/3", "GET"),
-            Some("orders-get")
-        );
+        assert_eq!(find(&r, "x", "/orders/7/items", "POST"), Some("order-items"));
+        assert_eq!(find(&r, "x", "/orders/7/items/3", "GET"), Some("orders-get"));
         assert_eq!(find(&r, "x", "/orders/7/items/3", "DELETE"), Some("orders"));
         assert_eq!(find(&r, "x", "/orders", "GET"), Some("orders-get"));
         assert_eq!(find(&r, "x", "/orders-archive", "GET"), Some("catch-all"));
-        assert_eq!(
-            find(&r, "api.example.com", "/orders/7", "GET"),
-            Some("host")
-        );
+        assert_eq!(find(&r, "api.example.com", "/orders/7", "GET"), Some("host"));
         assert_eq!(find(&r, "eu.example.com", "/orders/7", "GET"), Some("wild"));
         assert_eq!(find(&r, "example.com", "/orders/7", "GET"), Some("order"));
     }
@@ -75,10 +62,7 @@ fn most_specific_wins_whatever_the_order() {
 
 #[test]
 fn prefixes_match_on_segment_boundaries() {
-    let r = router(vec![
-        ("o", m(None, "prefix", "/orders", None)),
-        ("s", m(None, "prefix", "/static/", None)),
-    ]);
+    let r = router(vec![("o", m(None, "prefix", "/orders", None)), ("s", m(None, "prefix", "/static/", None))]);
     assert_eq!(find(&r, "h", "/orders", "GET"), Some("o"));
     assert_eq!(find(&r, "h", "/orders/", "GET"), Some("o"));
     assert_eq!(find(&r, "h", "/orders/1", "GET"), Some("o"));
@@ -89,10 +73,7 @@ fn prefixes_match_on_segment_boundaries() {
 
 #[test]
 fn methods_restrict_and_unmatched_methods_fall_through() {
-    let r = router(vec![(
-        "get",
-        m(None, "prefix", "/a", Some(&["GET", "head"])),
-    )]);
+    let r = router(vec![("get", m(None, "prefix", "/a", Some(&["GET", "head"])))]);
     assert_eq!(find(&r, "h", "/a", "GET"), Some("get"));
     assert_eq!(find(&r, "h", "/a", "HEAD"), Some("get"));
     assert_eq!(find(&r, "h", "/a", "POST"), None);
@@ -100,10 +81,7 @@ fn methods_restrict_and_unmatched_methods_fall_through() {
 
 #[test]
 fn template_parameters_are_captured() {
-    let r = router(vec![(
-        "t",
-        m(None, "template", "/orders/{id}/items/{item}", None),
-    )]);
+    let r = router(vec![("t", m(None, "template", "/orders/{id}/items/{item}", None))]);
     let (_, params) = r.find("h", "/orders/42/items/x%20y", &Method::GET).unwrap();
     let got: Vec<(&str, &str)> = params.iter().map(|(k, v)| (&**k, &**v)).collect();
     assert_eq!(got, [("id", "42"), ("item", "x%20y")]);
@@ -124,61 +102,21 @@ fn identical_routes_are_refused() {
 #[test]
 fn bad_match_specs_are_config_errors() {
     let cases: &[(RouteMatch, &str, &str)] = &[
-        (
-            m(None, "template", "/orders/{id", None),
-            "r.path_template",
-            "whole segment",
-        ),
-        (
-            m(None, "template", "/orders/{id}/{id}", None),
-            "r.path_template",
-            "twice",
-        ),
-        (
-            m(None, "template", "/orders", None),
-            "r.path_template",
-            "no `{parameter}`",
-        ),
-        (
-            m(None, "template", "/a/{1x}", None),
-            "r.path_template",
-            "not a valid parameter",
-        ),
-        (
-            m(None, "prefix", "orders", None),
-            "r.path_prefix",
-            "start with",
-        ),
+        (m(None, "template", "/orders/{id", None), "r.path_template", "whole segment"),
+        (m(None, "template", "/orders/{id}/{id}", None), "r.path_template", "twice"),
+        (m(None, "template", "/orders", None), "r.path_template", "no `{parameter}`"),
+        (m(None, "template", "/a/{1x}", None), "r.path_template", "not a valid parameter"),
+        (m(None, "prefix", "orders", None), "r.path_prefix", "start with"),
         (m(None, "exact", "/a/../b", None), "r.path", "write `/b`"),
-        (
-            m(Some("api.example.com:8080"), "", "", None),
-            "r.host",
-            "without a port",
-        ),
+        (m(Some("api.example.com:8080"), "", "", None), "r.host", "without a port"),
         (m(Some("*."), "", "", None), "r.host", "wildcard"),
-        (
-            m(None, "", "", Some(&["G ET"])),
-            "r.methods[0]",
-            "not a valid HTTP method",
-        ),
-        (
-            m(None, "", "", Some(&["purge"])),
-            "r.methods[0]",
-            "case-sensitive",
-        ),
-        (
-            m(None, "", "", Some(&["GET", "get"])),
-            "r.methods[1]",
-            "twice",
-        ),
+        (m(None, "", "", Some(&["G ET"])), "r.methods[0]", "not a valid HTTP method"),
+        (m(None, "", "", Some(&["purge"])), "r.methods[0]", "case-sensitive"),
+        (m(None, "", "", Some(&["GET", "get"])), "r.methods[1]", "twice"),
         (m(None, "", "", Some(&[])), "r.methods", "empty"),
     ];
     for (spec, path, msg) in cases {
         let errs = Matcher::compile(spec, "r").unwrap_err();
-        assert!(
-            errs.iter()
-                .any(|e| e.path == *path && e.message.contains(msg)),
-            "{spec:?}: {errs:?}"
-        );
+        assert!(errs.iter().any(|e| e.path == *path && e.message.contains(msg)), "{spec:?}: {errs:?}");
     }
 }
