@@ -5,6 +5,7 @@ mod harness;
 mod pki;
 mod upstream;
 
+mod docs;
 mod lifecycle;
 mod protocols;
 mod proxy;

@@ -547,103 +547,123 @@ fn closed_early() -> BoxError {
     "the upstream closed the connection in the middle of the body".into()
 }
 
+/// What the decoder made of the buffered bytes.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// The trailer section; the body is complete.
+    Trailers(HeaderMap),
+    /// The body is complete.
+    Done,
+    /// More bytes are needed (`eof`: none will come; that ends a read-until-close body and
+    /// is an error for any other).
+    NeedMore,
+}
+
+/// One step of decoding a body from `buf` under `framing`, with no I/O: the body loop reads
+/// more when told to, and the fuzz target drives the same code over arbitrary bytes.
+/// `eof` says the upstream has closed the connection.
+pub fn decode(framing: &mut Framing, buf: &mut BytesMut, eof: bool) -> Result<Decoded, BoxError> {
+    loop {
+        match framing {
+            Framing::Done | Framing::Length(0) => {
+                *framing = Framing::Done;
+                return Ok(Decoded::Done);
+            }
+            Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
+                if buf.is_empty() {
+                    return if eof { Err(closed_early()) } else { Ok(Decoded::NeedMore) };
+                }
+                let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= n as u64;
+                if let Framing::Chunked(c @ Chunk::Data(0)) = framing {
+                    *c = Chunk::DataEnd;
+                }
+                return Ok(Decoded::Data(buf.split_to(n).freeze()));
+            }
+            Framing::Eof => {
+                if buf.is_empty() {
+                    if eof {
+                        *framing = Framing::Done;
+                        return Ok(Decoded::Done);
+                    }
+                    return Ok(Decoded::NeedMore);
+                }
+                return Ok(Decoded::Data(buf.split().freeze()));
+            }
+            Framing::Chunked(Chunk::Size) => match parse_chunk_size(buf)? {
+                Some((line, size)) => {
+                    buf.advance(line);
+                    *framing = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                }
+                None if eof => return Err(closed_early()),
+                None => return Ok(Decoded::NeedMore),
+            },
+            Framing::Chunked(Chunk::DataEnd) => {
+                if buf.len() < 2 {
+                    return if eof { Err(closed_early()) } else { Ok(Decoded::NeedMore) };
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err("malformed chunked body from upstream".into());
+                }
+                buf.advance(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Trailers) => match parse_trailers(buf)? {
+                Some((len, trailers)) => {
+                    buf.advance(len);
+                    *framing = Framing::Done;
+                    return Ok(trailers.map_or(Decoded::Done, Decoded::Trailers));
+                }
+                None if buf.len() > MAX_HEAD => return Err("upstream trailers too large".into()),
+                None if eof => return Err(closed_early()),
+                None => return Ok(Decoded::NeedMore),
+            },
+        }
+    }
+}
+
 impl Body for LeanBody {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        let mut eof = false;
         loop {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match &mut this.framing {
-                Framing::Done => {
+            let was_eof_framed = matches!(this.framing, Framing::Eof);
+            match decode(&mut this.framing, &mut conn.buf, eof) {
+                Ok(Decoded::NeedMore) => {
+                    eof = ready!(poll_fill(conn, cx))? == 0;
+                }
+                Ok(Decoded::Data(data)) => {
+                    // The last bytes: hand the connection back now, since a body that reports
+                    // its end is not polled again.
+                    if matches!(this.framing, Framing::Length(0)) {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::Trailers(t)) => {
+                    this.finish();
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                Ok(Decoded::Done) => {
+                    if was_eof_framed {
+                        this.reusable = false;
+                    }
                     this.finish();
                     return Poll::Ready(None);
                 }
-                Framing::Length(0) => this.finish(),
-                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
-                    if conn.buf.is_empty() && ready!(poll_fill(conn, cx))? == 0 {
-                        this.conn = None;
-                        return Poll::Ready(Some(Err(closed_early())));
-                    }
-                    let n = conn.buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    *left -= n as u64;
-                    let data = conn.buf.split_to(n).freeze();
-                    match &mut this.framing {
-                        Framing::Chunked(c) if matches!(c, Chunk::Data(0)) => *c = Chunk::DataEnd,
-                        // The last bytes: hand the connection back now, since a body that
-                        // reports its end is not polled again.
-                        Framing::Length(0) => this.finish(),
-                        _ => {}
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                Err(e) => {
+                    this.conn = None;
+                    this.framing = Framing::Done;
+                    return Poll::Ready(Some(Err(e)));
                 }
-                Framing::Eof => {
-                    if conn.buf.is_empty() && ready!(poll_fill(conn, cx))? == 0 {
-                        this.reusable = false;
-                        this.finish();
-                        return Poll::Ready(None);
-                    }
-                    let data = conn.buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Framing::Chunked(Chunk::Size) => match parse_chunk_size(&conn.buf) {
-                    Ok(Some((line, size))) => {
-                        conn.buf.advance(line);
-                        this.framing = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
-                    }
-                    Ok(None) => {
-                        if ready!(poll_fill(conn, cx))? == 0 {
-                            this.conn = None;
-                            return Poll::Ready(Some(Err(closed_early())));
-                        }
-                    }
-                    Err(e) => {
-                        this.conn = None;
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                },
-                Framing::Chunked(Chunk::DataEnd) => {
-                    if conn.buf.len() < 2 {
-                        if ready!(poll_fill(conn, cx))? == 0 {
-                            this.conn = None;
-                            return Poll::Ready(Some(Err(closed_early())));
-                        }
-                        continue;
-                    }
-                    if &conn.buf[..2] != b"\r\n" {
-                        this.conn = None;
-                        return Poll::Ready(Some(Err("malformed chunked body from upstream".into())));
-                    }
-                    conn.buf.advance(2);
-                    this.framing = Framing::Chunked(Chunk::Size);
-                }
-                Framing::Chunked(Chunk::Trailers) => match parse_trailers(&conn.buf) {
-                    Ok(Some((len, trailers))) => {
-                        conn.buf.advance(len);
-                        this.finish();
-                        if let Some(t) = trailers {
-                            return Poll::Ready(Some(Ok(Frame::trailers(t))));
-                        }
-                        return Poll::Ready(None);
-                    }
-                    Ok(None) if conn.buf.len() > MAX_HEAD => {
-                        this.conn = None;
-                        return Poll::Ready(Some(Err("upstream trailers too large".into())));
-                    }
-                    Ok(None) => {
-                        if ready!(poll_fill(conn, cx))? == 0 {
-                            this.conn = None;
-                            return Poll::Ready(Some(Err(closed_early())));
-                        }
-                    }
-                    Err(e) => {
-                        this.conn = None;
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                },
             }
         }
     }
@@ -657,6 +677,32 @@ impl Body for LeanBody {
             Framing::Length(n) => SizeHint::with_exact(n),
             Framing::Done => SizeHint::with_exact(0),
             _ => SizeHint::default(),
+        }
+    }
+}
+
+/// Parses whatever an upstream might send in one buffer, as the client would: interim and
+/// final heads, then the body under the framing the head chose. No I/O; it must return,
+/// never panic, whatever the bytes. Used by the fuzz target.
+pub fn parse_response_bytes(bytes: &[u8], method: &Method) -> Result<Vec<Decoded>, BoxError> {
+    let mut buf = BytesMut::from(bytes);
+    let mut at = Vec::new();
+    let mut framing = loop {
+        match parse_head(&mut buf, &mut at, method).map_err(|e| format!("{e:?}"))? {
+            Some(Parsed::Interim) => continue,
+            Some(Parsed::Final((_, framing, _))) => break framing,
+            None => return Ok(Vec::new()),
+        }
+    };
+    let mut out = Vec::new();
+    loop {
+        match decode(&mut framing, &mut buf, true)? {
+            d @ (Decoded::Done | Decoded::Trailers(_)) => {
+                out.push(d);
+                return Ok(out);
+            }
+            Decoded::NeedMore => return Ok(out),
+            d => out.push(d),
         }
     }
 }

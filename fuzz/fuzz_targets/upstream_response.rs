@@ -1,0 +1,12 @@
+//! Bytes from an upstream: the lean HTTP/1.1 client's head parser and body decoder never
+//! panic, whatever the upstream sends.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use portcullis_proxy::upstream::h1::{parse_chunk_size, parse_response_bytes};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = parse_response_bytes(data, &http::Method::GET);
+    let _ = parse_response_bytes(data, &http::Method::HEAD);
+    let _ = parse_chunk_size(data);
+});
