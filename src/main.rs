@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// API keys: make new ones, hash existing ones for the config.
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
     /// Print the version.
     Version,
 }
@@ -50,6 +55,17 @@ enum Command {
 enum ConfigCommand {
     /// Print the JSON Schema of the config file.
     Schema,
+}
+
+#[derive(Subcommand)]
+enum ApikeyCommand {
+    /// Print a new random key (give it to the consumer) and its hash (put it in the config).
+    New,
+    /// Print the hash of an existing key, for `api_keys.consumers[].keys`.
+    Hash {
+        /// The key.
+        key: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -89,6 +105,16 @@ fn main() -> ExitCode {
         },
         Command::Config { command: ConfigCommand::Schema } => {
             println!("{}", serde_json::to_string_pretty(&Config::json_schema()).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Command::Apikey { command: ApikeyCommand::New } => {
+            let key = portcullis_authn::apikey::new_key();
+            println!("key:  {key}");
+            println!("hash: {}", portcullis_authn::apikey::hash_key(&key));
+            ExitCode::SUCCESS
+        }
+        Command::Apikey { command: ApikeyCommand::Hash { key } } => {
+            println!("{}", portcullis_authn::apikey::hash_key(&key));
             ExitCode::SUCCESS
         }
         Command::Version => {

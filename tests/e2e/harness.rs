@@ -84,8 +84,17 @@ impl Gateway {
         Self::start_in(TempDir::new("gw"), body)
     }
 
+    /// Starts the gateway and waits only until it is alive (`/healthz`), not ready.
+    pub fn start_alive(body: &str) -> Gateway {
+        Self::start_with(TempDir::new("gw"), body, "/healthz")
+    }
+
     /// Like [`Gateway::start`], in a folder the test already filled (certificates...).
     pub fn start_in(dir: TempDir, body: &str) -> Gateway {
+        Self::start_with(dir, body, "/readyz")
+    }
+
+    fn start_with(dir: TempDir, body: &str, probe: &'static str) -> Gateway {
         let mut dir = Some(dir);
         for _ in 0..3 {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -93,7 +102,7 @@ impl Gateway {
             let d = dir.take().unwrap();
             let config = d.write("portcullis.yaml", config_with(addr, admin, body));
             let mut gw = Gateway { child: None, addr, admin, config, dir: d };
-            match gw.spawn() {
+            match gw.spawn(probe) {
                 Ok(()) => return gw,
                 // The port was taken between our probe and the gateway's bind: try others.
                 Err(e) if e.contains("cannot listen") => {
@@ -109,7 +118,7 @@ impl Gateway {
         panic!("gateway did not start: no free ports");
     }
 
-    fn spawn(&mut self) -> Result<(), String> {
+    fn spawn(&mut self, probe: &str) -> Result<(), String> {
         let stderr = std::fs::File::create(self.dir.path().join("stderr.log")).unwrap();
         let child = Command::new(binary())
             .args(["serve", "--config"])
@@ -126,11 +135,11 @@ impl Gateway {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 return Err(format!("exited with {status}: {}", self.stderr()));
             }
-            if admin_get(self.admin, "/readyz").map(|(s, _)| s == 200).unwrap_or(false) {
+            if admin_get(self.admin, probe).map(|(s, _)| s == 200).unwrap_or(false) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("not ready after 20s: {}", self.stderr()));
+                return Err(format!("no 200 from {probe} after 20s: {}", self.stderr()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

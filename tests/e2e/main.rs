@@ -5,6 +5,7 @@ mod harness;
 mod pki;
 mod upstream;
 
+mod authn;
 mod docs;
 mod lifecycle;
 mod protocols;

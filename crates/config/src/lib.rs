@@ -24,9 +24,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use admin::AdminConfig;
-pub use issuer::IssuerConfig;
+pub use issuer::{ApiKeysConfig, ClientAuthMethod, ConsumerConfig, IntrospectionConfig, IssuerConfig, KeyFetchConfig};
 pub use load::{ConfigError, ConfigErrors, Invalid, LoadedConfig, load_file, load_str};
-pub use route::{AuthMethod, AuthorizeConfig, Rewrite, RouteConfig, RouteLimits, RouteMatch, RouteTimeouts};
+pub use route::{
+    AuthMethod, AuthorizeConfig, CredentialsConfig, Rewrite, RouteConfig, RouteLimits, RouteMatch, RouteTimeouts,
+};
 pub use server::{ClientAuth, ForwardedHeaders, Limits, ServerConfig, TlsConfig};
 pub use state::{StateBackend, StateConfig};
 pub use telemetry::{AccessLogConfig, LogConfig, LogFormat};
@@ -58,6 +60,12 @@ pub struct Config {
     /// Identity providers whose JWTs are accepted.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
+    /// Token introspection (RFC 7662) for opaque tokens.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionConfig>,
+    /// API keys and their consumers.
+    #[serde(default)]
+    pub api_keys: Option<ApiKeysConfig>,
     /// Named upstream services with several endpoints, timeouts and health checking.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -75,6 +83,21 @@ impl Config {
     /// Makes every file path absolute (relative ones are relative to the config file) and
     /// reads secrets given as `{ env }` or `{ file }`.
     fn resolve_files(&mut self, resolve: impl Fn(&Path) -> PathBuf) -> Vec<Invalid> {
+        let mut problems = Vec::new();
+        let base = resolve(Path::new("."));
+        let mut secret = |s: &mut Secret, at: String| {
+            if let Err(e) = s.resolve(&base) {
+                problems.push(Invalid::new(at, e));
+            }
+        };
+        for (i, issuer) in self.issuers.iter_mut().enumerate() {
+            if let Some(s) = &mut issuer.hmac_secret {
+                secret(s, format!("issuers[{i}].hmac_secret"));
+            }
+        }
+        if let Some(intro) = &mut self.introspection {
+            secret(&mut intro.client_secret, "introspection.client_secret".into());
+        }
         let fix = |p: &mut PathBuf| *p = resolve(p);
         if let Some(tls) = &mut self.server.tls {
             fix(&mut tls.cert);
@@ -87,9 +110,12 @@ impl Config {
             fix(path);
         }
         for issuer in &mut self.issuers {
-            if let Some(f) = &mut issuer.jwks_file {
+            for f in [&mut issuer.jwks_file, &mut issuer.keys.ca].into_iter().flatten() {
                 fix(f);
             }
+        }
+        if let Some(ca) = self.introspection.as_mut().and_then(|i| i.ca.as_mut()) {
+            fix(ca);
         }
         for upstream in self.upstreams.values_mut() {
             if let Some(tls) = &mut upstream.tls {
@@ -98,7 +124,7 @@ impl Config {
                 }
             }
         }
-        Vec::new()
+        problems
     }
 
     /// Every file the config refers to, for reload on change.
@@ -109,6 +135,8 @@ impl Config {
             files.extend(tls.client_ca.clone());
         }
         files.extend(self.issuers.iter().filter_map(|i| i.jwks_file.clone()));
+        files.extend(self.issuers.iter().filter_map(|i| i.keys.ca.clone()));
+        files.extend(self.introspection.as_ref().and_then(|i| i.ca.clone()));
         for upstream in self.upstreams.values() {
             if let Some(tls) = &upstream.tls {
                 files.extend([&tls.ca, &tls.cert, &tls.key].into_iter().flatten().cloned());

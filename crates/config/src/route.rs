@@ -21,6 +21,12 @@ pub struct RouteConfig {
     /// request must satisfy one. `[none]` makes the route public, visibly.
     #[serde(default)]
     pub authenticate: Option<Vec<AuthMethod>>,
+    /// Where credentials may be found besides `Authorization: Bearer` (or the API-key header).
+    #[serde(default)]
+    pub credentials: Option<CredentialsConfig>,
+    /// Only tokens from these issuers (ids in `issuers`); all issuers when absent.
+    #[serde(default)]
+    pub issuers: Option<Vec<String>>,
     /// What an authenticated caller must have to be let through.
     #[serde(default)]
     pub authorize: Option<AuthorizeConfig>,
@@ -89,6 +95,22 @@ impl AuthMethod {
             AuthMethod::None => "none",
         }
     }
+}
+
+/// Other places a bearer token may come from. RFC 6750 §2: a request must use only one.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// A request header whose whole value is the token, e.g. `X-Access-Token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A cookie holding the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// A query parameter holding the token (off unless named: URLs end up in logs and
+    /// browser histories, RFC 6750 §5.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 /// Rules an authenticated caller must satisfy.

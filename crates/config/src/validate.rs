@@ -12,6 +12,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Invalid> {
     server(config, &mut out);
     issuers(config, &mut out);
     upstreams(config, &mut out);
+    api_keys(config, &mut out);
     routes(config, &mut out);
     if config.state.backend == StateBackend::Redis && config.state.redis_url.is_none() {
         out.push(Invalid::new("state.redis_url", "`backend: redis` needs `redis_url`, e.g. redis://127.0.0.1:6379"));
@@ -81,11 +82,13 @@ fn issuers(config: &Config, out: &mut Vec<Invalid>) {
             ));
         }
         let sources = [issuer.jwks_file.is_some(), issuer.jwks_uri.is_some(), issuer.discovery];
-        if sources.iter().filter(|s| **s).count() != 1 {
-            out.push(Invalid::new(
+        match sources.iter().filter(|s| **s).count() {
+            0 if issuer.hmac_secret.is_some() => {}
+            1 => {}
+            _ => out.push(Invalid::new(
                 format!("issuers[{i}]"),
-                "needs exactly one key source: `jwks_file`, `jwks_uri` or `discovery: true`",
-            ));
+                "needs exactly one key source: `jwks_file`, `jwks_uri` or `discovery: true` (or only `hmac_secret`)",
+            )),
         }
         if issuer.audiences.is_empty() {
             out.push(Invalid::new(
@@ -95,6 +98,35 @@ fn issuers(config: &Config, out: &mut Vec<Invalid>) {
         }
         if issuer.algorithms.is_empty() {
             out.push(Invalid::new(at("algorithms"), "list at least one algorithm"));
+        }
+    }
+}
+
+fn api_keys(config: &Config, out: &mut Vec<Invalid>) {
+    let Some(keys) = &config.api_keys else { return };
+    if http::HeaderName::from_bytes(keys.header.as_bytes()).is_err() {
+        out.push(Invalid::new("api_keys.header", format!("`{}` is not a valid header name", keys.header)));
+    }
+    let mut names = HashSet::new();
+    let mut hashes = HashMap::new();
+    for (i, c) in keys.consumers.iter().enumerate() {
+        if c.name.is_empty() || !names.insert(c.name.as_str()) {
+            out.push(Invalid::new(format!("api_keys.consumers[{i}].name"), "must be unique and not empty"));
+        }
+        if c.keys.is_empty() {
+            out.push(Invalid::new(format!("api_keys.consumers[{i}].keys"), "list at least one key hash"));
+        }
+        for (j, k) in c.keys.iter().enumerate() {
+            let at = format!("api_keys.consumers[{i}].keys[{j}]");
+            let hex = k.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                out.push(Invalid::new(
+                    at,
+                    "keys are stored as hashes: `sha256:` and 64 hex digits (`portcullis apikey new` makes one)",
+                ));
+            } else if let Some(first) = hashes.insert(hex.to_ascii_lowercase(), i) {
+                out.push(Invalid::new(at, format!("the same key is already given to api_keys.consumers[{first}]")));
+            }
         }
     }
 }
@@ -144,6 +176,17 @@ fn routes(config: &Config, out: &mut Vec<Invalid>) {
             out.push(Invalid::new(at("rewrite"), "`rewrite.path_prefix` needs `match.path_prefix`"));
         }
 
+        if let Some(ids) = &route.issuers {
+            for (j, id) in ids.iter().enumerate() {
+                if !config.issuers.iter().any(|i| &i.id == id) {
+                    out.push(Invalid::new(
+                        format!("routes[{i}].issuers[{j}]"),
+                        format!("no issuer `{id}` in `issuers`"),
+                    ));
+                }
+            }
+        }
+
         let upstream = route.upstream.as_str();
         if upstream != ECHO_UPSTREAM && !upstream.contains("://") && !config.upstreams.contains_key(upstream) {
             let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
@@ -181,6 +224,15 @@ fn routes(config: &Config, out: &mut Vec<Invalid>) {
                     && config.issuers.is_empty()
                 {
                     out.push(Invalid::new(at("authenticate"), "`jwt` and `dpop` need at least one entry in `issuers`"));
+                }
+                if methods.contains(&AuthMethod::Introspection) && config.introspection.is_none() {
+                    out.push(Invalid::new(
+                        at("authenticate"),
+                        "`introspection` needs the top-level `introspection` block",
+                    ));
+                }
+                if methods.contains(&AuthMethod::ApiKey) && config.api_keys.is_none() {
+                    out.push(Invalid::new(at("authenticate"), "`api_key` needs the top-level `api_keys` block"));
                 }
                 if public && route.authorize.as_ref().is_some_and(|a| !a.scopes.is_empty()) {
                     out.push(Invalid::new(

@@ -6,5 +6,5 @@
 mod principal;
 mod problem;
 
-pub use principal::{AuthnMethod, Principal, PrincipalKind};
+pub use principal::{AuthnMethod, Confirmation, Consumer, Principal, PrincipalKind};
 pub use problem::{Challenge, ChallengeScheme, Problem, Side};

@@ -63,19 +63,60 @@ pub struct Principal {
     pub client_id: Option<Arc<str>>,
     /// Granted scopes.
     pub scopes: Arc<[Arc<str>]>,
+    /// All claims of the token (or introspection response), for policies and propagation.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// When the credential expires (seconds since the epoch).
+    pub expires_at: Option<u64>,
+    /// When the credential was issued (seconds since the epoch).
+    pub issued_at: Option<u64>,
+    /// The token's id (`jti`).
+    pub token_id: Option<Arc<str>>,
+    /// The key the token is bound to (`cnf`, RFC 7800), for proof of possession.
+    pub confirmation: Option<Confirmation>,
+    /// The API consumer and its plan, for API keys.
+    pub consumer: Option<Consumer>,
+}
+
+/// The key a token is bound to (`cnf`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Confirmation {
+    /// RFC 9449: the SHA-256 thumbprint of the DPoP key (`jkt`).
+    pub jkt: Option<Arc<str>>,
+    /// RFC 8705: the SHA-256 thumbprint of the client certificate (`x5t#S256`).
+    pub x5t_s256: Option<Arc<str>>,
+}
+
+/// An API consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consumer {
+    /// The consumer's name.
+    pub name: Arc<str>,
+    /// Its plan, if any.
+    pub plan: Option<Arc<str>>,
 }
 
 impl Principal {
-    /// The principal of a request on a public route.
-    pub fn anonymous() -> Arc<Principal> {
-        Arc::new(Principal {
-            kind: PrincipalKind::Anonymous,
-            method: AuthnMethod::None,
+    /// A principal with nothing but its kind and method.
+    pub fn new(kind: PrincipalKind, method: AuthnMethod) -> Principal {
+        Principal {
+            kind,
+            method,
             subject: None,
             issuer: None,
             client_id: None,
             scopes: Arc::from([]),
-        })
+            claims: None,
+            expires_at: None,
+            issued_at: None,
+            token_id: None,
+            confirmation: None,
+            consumer: None,
+        }
+    }
+
+    /// The principal of a request on a public route.
+    pub fn anonymous() -> Arc<Principal> {
+        Arc::new(Principal::new(PrincipalKind::Anonymous, AuthnMethod::None))
     }
 
     /// Whether the principal holds `scope`.

@@ -63,7 +63,7 @@ fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> 
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
         "/readyz" => {
-            if state.ready.load(Ordering::Acquire) {
+            if state.ready.load(Ordering::Acquire) && state.runtime.load().ready() {
                 text(StatusCode::OK, "text/plain; charset=utf-8", "ready\n".into())
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "not ready\n".into())

@@ -18,7 +18,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Limited;
 use hyper::body::Incoming;
-use portcullis_core::{Principal, Problem};
+use portcullis_core::{Challenge, ChallengeScheme, Principal, Problem};
 use portcullis_telemetry::{AccessRecord, UpstreamErrorKind};
 
 use crate::body::{RequestBody, ResponseBody};
@@ -167,10 +167,13 @@ async fn run(
     // Authenticate.
     let principal = match &route.authn {
         Authn::Public => rt.anonymous.clone(),
+        Authn::Required(a) => a.authenticate(&parts).await?,
     };
-    ctx.principal = Some(principal);
+    ctx.principal = Some(principal.clone());
 
-    // Authorize: routes are public or carry no rules yet.
+    // Authorize: the route's rules.
+    ctx.decision = Some("deny");
+    authorize(&route, &principal)?;
     ctx.decision = Some("allow");
 
     // Protect: the body may not exceed the route's limit.
@@ -183,6 +186,19 @@ async fn run(
     // Forward.
     let path = forward_path(&parts.uri, path, route.rewrite.as_ref());
     forward(rt, conn, ctx, &route, parts, present, body, path, &authority).await
+}
+
+/// The route's own rules: every required scope (RFC 6750 §3.1 `insufficient_scope`).
+fn authorize(route: &Route, principal: &Principal) -> Result<(), Problem> {
+    let (scopes, list) = &route.required_scopes;
+    if scopes.iter().all(|s| principal.has_scope(s)) {
+        return Ok(());
+    }
+    Err(Problem::new(StatusCode::FORBIDDEN, "insufficient_scope", "the credential lacks a scope this route requires")
+        .challenge(Challenge {
+            scope: Some(list.to_string()),
+            ..Challenge::new(ChallengeScheme::Bearer, "insufficient_scope")
+        }))
 }
 
 /// The head is within the configured limits (`431`). (Ambiguous framing, such as both

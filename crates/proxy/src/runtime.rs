@@ -10,7 +10,7 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 use portcullis_config::{
-    AuthMethod, ConfigErrors, ECHO_UPSTREAM, ForwardedHeaders, Invalid, LoadedConfig, RouteConfig, UpstreamConfig,
+    ConfigErrors, ECHO_UPSTREAM, ForwardedHeaders, Invalid, LoadedConfig, RouteConfig, UpstreamConfig,
 };
 use portcullis_core::Principal;
 use portcullis_telemetry::{Metrics, RouteMetrics};
@@ -26,6 +26,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Data-plane worker threads (fixed for the life of the process).
     pub workers: usize,
+    /// Key stores of token issuers, kept across reloads.
+    pub authn: portcullis_authn::Registry,
     /// Upstreams by their settings; weak so that ones no config uses any more are freed.
     /// Locked only while a config is compiled, never on the request path.
     upstreams: Mutex<HashMap<String, Weak<Upstream>>>,
@@ -34,7 +36,7 @@ pub struct Shared {
 impl Shared {
     /// Shared state with these metrics, for `workers` data-plane workers.
     pub fn new(metrics: Arc<Metrics>, workers: usize) -> Self {
-        Self { metrics, workers, upstreams: Mutex::default() }
+        Self { metrics, workers, authn: Default::default(), upstreams: Mutex::default() }
     }
 
     fn upstream(&self, name: &str, cfg: &UpstreamConfig, at: &str) -> Result<Arc<Upstream>, Vec<Invalid>> {
@@ -76,6 +78,8 @@ pub enum Target {
 pub enum Authn {
     /// A public route: every caller is the anonymous principal.
     Public,
+    /// Callers must present one of the route's accepted credentials.
+    Required(portcullis_authn::Authenticator),
 }
 
 /// A compiled route.
@@ -87,6 +91,9 @@ pub struct Route {
     pub target: Target,
     /// How callers authenticate.
     pub authn: Authn,
+    /// Scopes the caller must all hold (`authorize.scopes`), and the same as one
+    /// space-separated string for challenges.
+    pub required_scopes: (Box<[Arc<str>]>, Arc<str>),
     /// Time to wait for the upstream's response head.
     pub timeout: Duration,
     /// Largest request body.
@@ -122,6 +129,7 @@ pub struct Runtime {
     pub(crate) access_log: Option<portcullis_telemetry::AccessLog>,
     pub(crate) no_route: RouteMetrics,
     pub(crate) anonymous: Arc<Principal>,
+    authn: portcullis_authn::Authn,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -158,11 +166,19 @@ impl Runtime {
             }
         }
 
+        let authn = match portcullis_authn::Authn::build(c, &shared.authn) {
+            Ok(a) => a,
+            Err(e) => {
+                errors.extend(e);
+                portcullis_authn::Authn::default()
+            }
+        };
+
         let mut routes = Vec::new();
         for (i, rc) in c.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
             let matcher = Matcher::compile(&rc.matches, &format!("{at}.match")).map_err(|e| errors.extend(e)).ok();
-            let route = compile_route(rc, &at, shared, &upstreams, c.server.limits.max_body_bytes.bytes())
+            let route = compile_route(rc, &at, shared, &authn, &upstreams, c.server.limits.max_body_bytes.bytes())
                 .map_err(|e| errors.extend(e))
                 .ok();
             if let (Some(m), Some(r)) = (matcher, route) {
@@ -219,8 +235,14 @@ impl Runtime {
             access_log: access_log.filter(|_| c.access_log.enabled),
             no_route: shared.metrics.route("(none)"),
             anonymous: Principal::anonymous(),
+            authn,
             config,
         })
+    }
+
+    /// Whether everything needed to serve is loaded (issuers' keys): `/readyz`.
+    pub fn ready(&self) -> bool {
+        self.authn.ready()
     }
 
     /// Route ids, most specific first.
@@ -233,6 +255,7 @@ fn compile_route(
     rc: &RouteConfig,
     at: &str,
     shared: &Shared,
+    authn: &portcullis_authn::Authn,
     upstreams: &HashMap<&str, Arc<Upstream>>,
     default_max_body: u64,
 ) -> Result<Route, Vec<Invalid>> {
@@ -268,18 +291,17 @@ fn compile_route(
         }
     };
 
-    let methods = rc.authenticate.as_deref().unwrap_or_default();
-    let authn = if methods == [AuthMethod::None] {
-        Some(Authn::Public)
-    } else {
-        for (j, m) in methods.iter().enumerate() {
-            errors.push(Invalid::new(
-                format!("{at}.authenticate[{j}]"),
-                format!("`{}` authentication is not available in this build", m.as_str()),
-            ));
+    let authn = match authn.route(rc, at) {
+        Ok(None) => Some(Authn::Public),
+        Ok(Some(a)) => Some(Authn::Required(a)),
+        Err(e) => {
+            errors.extend(e);
+            None
         }
-        None
     };
+    let scopes: Box<[Arc<str>]> =
+        rc.authorize.as_ref().map(|a| a.scopes.iter().map(|s| Arc::from(s.as_str())).collect()).unwrap_or_default();
+    let scope_list: Arc<str> = scopes.join(" ").into();
 
     let rewrite = match (&rc.rewrite, &rc.matches.path_prefix) {
         (Some(rw), Some(prefix)) => {
@@ -296,6 +318,7 @@ fn compile_route(
             id: rc.id.as_str().into(),
             target,
             authn,
+            required_scopes: (scopes, scope_list),
             timeout: rc.timeouts.as_ref().map_or(upstream_timeout, |t| t.request.get()),
             max_body: rc.limits.as_ref().map_or(default_max_body, |l| l.max_body_bytes.bytes()),
             rewrite,

@@ -1,0 +1,159 @@
+//! Where credentials come from (RFC 6750 §2): `Authorization: Bearer`, and only when a route
+//! names them, a header, a cookie or a query parameter. A request may use one place only.
+
+use http::header::{AUTHORIZATION, COOKIE, HeaderMap, HeaderName};
+
+use crate::AuthnError;
+
+/// Where a route looks for a bearer token besides `Authorization`.
+#[derive(Clone, Debug, Default)]
+pub struct Locations {
+    /// A header whose whole value is the token.
+    pub header: Option<HeaderName>,
+    /// A cookie.
+    pub cookie: Option<String>,
+    /// A query parameter.
+    pub query: Option<String>,
+}
+
+/// What the `Authorization` header holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Authorization<'a> {
+    /// No header.
+    None,
+    /// `Bearer <token>` (scheme case-insensitive).
+    Bearer(&'a str),
+    /// Another scheme (e.g. `DPoP`, `Basic`) with its credentials.
+    Other(&'a str, &'a str),
+}
+
+/// Reads the single `Authorization` header. Two of them are a bad request (RFC 9110
+/// §11.6.2 allows one).
+pub fn authorization(headers: &HeaderMap) -> Result<Authorization<'_>, AuthnError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Ok(Authorization::None) };
+    if values.next().is_some() {
+        return Err(AuthnError::bad_request("credential_ambiguous", "more than one Authorization header"));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| AuthnError::bad_request("credential_malformed", "the Authorization header is not ASCII"))?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let rest = rest.trim_start_matches(' ');
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Ok(Authorization::Bearer(b64token(rest)?))
+    } else {
+        Ok(Authorization::Other(scheme, rest))
+    }
+}
+
+/// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+pub fn b64token(s: &str) -> Result<&str, AuthnError> {
+    let body = s.trim_end_matches('=');
+    if body.is_empty() || !body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)) {
+        return Err(AuthnError::invalid("token_malformed", "the bearer token is not a b64token"));
+    }
+    Ok(s)
+}
+
+/// The bearer token of a request, from `Authorization` or a place the route names.
+/// `authorization` is what [`authorization`] found.
+pub fn bearer<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    authorization: &Authorization<'a>,
+    locations: &Locations,
+) -> Result<Option<&'a str>, AuthnError> {
+    let mut found: Option<&'a str> = None;
+    let mut take = |token: &'a str| -> Result<(), AuthnError> {
+        if found.is_some() {
+            return Err(AuthnError::bad_request("credential_ambiguous", "a token was sent in more than one place"));
+        }
+        found = Some(token);
+        Ok(())
+    };
+    if let Authorization::Bearer(t) = authorization {
+        take(t)?;
+    }
+    if let Some(name) = &locations.header
+        && let Some(v) = headers.get(name)
+    {
+        let v = v.to_str().map_err(|_| AuthnError::invalid("token_malformed", "the token header is not ASCII"))?;
+        take(b64token(v.trim())?)?;
+    }
+    if let Some(name) = &locations.cookie {
+        for v in headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()) {
+            for pair in v.split(';') {
+                if let Some((k, val)) = pair.trim().split_once('=')
+                    && k == name
+                {
+                    take(b64token(val.trim_matches('"'))?)?;
+                }
+            }
+        }
+    }
+    if let (Some(name), Some(q)) = (&locations.query, query) {
+        for pair in q.split('&') {
+            if let Some((k, val)) = pair.split_once('=')
+                && k == name
+            {
+                take(b64token(val)?)?;
+            }
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer abc.def", "bearer abc.def", "BEARER abc.def", "Bearer  abc.def"] {
+            let h = headers(&[("authorization", v)]);
+            assert_eq!(authorization(&h).unwrap(), Authorization::Bearer("abc.def"), "{v}");
+        }
+        let h = headers(&[("authorization", "DPoP abc")]);
+        assert_eq!(authorization(&h).unwrap(), Authorization::Other("DPoP", "abc"));
+    }
+
+    #[test]
+    fn one_authorization_header_only() {
+        let h = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert!(matches!(authorization(&h), Err(AuthnError::BadRequest { .. })));
+    }
+
+    #[test]
+    fn tokens_must_be_b64tokens() {
+        for t in ["", "a b", "a\"b", "é", "===", "a,b"] {
+            assert!(b64token(t).is_err(), "{t:?}");
+        }
+        for t in ["abc", "a.b.c", "a-_~+/.9==", "x="] {
+            assert!(b64token(t).is_ok(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn other_places_only_when_named_and_never_two() {
+        let h = headers(&[("x-token", "tok1"), ("cookie", "a=1; session=tok2")]);
+        let none = Locations::default();
+        assert_eq!(bearer(&h, Some("access_token=tok3"), &Authorization::None, &none).unwrap(), None, "nothing named");
+        let header = Locations { header: Some(HeaderName::from_static("x-token")), ..Default::default() };
+        assert_eq!(bearer(&h, None, &Authorization::None, &header).unwrap(), Some("tok1"));
+        let cookie = Locations { cookie: Some("session".into()), ..Default::default() };
+        assert_eq!(bearer(&h, None, &Authorization::None, &cookie).unwrap(), Some("tok2"));
+        let query = Locations { query: Some("access_token".into()), ..Default::default() };
+        assert_eq!(bearer(&h, Some("x=1&access_token=tok3"), &Authorization::None, &query).unwrap(), Some("tok3"));
+        assert!(bearer(&h, None, &Authorization::Bearer("tok0"), &header).is_err(), "two places");
+    }
+}

@@ -1,0 +1,241 @@
+//! OAuth 2.0 token introspection (RFC 7662) for opaque tokens.
+//!
+//! The gateway authenticates to the endpoint (RFC 6749 §2.3.1: Basic, or client credentials
+//! in the form), posts the token, and trusts `active: true` only with a valid `exp` (when
+//! given), the configured `iss` and `aud` (when configured). Active results are remembered
+//! until the token's `exp` or `cache_ttl`, whichever is sooner; inactive ones for
+//! `negative_ttl`. Any failure to get an answer (timeout, connection refused, an error status,
+//! a malformed body) denies the request: it fails closed.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use portcullis_config::{ClientAuthMethod, IntrospectionConfig, Secret};
+use portcullis_core::{AuthnMethod, Principal};
+use serde_json::Value;
+use url::Url;
+
+use crate::AuthnError;
+use crate::cache::{Cache, Digest, Entry};
+use crate::jwt::{principal_from_claims, unix_now};
+
+/// Largest introspection response accepted.
+const MAX_RESPONSE: usize = 64 * 1024;
+
+thread_local! {
+    static CACHE: RefCell<Cache<Introspector>> = RefCell::new(Cache::default());
+}
+
+/// An introspection endpoint and how to use it.
+pub struct Introspector {
+    endpoint: Url,
+    client_id: String,
+    secret: Secret,
+    method: ClientAuthMethod,
+    cache_ttl: u64,
+    negative_ttl: u64,
+    audiences: Vec<String>,
+    issuer: Option<Arc<str>>,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Introspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Introspector").field("endpoint", &self.endpoint.as_str()).finish_non_exhaustive()
+    }
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+}
+
+impl Introspector {
+    /// Builds the introspector; problems as `(key, message)` relative to `introspection`.
+    pub fn new(cfg: &IntrospectionConfig) -> Result<Introspector, (&'static str, String)> {
+        let endpoint = crate::keys::check_url(&cfg.endpoint, cfg.allow_http).map_err(|e| ("endpoint", e))?;
+        let client = crate::keys::http_client(cfg.timeout.get(), cfg.ca.as_deref()).map_err(|e| ("ca", e))?;
+        Ok(Introspector {
+            endpoint,
+            client_id: cfg.client_id.clone(),
+            secret: cfg.client_secret.clone(),
+            method: cfg.auth_method,
+            cache_ttl: cfg.cache_ttl.get().as_secs(),
+            negative_ttl: cfg.negative_ttl.get().as_secs(),
+            audiences: cfg.audiences.clone(),
+            issuer: cfg.issuer.as_deref().map(Arc::from),
+            client,
+        })
+    }
+
+    /// The principal for an active `token`, from the cache or the endpoint.
+    pub async fn check(self: &Arc<Self>, token: &str, digest: &Digest) -> Result<Arc<Principal>, AuthnError> {
+        let now = unix_now();
+        let cached = CACHE.with(|c| c.borrow_mut().get(digest, now, |o| Arc::ptr_eq(o, self)));
+        match cached {
+            Some(Some(p)) => return Ok(p),
+            Some(None) => return Err(inactive()),
+            None => {}
+        }
+        let answer = self.ask(token).await?;
+        let (principal, until) = match self.judge(answer, now) {
+            Some((p, exp)) => {
+                let until = exp.map_or(now + self.cache_ttl, |e| e.min(now + self.cache_ttl));
+                (Some(Arc::new(p)), until)
+            }
+            None => (None, now + self.negative_ttl),
+        };
+        let entry = Entry { principal: principal.clone(), owner: self.clone(), key: None, until };
+        CACHE.with(|c| c.borrow_mut().insert(*digest, entry));
+        principal.ok_or_else(inactive)
+    }
+
+    async fn ask(&self, token: &str) -> Result<serde_json::Map<String, Value>, AuthnError> {
+        let unavailable = |why: String| {
+            tracing::warn!(endpoint = %self.endpoint, problem = %why, "token introspection failed; denying");
+            AuthnError::unavailable("introspection_unavailable", "the token could not be checked; try again later")
+        };
+        let mut req = self.client.post(self.endpoint.clone()).header(http::header::ACCEPT, "application/json");
+        let body = match self.method {
+            ClientAuthMethod::ClientSecretBasic => {
+                // RFC 6749 §2.3.1: both parts are form-encoded before Basic encoding.
+                let user = form(&[("", &self.client_id)]);
+                let pass = form(&[("", self.secret.expose())]);
+                req = req.basic_auth(user.trim_start_matches('='), Some(pass.trim_start_matches('=')));
+                form(&[("token", token), ("token_type_hint", "access_token")])
+            }
+            ClientAuthMethod::ClientSecretPost => form(&[
+                ("token", token),
+                ("token_type_hint", "access_token"),
+                ("client_id", &self.client_id),
+                ("client_secret", self.secret.expose()),
+            ]),
+        };
+        let resp = req
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                unavailable(if e.is_timeout() { "timed out".into() } else { "cannot reach the endpoint".into() })
+            })?;
+        if resp.status() != reqwest::StatusCode::OK {
+            return Err(unavailable(format!("status {}", resp.status().as_u16())));
+        }
+        let mut resp = resp;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|_| unavailable("the response broke off".into()))? {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() > MAX_RESPONSE {
+                return Err(unavailable("response too large".into()));
+            }
+        }
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(unavailable("the response is not a JSON object".into())),
+        }
+    }
+
+    /// The principal and `exp` of an active token, or `None` for an inactive one.
+    fn judge(&self, answer: serde_json::Map<String, Value>, now: u64) -> Option<(Principal, Option<u64>)> {
+        if answer.get("active") != Some(&Value::Bool(true)) {
+            return None;
+        }
+        let number =
+            |k: &str| answer.get(k).and_then(Value::as_f64).filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64);
+        let exp = number("exp");
+        if exp.is_some_and(|e| now > e) || number("nbf").is_some_and(|n| n > now) {
+            return None;
+        }
+        if answer.contains_key("exp") && exp.is_none() {
+            return None;
+        }
+        let iss = answer.get("iss").and_then(Value::as_str).map(Arc::from);
+        if let Some(want) = &self.issuer
+            && iss.as_ref() != Some(want)
+        {
+            return None;
+        }
+        if !self.audiences.is_empty() {
+            let ok = match answer.get("aud") {
+                Some(Value::String(a)) => self.audiences.iter().any(|x| x == a),
+                Some(Value::Array(l)) => {
+                    l.iter().any(|a| a.as_str().is_some_and(|a| self.audiences.iter().any(|x| x == a)))
+                }
+                _ => false,
+            };
+            if !ok {
+                return None;
+            }
+        }
+        let iat = number("iat");
+        let issuer = iss.or_else(|| self.issuer.clone());
+        principal_from_claims(answer, AuthnMethod::Introspection, issuer, exp, iat).ok().map(|p| (p, exp))
+    }
+}
+
+fn inactive() -> AuthnError {
+    AuthnError::invalid("token_inactive", "the token is not active")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_config::Duration as D;
+    use serde_json::json;
+
+    fn introspector(audiences: Vec<String>, issuer: Option<&str>) -> Introspector {
+        Introspector::new(&IntrospectionConfig {
+            endpoint: "http://127.0.0.1:1/introspect".into(),
+            client_id: "gw".into(),
+            client_secret: Secret::new("s"),
+            auth_method: ClientAuthMethod::ClientSecretBasic,
+            timeout: D::from_secs(1),
+            cache_ttl: D::from_secs(300),
+            negative_ttl: D::from_secs(10),
+            audiences,
+            issuer: issuer.map(String::from),
+            allow_http: false,
+            ca: None,
+        })
+        .unwrap()
+    }
+
+    fn obj(v: Value) -> serde_json::Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn only_active_valid_answers_count() {
+        let i = introspector(vec!["orders".into()], Some("https://as"));
+        let now = 1_000;
+        let good = json!({"active": true, "sub": "alice", "client_id": "web", "scope": "a b", "exp": 2000, "iss": "https://as", "aud": ["orders"]});
+        let (p, exp) = i.judge(obj(good.clone()), now).unwrap();
+        assert_eq!(exp, Some(2000));
+        assert_eq!(p.method, AuthnMethod::Introspection);
+        assert!(p.has_scope("b"));
+        for (k, v) in [
+            ("active", json!(false)),
+            ("active", json!("true")),
+            ("exp", json!(999)),
+            ("exp", json!("2000")),
+            ("iss", json!("https://other")),
+            ("aud", json!("billing")),
+            ("nbf", json!(5000)),
+        ] {
+            let mut bad = good.clone();
+            bad[k] = v.clone();
+            assert!(i.judge(obj(bad), now).is_none(), "{k}={v}");
+        }
+        let mut no_active = good.clone();
+        no_active.as_object_mut().unwrap().remove("active");
+        assert!(i.judge(obj(no_active), now).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_denies() {
+        let i = Arc::new(introspector(vec![], None));
+        let d = crate::cache::digest(b"tok");
+        let err = i.check("tok", &d).await.unwrap_err();
+        assert!(matches!(err, AuthnError::Unavailable { .. }), "{err:?}");
+    }
+}

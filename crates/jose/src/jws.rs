@@ -1,0 +1,264 @@
+//! Compact JWS (RFC 7515 §7.1): `header.payload.signature`, each base64url.
+//!
+//! The header is judged before any key is looked at: the algorithm must be one the caller
+//! accepts (`none` never, in any spelling), keys named by the token itself are refused
+//! (`jku`, `x5u`, `x5c` always; `jwk` unless the caller expects one, as a DPoP proof does),
+//! and nothing critical we do not implement is tolerated (`crit`, `b64`, `zip`).
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::{Algorithm, Error, Jwk, b64};
+
+/// Longest `kid` accepted.
+const MAX_KID: usize = 256;
+
+/// What a caller expects of the header beyond the common rules.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeaderPolicy {
+    /// The header must carry a public `jwk` (DPoP proofs, RFC 9449 §4.2).
+    pub embedded_jwk: bool,
+}
+
+/// The parts of a JWS header Portcullis uses.
+#[derive(Clone, Debug)]
+pub struct Header {
+    /// The signature algorithm.
+    pub alg: Algorithm,
+    /// The key id, if any.
+    pub kid: Option<String>,
+    /// The media type, if any.
+    pub typ: Option<String>,
+    /// The embedded public key, where the policy expects one.
+    pub jwk: Option<Jwk>,
+}
+
+/// A parsed compact JWS. The signature is not verified yet.
+#[derive(Clone, Debug)]
+pub struct Jws<'a> {
+    /// The header.
+    pub header: Header,
+    /// The decoded payload.
+    pub payload: Vec<u8>,
+    /// The decoded signature.
+    pub signature: Vec<u8>,
+    signing_input: &'a str,
+}
+
+impl<'a> Jws<'a> {
+    /// Parses `token` and checks its header against the common rules and `policy`.
+    pub fn parse(token: &'a str, policy: HeaderPolicy) -> Result<Jws<'a>, Error> {
+        let mut parts = token.splitn(4, '.');
+        let (Some(h), Some(p), Some(s)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(Error::Malformed("not three dot-separated parts"));
+        };
+        if parts.next().is_some() {
+            return Err(Error::Malformed("encrypted or nested tokens are not accepted"));
+        }
+        if h.is_empty() {
+            return Err(Error::Malformed("empty header"));
+        }
+        let header_bytes = b64::decode(h).ok_or(Error::Malformed("header is not base64url"))?;
+        // The header first, so that an unsigned token is refused as what it is.
+        let header = parse_header(&header_bytes, policy)?;
+        if s.is_empty() {
+            return Err(Error::Malformed("empty signature"));
+        }
+        let payload = b64::decode(p).ok_or(Error::Malformed("payload is not base64url"))?;
+        let signature = b64::decode(s).ok_or(Error::Malformed("signature is not base64url"))?;
+        let signing_input = &token[..h.len() + 1 + p.len()];
+        Ok(Jws { header, payload, signature, signing_input })
+    }
+
+    /// The bytes the signature covers: `header.payload` as sent.
+    pub fn signing_input(&self) -> &[u8] {
+        self.signing_input.as_bytes()
+    }
+}
+
+fn parse_header(bytes: &[u8], policy: HeaderPolicy) -> Result<Header, Error> {
+    let mut map = parse_object_no_duplicates(bytes).map_err(|e| match e {
+        Error::Duplicate(k) => Error::Duplicate(k),
+        _ => Error::Malformed("header is not a JSON object"),
+    })?;
+    let alg = match map.get("alg") {
+        Some(Value::String(a)) if a.eq_ignore_ascii_case("none") => return Err(Error::AlgNone),
+        Some(Value::String(a)) => {
+            Algorithm::parse(a).ok_or_else(|| Error::AlgNotAllowed(a.chars().take(32).collect()))?
+        }
+        _ => return Err(Error::Malformed("header has no alg")),
+    };
+    for name in ["jku", "x5u", "x5c"] {
+        if map.contains_key(name) {
+            return Err(Error::KeyInHeader(name));
+        }
+    }
+    if ["crit", "b64", "zip"].iter().any(|k| map.contains_key(*k)) {
+        return Err(Error::Crit);
+    }
+    let jwk = match (map.remove("jwk"), policy.embedded_jwk) {
+        (Some(_), false) => return Err(Error::KeyInHeader("jwk")),
+        (None, true) => return Err(Error::Malformed("the header has no jwk")),
+        (None, false) => None,
+        (Some(v), true) => Some(Jwk::from_value(v)?),
+    };
+    let kid = match map.get("kid") {
+        None => None,
+        Some(Value::String(k)) if k.len() <= MAX_KID => Some(k.clone()),
+        Some(_) => return Err(Error::Malformed("kid is not a short string")),
+    };
+    let typ = match map.get("typ") {
+        None => None,
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => return Err(Error::Malformed("typ is not a string")),
+    };
+    Ok(Header { alg, kid, typ, jwk })
+}
+
+/// Parses a JSON object whose top-level member names are all different (RFC 7515 §4 and
+/// RFC 7519 §4 allow rejecting duplicates; accepting the last one invites confusion between
+/// two parsers).
+pub fn parse_object_no_duplicates(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
+    struct Seed;
+    impl<'de> DeserializeSeed<'de> for Seed {
+        type Value = Map<String, Value>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(Seed)
+        }
+    }
+    impl<'de> Visitor<'de> for Seed {
+        type Value = Map<String, Value>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut map = Map::new();
+            while let Some(key) = access.next_key::<String>()? {
+                let value: Value = access.next_value()?;
+                if map.contains_key(&key) {
+                    return Err(de::Error::custom(format!("duplicate:{key}")));
+                }
+                map.insert(key, value);
+            }
+            Ok(map)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let map = Seed.deserialize(&mut de).map_err(|e| {
+        let msg = e.to_string();
+        match msg.strip_prefix("duplicate:") {
+            Some(rest) => Error::Duplicate(rest.split(' ').next().unwrap_or("").chars().take(32).collect()),
+            None => Error::Malformed("not a JSON object"),
+        }
+    })?;
+    de.end().map_err(|_| Error::Malformed("trailing characters after the JSON object"))?;
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(header: &str, payload: &str) -> String {
+        format!("{}.{}.c2ln", b64::encode(header.as_bytes()), b64::encode(payload.as_bytes()))
+    }
+
+    fn parse(header: &str) -> Result<Header, Error> {
+        let t = token(header, "{}");
+        Jws::parse(&t, HeaderPolicy::default()).map(|j| j.header)
+    }
+
+    #[test]
+    fn accepts_a_plain_header() {
+        let h = parse(r#"{"alg":"RS256","kid":"k1","typ":"at+jwt"}"#).unwrap();
+        assert_eq!(h.alg, Algorithm::RS256);
+        assert_eq!(h.kid.as_deref(), Some("k1"));
+        assert_eq!(h.typ.as_deref(), Some("at+jwt"));
+    }
+
+    #[test]
+    fn refuses_none_in_any_spelling() {
+        for a in ["none", "None", "NONE", "nOnE"] {
+            assert_eq!(parse(&format!(r#"{{"alg":"{a}"}}"#)).unwrap_err(), Error::AlgNone, "{a}");
+        }
+        assert!(matches!(parse(r#"{"alg":"rs256"}"#), Err(Error::AlgNotAllowed(_))), "names are case-sensitive");
+        assert!(matches!(parse(r#"{"alg":""}"#), Err(Error::AlgNotAllowed(_))));
+        assert!(matches!(parse(r#"{"alg":1}"#), Err(Error::Malformed(_))));
+        assert!(matches!(parse(r#"{}"#), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn refuses_keys_named_by_the_token() {
+        for (k, v) in
+            [("jku", r#""https://evil/jwks""#), ("x5u", r#""https://evil/c""#), ("x5c", r#"["MII"]"#), ("jwk", "{}")]
+        {
+            let h = format!(r#"{{"alg":"RS256","{k}":{v}}}"#);
+            assert!(matches!(parse(&h), Err(Error::KeyInHeader(_))), "{k}");
+        }
+    }
+
+    #[test]
+    fn refuses_critical_extensions() {
+        for h in [
+            r#"{"alg":"RS256","crit":["exp"]}"#,
+            r#"{"alg":"RS256","crit":[]}"#,
+            r#"{"alg":"RS256","b64":false}"#,
+            r#"{"alg":"RS256","zip":"DEF"}"#,
+        ] {
+            assert_eq!(parse(h).unwrap_err(), Error::Crit, "{h}");
+        }
+    }
+
+    #[test]
+    fn refuses_duplicates_and_junk() {
+        assert!(matches!(parse(r#"{"alg":"RS256","alg":"HS256"}"#), Err(Error::Duplicate(_))));
+        assert!(matches!(parse(r#"{"alg":"RS256"} x"#), Err(Error::Malformed(_))));
+        assert!(matches!(parse(r#"["alg"]"#), Err(Error::Malformed(_))));
+        assert!(matches!(parse(r#"{"alg":"RS256","kid":7}"#), Err(Error::Malformed(_))));
+        let long_kid = format!(r#"{{"alg":"RS256","kid":"{}"}}"#, "k".repeat(300));
+        assert!(matches!(parse(&long_kid), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn refuses_malformed_compact_forms() {
+        let policy = HeaderPolicy::default();
+        for t in [
+            "",
+            "a",
+            "a.b",
+            "a.b.c.d",
+            "a.b.c.d.e",
+            ".e30.c2ln",
+            "eyJhbGciOiJSUzI1NiJ9.e30.",
+            "eyJhbGciOiJSUzI1NiJ9.e30=.c2ln",
+        ] {
+            assert!(Jws::parse(t, policy).is_err(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn the_signing_input_is_what_was_sent() {
+        let t = token(r#"{"alg":"ES256"}"#, r#"{"a":1}"#);
+        let j = Jws::parse(&t, HeaderPolicy::default()).unwrap();
+        assert_eq!(j.signing_input(), t.rsplit_once('.').unwrap().0.as_bytes());
+        assert_eq!(j.payload, br#"{"a":1}"#);
+        assert_eq!(j.signature, b"sig");
+    }
+
+    #[test]
+    fn dpop_style_headers_require_a_jwk() {
+        let policy = HeaderPolicy { embedded_jwk: true };
+        let t = token(r#"{"alg":"ES256","typ":"dpop+jwt"}"#, "{}");
+        assert!(Jws::parse(&t, policy).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(s in "\\PC{0,200}") {
+            let _ = Jws::parse(&s, HeaderPolicy::default());
+            let _ = Jws::parse(&s, HeaderPolicy { embedded_jwk: true });
+        }
+    }
+}
