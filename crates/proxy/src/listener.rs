@@ -110,11 +110,6 @@ pub fn spawn_worker(
 pub async fn serve(tcp: TcpListener, ctx: WorkerContext) {
     let WorkerContext { runtime, metrics, connections, mut shutdown } = ctx;
     loop {
-        // Past the limit, stop accepting: new connections wait in the kernel's backlog.
-        let permit = tokio::select! {
-            p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stopped(&mut shutdown) => break,
-        };
         let (stream, peer) = tokio::select! {
             r = tcp.accept() => match r {
                 Ok(x) => x,
@@ -126,6 +121,17 @@ pub async fn serve(tcp: TcpListener, ctx: WorkerContext) {
                 }
             },
             _ = stopped(&mut shutdown) => break,
+        };
+        // Past the limit, hold the connection unserved and stop accepting until a slot frees;
+        // later connections wait in the kernel's backlog. The slot is taken after `accept`, not
+        // before: with one `SO_REUSEPORT` socket per worker, a worker holding a slot while idle
+        // in `accept` would strand connections the kernel hashed to a worker without one.
+        let permit = match connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = stopped(&mut shutdown) => break,
+            },
         };
         let _ = stream.set_nodelay(true);
         metrics.connections_total.inc();
