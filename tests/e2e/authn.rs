@@ -3,13 +3,12 @@
 //! its own test, and the key lifecycle (rotation, removal, outage, unknown-kid floods,
 //! readiness) runs against a real HTTP identity provider.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Gateway, client, helper, problem};
+use crate::harness::{Gateway, client, helper, problem, spawn_peer};
 use crate::upstream::Upstream;
 
 /// The Python identity provider.
@@ -28,16 +27,11 @@ impl Drop for Idp {
 
 impl Idp {
     pub fn start() -> Idp {
-        let mut child = Command::new("python3")
-            .arg(helper("idp.py"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 with pyjwt[crypto] is needed (see tests/helpers/requirements.txt)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("http://"), "idp said {line:?}");
-        Idp { child, url: line.trim().to_string(), http: reqwest::Client::new() }
+        let mut cmd = Command::new("python3");
+        cmd.arg(helper("idp.py"));
+        let (child, url) = spawn_peer(cmd);
+        assert!(url.starts_with("http://"), "idp said {url:?} (pip install -r tests/helpers/requirements.txt?)");
+        Idp { child, url, http: reqwest::Client::new() }
     }
 
     async fn post(&self, path: &str, body: Value) -> String {

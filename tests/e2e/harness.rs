@@ -318,6 +318,28 @@ pub async fn problem(resp: reqwest::Response, status: u16) -> serde_json::Value 
     v
 }
 
+/// Starts a peer process that prints one line (its address) when ready; returns it and that
+/// line. The rest of its output is drained in the background, so the peer never dies of a
+/// closed pipe.
+pub fn spawn_peer(mut cmd: std::process::Command) -> (Child, String) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while out.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    (child, line.trim().to_string())
+}
+
 /// Python helpers live next to the tests.
 pub fn helper(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helpers").join(name)

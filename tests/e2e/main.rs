@@ -8,6 +8,7 @@ mod upstream;
 mod authn;
 mod docs;
 mod lifecycle;
+mod opaque;
 mod protocols;
 mod proxy;
 mod robustness;

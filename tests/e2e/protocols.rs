@@ -1,8 +1,8 @@
 //! HTTP/2 (h2c and ALPN over TLS), TLS and mutual TLS, gRPC end to end, protocol upgrades.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -122,16 +122,10 @@ async fn mutual_tls_required() {
 
 #[test]
 fn grpc_end_to_end_with_trailers_and_streaming() {
-    let mut server = Command::new("python3")
-        .arg(helper("grpc_echo.py"))
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 with grpcio is needed (see .ci/run)");
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("grpc server said {line:?}"));
+    let mut cmd = Command::new("python3");
+    cmd.arg(helper("grpc_echo.py")).arg("serve");
+    let (mut server, line) = crate::harness::spawn_peer(cmd);
+    let port: u16 = line.parse().unwrap_or_else(|_| panic!("grpc server said {line:?} (pip install grpcio?)"));
 
     let gw = Gateway::start(&format!(
         r#"

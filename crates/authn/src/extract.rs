@@ -104,6 +104,45 @@ pub fn bearer<'a>(
     Ok(found)
 }
 
+/// Removes one cookie from the `Cookie` headers, keeping the others.
+pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let values: Vec<String> =
+        headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect();
+    if values.is_empty() {
+        return;
+    }
+    let kept: Vec<&str> = values
+        .iter()
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != name))
+        .collect();
+    headers.remove(COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = http::HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(COOKIE, v);
+    }
+}
+
+/// Removes a query parameter from a URI, keeping the rest in order.
+pub fn remove_query_param(uri: &mut http::Uri, name: &str) {
+    let Some(q) = uri.query() else { return };
+    if !q.split('&').any(|p| p.split('=').next() == Some(name)) {
+        return;
+    }
+    let kept: Vec<&str> = q.split('&').filter(|p| p.split('=').next() != Some(name)).collect();
+    let path = uri.path();
+    let pq = if kept.is_empty() { path.to_string() } else { format!("{path}?{}", kept.join("&")) };
+    let mut parts = uri.clone().into_parts();
+    if let Ok(pq) = pq.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(u) = http::Uri::from_parts(parts) {
+            *uri = u;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +194,21 @@ mod tests {
         let query = Locations { query: Some("access_token".into()), ..Default::default() };
         assert_eq!(bearer(&h, Some("x=1&access_token=tok3"), &Authorization::None, &query).unwrap(), Some("tok3"));
         assert!(bearer(&h, None, &Authorization::Bearer("tok0"), &header).is_err(), "two places");
+    }
+
+    #[test]
+    fn scrubbing_cookies_and_query_parameters() {
+        let mut h = headers(&[("cookie", "a=1; session=tok; b=2"), ("cookie", "session=again")]);
+        remove_cookie(&mut h, "session");
+        assert_eq!(h["cookie"], "a=1; b=2");
+        let mut h = headers(&[("cookie", "session=tok")]);
+        remove_cookie(&mut h, "session");
+        assert!(h.get("cookie").is_none());
+        let mut u: http::Uri = "/p?x=1&access_token=t&y=2".parse().unwrap();
+        remove_query_param(&mut u, "access_token");
+        assert_eq!(u, "/p?x=1&y=2");
+        let mut u: http::Uri = "/p?access_token=t".parse().unwrap();
+        remove_query_param(&mut u, "access_token");
+        assert_eq!(u, "/p");
     }
 }

@@ -116,7 +116,15 @@ impl Introspector {
             .send()
             .await
             .map_err(|e| {
-                unavailable(if e.is_timeout() { "timed out".into() } else { "cannot reach the endpoint".into() })
+                let mut why =
+                    if e.is_timeout() { "timed out".to_string() } else { "cannot reach the endpoint".to_string() };
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    why.push_str(": ");
+                    why.push_str(&s.to_string());
+                    src = s.source();
+                }
+                unavailable(why)
             })?;
         if resp.status() != reqwest::StatusCode::OK {
             return Err(unavailable(format!("status {}", resp.status().as_u16())));

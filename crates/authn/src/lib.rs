@@ -225,6 +225,25 @@ impl Authenticator {
         Err(AuthnError::Missing)
     }
 
+    /// Removes every place this route reads credentials from, so that the upstream never
+    /// sees the caller's credential: the API-key header, the token header, the token cookie
+    /// and the token query parameter. (`Authorization` and `DPoP` are removed by the
+    /// pipeline for every route.)
+    pub fn scrub(&self, parts: &mut http::request::Parts) {
+        if let Some(k) = &self.api_keys {
+            parts.headers.remove(&k.header);
+        }
+        if let Some(h) = &self.locations.header {
+            parts.headers.remove(h);
+        }
+        if let Some(name) = &self.locations.cookie {
+            extract::remove_cookie(&mut parts.headers, name);
+        }
+        if let Some(name) = &self.locations.query {
+            extract::remove_query_param(&mut parts.uri, name);
+        }
+    }
+
     /// Checks a bearer token: a JWT of an accepted issuer, else (if the route allows it) by
     /// introspection.
     pub async fn token(&self, token: &str) -> Result<Arc<Principal>, AuthnError> {

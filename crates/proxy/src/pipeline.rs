@@ -92,6 +92,9 @@ pub async fn handle(rt: Arc<Runtime>, conn: Arc<ConnInfo>, req: Request<Incoming
         .as_ref()
         .map(|_| (SystemTime::now(), req.method().to_string(), req.uri().path().to_string(), protocol(req.version())));
 
+    // A refused HTTP/1 request may leave its body unread: the connection cannot carry another
+    // request, and the client must be told so rather than find out by a reset.
+    let unread_body = req.version() <= Version::HTTP_11 && !http_body::Body::is_end_stream(req.body());
     let mut resp = match run(&rt, &conn, &mut ctx, req).await {
         Ok(resp) => resp,
         Err(problem) => {
@@ -99,7 +102,11 @@ pub async fn handle(rt: Arc<Runtime>, conn: Arc<ConnInfo>, req: Request<Incoming
             if problem.status.is_server_error() {
                 tracing::debug!(request_id = ?ctx.request_id, %problem, "request failed");
             }
-            problem.to_response(ctx.request_id.to_str().ok()).map(ResponseBody::full)
+            let mut resp = problem.to_response(ctx.request_id.to_str().ok()).map(ResponseBody::full);
+            if unread_body {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     };
     resp.headers_mut().insert(&X_REQUEST_ID, ctx.request_id.clone());
@@ -123,7 +130,7 @@ pub async fn handle(rt: Arc<Runtime>, conn: Arc<ConnInfo>, req: Request<Incoming
             status,
             duration_ms: elapsed.as_secs_f64() * 1e3,
             upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
-            principal: ctx.principal.as_ref().and_then(|p| p.subject.clone()),
+            principal: ctx.principal.as_ref().and_then(|p| p.subject.clone().or_else(|| p.client_id.clone())),
             auth_method: ctx.principal.as_ref().map(|p| p.method.as_str()),
             decision: ctx.decision,
             reason: ctx.reason,
@@ -154,7 +161,10 @@ async fn run(
 
     // Admit: the head is within limits and the path is one we can reason about.
     admit(rt, &parts)?;
-    let path = normalize(parts.uri.path(), false).map_err(|e| Problem::bad_request("invalid_path", e.detail()))?;
+    // A cheap clone (shared bytes): the path borrows from it while later stages may rewrite
+    // `parts.uri` (removing a credential from the query).
+    let uri = parts.uri.clone();
+    let path = normalize(uri.path(), false).map_err(|e| Problem::bad_request("invalid_path", e.detail()))?;
     let authority = RequestAuthority::of(&parts)?;
     let host = authority.host();
 
@@ -167,7 +177,11 @@ async fn run(
     // Authenticate.
     let principal = match &route.authn {
         Authn::Public => rt.anonymous.clone(),
-        Authn::Required(a) => a.authenticate(&parts).await?,
+        Authn::Required(a) => {
+            let principal = a.authenticate(&parts).await?;
+            a.scrub(&mut parts);
+            principal
+        }
     };
     ctx.principal = Some(principal.clone());
 
