@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Authorization tooling: explain a decision, replay an audit log against new policies.
+    Authz {
+        #[command(subcommand)]
+        command: AuthzCommand,
+    },
     /// API keys: make new ones, hash existing ones for the config.
     Apikey {
         #[command(subcommand)]
@@ -55,6 +60,46 @@ enum Command {
 enum ConfigCommand {
     /// Print the JSON Schema of the config file.
     Schema,
+}
+
+#[derive(Subcommand)]
+enum AuthzCommand {
+    /// Explain the decision on a described request: the route, allow or deny, and the
+    /// policies that decided. Exits 0 on allow, 2 on deny.
+    Explain {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The request, as JSON: `{"method": "GET", "host": "api", "path": "/orders/1",
+        /// "principal": {"claims": {...}}, "context": {"client_ip": "10.0.0.1", "time": 1700000000}}`.
+        /// A file, or `-` for standard input.
+        #[arg(long, short)]
+        request: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Output,
+    },
+    /// Judge the decisions recorded in an audit log (the access log) by a config with new
+    /// policies, and report those that flip. Exits 0 when none flips, 2 when some do.
+    Replay {
+        /// The config file with the new rules and policies.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The audit log (JSON lines), or `-` for standard input.
+        #[arg(long, short)]
+        log: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Output,
+    },
+    /// Print the built-in Cedar schema (a starting point for `authorization.cedar.schema`).
+    Schema,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -107,6 +152,7 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&Config::json_schema()).unwrap_or_default());
             ExitCode::SUCCESS
         }
+        Command::Authz { command } => authz(command),
         Command::Apikey { command: ApikeyCommand::New } => {
             let key = portcullis_authn::apikey::new_key();
             println!("key:  {key}");
@@ -121,5 +167,103 @@ fn main() -> ExitCode {
             println!("portcullis {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+    }
+}
+
+fn authz(command: AuthzCommand) -> ExitCode {
+    use portcullis_gateway::policy_tools;
+    let fail = |e: String| {
+        eprintln!("portcullis: {e}");
+        ExitCode::FAILURE
+    };
+    match command {
+        AuthzCommand::Schema => {
+            print!("{}", portcullis_authz::DEFAULT_SCHEMA);
+            ExitCode::SUCCESS
+        }
+        AuthzCommand::Explain { config, request, format } => {
+            let text = match read_input(&request) {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
+            let x = match policy_tools::explain(&config, &text) {
+                Ok(x) => x,
+                Err(e) => return fail(e),
+            };
+            if format == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&x).unwrap_or_default());
+            } else {
+                println!("decision: {}", x.decision);
+                println!("route:    {}", x.route.as_deref().unwrap_or("(none)"));
+                println!(
+                    "reason:   {}{}",
+                    x.reason,
+                    if x.detail.is_empty() { String::new() } else { format!(" ({})", x.detail) }
+                );
+                println!(
+                    "policies: {}",
+                    if x.policies.is_empty() { "(none)".to_string() } else { x.policies.join(", ") }
+                );
+                for e in &x.errors {
+                    println!("error:    {e}");
+                }
+            }
+            if x.decision == "allow" { ExitCode::SUCCESS } else { ExitCode::from(2) }
+        }
+        AuthzCommand::Replay { config, log, format } => {
+            let reader: Box<dyn std::io::BufRead> = if log.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                match std::fs::File::open(&log) {
+                    Ok(f) => Box::new(std::io::BufReader::new(f)),
+                    Err(e) => return fail(format!("{}: {e}", log.display())),
+                }
+            };
+            let r = match policy_tools::replay(&config, reader) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            if format == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "{} lines, {} decisions replayed: {} unchanged, {} allow -> deny, {} deny -> allow; {} without a recorded decision, {} unreadable",
+                    r.lines,
+                    r.replayed,
+                    r.unchanged,
+                    r.allow_to_deny.len(),
+                    r.deny_to_allow.len(),
+                    r.skipped,
+                    r.unreadable.len()
+                );
+                for (label, flips) in [("allow -> deny", &r.allow_to_deny), ("deny -> allow", &r.deny_to_allow)] {
+                    for f in flips {
+                        println!(
+                            "{label}: line {} {} {} by {} on {}: {} [{}]",
+                            f.line,
+                            f.time.as_deref().unwrap_or("-"),
+                            f.request,
+                            f.principal.as_deref().unwrap_or("-"),
+                            f.now.route.as_deref().unwrap_or("(no route)"),
+                            f.now.reason,
+                            f.now.policies.join(", ")
+                        );
+                    }
+                }
+                for u in &r.unreadable {
+                    println!("unreadable: {u}");
+                }
+            }
+            if r.flips() == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) }
+        }
+    }
+}
+
+/// A file's text, or standard input's for `-`.
+fn read_input(path: &std::path::Path) -> Result<String, String> {
+    if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("standard input: {e}"))
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
     }
 }

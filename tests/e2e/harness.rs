@@ -28,6 +28,7 @@ impl TempDir {
 
     pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let p = self.0.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, contents).unwrap();
         p
     }
@@ -160,7 +161,10 @@ impl Gateway {
 
     /// Rewrites the config (same listeners) without signalling.
     pub fn write_config(&self, body: &str) {
-        std::fs::write(&self.config, config_with(self.addr, self.admin, body)).unwrap();
+        // Atomically, as deployment tools do: the file watch never sees it half written.
+        let tmp = self.config.with_extension("yaml.tmp");
+        std::fs::write(&tmp, config_with(self.addr, self.admin, body)).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
     }
 
     pub fn stderr(&self) -> String {

@@ -6,6 +6,7 @@ mod pki;
 mod upstream;
 
 mod authn;
+mod authz;
 mod docs;
 mod lifecycle;
 mod opaque;

@@ -236,7 +236,10 @@ pub fn principal_from_claims(
         }),
         _ => None,
     };
+    // A JWT-SVID names a workload by its SPIFFE ID in `sub`.
+    let spiffe_id = subject.as_deref().filter(|s| portcullis_core::spiffe::parse_id(s).is_some()).map(Arc::from);
     let kind = match (&subject, &client_id) {
+        _ if spiffe_id.is_some() => PrincipalKind::Workload,
         (Some(s), Some(c)) if s == c => PrincipalKind::Client,
         (Some(_), _) => PrincipalKind::User,
         (None, _) => PrincipalKind::Client,
@@ -250,6 +253,7 @@ pub fn principal_from_claims(
     p.expires_at = exp;
     p.issued_at = iat;
     p.confirmation = confirmation;
+    p.spiffe_id = spiffe_id;
     p.claims = Some(Arc::new(claims));
     Ok(p)
 }

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod authz;
 mod issuer;
 mod load;
 mod route;
@@ -24,6 +25,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use admin::AdminConfig;
+pub use authz::{AuthorizationConfig, CedarConfig};
 pub use issuer::{ApiKeysConfig, ClientAuthMethod, ConsumerConfig, IntrospectionConfig, IssuerConfig, KeyFetchConfig};
 pub use load::{ConfigError, ConfigErrors, Invalid, LoadedConfig, load_file, load_str};
 pub use route::{
@@ -69,6 +71,9 @@ pub struct Config {
     /// Named upstream services with several endpoints, timeouts and health checking.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Where route rules find roles and groups, and the Cedar policies.
+    #[serde(default)]
+    pub authorization: AuthorizationConfig,
     /// Routes, matched most specific first.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -117,6 +122,9 @@ impl Config {
         if let Some(ca) = self.introspection.as_mut().and_then(|i| i.ca.as_mut()) {
             fix(ca);
         }
+        if let Some(cedar) = &mut self.authorization.cedar {
+            cedar.policies.iter_mut().chain(&mut cedar.schema).chain(&mut cedar.entities).for_each(fix);
+        }
         for upstream in self.upstreams.values_mut() {
             if let Some(tls) = &mut upstream.tls {
                 for p in [&mut tls.ca, &mut tls.cert, &mut tls.key].into_iter().flatten() {
@@ -137,6 +145,10 @@ impl Config {
         files.extend(self.issuers.iter().filter_map(|i| i.jwks_file.clone()));
         files.extend(self.issuers.iter().filter_map(|i| i.keys.ca.clone()));
         files.extend(self.introspection.as_ref().and_then(|i| i.ca.clone()));
+        if let Some(cedar) = &self.authorization.cedar {
+            // A folder of policies is watched (and fingerprinted) as a whole.
+            files.extend(cedar.policies.iter().chain(&cedar.schema).chain(&cedar.entities).cloned());
+        }
         for upstream in self.upstreams.values() {
             if let Some(tls) = &upstream.tls {
                 files.extend([&tls.ca, &tls.cert, &tls.key].into_iter().flatten().cloned());

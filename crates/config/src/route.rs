@@ -113,13 +113,43 @@ pub struct CredentialsConfig {
     pub query: Option<String>,
 }
 
-/// Rules an authenticated caller must satisfy.
+/// Rules an authenticated caller must satisfy. Every rule given must hold; within a list
+/// rule (`roles`, `subjects`...), one match is enough. With `authorization.cedar` configured,
+/// the Cedar policies must allow the request too.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizeConfig {
     /// Scopes the caller must all hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    /// Scopes of which the caller must hold at least one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub any_scopes: Vec<String>,
+    /// Roles (from `authorization.roles_claim`) of which the caller must hold at least one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// Groups (from `authorization.groups_claim`) of which the caller must be in at least one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Subjects (`sub`, certificate identity or API consumer) allowed, exactly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
+    /// Client applications (`client_id` / `azp`) allowed, exactly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<String>,
+    /// SPIFFE IDs allowed: exact (`spiffe://example.org/ns/prod/sa/api`), with `*` standing
+    /// for exactly one path segment (`spiffe://example.org/ns/*/sa/api`), or ending in `/**`
+    /// for anything below (`spiffe://example.org/ns/prod/**`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spiffe_ids: Vec<String>,
+    /// The Cedar action for this route's requests (declared in the schema); the HTTP method
+    /// (`Action::"GET"`...) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Whether the Cedar policies judge this route. Default: yes for authenticated routes when
+    /// `authorization.cedar` is configured; no for public ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cedar: Option<bool>,
 }
 
 /// Per-route timeouts.

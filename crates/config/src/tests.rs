@@ -128,6 +128,38 @@ fn malformed_configs_get_precise_errors() {
         ("jwt without issuers", ISSUERS, "", "routes[0].authenticate", 11, "need at least one entry in `issuers`"),
         ("admin on server port", "127.0.0.1:9901", "127.0.0.1:8080", "admin.listen", 4, "must differ"),
         ("yaml syntax", "    match:\n", "    match: [\n", "", 15, "did not find expected"),
+        (
+            "SPIFFE pattern",
+            "      scopes: [orders.read]\n",
+            "      spiffe_ids: [\"spiffe://example.org/**/x\"]\n",
+            "routes[0].authorize.spiffe_ids[0]",
+            19,
+            "`**` may only be the last segment",
+        ),
+        (
+            "SPIFFE trust domain",
+            "      scopes: [orders.read]\n",
+            "      spiffe_ids: [\"spiffe://Example.org/x\"]\n",
+            "routes[0].authorize.spiffe_ids[0]",
+            19,
+            "trust domain",
+        ),
+        (
+            "cedar without policies",
+            "      scopes: [orders.read]\n",
+            "      cedar: true\n",
+            "routes[0].authorize.cedar",
+            19,
+            "needs `authorization.cedar`",
+        ),
+        (
+            "bad claim path",
+            "routes:\n",
+            "authorization:\n  roles_claim: \"a..b\"\nroutes:\n",
+            "authorization.roles_claim",
+            12,
+            "dotted claim path",
+        ),
     ];
     for (what, from, to, path, line, msg) in cases {
         assert!(VALID.contains(from), "case `{what}`: fixture lacks {from:?}");

@@ -14,6 +14,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Invalid> {
     upstreams(config, &mut out);
     api_keys(config, &mut out);
     routes(config, &mut out);
+    authorization(config, &mut out);
     if config.state.backend == StateBackend::Redis && config.state.redis_url.is_none() {
         out.push(Invalid::new("state.redis_url", "`backend: redis` needs `redis_url`, e.g. redis://127.0.0.1:6379"));
     }
@@ -234,13 +235,80 @@ fn routes(config: &Config, out: &mut Vec<Invalid>) {
                 if methods.contains(&AuthMethod::ApiKey) && config.api_keys.is_none() {
                     out.push(Invalid::new(at("authenticate"), "`api_key` needs the top-level `api_keys` block"));
                 }
-                if public && route.authorize.as_ref().is_some_and(|a| !a.scopes.is_empty()) {
+                if public && route.authorize.as_ref().is_some_and(has_identity_rules) {
                     out.push(Invalid::new(
                         at("authorize"),
                         "a public route (`authenticate: [none]`) has no caller to check",
                     ));
                 }
             }
+        }
+    }
+}
+
+fn has_identity_rules(a: &crate::AuthorizeConfig) -> bool {
+    [&a.scopes, &a.any_scopes, &a.roles, &a.groups, &a.subjects, &a.clients, &a.spiffe_ids]
+        .iter()
+        .any(|l| !l.is_empty())
+}
+
+/// `spiffe://<trust domain>/<path>`, where a path segment may be `*` and the last may be `**`.
+fn spiffe_pattern_problem(p: &str) -> Option<&'static str> {
+    let Some(rest) = p.strip_prefix("spiffe://") else {
+        return Some("a SPIFFE ID starts with `spiffe://`");
+    };
+    let mut parts = rest.split('/');
+    let domain = parts.next().unwrap_or_default();
+    if domain.is_empty() || !domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+    {
+        return Some("the trust domain must be lower-case letters, digits, `-`, `.` or `_`");
+    }
+    let segments: Vec<&str> = parts.collect();
+    for (i, seg) in segments.iter().enumerate() {
+        if seg.is_empty() {
+            return Some("empty path segment");
+        }
+        if *seg == "**" && i + 1 != segments.len() {
+            return Some("`**` may only be the last segment");
+        }
+        if seg.contains('*') && *seg != "*" && *seg != "**" {
+            return Some("`*` stands for a whole segment");
+        }
+        if *seg == "." || *seg == ".." {
+            return Some("`.` and `..` segments are not allowed");
+        }
+    }
+    None
+}
+
+/// The authorization block and each route's rules against it.
+fn authorization(config: &Config, out: &mut Vec<Invalid>) {
+    let authz = &config.authorization;
+    for (key, value) in [("roles_claim", &authz.roles_claim), ("groups_claim", &authz.groups_claim)] {
+        if value.is_empty() || value.split('.').any(str::is_empty) {
+            out.push(Invalid::new(format!("authorization.{key}"), "a dotted claim path, e.g. `realm_access.roles`"));
+        }
+    }
+    if authz.cedar.as_ref().is_some_and(|c| c.policies.is_empty()) {
+        out.push(Invalid::new("authorization.cedar.policies", "at least one policy file or folder"));
+    }
+    for (i, route) in config.routes.iter().enumerate() {
+        let Some(a) = &route.authorize else { continue };
+        for (j, p) in a.spiffe_ids.iter().enumerate() {
+            if let Some(problem) = spiffe_pattern_problem(p) {
+                out.push(Invalid::new(format!("routes[{i}].authorize.spiffe_ids[{j}]"), problem));
+            }
+        }
+        if authz.cedar.is_none() {
+            if a.cedar == Some(true) {
+                out.push(Invalid::new(format!("routes[{i}].authorize.cedar"), "needs `authorization.cedar`"));
+            }
+            if a.action.is_some() {
+                out.push(Invalid::new(format!("routes[{i}].authorize.action"), "needs `authorization.cedar`"));
+            }
+        }
+        if a.action.as_deref().is_some_and(str::is_empty) {
+            out.push(Invalid::new(format!("routes[{i}].authorize.action"), "must not be empty"));
         }
     }
 }

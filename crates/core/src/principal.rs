@@ -75,6 +75,8 @@ pub struct Principal {
     pub confirmation: Option<Confirmation>,
     /// The API consumer and its plan, for API keys.
     pub consumer: Option<Consumer>,
+    /// The workload's SPIFFE ID (from an X.509-SVID, or the `sub` of a JWT-SVID).
+    pub spiffe_id: Option<Arc<str>>,
 }
 
 /// The key a token is bound to (`cnf`).
@@ -111,12 +113,18 @@ impl Principal {
             token_id: None,
             confirmation: None,
             consumer: None,
+            spiffe_id: None,
         }
     }
 
     /// The principal of a request on a public route.
     pub fn anonymous() -> Arc<Principal> {
         Arc::new(Principal::new(PrincipalKind::Anonymous, AuthnMethod::None))
+    }
+
+    /// The trust domain of the principal's SPIFFE ID.
+    pub fn trust_domain(&self) -> Option<&str> {
+        self.spiffe_id.as_deref().and_then(|id| crate::spiffe::parse_id(id)).map(|(td, _)| td)
     }
 
     /// Whether the principal holds `scope`.

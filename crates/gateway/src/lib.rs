@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod policy_tools;
 mod watch;
 
 use std::io;

@@ -41,7 +41,12 @@ impl FileWatch {
             return;
         };
         for file in files {
-            let folder = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+            // A folder named in the config is watched itself; a file, through its folder.
+            let folder = if file.is_dir() {
+                file.clone()
+            } else {
+                file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+            };
             let folder = if folder.as_os_str().is_empty() { PathBuf::from(".") } else { folder };
             if self.folders.contains(&folder) {
                 continue;
@@ -63,7 +68,17 @@ impl FileWatch {
         if self.events.recv().await.is_none() {
             std::future::pending::<()>().await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // Debounce: wait for 200 ms without events (a file written in place is briefly empty
+        // or half written), but no more than 2 s in all.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let quiet = tokio::time::sleep(std::time::Duration::from_millis(200));
+            tokio::select! {
+                _ = quiet => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+                e = self.events.recv() => if e.is_none() { break },
+            }
+        }
         while self.events.try_recv().is_ok() {}
     }
 }
@@ -73,10 +88,25 @@ pub fn fingerprint(files: &[PathBuf]) -> u64 {
     let mut h = DefaultHasher::new();
     for f in files {
         f.hash(&mut h);
-        match std::fs::read(f) {
-            Ok(bytes) => bytes.hash(&mut h),
-            Err(e) => e.kind().to_string().hash(&mut h),
+        if f.is_dir() {
+            // A folder (of policies): the files in it, so that adding one is a change too.
+            let mut entries: Vec<PathBuf> =
+                std::fs::read_dir(f).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+            entries.sort();
+            for e in entries {
+                hash_file(&e, &mut h);
+            }
+        } else {
+            hash_file(f, &mut h);
         }
     }
     h.finish()
+}
+
+fn hash_file(f: &Path, h: &mut DefaultHasher) {
+    f.hash(h);
+    match std::fs::read(f) {
+        Ok(bytes) => bytes.hash(h),
+        Err(e) => e.kind().to_string().hash(h),
+    }
 }

@@ -71,6 +71,19 @@ pub struct RequestCtx {
     pub upstream_elapsed: Option<Duration>,
     /// Why the request was stopped, if it was.
     pub reason: Option<&'static str>,
+    /// The authorization decision's explanation, for the audit log.
+    pub explained: Option<Explained>,
+}
+
+/// A decision's explanation, as the audit log records it.
+#[derive(Debug)]
+pub struct Explained {
+    /// The policies that decided.
+    pub policies: Vec<String>,
+    /// Evaluation errors.
+    pub errors: Vec<String>,
+    /// The decision's input.
+    pub facts: Option<serde_json::Value>,
 }
 
 /// Runs a request through the pipeline and returns the response to send.
@@ -85,6 +98,7 @@ pub async fn handle(rt: Arc<Runtime>, conn: Arc<ConnInfo>, req: Request<Incoming
         decision: None,
         upstream_elapsed: None,
         reason: None,
+        explained: None,
     };
     // What the access log needs of the request, taken before the stages consume it.
     let log_fields = rt
@@ -134,6 +148,9 @@ pub async fn handle(rt: Arc<Runtime>, conn: Arc<ConnInfo>, req: Request<Incoming
             auth_method: ctx.principal.as_ref().map(|p| p.method.as_str()),
             decision: ctx.decision,
             reason: ctx.reason,
+            policies: ctx.explained.as_mut().map(|e| std::mem::take(&mut e.policies)),
+            policy_errors: ctx.explained.as_mut().map(|e| std::mem::take(&mut e.errors)).filter(|e| !e.is_empty()),
+            authz: ctx.explained.as_mut().and_then(|e| e.facts.take()),
         });
     }
     resp
@@ -185,10 +202,8 @@ async fn run(
     };
     ctx.principal = Some(principal.clone());
 
-    // Authorize: the route's rules.
-    ctx.decision = Some("deny");
-    authorize(&route, &principal)?;
-    ctx.decision = Some("allow");
+    // Authorize: the route's rules and policies.
+    authorize(rt, conn, ctx, &route, &principal, &parts.method, &host, &path)?;
 
     // Protect: the body may not exceed the route's limit.
     let body = protect_body(&parts, body, route.max_body)?;
@@ -202,17 +217,49 @@ async fn run(
     forward(rt, conn, ctx, &route, parts, present, body, path, &authority).await
 }
 
-/// The route's own rules: every required scope (RFC 6750 §3.1 `insufficient_scope`).
-fn authorize(route: &Route, principal: &Principal) -> Result<(), Problem> {
-    let (scopes, list) = &route.required_scopes;
-    if scopes.iter().all(|s| principal.has_scope(s)) {
+/// The route's rules, then its policies. A refusal is `403` with RFC 6750 §3.1
+/// `insufficient_scope` (naming the scopes the route requires, when it does).
+#[allow(clippy::too_many_arguments)]
+fn authorize(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    principal: &Principal,
+    method: &http::Method,
+    host: &str,
+    path: &str,
+) -> Result<(), Problem> {
+    if route.authz.is_open() {
+        ctx.decision = Some("allow");
         return Ok(());
     }
-    Err(Problem::new(StatusCode::FORBIDDEN, "insufficient_scope", "the credential lacks a scope this route requires")
-        .challenge(Challenge {
-            scope: Some(list.to_string()),
-            ..Challenge::new(ChallengeScheme::Bearer, "insufficient_scope")
-        }))
+    let input = portcullis_authz::Input {
+        principal,
+        route: &route.id,
+        method: method.as_str(),
+        host,
+        path,
+        params: &ctx.params,
+        client_ip: ctx.client_ip,
+        now: SystemTime::now(),
+        tls: conn.tls.is_some(),
+        mtls: conn.tls.as_ref().is_some_and(|t| t.peer_certificates.is_some()),
+        risk: None,
+    };
+    let decision = route.authz.decide(&input);
+    ctx.decision = Some(if decision.allowed { "allow" } else { "deny" });
+    if route.authz.uses_cedar() || !decision.allowed {
+        let facts = rt.access_log.as_ref().and_then(|_| serde_json::to_value(portcullis_authz::Facts::of(&input)).ok());
+        ctx.explained = Some(Explained { policies: decision.policies, errors: decision.errors, facts });
+    }
+    if decision.allowed {
+        return Ok(());
+    }
+    Err(Problem::new(StatusCode::FORBIDDEN, decision.code, decision.detail).challenge(Challenge {
+        scope: route.authz.scope_list().map(|s| s.to_string()),
+        ..Challenge::new(ChallengeScheme::Bearer, "insufficient_scope")
+    }))
 }
 
 /// The head is within the configured limits (`431`). (Ambiguous framing, such as both

@@ -91,9 +91,8 @@ pub struct Route {
     pub target: Target,
     /// How callers authenticate.
     pub authn: Authn,
-    /// Scopes the caller must all hold (`authorize.scopes`), and the same as one
-    /// space-separated string for challenges.
-    pub required_scopes: (Box<[Arc<str>]>, Arc<str>),
+    /// What a caller must have or be: the route's rules and its slice of the policies.
+    pub authz: portcullis_authz::RouteAuthz,
     /// Time to wait for the upstream's response head.
     pub timeout: Duration,
     /// Largest request body.
@@ -174,13 +173,26 @@ impl Runtime {
             }
         };
 
+        let policies = portcullis_authz::load_policies(c).unwrap_or_else(|e| {
+            errors.push(Invalid::new("authorization.cedar.policies", e));
+            None
+        });
+
         let mut routes = Vec::new();
         for (i, rc) in c.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
             let matcher = Matcher::compile(&rc.matches, &format!("{at}.match")).map_err(|e| errors.extend(e)).ok();
-            let route = compile_route(rc, &at, shared, &authn, &upstreams, c.server.limits.max_body_bytes.bytes())
-                .map_err(|e| errors.extend(e))
-                .ok();
+            let authz = portcullis_authz::RouteAuthz::new(
+                &rc.id,
+                rc.authorize.as_ref(),
+                &c.authorization,
+                policies.as_ref(),
+                rc.authenticate.as_deref().is_some_and(|m| m.contains(&portcullis_config::AuthMethod::None)),
+            );
+            let route =
+                compile_route(rc, &at, shared, &authn, authz, &upstreams, c.server.limits.max_body_bytes.bytes())
+                    .map_err(|e| errors.extend(e))
+                    .ok();
             if let (Some(m), Some(r)) = (matcher, route) {
                 routes.push((m, Arc::new(r), i));
             }
@@ -249,6 +261,44 @@ impl Runtime {
     pub fn route_ids(&self) -> Vec<Arc<str>> {
         self.router.iter().map(|(_, r)| r.id.clone()).collect()
     }
+
+    /// Authorizes a described request offline, as the pipeline would (for `authz explain`
+    /// and `authz replay`): the route named by the facts (or matched from their method,
+    /// host and path), then its rules and policies. `None` when no route takes the request.
+    pub fn judge(
+        &self,
+        facts: &portcullis_authz::Facts,
+        principal: &Principal,
+    ) -> Result<Option<(Arc<str>, portcullis_authz::Decision)>, String> {
+        let method = http::Method::from_bytes(facts.method.as_bytes()).map_err(|_| "invalid method".to_string())?;
+        let path = crate::router::path::normalize(&facts.path, false).map_err(|e| e.detail().to_string())?;
+        let host = facts.host.split(':').next().unwrap_or_default().to_ascii_lowercase();
+        let found = match &facts.route {
+            Some(id) => self.router.iter().find(|(_, r)| &*r.id == id).map(|(_, r)| {
+                let params = self.router.find(&host, &path, &method).map(|(_, p)| p).unwrap_or_default();
+                (r.clone(), params)
+            }),
+            None => self.router.find(&host, &path, &method).map(|(r, p)| (r.clone(), p)),
+        };
+        let Some((route, mut params)) = found else { return Ok(None) };
+        if !facts.params.is_empty() {
+            params = facts.params.iter().map(|(k, v)| (Arc::from(k.as_str()), Box::from(v.as_str()))).collect();
+        }
+        let input = portcullis_authz::Input {
+            principal,
+            route: &route.id,
+            method: method.as_str(),
+            host: &host,
+            path: &path,
+            params: &params,
+            client_ip: facts.context.client_ip,
+            now: facts.time(),
+            tls: facts.context.tls,
+            mtls: facts.context.mtls,
+            risk: facts.context.risk,
+        };
+        Ok(Some((route.id.clone(), route.authz.decide(&input))))
+    }
 }
 
 fn compile_route(
@@ -256,6 +306,7 @@ fn compile_route(
     at: &str,
     shared: &Shared,
     authn: &portcullis_authn::Authn,
+    authz: portcullis_authz::RouteAuthz,
     upstreams: &HashMap<&str, Arc<Upstream>>,
     default_max_body: u64,
 ) -> Result<Route, Vec<Invalid>> {
@@ -299,9 +350,6 @@ fn compile_route(
             None
         }
     };
-    let scopes: Box<[Arc<str>]> =
-        rc.authorize.as_ref().map(|a| a.scopes.iter().map(|s| Arc::from(s.as_str())).collect()).unwrap_or_default();
-    let scope_list: Arc<str> = scopes.join(" ").into();
 
     let rewrite = match (&rc.rewrite, &rc.matches.path_prefix) {
         (Some(rw), Some(prefix)) => {
@@ -318,7 +366,7 @@ fn compile_route(
             id: rc.id.as_str().into(),
             target,
             authn,
-            required_scopes: (scopes, scope_list),
+            authz,
             timeout: rc.timeouts.as_ref().map_or(upstream_timeout, |t| t.request.get()),
             max_body: rc.limits.as_ref().map_or(default_max_body, |l| l.max_body_bytes.bytes()),
             rewrite,

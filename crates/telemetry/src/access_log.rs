@@ -50,6 +50,15 @@ pub struct AccessRecord {
     pub decision: Option<&'static str>,
     /// Why the request was refused or failed (a problem code).
     pub reason: Option<&'static str>,
+    /// The Cedar policies that decided (the permits of an allow, the forbids of a deny).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<String>>,
+    /// Errors met evaluating the policies (each denies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_errors: Option<Vec<String>>,
+    /// What the decision was made on (`portcullis authz replay` reads it back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authz: Option<serde_json::Value>,
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -160,6 +169,9 @@ mod tests {
             auth_method: None,
             decision: None,
             reason: None,
+            policies: None,
+            policy_errors: None,
+            authz: None,
         };
         log.write(&rec);
         log.reopen(Some(b.clone()));

@@ -1,0 +1,443 @@
+//! Cedar policies: loading with strict validation, slicing by route and action, and
+//! evaluation with explained, fail-closed decisions.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::UNIX_EPOCH;
+
+use cedar_policy::{
+    ActionConstraint, Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, Request, ResourceConstraint, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use portcullis_config::{AuthorizationConfig, CedarConfig};
+use portcullis_core::{Principal, PrincipalKind};
+use serde_json::Value;
+
+use crate::Input;
+use crate::rules::ClaimPath;
+
+/// The built-in schema, used when `authorization.cedar.schema` is absent.
+pub const DEFAULT_SCHEMA: &str = include_str!("schema.cedarschema");
+
+/// A policy set, validated against its schema, with its entity data.
+pub struct Policies {
+    all: PolicySet,
+    /// Entity data and the schema's actions, for ancestors (`in`) and attributes.
+    data: Entities,
+    authorizer: Authorizer,
+    roles_claim: ClaimPath,
+    groups_claim: ClaimPath,
+    route_type: EntityTypeName,
+    action_type: EntityTypeName,
+}
+
+impl std::fmt::Debug for Policies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policies").field("policies", &self.all.policies().count()).finish()
+    }
+}
+
+/// The policies that can apply to one route and action: a slice of the whole set, so that
+/// policies written for other routes or actions cost nothing at evaluation.
+#[derive(Clone, Debug)]
+pub struct Slice {
+    policies: PolicySet,
+    action: EntityUid,
+}
+
+impl Slice {
+    /// How many policies the slice holds.
+    pub fn len(&self) -> usize {
+        self.policies.policies().count()
+    }
+
+    /// Whether the slice is empty (everything is denied).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The outcome of a Cedar evaluation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Allowed: some policy permits, none forbids, and nothing failed to evaluate.
+    pub allowed: bool,
+    /// Reason code: `policy_permit`, `policy_forbid`, `policy_no_permit` or `policy_error`.
+    pub code: &'static str,
+    /// The ids of the policies that decided (the permits for an allow, the forbids for a deny).
+    pub policies: Vec<String>,
+    /// Evaluation errors, each naming its policy. Any error denies.
+    pub errors: Vec<String>,
+}
+
+impl Verdict {
+    fn error(message: String) -> Verdict {
+        Verdict { allowed: false, code: "policy_error", policies: Vec::new(), errors: vec![message] }
+    }
+}
+
+impl Policies {
+    /// Reads, parses and validates the policies (strictly, against the schema) and the entity
+    /// data. Errors name the file and, where known, the line.
+    pub fn load(cfg: &CedarConfig, shared: &AuthorizationConfig) -> Result<Policies, String> {
+        let schema = match &cfg.schema {
+            None => schema_from_str(DEFAULT_SCHEMA, Path::new("<built-in schema>"))?,
+            Some(path) => {
+                let text = read(path)?;
+                schema_from_str(&text, path)?
+            }
+        };
+
+        let mut all = PolicySet::new();
+        let mut sources: Vec<(PathBuf, String)> = Vec::new();
+        for path in policy_files(&cfg.policies)? {
+            let text = read(&path)?;
+            let set = PolicySet::from_str(&text).map_err(|e| located(&path, &text, &e))?;
+            // Ids: the `@id("...")` annotation, else `file:line`.
+            let mut policies: Vec<_> = set.policies().collect();
+            policies.sort_by_key(|p| p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(0));
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let mut from = 0;
+            for p in policies {
+                let src = p.to_string();
+                let offset = text[from..].find(src.as_str()).map(|i| i + from).unwrap_or(from);
+                from = offset + src.len().min(text.len() - offset);
+                let id = match p.annotation("id") {
+                    Some(id) => id.to_string(),
+                    None => format!("{name}:{}", line_of(&text, offset)),
+                };
+                all.add(p.new_id(PolicyId::new(&id)))
+                    .map_err(|e| format!("{}: policy `{id}`: {e} (ids must be unique)", path.display()))?;
+            }
+            sources.push((path, text));
+        }
+
+        let validation = Validator::new(schema.clone()).validate(&all, ValidationMode::Strict);
+        if let Some(e) = validation.validation_errors().next() {
+            let id = e.policy_id().to_string();
+            let where_ = sources
+                .iter()
+                .find(|(_, text)| all.policy(e.policy_id()).is_some_and(|p| text.contains(&p.to_string())))
+                .map(|(path, text)| {
+                    let p = all.policy(e.policy_id()).map(|p| p.to_string()).unwrap_or_default();
+                    let start = text.find(&p).unwrap_or(0);
+                    let line = miette::Diagnostic::labels(e)
+                        .and_then(|mut l| l.next())
+                        .map(|l| line_of(text, l.offset().min(text.len())))
+                        .unwrap_or_else(|| line_of(text, start));
+                    format!("{}:{line}", path.display())
+                })
+                .unwrap_or_default();
+            return Err(format!("{where_}: policy `{id}` does not validate against the schema: {e}"));
+        }
+
+        let mut data: Vec<Entity> = Vec::new();
+        if let Some(path) = &cfg.entities {
+            let text = read(path)?;
+            let entities = Entities::from_json_str(&text, Some(&schema))
+                .map_err(|e| format!("{}: {}", path.display(), flatten(&e)))?;
+            data.extend(entities.iter().cloned());
+        }
+        let actions = schema.action_entities().map_err(|e| format!("schema actions: {}", flatten(&e)))?;
+        data.extend(actions.iter().cloned());
+        let data = Entities::from_entities(data, None).map_err(|e| format!("entity data: {}", flatten(&e)))?;
+
+        Ok(Policies {
+            all,
+            data,
+            authorizer: Authorizer::new(),
+            roles_claim: ClaimPath::new(&shared.roles_claim),
+            groups_claim: ClaimPath::new(&shared.groups_claim),
+            route_type: type_name("Route"),
+            action_type: type_name("Action"),
+        })
+    }
+
+    /// How many policies there are.
+    pub fn len(&self) -> usize {
+        self.all.policies().count()
+    }
+
+    /// Whether there are none (everything is denied).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The uid of an action by name.
+    fn action_uid(&self, action: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(self.action_type.clone(), EntityId::new(action))
+    }
+
+    /// The policies that may apply to `route` and `action`. A policy is left out only when
+    /// its scope cannot match: its resource is another route (or a group this route is not
+    /// in), or its action is another one (and not a group of this one).
+    pub fn slice(&self, route: &str, action: &str) -> Slice {
+        let route_uid = EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(route));
+        let action_uid = self.action_uid(action);
+        let route_up = self.ancestors(&route_uid);
+        let action_up = self.ancestors(&action_uid);
+        let mut policies = PolicySet::new();
+        for p in self.all.policies() {
+            let resource_may = match p.resource_constraint() {
+                ResourceConstraint::Any => true,
+                ResourceConstraint::Eq(uid) => uid == route_uid,
+                ResourceConstraint::In(uid) => route_up.contains(&uid),
+                ResourceConstraint::Is(t) => t == self.route_type,
+                ResourceConstraint::IsIn(t, uid) => t == self.route_type && route_up.contains(&uid),
+            };
+            let action_may = match p.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(uid) => uid == action_uid,
+                ActionConstraint::In(uids) => uids.iter().any(|u| action_up.contains(u)),
+            };
+            if resource_may && action_may {
+                // Ids are unique in `all`, so adding cannot fail.
+                let _ = policies.add(p.clone());
+            }
+        }
+        Slice { policies, action: action_uid }
+    }
+
+    /// `uid` and its ancestors in the entity data.
+    fn ancestors(&self, uid: &EntityUid) -> HashSet<EntityUid> {
+        let mut set: HashSet<EntityUid> = self.data.ancestors(uid).into_iter().flatten().cloned().collect();
+        set.insert(uid.clone());
+        set
+    }
+
+    /// Decides a request. Default deny: no permit, a forbid, or any evaluation error denies.
+    pub fn decide(&self, slice: &Slice, input: &Input<'_>) -> Verdict {
+        let (request, entities) = match self.request(slice, input) {
+            Ok(x) => x,
+            Err(e) => return Verdict::error(e),
+        };
+        let response = self.authorizer.is_authorized(&request, &slice.policies, &entities);
+        let diagnostics = response.diagnostics();
+        let errors: Vec<String> = diagnostics.errors().map(|e| flatten(e)).collect();
+        let mut policies: Vec<String> = diagnostics.reason().map(PolicyId::to_string).collect();
+        policies.sort();
+        if !errors.is_empty() {
+            return Verdict { allowed: false, code: "policy_error", policies, errors };
+        }
+        match response.decision() {
+            Decision::Allow => Verdict { allowed: true, code: "policy_permit", policies, errors },
+            Decision::Deny if policies.is_empty() => {
+                Verdict { allowed: false, code: "policy_no_permit", policies, errors }
+            }
+            Decision::Deny => Verdict { allowed: false, code: "policy_forbid", policies, errors },
+        }
+    }
+
+    /// The Cedar request and the entities it can see.
+    fn request(&self, slice: &Slice, input: &Input<'_>) -> Result<(Request, Entities), String> {
+        let p = input.principal;
+        let (principal_uid, principal, principal_parents) = self.principal_entity(p)?;
+        let resource_uid = EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(input.route));
+        let resource_parents = self.parents(&resource_uid);
+        let resource = Entity::new_with_tags(
+            resource_uid.clone(),
+            [
+                ("host".to_string(), RestrictedExpression::new_string(input.host.to_string())),
+                ("path".to_string(), RestrictedExpression::new_string(input.path.to_string())),
+                ("method".to_string(), RestrictedExpression::new_string(input.method.to_string())),
+            ],
+            resource_parents.iter().cloned(),
+            input.params.iter().map(|(k, v)| (k.to_string(), RestrictedExpression::new_string(v.to_string()))),
+        )
+        .map_err(|e| flatten(&e))?;
+
+        // The request sees the principal, the route, and the entity data above them.
+        let mut seen: HashSet<EntityUid> = HashSet::new();
+        let mut entities = vec![principal, resource];
+        self.add_entities(principal_parents, &mut seen, &mut entities);
+        self.add_entities(resource_parents, &mut seen, &mut entities);
+        self.add_entities(vec![slice.action.clone()], &mut seen, &mut entities);
+        let entities = Entities::from_entities(entities, None).map_err(|e| flatten(&e))?;
+
+        let secs = input.now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let mut context = vec![
+            ("client_ip".to_string(), RestrictedExpression::new_ip(input.client_ip.to_string())),
+            ("now".to_string(), RestrictedExpression::new_datetime(rfc3339(secs))),
+            ("time".to_string(), RestrictedExpression::new_long(secs as i64)),
+            ("tls".to_string(), RestrictedExpression::new_bool(input.tls)),
+            ("mtls".to_string(), RestrictedExpression::new_bool(input.mtls)),
+            ("auth_method".to_string(), RestrictedExpression::new_string(p.method.as_str().to_string())),
+        ];
+        if let Some(iat) = p.issued_at {
+            context.push(("token_age".to_string(), RestrictedExpression::new_long(secs.saturating_sub(iat) as i64)));
+        }
+        if let Some(risk) = input.risk {
+            context.push(("risk".to_string(), RestrictedExpression::new_long(risk)));
+        }
+        let context = Context::from_pairs(context).map_err(|e| flatten(&e))?;
+        let request =
+            Request::new(principal_uid, slice.action.clone(), resource_uid, context, None).map_err(|e| flatten(&e))?;
+        Ok((request, entities))
+    }
+
+    /// Adds the entities `todo` names and their ancestors, where the entity data has them
+    /// (each once): roles and groups from a token may have parents in the data too.
+    fn add_entities(&self, mut todo: Vec<EntityUid>, seen: &mut HashSet<EntityUid>, out: &mut Vec<Entity>) {
+        while let Some(uid) = todo.pop() {
+            if !seen.insert(uid.clone()) {
+                continue;
+            }
+            if let Some(found) = self.data.get(&uid) {
+                todo.extend(self.data.ancestors(&uid).into_iter().flatten().cloned());
+                out.push(found.clone());
+            }
+        }
+    }
+
+    /// The ancestors of `uid` in the entity data (closed transitively at load).
+    fn parents(&self, uid: &EntityUid) -> Vec<EntityUid> {
+        self.data.ancestors(uid).into_iter().flatten().cloned().collect()
+    }
+
+    /// The principal as a Cedar entity (see the built-in schema).
+    fn principal_entity(&self, p: &Principal) -> Result<(EntityUid, Entity, Vec<EntityUid>), String> {
+        let (kind, id) = match p.kind {
+            PrincipalKind::Anonymous => {
+                let uid = EntityUid::from_type_name_and_id(type_name("Anonymous"), EntityId::new("anonymous"));
+                return Ok((uid.clone(), Entity::with_uid(uid), Vec::new()));
+            }
+            PrincipalKind::User => ("User", p.subject.as_deref()),
+            PrincipalKind::Client => ("Client", p.client_id.as_deref().or(p.subject.as_deref())),
+            PrincipalKind::Workload => ("Workload", p.spiffe_id.as_deref().or(p.subject.as_deref())),
+        };
+        let id = id.ok_or_else(|| format!("the {kind} has no identifier"))?;
+        let uid = EntityUid::from_type_name_and_id(type_name(kind), EntityId::new(id));
+        let string = |s: &str| RestrictedExpression::new_string(s.to_string());
+        let set = |it: &mut dyn Iterator<Item = &str>| RestrictedExpression::new_set(it.map(string));
+        let roles: Vec<&str> = self.roles_claim.values(p).collect();
+        let groups: Vec<&str> = self.groups_claim.values(p).collect();
+        let mut attrs = vec![
+            ("scopes".to_string(), set(&mut p.scopes.iter().map(|s| &**s))),
+            ("roles".to_string(), set(&mut roles.iter().copied())),
+            ("groups".to_string(), set(&mut groups.iter().copied())),
+            ("auth_method".to_string(), string(p.method.as_str())),
+        ];
+        let optional = [
+            ("sub", p.subject.as_deref()),
+            ("iss", p.issuer.as_deref()),
+            ("client_id", p.client_id.as_deref()),
+            ("spiffe_id", p.spiffe_id.as_deref()),
+            ("trust_domain", p.trust_domain()),
+            ("plan", p.consumer.as_ref().and_then(|c| c.plan.as_deref())),
+        ];
+        attrs.extend(optional.into_iter().filter_map(|(k, v)| Some((k.to_string(), string(v?)))));
+        let mut parents = self.parents(&uid);
+        parents.extend(roles.iter().map(|r| EntityUid::from_type_name_and_id(type_name("Role"), EntityId::new(r))));
+        parents.extend(groups.iter().map(|g| EntityUid::from_type_name_and_id(type_name("Group"), EntityId::new(g))));
+        let tags = p.claims.iter().flat_map(|c| c.iter()).map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), RestrictedExpression::new_string(v))
+        });
+        let entity =
+            Entity::new_with_tags(uid.clone(), attrs, parents.iter().cloned(), tags).map_err(|e| flatten(&e))?;
+        Ok((uid, entity, parents))
+    }
+}
+
+fn type_name(name: &str) -> EntityTypeName {
+    // Names of the built-in schema: always valid.
+    EntityTypeName::from_str(name).unwrap_or_else(|_| unreachable!("invalid built-in type name {name}"))
+}
+
+fn schema_from_str(text: &str, path: &Path) -> Result<Schema, String> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        return Schema::from_json_str(text).map_err(|e| format!("{}: {}", path.display(), flatten(&e)));
+    }
+    match Schema::from_cedarschema_str(text) {
+        Ok((schema, _warnings)) => Ok(schema),
+        Err(e) => Err(located(path, text, &e)),
+    }
+}
+
+/// The policy files: files as given, folders as their `*.cedar` files in name order.
+fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "cedar") && p.is_file())
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `file:line: message` from a diagnostic whose labels point into `text`.
+fn located(path: &Path, text: &str, e: &(dyn miette::Diagnostic + 'static)) -> String {
+    let line = e.labels().and_then(|mut l| l.next()).map(|l| line_of(text, l.offset().min(text.len())));
+    match line {
+        Some(line) => format!("{}:{line}: {}", path.display(), flatten(e)),
+        None => format!("{}: {}", path.display(), flatten(e)),
+    }
+}
+
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// An error and its causes on one line.
+fn flatten(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+/// RFC 3339 UTC (`2026-11-23T10:00:00Z`) for Cedar's `datetime`.
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_435_200), "2026-11-23T12:00:00Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+}
