@@ -186,9 +186,9 @@ when { principal.hasTag("employment") && principal.getTag("employment") == "cont
 permit(principal, action, resource == Route::"internal")
 when { context.client_ip.isInRange(ip("10.0.0.0/8")) };
 @id("after-2000")
-permit(principal, action, resource == Route::"timed") when { context.now > datetime("2000-01-01") };
+permit(principal, action, resource == Route::"timed") when { context.time > 946684800 && context.weekday >= 1 && context.weekday <= 7 };
 @id("after-2100")
-permit(principal, action, resource == Route::"future") when { context.now > datetime("2100-01-01") };
+permit(principal, action, resource == Route::"future") when { context.time > 4102444800 || context.time_of_day >= 86400 };
 
 // An evaluation error (overflow) in a forbid must not let the permit through.
 @id("overflow-permit")

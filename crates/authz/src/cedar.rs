@@ -30,6 +30,17 @@ pub struct Policies {
     groups_claim: ClaimPath,
     route_type: EntityTypeName,
     action_type: EntityTypeName,
+    /// Parsed once: parsing a type name runs Cedar's parser.
+    types: Types,
+}
+
+struct Types {
+    role: EntityTypeName,
+    group: EntityTypeName,
+    user: EntityTypeName,
+    client: EntityTypeName,
+    workload: EntityTypeName,
+    anonymous: EntityUid,
 }
 
 impl std::fmt::Debug for Policies {
@@ -151,6 +162,14 @@ impl Policies {
             groups_claim: ClaimPath::new(&shared.groups_claim),
             route_type: type_name("Route"),
             action_type: type_name("Action"),
+            types: Types {
+                role: type_name("Role"),
+                group: type_name("Group"),
+                user: type_name("User"),
+                client: type_name("Client"),
+                workload: type_name("Workload"),
+                anonymous: EntityUid::from_type_name_and_id(type_name("Anonymous"), EntityId::new("anonymous")),
+            },
         })
     }
 
@@ -257,9 +276,13 @@ impl Policies {
 
         let secs = input.now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let mut context = vec![
-            ("client_ip".to_string(), RestrictedExpression::new_ip(input.client_ip.to_string())),
-            ("now".to_string(), RestrictedExpression::new_datetime(rfc3339(secs))),
+            ("client_ip".to_string(), ip_expression(input.client_ip)),
+            // Plain numbers rather than a `datetime`: building a datetime value parses text with
+            // a regex, which measured a sixth of a decision.
             ("time".to_string(), RestrictedExpression::new_long(secs as i64)),
+            ("time_of_day".to_string(), RestrictedExpression::new_long((secs % 86_400) as i64)),
+            // ISO weekday, 1 = Monday (1970-01-01 was a Thursday).
+            ("weekday".to_string(), RestrictedExpression::new_long(((secs / 86_400 + 3) % 7 + 1) as i64)),
             ("tls".to_string(), RestrictedExpression::new_bool(input.tls)),
             ("mtls".to_string(), RestrictedExpression::new_bool(input.mtls)),
             ("auth_method".to_string(), RestrictedExpression::new_string(p.method.as_str().to_string())),
@@ -297,17 +320,18 @@ impl Policies {
 
     /// The principal as a Cedar entity (see the built-in schema).
     fn principal_entity(&self, p: &Principal) -> Result<(EntityUid, Entity, Vec<EntityUid>), String> {
+        let t = &self.types;
         let (kind, id) = match p.kind {
             PrincipalKind::Anonymous => {
-                let uid = EntityUid::from_type_name_and_id(type_name("Anonymous"), EntityId::new("anonymous"));
+                let uid = t.anonymous.clone();
                 return Ok((uid.clone(), Entity::with_uid(uid), Vec::new()));
             }
-            PrincipalKind::User => ("User", p.subject.as_deref()),
-            PrincipalKind::Client => ("Client", p.client_id.as_deref().or(p.subject.as_deref())),
-            PrincipalKind::Workload => ("Workload", p.spiffe_id.as_deref().or(p.subject.as_deref())),
+            PrincipalKind::User => (&t.user, p.subject.as_deref()),
+            PrincipalKind::Client => (&t.client, p.client_id.as_deref().or(p.subject.as_deref())),
+            PrincipalKind::Workload => (&t.workload, p.spiffe_id.as_deref().or(p.subject.as_deref())),
         };
         let id = id.ok_or_else(|| format!("the {kind} has no identifier"))?;
-        let uid = EntityUid::from_type_name_and_id(type_name(kind), EntityId::new(id));
+        let uid = EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id));
         let string = |s: &str| RestrictedExpression::new_string(s.to_string());
         let set = |it: &mut dyn Iterator<Item = &str>| RestrictedExpression::new_set(it.map(string));
         let roles: Vec<&str> = self.roles_claim.values(p).collect();
@@ -328,8 +352,8 @@ impl Policies {
         ];
         attrs.extend(optional.into_iter().filter_map(|(k, v)| Some((k.to_string(), string(v?)))));
         let mut parents = self.parents(&uid);
-        parents.extend(roles.iter().map(|r| EntityUid::from_type_name_and_id(type_name("Role"), EntityId::new(r))));
-        parents.extend(groups.iter().map(|g| EntityUid::from_type_name_and_id(type_name("Group"), EntityId::new(g))));
+        parents.extend(roles.iter().map(|r| EntityUid::from_type_name_and_id(t.role.clone(), EntityId::new(r))));
+        parents.extend(groups.iter().map(|g| EntityUid::from_type_name_and_id(t.group.clone(), EntityId::new(g))));
         let tags = p.claims.iter().flat_map(|c| c.iter()).map(|(k, v)| {
             let v = match v {
                 Value::String(s) => s.clone(),
@@ -341,6 +365,24 @@ impl Policies {
             Entity::new_with_tags(uid.clone(), attrs, parents.iter().cloned(), tags).map_err(|e| flatten(&e))?;
         Ok((uid, entity, parents))
     }
+}
+
+/// `ip("...")` for an address. Kept per thread for the last address seen: building the
+/// expression parses the function's name with Cedar's parser, which measured as much as the
+/// rest of the context.
+fn ip_expression(ip: std::net::IpAddr) -> RestrictedExpression {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(std::net::IpAddr, RestrictedExpression)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((seen, expr)) if *seen == ip => expr.clone(),
+        _ => {
+            let expr = RestrictedExpression::new_ip(ip.to_string());
+            *last = Some((ip, expr.clone()));
+            expr
+        }
+    })
 }
 
 fn type_name(name: &str) -> EntityTypeName {
@@ -410,34 +452,4 @@ fn flatten(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
-}
-
-/// RFC 3339 UTC (`2026-11-23T10:00:00Z`) for Cedar's `datetime`.
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil from days (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::rfc3339;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_435_200), "2026-11-23T12:00:00Z");
-        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
-    }
 }
