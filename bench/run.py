@@ -11,11 +11,24 @@ Method (the machines are shared and noisy, so absolute numbers drift between run
   * CPU time per request (user + system, from /proc) of each proxy process is reported too:
     how much work each does per request, whatever else the machine is doing.
 
+Scenarios:
+  plain          no authentication: plain reverse proxying;
+  jwt-repeated   a route with `authenticate: [jwt]`, one RS256 token sent on every request
+                 (after the first, Portcullis serves it from its verified-token cache);
+  jwt-distinct   the same route, and a wrk Lua script cycling through more distinct valid
+                 RS256 tokens than the verified-token cache holds, so every request costs
+                 a signature verification.
+nginx (plain `proxy_pass`, no authentication) is the baseline in every scenario, sent the
+same requests (it ignores the token): the ratio says what the security costs.
+
     bench/run.py                              # all scenarios
     bench/run.py --rounds 9 --duration 5 --scenarios plain
+    bench/run.py --rounds 5 --duration 5 --scenarios plain,jwt-repeated,jwt-distinct
     bench/run.py --json bench/out/results.json
+    bench/run.py --binary /tmp/target/release/portcullis   # or PORTCULLIS_BIN=...
 
-Needs: nginx, wrk (Debian packages), taskset, and `cargo build --release`.
+Needs: nginx, wrk (Debian packages), taskset, `cargo build --release`, and for the JWT
+scenarios PyJWT and cryptography (tests/helpers/requirements.txt).
 """
 
 import argparse
@@ -30,9 +43,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARY = os.path.join(ROOT, "target", "release", "portcullis")
+BINARY = os.environ.get("PORTCULLIS_BIN") or os.path.join(ROOT, "target", "release", "portcullis")
 SERVER_CPU = "0"
 LOAD_CPU = "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -160,10 +175,12 @@ PLAIN_ROUTE = """  - id: bench
 LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$")
 
 
-def wrk(server, connections, duration, headers=()):
+def wrk(server, connections, duration, headers=(), script=None):
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
+    if script:
+        cmd += ["-s", script]
     cmd.append(f"http://127.0.0.1:{server.port}/")
     before = server.cpu_ticks()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -182,15 +199,17 @@ def wrk(server, connections, duration, headers=()):
     }
 
 
-def rounds(servers, args, headers=()):
-    """Runs every server once per round, alternating the order; returns runs per server."""
-    for s in servers.values():  # warm-up: pools filled, caches hot
-        wrk(s, args.connections, 2, headers)
+def rounds(servers, args, headers=(), scripts=None):
+    """Runs every server once per round, alternating the order; returns runs per server.
+    `scripts` maps a server's name to the wrk Lua script that makes its requests."""
+    scripts = scripts or {}
+    for name, s in servers.items():  # warm-up: pools filled, caches hot
+        wrk(s, args.connections, 2, headers, scripts.get(name))
     runs = {name: [] for name in servers}
     names = list(servers)
     for r in range(args.rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
-            runs[name].append(wrk(servers[name], args.connections, args.duration, headers))
+            runs[name].append(wrk(servers[name], args.connections, args.duration, headers, scripts.get(name)))
     return runs
 
 
@@ -211,7 +230,142 @@ def scenario_plain(work, args):
     return {"runs": runs, "portcullis_idle_rss_kib": idle}
 
 
-SCENARIOS = {"plain": scenario_plain}
+JWT_ISSUER = "https://idp.bench.example"
+JWT_AUDIENCE = "bench-api"
+JWT_ROUTE = """  - id: bench
+    upstream: {upstream}
+    authenticate: [jwt]
+"""
+# Per worker, the verified-token cache holds 16,384 tokens (crates/authn/src/cache.rs,
+# CAPACITY) and evicts the oldest first; cycling in order through more tokens than that
+# means no token is ever found in it.
+DISTINCT_TOKENS = 20_000
+
+
+class Idp:
+    """An RS256 (2048-bit) signing key, its JWKS file and the issuer config that trusts it."""
+
+    def __init__(self, work):
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from jwt.algorithms import RSAAlgorithm
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        jwk.update(kid="bench-rs256", alg="RS256", use="sig")
+        self.jwks_file = os.path.join(work, "jwks.json")
+        with open(self.jwks_file, "w") as f:
+            json.dump({"keys": [jwk]}, f)
+        self.config = f"""issuers:
+  - id: bench
+    issuer: {JWT_ISSUER}
+    jwks_file: {self.jwks_file}
+    audiences: [{JWT_AUDIENCE}]
+    algorithms: [RS256]
+"""
+
+    def token(self, n, lifetime=3600):
+        """A typical access token (RFC 9068 shape), made distinct by its `jti`."""
+        import jwt
+        now = int(time.time())
+        claims = {"iss": JWT_ISSUER, "sub": f"user-{n}", "aud": JWT_AUDIENCE, "client_id": "web-app",
+                  "scope": "orders:read orders:write profile", "iat": now, "exp": now + lifetime,
+                  "jti": f"bench-{n}"}
+        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "bench-rs256", "typ": "at+jwt"})
+
+
+def check_auth(server, token):
+    """The route refuses a request without a token and accepts one with it."""
+    url = f"http://127.0.0.1:{server.port}/"
+    try:
+        urllib.request.urlopen(url, timeout=5)
+        raise RuntimeError("the JWT route accepted a request without a token")
+    except urllib.error.HTTPError as e:
+        if e.code != 401:
+            raise RuntimeError(f"without a token: status {e.code}, expected 401") from None
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        if r.status != 200:
+            raise RuntimeError(f"with a token: status {r.status}, expected 200")
+
+
+def jwt_servers(work, idp):
+    upstream = start_upstream(work)
+    servers = {
+        "portcullis": start_portcullis(work, upstream.port, JWT_ROUTE, extra=idp.config),
+        "nginx": start_nginx_proxy(work, upstream.port),
+    }
+    return upstream, servers
+
+
+def scenario_jwt_repeated(work, args):
+    """(b) JWT, one RS256 token repeated (served from the verified-token cache)."""
+    idp = Idp(work)
+    token = idp.token(0)
+    upstream, servers = jwt_servers(work, idp)
+    try:
+        check_auth(servers["portcullis"], token)
+        runs = rounds(servers, args, headers=[f"Authorization: Bearer {token}"])
+    finally:
+        for s in list(servers.values()) + [upstream]:
+            s.stop()
+    return {"runs": runs, "token_bytes": len(token)}
+
+
+def distinct_tokens_script(work, name, token_file):
+    """A wrk script that walks the token list in order, one token per request, wrapping round.
+
+    Each wrk run carries on where the previous run against the same server stopped (the
+    position is kept in a file): restarting at the first token would find the tokens of the
+    previous run's last lap still in the cache. With in-order cycling through more tokens
+    than the cache's FIFO holds, every token has been evicted by the time it comes round."""
+    script = os.path.join(work, f"distinct-{name}.lua")
+    position = os.path.join(work, f"distinct-{name}.position")
+    with open(script, "w") as f:
+        f.write(f"""
+local threads = {{}}
+function setup(thread) table.insert(threads, thread) end
+
+tokens = {{}}
+for line in io.lines("{token_file}") do tokens[#tokens + 1] = line end
+i = 0
+local f = io.open("{position}")
+if f then i = tonumber(f:read("*l")) or 0; f:close() end
+
+request = function()
+  i = i % #tokens + 1
+  return wrk.format("GET", "/", {{["Authorization"] = "Bearer " .. tokens[i]}})
+end
+
+function done(summary, latency, requests)
+  local f = io.open("{position}", "w")
+  f:write(tostring(threads[1]:get("i")))
+  f:close()
+end
+""")
+    return script
+
+
+def scenario_jwt_distinct(work, args):
+    """(c) JWT, distinct RS256 tokens (more than the cache holds: every request verifies a signature)."""
+    idp = Idp(work)
+    started = time.time()
+    tokens = [idp.token(n) for n in range(DISTINCT_TOKENS)]
+    print(f"(minted {len(tokens)} RS256 tokens in {time.time() - started:.1f}s)", file=sys.stderr)
+    token_file = os.path.join(work, "tokens.txt")
+    with open(token_file, "w") as f:
+        f.write("\n".join(tokens) + "\n")
+    upstream, servers = jwt_servers(work, idp)
+    scripts = {name: distinct_tokens_script(work, name, token_file) for name in servers}
+    try:
+        check_auth(servers["portcullis"], tokens[-1])
+        runs = rounds(servers, args, scripts=scripts)
+        rss = servers["portcullis"].rss_kib()  # with a full verified-token cache
+    finally:
+        for s in list(servers.values()) + [upstream]:
+            s.stop()
+    return {"runs": runs, "token_bytes": len(tokens[0]), "distinct_tokens": len(tokens), "portcullis_rss_kib": rss}
+
+
+SCENARIOS = {"plain": scenario_plain, "jwt-repeated": scenario_jwt_repeated, "jwt-distinct": scenario_jwt_distinct}
 
 
 def med(values):
@@ -243,6 +397,11 @@ def report(name, data):
               f"p99 latency {p99:.2f}x, CPU per request {cpu:.2f}x")
     if "portcullis_idle_rss_kib" in data:
         print(f"portcullis idle RSS: {data['portcullis_idle_rss_kib'] / 1024:.1f} MiB")
+    if "portcullis_rss_kib" in data:
+        print(f"portcullis RSS after the run (verified-token cache full): {data['portcullis_rss_kib'] / 1024:.1f} MiB")
+    if "token_bytes" in data:
+        print(f"token: {data['token_bytes']} bytes" + (f", {data['distinct_tokens']} distinct, cycled in order"
+                                                       if "distinct_tokens" in data else ", the same on every request"))
     return summary
 
 
@@ -253,19 +412,28 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--json")
+    ap.add_argument("--binary", help="the portcullis binary (default: $PORTCULLIS_BIN or target/release/portcullis)")
     args = ap.parse_args()
+    global BINARY
+    if args.binary:
+        BINARY = os.path.abspath(args.binary)
     if not os.path.exists(BINARY):
         sys.exit("build first: cargo build --release")
+    unknown = [n for n in args.scenarios.split(",") if n not in SCENARIOS]
+    if unknown:
+        sys.exit(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
     for tool in ("nginx", "wrk", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed")
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} | {os.cpu_count()} CPUs | servers on CPU {SERVER_CPU}, wrk on CPU "
           f"{LOAD_CPU} | {args.connections} connections | {args.rounds} rounds x {args.duration}s per proxy")
+    print(f"# portcullis: {BINARY}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="portcullis-bench-") as work:
         for name in args.scenarios.split(","):
             data = SCENARIOS[name](work, args)
-            results[name] = {"runs": data["runs"], "summary": report(name, data)}
+            results[name] = {"runs": data["runs"], "summary": report(name, data),
+                             **{k: v for k, v in data.items() if k != "runs"}}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -27,4 +27,23 @@ mod tests {
         assert!(decode("aG k").is_none());
         assert_eq!(encode(b"\xfb\xff"), "-_8");
     }
+
+    proptest::proptest! {
+        /// Whatever is encoded decodes back, from the URL-safe alphabet only.
+        #[test]
+        fn round_trip(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let s = encode(&bytes);
+            proptest::prop_assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            proptest::prop_assert_eq!(decode(&s), Some(bytes));
+        }
+
+        /// Whatever decodes was the one encoding of its value (no padding, no other
+        /// alphabet, no stray trailing bits), so a token cannot be re-spelt.
+        #[test]
+        fn one_spelling_per_value(s in "[A-Za-z0-9_=+/ -]{0,64}") {
+            if let Some(bytes) = decode(&s) {
+                proptest::prop_assert_eq!(encode(&bytes), s);
+            }
+        }
+    }
 }

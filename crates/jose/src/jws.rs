@@ -254,11 +254,95 @@ mod tests {
         assert!(Jws::parse(&t, policy).is_err());
     }
 
+    /// A JSON value for a header member: the types headers hold, nested a little.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            prop_oneof![
+                Just("RS256".to_string()),
+                Just("ES256".to_string()),
+                Just("EdDSA".to_string()),
+                Just("none".to_string()),
+                Just("EC".to_string()),
+                Just("P-256".to_string()),
+                "\\PC{0,12}",
+            ]
+            .prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(member_name(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Member names, mostly the ones the header rules look at.
+    fn member_name() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            proptest::sample::select(vec![
+                "alg", "kid", "typ", "jwk", "jku", "x5u", "x5c", "crit", "b64", "zip", "kty", "crv", "x", "y", "n",
+                "e",
+            ])
+            .prop_map(str::to_string),
+            "[a-z]{1,6}",
+        ]
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics(s in "\\PC{0,200}") {
             let _ = Jws::parse(&s, HeaderPolicy::default());
             let _ = Jws::parse(&s, HeaderPolicy { embedded_jwk: true });
+        }
+
+        /// Token-shaped input (a base64url JSON header, arbitrary payload and signature)
+        /// reaches the header rules; parsing never panics, and what it accepts is exactly
+        /// what was sent.
+        #[test]
+        fn token_shaped_input(
+            header in proptest::collection::btree_map(member_name(), json_value(), 0..6),
+            alg in proptest::option::of(proptest::sample::select(vec!["RS256", "ES256", "EdDSA", "HS256", "none", "NONE"])),
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            signature in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+        ) {
+            let mut header: Map<String, Value> = header.into_iter().collect();
+            if let Some(alg) = alg {
+                header.insert("alg".into(), Value::String(alg.into()));
+            }
+            let h = b64::encode(Value::Object(header).to_string().as_bytes());
+            let t = format!("{h}.{}.{}", b64::encode(&payload), b64::encode(&signature));
+            for policy in [HeaderPolicy::default(), HeaderPolicy { embedded_jwk: true }] {
+                if let Ok(j) = Jws::parse(&t, policy) {
+                    proptest::prop_assert!(alg.is_some_and(|a| !a.eq_ignore_ascii_case("none")));
+                    proptest::prop_assert_eq!(&j.payload, &payload);
+                    proptest::prop_assert_eq!(&j.signature, &signature);
+                    proptest::prop_assert_eq!(j.signing_input(), t.rsplit_once('.').unwrap().0.as_bytes());
+                }
+            }
+        }
+
+        /// A repeated member name is refused, however its second occurrence is spelt
+        /// (`"alg"` and `"\u0061lg"` are the same name); distinct names are all kept.
+        #[test]
+        fn duplicate_members_are_refused(
+            names in proptest::collection::btree_set("[a-z]{1,8}", 1..8),
+            pick in proptest::num::usize::ANY,
+            escape in proptest::bool::ANY,
+        ) {
+            let names: Vec<String> = names.into_iter().collect();
+            let members: Vec<String> = names.iter().enumerate().map(|(i, n)| format!("\"{n}\":{i}")).collect();
+            let unique = format!("{{{}}}", members.join(","));
+            proptest::prop_assert_eq!(parse_object_no_duplicates(unique.as_bytes()).unwrap().len(), names.len());
+            let dup = &names[pick % names.len()];
+            let spelt = if escape { format!("\\u{:04x}{}", dup.as_bytes()[0], &dup[1..]) } else { dup.clone() };
+            let repeated = format!("{{{},\"{spelt}\":null}}", members.join(","));
+            proptest::prop_assert_eq!(parse_object_no_duplicates(repeated.as_bytes()), Err(Error::Duplicate(dup.clone())));
         }
     }
 }

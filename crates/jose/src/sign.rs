@@ -189,13 +189,45 @@ mod tests {
                 let mut bytes = token.clone().into_bytes();
                 let pos = pos % bytes.len();
                 bytes[pos] ^= 1 << bit;
-                if let Ok(t) = String::from_utf8(bytes) {
-                    if let Ok(jws) = Jws::parse(&t, HeaderPolicy::default()) {
-                        // Some flips only change unused low bits of the last base64
-                        // character, which strict decoding refuses; any parse must fail to verify.
-                        let verifier = key.verifying_key();
-                        proptest::prop_assert!(t == token || verifier.verify(jws.header.alg, jws.signing_input(), &jws.signature).is_err());
-                    }
+                if let Ok(t) = String::from_utf8(bytes)
+                    && let Ok(jws) = Jws::parse(&t, HeaderPolicy::default())
+                {
+                    // Some flips only change unused low bits of the last base64
+                    // character, which strict decoding refuses; any parse must fail to verify.
+                    let verifier = key.verifying_key();
+                    proptest::prop_assert!(t == token || verifier.verify(jws.header.alg, jws.signing_input(), &jws.signature).is_err());
+                }
+                Ok(())
+            })?;
+        }
+
+        /// Replacing any one byte of a signed token with any other byte makes it fail to
+        /// parse or to verify, for every signing algorithm.
+        #[test]
+        fn any_byte_change_is_detected(which in 0usize..5, pos in 0usize..2000, byte in proptest::num::u8::ANY) {
+            thread_local! {
+                static SIGNED: Vec<(VerifyingKey, String)> =
+                    [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA, Algorithm::RS256, Algorithm::PS256]
+                        .into_iter()
+                        .map(|alg| {
+                            let key = SigningKey::generate(alg, "k").unwrap();
+                            let token = key.sign(Map::new(), br#"{"sub":"alice","exp":1800000000}"#).unwrap();
+                            (key.verifying_key(), token)
+                        })
+                        .collect();
+            }
+            SIGNED.with(|signed| {
+                let (verifier, token) = &signed[which];
+                let mut bytes = token.clone().into_bytes();
+                let pos = pos % bytes.len();
+                if bytes[pos] == byte {
+                    return Ok(());
+                }
+                bytes[pos] = byte;
+                if let Ok(t) = String::from_utf8(bytes)
+                    && let Ok(jws) = Jws::parse(&t, HeaderPolicy::default())
+                {
+                    proptest::prop_assert!(verifier.verify(jws.header.alg, jws.signing_input(), &jws.signature).is_err());
                 }
                 Ok(())
             })?;

@@ -1,0 +1,65 @@
+//! Tokens and keys from the network: compact JWS parsing (both header policies), the JSON
+//! object parser that refuses duplicate members, base64url, and JWK / JWK Set parsing never
+//! panic, whatever the bytes; and what they accept is consistent with what was sent.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use portcullis_jose::{Algorithm, HeaderPolicy, Jwk, Jws, b64, parse_object_no_duplicates};
+use serde_json::Value;
+
+/// Everything a key can be asked, for a key that parsed.
+fn exercise_key(jwk: &Jwk, message: &[u8], signature: &[u8]) {
+    for alg in Algorithm::ALL {
+        let fits = jwk.fits(alg);
+        if let Ok(v) = jwk.verifying_key(&[alg]) {
+            assert!(fits, "a verifier for {alg} from a key that does not fit it");
+            let _ = v.verify(alg, message, signature);
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    // A header, a claims set or a key set, as raw bytes.
+    if let Ok(map) = parse_object_no_duplicates(data) {
+        // What was accepted re-serialises to an object that is accepted again, with the same
+        // members. (Not necessarily the same values: serde_json's default float parsing is
+        // not exact, so `18000...0` with 70 digits may come back one ulp apart.)
+        let again = serde_json::to_vec(&map).expect("a map serialises");
+        let reparsed = parse_object_no_duplicates(&again).expect("its own output parses");
+        assert!(reparsed.keys().eq(map.keys()));
+        if let Ok(jwk) = Jwk::from_value(Value::Object(map)) {
+            assert!(!jwk.thumbprint.is_empty());
+            exercise_key(&jwk, data, data);
+        }
+    }
+    if let Ok((keys, _skipped)) = Jwk::parse_set(data) {
+        for jwk in &keys {
+            assert!(!jwk.has_private, "keys with private members are left out of a set");
+            exercise_key(jwk, data, data);
+        }
+    }
+
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Some(bytes) = b64::decode(text) {
+        // Strict base64url: one encoding per value.
+        assert_eq!(b64::encode(&bytes), text);
+    }
+    for policy in [HeaderPolicy::default(), HeaderPolicy { embedded_jwk: true }] {
+        let Ok(jws) = Jws::parse(text, policy) else { continue };
+        // The parts are exactly what was sent: the signing input is `header.payload` as
+        // received, and payload and signature decode from (and re-encode to) their segments.
+        let (input, signature) = text.rsplit_once('.').expect("three parts");
+        assert_eq!(jws.signing_input(), input.as_bytes());
+        assert_eq!(b64::encode(&jws.signature), signature);
+        let (_, payload) = input.split_once('.').expect("three parts");
+        assert_eq!(b64::encode(&jws.payload), payload);
+        assert_eq!(jws.header.jwk.is_some(), policy.embedded_jwk);
+        // A DPoP-style proof is verified with the key it carries.
+        if let Some(jwk) = &jws.header.jwk {
+            if let Ok(v) = jwk.verifying_key(&[jws.header.alg]) {
+                let _ = v.verify(jws.header.alg, jws.signing_input(), &jws.signature);
+            }
+        }
+        let _ = parse_object_no_duplicates(&jws.payload);
+    }
+});
