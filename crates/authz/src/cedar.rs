@@ -1,7 +1,7 @@
 //! Cedar policies: loading with strict validation, slicing by route and action, and
 //! evaluation with explained, fail-closed decisions.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::UNIX_EPOCH;
@@ -57,18 +57,6 @@ pub struct Slice {
     action: EntityUid,
 }
 
-impl Slice {
-    /// How many policies the slice holds.
-    pub fn len(&self) -> usize {
-        self.policies.policies().count()
-    }
-
-    /// Whether the slice is empty (everything is denied).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// The outcome of a Cedar evaluation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -102,6 +90,8 @@ impl Policies {
 
         let mut all = PolicySet::new();
         let mut sources: Vec<(PathBuf, String)> = Vec::new();
+        // Where each policy starts: its source file (index in `sources`) and byte offset.
+        let mut origin: HashMap<String, (usize, usize)> = HashMap::new();
         for path in policy_files(&cfg.policies)? {
             let text = read(&path)?;
             let set = PolicySet::from_str(&text).map_err(|e| located(&path, &text, &e))?;
@@ -120,6 +110,7 @@ impl Policies {
                 };
                 all.add(p.new_id(PolicyId::new(&id)))
                     .map_err(|e| format!("{}: policy `{id}`: {e} (ids must be unique)", path.display()))?;
+                origin.insert(id, (sources.len(), offset));
             }
             sources.push((path, text));
         }
@@ -127,20 +118,16 @@ impl Policies {
         let validation = Validator::new(schema.clone()).validate(&all, ValidationMode::Strict);
         if let Some(e) = validation.validation_errors().next() {
             let id = e.policy_id().to_string();
-            let where_ = sources
-                .iter()
-                .find(|(_, text)| all.policy(e.policy_id()).is_some_and(|p| text.contains(&p.to_string())))
-                .map(|(path, text)| {
-                    let p = all.policy(e.policy_id()).map(|p| p.to_string()).unwrap_or_default();
-                    let start = text.find(&p).unwrap_or(0);
-                    let line = miette::Diagnostic::labels(e)
-                        .and_then(|mut l| l.next())
-                        .map(|l| line_of(text, l.offset().min(text.len())))
-                        .unwrap_or_else(|| line_of(text, start));
-                    format!("{}:{line}", path.display())
-                })
-                .unwrap_or_default();
-            return Err(format!("{where_}: policy `{id}` does not validate against the schema: {e}"));
+            // Every policy in `all` came from a source; the label, when there is one, points
+            // into that source's text (each file is parsed on its own).
+            let &(source, start) = origin.get(&id).unwrap_or(&(0, 0));
+            let (path, text) = &sources[source];
+            let at = miette::Diagnostic::labels(e).and_then(|mut l| l.next()).map_or(start, |l| l.offset());
+            return Err(format!(
+                "{}:{}: policy `{id}` does not validate against the schema: {e}",
+                path.display(),
+                line_of(text, at.min(text.len()))
+            ));
         }
 
         let mut data: Vec<Entity> = Vec::new();
@@ -171,16 +158,6 @@ impl Policies {
                 anonymous: EntityUid::from_type_name_and_id(type_name("Anonymous"), EntityId::new("anonymous")),
             },
         })
-    }
-
-    /// How many policies there are.
-    pub fn len(&self) -> usize {
-        self.all.policies().count()
-    }
-
-    /// Whether there are none (everything is denied).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The uid of an action by name.

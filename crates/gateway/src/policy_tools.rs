@@ -42,16 +42,23 @@ pub fn explain(config: &Path, request_json: &str) -> Result<Explanation, String>
     let facts: Facts = serde_json::from_str(request_json).map_err(|e| format!("request: {e}"))?;
     let principal = facts.principal.principal().map_err(|e| format!("request: principal: {e}"))?;
     Ok(match rt.judge(&facts, &principal).map_err(|e| format!("request: {e}"))? {
-        None => Explanation {
+        None => Explanation::no_route(),
+        Some((route, d)) => explanation(Some(route.to_string()), d),
+    })
+}
+
+impl Explanation {
+    /// No route takes the request: the gateway answers `404`.
+    fn no_route() -> Explanation {
+        Explanation {
             decision: "deny",
             route: None,
             reason: "no_route",
             detail: "no route takes this request (404)",
             policies: Vec::new(),
             errors: Vec::new(),
-        },
-        Some((route, d)) => explanation(Some(route.to_string()), d),
-    })
+        }
+    }
 }
 
 fn explanation(route: Option<String>, d: Decision) -> Explanation {
@@ -149,14 +156,7 @@ pub fn replay(config: &Path, log: impl BufRead) -> Result<Replay, String> {
         };
         let now = match rt.judge(&facts, &principal) {
             Ok(Some((route, d))) => explanation(Some(route.to_string()), d),
-            Ok(None) => Explanation {
-                decision: "deny",
-                route: None,
-                reason: "no_route",
-                detail: "no route takes this request (404)",
-                policies: Vec::new(),
-                errors: Vec::new(),
-            },
+            Ok(None) => Explanation::no_route(),
             Err(e) => {
                 report.unreadable.push(format!("line {}: {e}", i + 1));
                 continue;
