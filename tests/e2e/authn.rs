@@ -34,6 +34,10 @@ impl Idp {
         Idp { child, url, http: reqwest::Client::new() }
     }
 
+    pub async fn post_text(&self, path: &str, body: Value) -> String {
+        self.post(path, body).await
+    }
+
     async fn post(&self, path: &str, body: Value) -> String {
         let r = self.http.post(format!("{}{path}", self.url)).json(&body).send().await.unwrap();
         assert!(r.status().is_success(), "idp {path}: {}", r.status());

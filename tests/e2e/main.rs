@@ -10,6 +10,7 @@ mod authz;
 mod docs;
 mod lifecycle;
 mod opaque;
+mod pop;
 mod protocols;
 mod proxy;
 mod robustness;

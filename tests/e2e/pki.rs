@@ -2,7 +2,7 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 
 pub struct Ca {
@@ -44,11 +44,32 @@ impl Ca {
         self.issue(params)
     }
 
+    /// An X.509-SVID for `spiffe_id`, as SPIRE issues them: the ID as the only URI SAN,
+    /// digitalSignature (and keyEncipherment) key usage, client and server authentication.
+    pub fn svid(&self, spiffe_id: &str) -> Pair {
+        self.issue(svid_params(spiffe_id))
+    }
+
+    /// An SVID-like certificate changed by `tweak` (to break one X.509-SVID rule).
+    pub fn svid_with(&self, spiffe_id: &str, tweak: impl FnOnce(&mut CertificateParams)) -> Pair {
+        let mut params = svid_params(spiffe_id);
+        tweak(&mut params);
+        self.issue(params)
+    }
+
     fn issue(&self, params: CertificateParams) -> Pair {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Pair { cert: cert.pem(), key: key.serialize_pem() }
     }
+}
+
+pub fn svid_params(spiffe_id: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().unwrap())];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params
 }
 
 impl Pair {

@@ -13,6 +13,15 @@ and is driven by the tests through
   GET  /admin/stats                           {"jwks": fetches, "discovery": fetches}
   POST /mint          {"kid", "claims", "header"?, "alg"?, "attack"?}  -> token text
 
+Certificate thumbprints (RFC 8705): POST /x5t {"pem"} -> {"x5t#S256"}.
+
+DPoP clients (RFC 9449), for proofs made independently of the gateway:
+  POST /dpop/holder {"holder", "alg"}         creates the holder's key pair -> {"jkt", "jwk"}
+  POST /dpop/proof  {"holder", "htm", "htu", "token"?, "iat"?, "jti"?, "nonce"?, "claims"?,
+                     "attack"?}               -> proof text
+     attacks: "private_jwk" (the private key in the header), "hs256" (a symmetric algorithm,
+     HMAC with the public key's thumbprint), "typ" (typ JWT), "no_jwk", "bad_sig"
+
 Attacks ("attack"): "none" (alg none, empty signature), "hmac_public_pem" (HS256 keyed with
 the RSA public key's PEM: algorithm confusion), "zero_sig" (ECDSA r = s = 0), "order_sig"
 (ECDSA r = n, the curve order), "raw" (header and payload used as given, JSON or not, and
@@ -111,6 +120,59 @@ def mint(req):
     return jwt.encode(claims, key, algorithm=alg, headers=extra)
 
 
+HOLDERS = {}
+
+
+def thumbprint(jwk):
+    """RFC 7638: the required members, sorted, no whitespace, SHA-256, base64url."""
+    required = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"), "RSA": ("e", "kty", "n")}[jwk["kty"]]
+    canonical = json.dumps({k: jwk[k] for k in required}, sort_keys=True, separators=(",", ":"))
+    return b64(hashlib.sha256(canonical.encode()).digest())
+
+
+def dpop_holder(req):
+    alg = req.get("alg", "ES256")
+    key = new_key(alg)
+    jwk = public_jwk(None, alg, key)
+    for k in ("kid", "alg", "use"):
+        jwk.pop(k, None)
+    with LOCK:
+        HOLDERS[req["holder"]] = (alg, key, jwk)
+    return {"jkt": thumbprint(jwk), "jwk": jwk}
+
+
+def dpop_proof(req):
+    import time
+    import uuid
+
+    with LOCK:
+        alg, key, jwk = HOLDERS[req["holder"]]
+    attack = req.get("attack")
+    claims = {"htm": req["htm"], "htu": req["htu"], "iat": int(req.get("iat", time.time())), "jti": req.get("jti") or str(uuid.uuid4())}
+    if req.get("token") is not None:
+        claims["ath"] = b64(hashlib.sha256(req["token"].encode()).digest())
+    if req.get("nonce") is not None:
+        claims["nonce"] = req["nonce"]
+    claims.update(req.get("claims", {}))
+    header = {"typ": "dpop+jwt", "alg": alg, "jwk": dict(jwk)}
+    if attack == "private_jwk":
+        priv = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key)) if alg.startswith("ES") else json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key))
+        header["jwk"] = priv
+    if attack == "typ":
+        header["typ"] = "JWT"
+    if attack == "no_jwk":
+        del header["jwk"]
+    if attack == "hs256":
+        header["alg"] = "HS256"
+        si = (b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())).encode()
+        return si.decode() + "." + b64(hmac.new(thumbprint(jwk).encode(), si, hashlib.sha256).digest())
+    si = (b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())).encode()
+    sig = sign_raw(key, alg, si)
+    if attack == "bad_sig":
+        sig = bytes([sig[0] ^ 1]) + sig[1:]
+    return si.decode() + "." + b64(sig)
+
+
 class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
@@ -170,8 +232,15 @@ class Handler(BaseHTTPRequestHandler):
                 STATE["mode"] = req.get("mode", STATE["mode"])
                 STATE["max_age"] = req.get("max_age", STATE["max_age"])
             return self.send_json({})
-        if self.path == "/mint":
-            token = mint(req)
+        if self.path == "/x5t":
+            from cryptography import x509
+
+            cert = x509.load_pem_x509_certificate(req["pem"].encode())
+            return self.send_json({"x5t#S256": b64(cert.fingerprint(hashes.SHA256()))})
+        if self.path == "/dpop/holder":
+            return self.send_json(dpop_holder(req))
+        if self.path in ("/mint", "/dpop/proof"):
+            token = mint(req) if self.path == "/mint" else dpop_proof(req)
             body = token.encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")

@@ -28,6 +28,18 @@ pub enum AuthnError {
         /// A short description.
         description: Cow<'static, str>,
     },
+    /// The DPoP proof was checked and refused (`invalid_dpop_proof`).
+    Proof {
+        /// Stable reason code.
+        code: &'static str,
+        /// A short description.
+        description: Cow<'static, str>,
+    },
+    /// The DPoP proof lacks a fresh server nonce: retry with this one (`use_dpop_nonce`).
+    UseNonce {
+        /// The nonce to use.
+        nonce: String,
+    },
     /// Something needed to decide is unavailable (keys, introspection endpoint): deny.
     Unavailable {
         /// Stable reason code.
@@ -57,21 +69,33 @@ impl AuthnError {
     pub fn code(&self) -> &'static str {
         match self {
             AuthnError::Missing => "credential_missing",
+            AuthnError::UseNonce { .. } => "dpop_nonce_required",
             AuthnError::Invalid { code, .. }
+            | AuthnError::Proof { code, .. }
             | AuthnError::BadRequest { code, .. }
             | AuthnError::Unavailable { code, .. } => code,
         }
     }
 
-    /// The response. `bearer` adds RFC 6750 challenges (token routes); `api_key_header`
-    /// names the API-key header in an `ApiKey` challenge (key routes).
-    pub fn into_problem(self, bearer: bool, api_key_header: Option<&HeaderName>) -> Problem {
+    /// The response, with the challenges of the schemes the route accepts.
+    pub fn into_problem(self, schemes: &Schemes<'_>) -> Problem {
         let code = self.code();
-        let bearer_challenge = |error: &'static str, description: Cow<'static, str>| Challenge {
-            description: Some(description),
-            ..Challenge::new(ChallengeScheme::Bearer, error)
+        let dpop = |error: &'static str, description: Option<Cow<'static, str>>| Challenge {
+            description,
+            algs: schemes.dpop_algs.map(str::to_string),
+            ..Challenge::new(ChallengeScheme::DPoP, error)
         };
-        let api_key_challenge = |p: Problem| match api_key_header {
+        // Which scheme a refused token is answered in: the one the request used, if accepted.
+        let token_challenge = |error: &'static str, description: Cow<'static, str>| {
+            if schemes.dpop_algs.is_some() && (schemes.dpop_request || !schemes.bearer) {
+                Some(dpop(error, Some(description)))
+            } else if schemes.bearer {
+                Some(Challenge { description: Some(description), ..Challenge::new(ChallengeScheme::Bearer, error) })
+            } else {
+                None
+            }
+        };
+        let api_key_challenge = |p: Problem| match schemes.api_key_header {
             Some(h) => p.header(
                 http::header::WWW_AUTHENTICATE,
                 HeaderValue::from_str(&format!("ApiKey header=\"{}\"", h.as_str()))
@@ -79,27 +103,41 @@ impl AuthnError {
             ),
             None => p,
         };
+        let with = |p: Problem, c: Option<Challenge>| match c {
+            Some(c) => p.challenge(c),
+            None => p,
+        };
         match self {
             AuthnError::Missing => {
                 let mut p = Problem::new(StatusCode::UNAUTHORIZED, code, "this route needs a credential");
-                if bearer {
-                    p = p.challenge(bearer_challenge("invalid_token", "missing credential".into()));
+                if schemes.bearer {
+                    p = p.challenge(Challenge {
+                        description: Some("missing credential".into()),
+                        ..Challenge::new(ChallengeScheme::Bearer, "invalid_token")
+                    });
+                }
+                if schemes.dpop_algs.is_some() {
+                    p = p.challenge(dpop("invalid_token", Some("missing credential".into())));
                 }
                 api_key_challenge(p)
             }
             AuthnError::Invalid { description, .. } => {
-                let mut p = Problem::new(StatusCode::UNAUTHORIZED, code, description.clone());
-                if bearer {
-                    p = p.challenge(bearer_challenge("invalid_token", description));
+                let p = Problem::new(StatusCode::UNAUTHORIZED, code, description.clone());
+                api_key_challenge(with(p, token_challenge("invalid_token", description)))
+            }
+            AuthnError::Proof { description, .. } => Problem::new(StatusCode::UNAUTHORIZED, code, description.clone())
+                .challenge(dpop("invalid_dpop_proof", Some(description))),
+            AuthnError::UseNonce { nonce } => {
+                let p = Problem::new(StatusCode::UNAUTHORIZED, code, "the DPoP proof needs the server's nonce")
+                    .challenge(dpop("use_dpop_nonce", Some("use the nonce in the DPoP-Nonce header".into())));
+                match HeaderValue::from_str(&nonce) {
+                    Ok(v) => p.header(HeaderName::from_static("dpop-nonce"), v),
+                    Err(_) => p,
                 }
-                api_key_challenge(p)
             }
             AuthnError::BadRequest { description, .. } => {
-                let mut p = Problem::new(StatusCode::BAD_REQUEST, code, description.clone());
-                if bearer {
-                    p = p.challenge(bearer_challenge("invalid_request", description));
-                }
-                p
+                let p = Problem::new(StatusCode::BAD_REQUEST, code, description.clone());
+                with(p, token_challenge("invalid_request", description))
             }
             AuthnError::Unavailable { description, .. } => {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
@@ -108,6 +146,19 @@ impl AuthnError {
             }
         }
     }
+}
+
+/// The schemes a route accepts, for the challenges of its refusals.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Schemes<'a> {
+    /// Bearer tokens (JWT or introspection).
+    pub bearer: bool,
+    /// DPoP, with the proof algorithms accepted.
+    pub dpop_algs: Option<&'a str>,
+    /// The API-key header.
+    pub api_key_header: Option<&'a HeaderName>,
+    /// The refused request used the `DPoP` scheme.
+    pub dpop_request: bool,
 }
 
 impl From<portcullis_jose::Error> for AuthnError {

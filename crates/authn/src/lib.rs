@@ -10,25 +10,30 @@
 
 pub mod apikey;
 pub mod cache;
+pub mod dpop;
 mod error;
 pub mod extract;
 pub mod introspection;
 pub mod jwt;
 pub mod keys;
+pub mod mtls;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
-use portcullis_config::{AuthMethod, Config, Invalid, IssuerConfig, RouteConfig};
-use portcullis_core::{Principal, Problem};
+use portcullis_config::{AuthMethod, Config, Invalid, IssuerConfig, RouteConfig, StateConfig};
+use portcullis_core::{AuthnMethod, Principal, Problem};
 use portcullis_jose::{HeaderPolicy, Jws, parse_object_no_duplicates};
+use portcullis_state::State;
 
 pub use apikey::ApiKeys;
-pub use error::AuthnError;
+pub use dpop::Dpop;
+pub use error::{AuthnError, Schemes};
 pub use introspection::Introspector;
 pub use jwt::Issuer;
+pub use mtls::ClientCert;
 
 use cache::{Cache, Entry};
 use extract::Locations;
@@ -43,6 +48,9 @@ thread_local! {
 #[derive(Debug, Default)]
 pub struct Registry {
     stores: Mutex<HashMap<String, Weak<KeyStore>>>,
+    /// The shared-state backend and the settings it was made with: kept while they do not
+    /// change, so the DPoP replay window survives a reload.
+    state: Mutex<Option<(StateConfig, State)>>,
 }
 
 fn file_state(path: &Path) -> String {
@@ -51,6 +59,19 @@ fn file_state(path: &Path) -> String {
 }
 
 impl Registry {
+    /// The shared-state backend for `cfg`, the same one as before when `cfg` is unchanged.
+    pub fn state(&self, cfg: &StateConfig) -> Result<State, String> {
+        let mut held = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((c, s)) = &*held
+            && c == cfg
+        {
+            return Ok(s.clone());
+        }
+        let state = State::build(cfg)?;
+        *held = Some((cfg.clone(), state.clone()));
+        Ok(state)
+    }
+
     fn key_store(&self, cfg: &IssuerConfig) -> Result<Option<Arc<KeyStore>>, (&'static str, String)> {
         let k = &cfg.keys;
         let policy = Policy {
@@ -100,6 +121,7 @@ pub struct Authn {
     issuers: Vec<Arc<Issuer>>,
     introspector: Option<Arc<Introspector>>,
     api_keys: Option<Arc<ApiKeys>>,
+    dpop: Option<Arc<Dpop>>,
 }
 
 impl Authn {
@@ -134,7 +156,22 @@ impl Authn {
                 }
             },
         };
-        if errors.is_empty() { Ok(Authn { issuers, introspector, api_keys }) } else { Err(errors) }
+        let uses_dpop = config.routes.iter().any(|r| r.authenticate.as_deref().unwrap_or_default().contains(&AuthMethod::Dpop));
+        let dpop = match registry.state(&config.state) {
+            Err(msg) if uses_dpop => {
+                errors.push(Invalid::new("state.backend", msg));
+                None
+            }
+            Err(_) => None,
+            Ok(state) => match Dpop::new(&config.dpop, state) {
+                Ok(d) => Some(Arc::new(d)),
+                Err((key, msg)) => {
+                    errors.push(Invalid::new(format!("dpop.{key}"), msg));
+                    None
+                }
+            },
+        };
+        if errors.is_empty() { Ok(Authn { issuers, introspector, api_keys, dpop }) } else { Err(errors) }
     }
 
     /// Whether every issuer has its keys (readiness).
@@ -149,16 +186,13 @@ impl Authn {
             return Ok(None);
         }
         let mut errors = Vec::new();
-        for (j, m) in methods.iter().enumerate() {
-            if matches!(m, AuthMethod::Mtls | AuthMethod::Dpop) {
-                errors.push(Invalid::new(
-                    format!("{at}.authenticate[{j}]"),
-                    format!("`{}` authentication is not available in this build", m.as_str()),
-                ));
-            }
-        }
         let jwt = methods.contains(&AuthMethod::Jwt);
-        let issuers: Vec<Arc<Issuer>> = match (&rc.issuers, jwt) {
+        let dpop = if methods.contains(&AuthMethod::Dpop) { self.dpop.clone() } else { None };
+        if methods.contains(&AuthMethod::Dpop) && dpop.is_none() {
+            errors.push(Invalid::new(format!("{at}.authenticate"), "DPoP is not available (see `dpop` and `state`)"));
+        }
+        // DPoP-bound tokens are JWTs of the same issuers.
+        let issuers: Vec<Arc<Issuer>> = match (&rc.issuers, jwt || dpop.is_some()) {
             (_, false) => Vec::new(),
             (None, true) => self.issuers.clone(),
             (Some(ids), true) => self.issuers.iter().filter(|i| ids.iter().any(|id| **id == *i.id)).cloned().collect(),
@@ -183,6 +217,9 @@ impl Authn {
         let max_token_bytes = issuers.iter().map(|i| i.max_token_bytes).max().unwrap_or(16 * 1024);
         Ok(Some(Authenticator {
             bearer: jwt || introspection.is_some(),
+            dpop,
+            mtls: methods.contains(&AuthMethod::Mtls),
+            certificate_bound: rc.certificate_bound,
             issuers,
             introspection,
             api_keys,
@@ -192,11 +229,31 @@ impl Authn {
     }
 }
 
+/// The `DPoP` header.
+const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
+
+/// What the authenticate stage knows of the request beyond its head.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    /// The request came over TLS (the scheme of a DPoP proof's `htu`).
+    pub https: bool,
+    /// The authority the request was sent to (`host[:port]`).
+    pub authority: &'a str,
+    /// The connection's verified client certificate.
+    pub client_cert: Option<&'a ClientCert>,
+}
+
 /// How one route authenticates callers.
 #[derive(Debug)]
 pub struct Authenticator {
     /// Bearer tokens are accepted (JWT or introspection): 401s carry Bearer challenges.
     bearer: bool,
+    /// DPoP-bound tokens are accepted, with their proofs.
+    dpop: Option<Arc<Dpop>>,
+    /// The client certificate of the connection is accepted as the credential.
+    mtls: bool,
+    /// Only certificate-bound tokens are accepted.
+    certificate_bound: bool,
     issuers: Vec<Arc<Issuer>>,
     introspection: Option<Arc<Introspector>>,
     api_keys: Option<Arc<ApiKeys>>,
@@ -206,23 +263,122 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Authenticates a request: the principal, or the problem that refuses it.
-    pub async fn authenticate(&self, parts: &http::request::Parts) -> Result<Arc<Principal>, Problem> {
-        self.run(parts).await.map_err(|e| e.into_problem(self.bearer, self.api_keys.as_ref().map(|k| &k.header)))
+    pub async fn authenticate(&self, parts: &http::request::Parts, cx: &Context<'_>) -> Result<Arc<Principal>, Problem> {
+        match self.run(parts, cx).await {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let dpop_request = matches!(
+                    extract::authorization(&parts.headers),
+                    Ok(extract::Authorization::Other(scheme, _)) if scheme.eq_ignore_ascii_case("dpop")
+                );
+                Err(e.into_problem(&Schemes {
+                    bearer: self.bearer,
+                    dpop_algs: self.dpop.as_deref().map(|d| d.algs_header.as_str()),
+                    api_key_header: self.api_keys.as_ref().map(|k| &k.header),
+                    dpop_request,
+                }))
+            }
+        }
     }
 
-    async fn run(&self, parts: &http::request::Parts) -> Result<Arc<Principal>, AuthnError> {
+    async fn run(&self, parts: &http::request::Parts, cx: &Context<'_>) -> Result<Arc<Principal>, AuthnError> {
         let authorization = extract::authorization(&parts.headers)?;
+        if let (Some(dpop), extract::Authorization::Other(scheme, token)) = (&self.dpop, &authorization)
+            && scheme.eq_ignore_ascii_case("dpop")
+        {
+            return self.dpop(dpop, parts, cx, token).await;
+        }
         if self.bearer
             && let Some(token) = extract::bearer(&parts.headers, parts.uri.query(), &authorization, &self.locations)?
         {
-            return self.token(token).await;
+            let principal = self.token(token).await?;
+            // RFC 9449 §7.2: a DPoP-bound token is worthless without its proof.
+            if principal.confirmation.as_ref().is_some_and(|c| c.jkt.is_some()) {
+                return Err(AuthnError::invalid(
+                    "token_dpop_bound",
+                    "this token is DPoP-bound: present it with the DPoP scheme and a proof",
+                ));
+            }
+            self.certificate_binding(&principal, cx)?;
+            return Ok(principal);
+        }
+        if self.dpop.is_some() && matches!(authorization, extract::Authorization::Bearer(_)) {
+            return Err(AuthnError::invalid("dpop_required", "this route requires a DPoP-bound token and its proof"));
         }
         if let Some(keys) = &self.api_keys
             && let Some(v) = parts.headers.get(&keys.header)
         {
             return keys.check(v.as_bytes());
         }
+        if self.mtls
+            && let Some(cert) = cx.client_cert
+        {
+            return Ok(cert.principal.clone());
+        }
         Err(AuthnError::Missing)
+    }
+
+    /// `Authorization: DPoP <token>` with its `DPoP` proof header.
+    async fn dpop(
+        &self,
+        dpop: &Dpop,
+        parts: &http::request::Parts,
+        cx: &Context<'_>,
+        token: &str,
+    ) -> Result<Arc<Principal>, AuthnError> {
+        let token = extract::b64token(token)?;
+        let mut proofs = parts.headers.get_all(DPOP).iter();
+        let proof = proofs.next().ok_or_else(|| {
+            AuthnError::Proof { code: "dpop_proof_missing", description: "the request has no DPoP proof header".into() }
+        })?;
+        if proofs.next().is_some() {
+            return Err(AuthnError::Proof {
+                code: "dpop_proof_ambiguous",
+                description: "the request has more than one DPoP header".into(),
+            });
+        }
+        let proof = proof.to_str().map_err(|_| AuthnError::Proof {
+            code: "dpop_proof_malformed",
+            description: "the DPoP header is not ASCII".into(),
+        })?;
+        let url = format!("{}://{}{}", if cx.https { "https" } else { "http" }, cx.authority, parts.uri.path());
+        let checked = dpop.check(proof, parts.method.as_str(), &url, token, jwt::unix_now())?;
+        let principal = self.token(token).await?;
+        match principal.confirmation.as_ref().and_then(|c| c.jkt.as_deref()) {
+            Some(jkt) if jkt == checked.jkt => {}
+            Some(_) => {
+                return Err(AuthnError::Proof {
+                    code: "dpop_jkt",
+                    description: "the DPoP proof is not signed by the key the token is bound to".into(),
+                });
+            }
+            None => return Err(AuthnError::invalid("token_not_dpop_bound", "the token is not bound to a DPoP key")),
+        }
+        self.certificate_binding(&principal, cx)?;
+        dpop.remember(&checked).await?;
+        Ok(Arc::new(Principal { method: AuthnMethod::Dpop, ..(*principal).clone() }))
+    }
+
+    /// RFC 8705 §3: a token bound to a certificate (`cnf.x5t#S256`) is accepted only on a
+    /// connection authenticated with that certificate; a route may require binding.
+    fn certificate_binding(&self, principal: &Principal, cx: &Context<'_>) -> Result<(), AuthnError> {
+        let bound = principal.confirmation.as_ref().and_then(|c| c.x5t_s256.as_deref());
+        match (bound, cx.client_cert) {
+            (Some(x5t), Some(cert)) if x5t == &*cert.thumbprint => Ok(()),
+            (Some(_), Some(_)) => Err(AuthnError::invalid(
+                "token_certificate_mismatch",
+                "the token is bound to another client certificate",
+            )),
+            (Some(_), None) => Err(AuthnError::invalid(
+                "token_certificate_missing",
+                "the token is certificate-bound: present it over TLS with its client certificate",
+            )),
+            (None, _) if self.certificate_bound => Err(AuthnError::invalid(
+                "token_not_certificate_bound",
+                "this route accepts only certificate-bound tokens",
+            )),
+            (None, _) => Ok(()),
+        }
     }
 
     /// Removes every place this route reads credentials from, so that the upstream never

@@ -8,10 +8,12 @@
 
 mod admin;
 mod authz;
+mod dpop;
 mod issuer;
 mod load;
 mod route;
 mod server;
+mod spiffe;
 mod state;
 mod telemetry;
 mod upstream;
@@ -26,12 +28,14 @@ use serde::{Deserialize, Serialize};
 
 pub use admin::AdminConfig;
 pub use authz::{AuthorizationConfig, CedarConfig};
+pub use dpop::DpopConfig;
 pub use issuer::{ApiKeysConfig, ClientAuthMethod, ConsumerConfig, IntrospectionConfig, IssuerConfig, KeyFetchConfig};
 pub use load::{ConfigError, ConfigErrors, Invalid, LoadedConfig, load_file, load_str};
 pub use route::{
     AuthMethod, AuthorizeConfig, CredentialsConfig, Rewrite, RouteConfig, RouteLimits, RouteMatch, RouteTimeouts,
 };
 pub use server::{ClientAuth, ForwardedHeaders, Limits, ServerConfig, TlsConfig};
+pub use spiffe::{SpiffeConfig, SvidConfig};
 pub use state::{StateBackend, StateConfig};
 pub use telemetry::{AccessLogConfig, LogConfig, LogFormat};
 pub use upstream::{PassiveHealth, UpstreamConfig, UpstreamProtocol, UpstreamTimeouts, UpstreamTls};
@@ -68,6 +72,12 @@ pub struct Config {
     /// API keys and their consumers.
     #[serde(default)]
     pub api_keys: Option<ApiKeysConfig>,
+    /// How DPoP proofs of possession are checked (RFC 9449).
+    #[serde(default)]
+    pub dpop: DpopConfig,
+    /// SPIFFE workload identity: trust bundles and the gateway's own SVID.
+    #[serde(default)]
+    pub spiffe: SpiffeConfig,
     /// Named upstream services with several endpoints, timeouts and health checking.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -103,6 +113,9 @@ impl Config {
         if let Some(intro) = &mut self.introspection {
             secret(&mut intro.client_secret, "introspection.client_secret".into());
         }
+        if let Some(s) = &mut self.dpop.nonce_secret {
+            secret(s, "dpop.nonce_secret".into());
+        }
         let fix = |p: &mut PathBuf| *p = resolve(p);
         if let Some(tls) = &mut self.server.tls {
             fix(&mut tls.cert);
@@ -113,6 +126,11 @@ impl Config {
         }
         if let Some(path) = &mut self.access_log.path {
             fix(path);
+        }
+        self.spiffe.trust_domains.values_mut().for_each(fix);
+        if let Some(svid) = &mut self.spiffe.svid {
+            fix(&mut svid.cert);
+            fix(&mut svid.key);
         }
         for issuer in &mut self.issuers {
             for f in [&mut issuer.jwks_file, &mut issuer.keys.ca].into_iter().flatten() {
@@ -141,6 +159,10 @@ impl Config {
         if let Some(tls) = &self.server.tls {
             files.extend([tls.cert.clone(), tls.key.clone()]);
             files.extend(tls.client_ca.clone());
+        }
+        files.extend(self.spiffe.trust_domains.values().cloned());
+        if let Some(svid) = &self.spiffe.svid {
+            files.extend([svid.cert.clone(), svid.key.clone()]);
         }
         files.extend(self.issuers.iter().filter_map(|i| i.jwks_file.clone()));
         files.extend(self.issuers.iter().filter_map(|i| i.keys.ca.clone()));

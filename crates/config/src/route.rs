@@ -24,6 +24,11 @@ pub struct RouteConfig {
     /// Where credentials may be found besides `Authorization: Bearer` (or the API-key header).
     #[serde(default)]
     pub credentials: Option<CredentialsConfig>,
+    /// Accept only certificate-bound access tokens (RFC 8705): the token's `cnf.x5t#S256`
+    /// must be the thumbprint of the client certificate of the TLS connection. (A token that
+    /// is bound is held to its certificate on every route; this makes binding mandatory.)
+    #[serde(default)]
+    pub certificate_bound: bool,
     /// Only tokens from these issuers (ids in `issuers`); all issuers when absent.
     #[serde(default)]
     pub issuers: Option<Vec<String>>,

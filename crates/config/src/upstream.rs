@@ -104,4 +104,12 @@ pub struct UpstreamTls {
     /// Private key of `cert`.
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// Verify the upstream as a SPIFFE workload with this ID: its X.509-SVID must carry the
+    /// ID and chain to the bundle of the ID's trust domain (`spiffe.trust_domains`). Replaces
+    /// host-name verification.
+    #[serde(default)]
+    pub spiffe_id: Option<String>,
+    /// Present the gateway's own SVID (`spiffe.svid`) as the client certificate.
+    #[serde(default)]
+    pub svid: bool,
 }

@@ -15,6 +15,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Invalid> {
     api_keys(config, &mut out);
     routes(config, &mut out);
     authorization(config, &mut out);
+    workload(config, &mut out);
     if config.state.backend == StateBackend::Redis && config.state.redis_url.is_none() {
         out.push(Invalid::new("state.redis_url", "`backend: redis` needs `redis_url`, e.g. redis://127.0.0.1:6379"));
     }
@@ -30,11 +31,12 @@ fn server(config: &Config, out: &mut Vec<Invalid>) {
     let s = &config.server;
     if let Some(tls) = &s.tls
         && tls.client_ca.is_none()
+        && config.spiffe.trust_domains.is_empty()
         && tls.client_auth == crate::ClientAuth::Required
     {
         out.push(Invalid::new(
             "server.tls.client_auth",
-            "`required` needs `client_ca`, the CAs that sign client certificates",
+            "`required` needs `client_ca` (the CAs that sign client certificates) or `spiffe.trust_domains`",
         ));
     }
     let l = &s.limits;
@@ -148,10 +150,31 @@ fn upstreams(config: &Config, out: &mut Vec<Invalid>) {
         if h.max_ejection_time < h.ejection_time {
             out.push(Invalid::new(at("health.max_ejection_time"), "must not be shorter than ejection_time"));
         }
-        if let Some(tls) = &up.tls
-            && tls.cert.is_some() != tls.key.is_some()
-        {
+        let Some(tls) = &up.tls else { continue };
+        if tls.cert.is_some() != tls.key.is_some() {
             out.push(Invalid::new(at("tls"), "`cert` and `key` go together"));
+        }
+        if tls.svid && tls.cert.is_some() {
+            out.push(Invalid::new(at("tls.svid"), "present either the gateway's SVID or `cert`, not both"));
+        }
+        if tls.svid && config.spiffe.svid.is_none() {
+            out.push(Invalid::new(at("tls.svid"), "needs `spiffe.svid`, the gateway's own SVID"));
+        }
+        if let Some(id) = &tls.spiffe_id {
+            if let Some(problem) = spiffe_pattern_problem(id).or(id.contains('*').then_some("an exact SPIFFE ID, no `*`"))
+            {
+                out.push(Invalid::new(at("tls.spiffe_id"), problem));
+            } else if let Some((domain, _)) = spiffe_id_parts(id)
+                && !config.spiffe.trust_domains.contains_key(domain)
+            {
+                out.push(Invalid::new(
+                    at("tls.spiffe_id"),
+                    format!("no bundle for trust domain `{domain}` in `spiffe.trust_domains`"),
+                ));
+            }
+            if tls.ca.is_some() {
+                out.push(Invalid::new(at("tls.ca"), "with `spiffe_id`, the trust domain's bundle is the CA"));
+            }
         }
     }
 }
@@ -235,6 +258,26 @@ fn routes(config: &Config, out: &mut Vec<Invalid>) {
                 if methods.contains(&AuthMethod::ApiKey) && config.api_keys.is_none() {
                     out.push(Invalid::new(at("authenticate"), "`api_key` needs the top-level `api_keys` block"));
                 }
+                let tls = config.server.tls.as_ref();
+                if methods.contains(&AuthMethod::Mtls)
+                    && !tls.is_some_and(|t| t.client_ca.is_some() || !config.spiffe.trust_domains.is_empty())
+                {
+                    out.push(Invalid::new(
+                        at("authenticate"),
+                        "`mtls` needs `server.tls` with `client_ca` or `spiffe.trust_domains` to verify certificates",
+                    ));
+                }
+                if route.certificate_bound {
+                    if !methods.iter().any(|m| matches!(m, AuthMethod::Jwt | AuthMethod::Introspection)) {
+                        out.push(Invalid::new(at("certificate_bound"), "needs a token method (`jwt` or `introspection`)"));
+                    }
+                    if !tls.is_some_and(|t| t.client_ca.is_some() || !config.spiffe.trust_domains.is_empty()) {
+                        out.push(Invalid::new(
+                            at("certificate_bound"),
+                            "needs `server.tls` with `client_ca` or `spiffe.trust_domains`: tokens are bound to client certificates",
+                        ));
+                    }
+                }
                 if public && route.authorize.as_ref().is_some_and(has_identity_rules) {
                     out.push(Invalid::new(
                         at("authorize"),
@@ -310,5 +353,46 @@ fn authorization(config: &Config, out: &mut Vec<Invalid>) {
         if a.action.as_deref().is_some_and(str::is_empty) {
             out.push(Invalid::new(format!("routes[{i}].authorize.action"), "must not be empty"));
         }
+    }
+}
+
+/// The trust domain and path of a SPIFFE ID.
+fn spiffe_id_parts(id: &str) -> Option<(&str, &str)> {
+    let rest = id.strip_prefix("spiffe://")?;
+    Some(rest.split_once('/').unwrap_or((rest, "")))
+}
+
+/// SPIFFE trust domains and DPoP settings.
+fn workload(config: &Config, out: &mut Vec<Invalid>) {
+    for domain in config.spiffe.trust_domains.keys() {
+        if spiffe_pattern_problem(&format!("spiffe://{domain}")).is_some() || domain.contains('/') {
+            out.push(Invalid::new(
+                format!("spiffe.trust_domains.{domain}"),
+                "a trust domain name: lower-case letters, digits, `-`, `.` or `_` (e.g. `example.org`)",
+            ));
+        }
+    }
+    let d = &config.dpop;
+    if d.algorithms.is_empty() {
+        out.push(Invalid::new("dpop.algorithms", "list at least one algorithm"));
+    }
+    for (i, alg) in d.algorithms.iter().enumerate() {
+        if !["ES256", "ES384", "EdDSA", "PS256", "PS384", "PS512", "RS256", "RS384", "RS512"]
+            .contains(&alg.as_str())
+        {
+            out.push(Invalid::new(
+                format!("dpop.algorithms[{i}]"),
+                format!("`{alg}` is not an asymmetric JWS algorithm (ES256, ES384, EdDSA, PS256, RS256...)"),
+            ));
+        }
+    }
+    if d.max_age.get().is_zero() {
+        out.push(Invalid::new("dpop.max_age", "must be longer than zero"));
+    }
+    if d.nonce_lifetime.get().is_zero() {
+        out.push(Invalid::new("dpop.nonce_lifetime", "must be longer than zero"));
+    }
+    if d.nonce_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+        out.push(Invalid::new("dpop.nonce_secret", "use at least 16 characters"));
     }
 }

@@ -102,7 +102,18 @@ fn parse_header(bytes: &[u8], policy: HeaderPolicy) -> Result<Header, Error> {
         (Some(_), false) => return Err(Error::KeyInHeader("jwk")),
         (None, true) => return Err(Error::Malformed("the header has no jwk")),
         (None, false) => None,
-        (Some(v), true) => Some(Jwk::from_value(v)?),
+        (Some(v), true) => {
+            // A key the token carries itself is only ever a public key of a key pair: a
+            // private part is a leak to refuse, a symmetric key would let anyone sign.
+            let jwk = Jwk::from_value(v)?;
+            if jwk.has_private {
+                return Err(Error::BadKey("the embedded jwk holds private key material"));
+            }
+            if matches!(jwk.kind, crate::KeyKind::Oct) {
+                return Err(Error::BadKey("the embedded jwk is a symmetric key"));
+            }
+            Some(jwk)
+        }
     };
     let kid = match map.get("kid") {
         None => None,

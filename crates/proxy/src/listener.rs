@@ -173,12 +173,17 @@ async fn connection(stream: TcpStream, peer: SocketAddr, runtime: Arc<ArcSwap<Ru
                 }
             };
             let session = tls.get_ref().1;
+            let peer_certificates: Option<Vec<_>> =
+                session.peer_certificates().map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
+            let client_cert = peer_certificates
+                .as_ref()
+                .and_then(|c| c.first())
+                .and_then(|leaf| portcullis_authn::ClientCert::from_leaf(leaf));
             let tls_info = TlsInfo {
                 alpn: session.alpn_protocol().map(<[u8]>::to_vec),
                 sni: session.server_name().map(str::to_string),
-                peer_certificates: session
-                    .peer_certificates()
-                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect()),
+                peer_certificates,
+                client_cert,
             };
             let info = Arc::new(ConnInfo {
                 peer,

@@ -50,6 +50,8 @@ pub struct TlsInfo {
     pub sni: Option<String>,
     /// The client's certificate chain (leaf first), when it presented one.
     pub peer_certificates: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    /// The client's verified certificate, read once for the connection.
+    pub client_cert: Option<portcullis_authn::ClientCert>,
 }
 
 /// What the stages learn about a request as it passes.
@@ -195,7 +197,12 @@ async fn run(
     let principal = match &route.authn {
         Authn::Public => rt.anonymous.clone(),
         Authn::Required(a) => {
-            let principal = a.authenticate(&parts).await?;
+            let cx = portcullis_authn::Context {
+                https: conn.tls.is_some(),
+                authority: authority.as_str().unwrap_or(&host),
+                client_cert: conn.tls.as_ref().and_then(|t| t.client_cert.as_ref()),
+            };
+            let principal = a.authenticate(&parts, &cx).await?;
             a.scrub(&mut parts);
             principal
         }

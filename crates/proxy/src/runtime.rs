@@ -10,7 +10,7 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 use portcullis_config::{
-    ConfigErrors, ECHO_UPSTREAM, ForwardedHeaders, Invalid, LoadedConfig, RouteConfig, UpstreamConfig,
+    ConfigErrors, ECHO_UPSTREAM, ForwardedHeaders, Invalid, LoadedConfig, RouteConfig, SpiffeConfig, UpstreamConfig,
 };
 use portcullis_core::Principal;
 use portcullis_telemetry::{Metrics, RouteMetrics};
@@ -39,12 +39,25 @@ impl Shared {
         Self { metrics, workers, authn: Default::default(), upstreams: Mutex::default() }
     }
 
-    fn upstream(&self, name: &str, cfg: &UpstreamConfig, at: &str) -> Result<Arc<Upstream>, Vec<Invalid>> {
+    fn upstream(
+        &self,
+        name: &str,
+        cfg: &UpstreamConfig,
+        spiffe: &SpiffeConfig,
+        at: &str,
+    ) -> Result<Arc<Upstream>, Vec<Invalid>> {
         // The key covers the settings and the state of any files they name, so a changed
-        // CA or client certificate builds a new pool.
+        // CA or client certificate (a rotated SVID, a new trust bundle) builds a new pool.
         let mut key = format!("{name}\n{}", serde_json::to_string(cfg).unwrap_or_default());
         if let Some(tls) = &cfg.tls {
-            for f in [&tls.ca, &tls.cert, &tls.key].into_iter().flatten() {
+            let svid = spiffe.svid.as_ref().filter(|_| tls.svid).map(|s| [&s.cert, &s.key]);
+            let bundle = tls
+                .spiffe_id
+                .as_deref()
+                .and_then(portcullis_core::spiffe::parse_id)
+                .and_then(|(domain, _)| spiffe.trust_domains.get(domain));
+            let files = [&tls.ca, &tls.cert, &tls.key].into_iter().flatten().chain(svid.into_iter().flatten()).chain(bundle);
+            for f in files {
                 let meta = std::fs::metadata(f).ok();
                 key.push_str(&format!(
                     "\n{:?}{:?}",
@@ -58,7 +71,7 @@ impl Shared {
         if let Some(up) = cache.get(&key).and_then(Weak::upgrade) {
             return Ok(up);
         }
-        let up = Arc::new(Upstream::new(name, cfg, at, self.workers, self.metrics.ejection(name))?);
+        let up = Arc::new(Upstream::new(name, cfg, spiffe, at, self.workers, self.metrics.ejection(name))?);
         cache.insert(key, Arc::downgrade(&up));
         Ok(up)
     }
@@ -150,14 +163,14 @@ impl Runtime {
 
         let tls = match &c.server.tls {
             None => None,
-            Some(t) => crate::tls::server_config(t, c.server.http2)
-                .map_err(|(key, msg)| errors.push(Invalid::new(format!("server.tls.{key}"), msg)))
+            Some(t) => crate::tls::server_config(t, c.server.http2, &c.spiffe)
+                .map_err(|(key, msg)| errors.push(Invalid::new(key, msg)))
                 .ok(),
         };
 
         let mut upstreams = HashMap::new();
         for (name, up) in &c.upstreams {
-            match shared.upstream(name, up, &format!("upstreams.{name}")) {
+            match shared.upstream(name, up, &c.spiffe, &format!("upstreams.{name}")) {
                 Ok(u) => {
                     upstreams.insert(name.as_str(), u);
                 }
@@ -323,7 +336,7 @@ fn compile_route(
             tls: None,
             preserve_host: false,
         };
-        match shared.upstream(&rc.id, &cfg, &format!("{at}.upstream")) {
+        match shared.upstream(&rc.id, &cfg, &SpiffeConfig::default(), &format!("{at}.upstream")) {
             Ok(u) => {
                 let t = u.request_timeout;
                 (Some(Target::Upstream(u)), t)

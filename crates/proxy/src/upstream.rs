@@ -13,7 +13,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use portcullis_config::{Invalid, UpstreamConfig, UpstreamProtocol};
+use portcullis_config::{Invalid, SpiffeConfig, UpstreamConfig, UpstreamProtocol};
 use portcullis_telemetry::Counter;
 
 use crate::body::{BoxError, RequestBody, ResponseBody, is_body_too_large};
@@ -77,6 +77,7 @@ impl Upstream {
     pub fn new(
         name: &str,
         cfg: &UpstreamConfig,
+        spiffe: &SpiffeConfig,
         at: &str,
         workers: usize,
         ejection_counter: Counter,
@@ -98,8 +99,11 @@ impl Upstream {
         if cfg.tls.is_some() && !any_tls && errors.is_empty() {
             errors.push(Invalid::new(format!("{at}.tls"), "set, but no endpoint is https://"));
         }
-        let tls = crate::tls::client_config(cfg.tls.as_ref())
-            .map_err(|(key, msg)| errors.push(Invalid::new(format!("{at}.tls.{key}"), msg)))
+        let tls = crate::tls::client_config(cfg.tls.as_ref(), spiffe)
+            .map_err(|(key, msg)| {
+                let at = if key.starts_with("spiffe.") { key } else { format!("{at}.tls.{key}") };
+                errors.push(Invalid::new(at, msg))
+            })
             .ok();
         let server_name = cfg.tls.as_ref().and_then(|t| t.server_name.clone());
         let (Some(tls), true) = (tls, errors.is_empty()) else {
@@ -330,7 +334,7 @@ mod tests {
         cfg.health.consecutive_failures = threshold;
         cfg.health.ejection_time = D::from_secs(10);
         cfg.health.max_ejection_time = D::from_secs(25);
-        Upstream::new("u", &cfg, "upstreams.u", 1, Counter::default()).unwrap()
+        Upstream::new("u", &cfg, &Default::default(), "upstreams.u", 1, Counter::default()).unwrap()
     }
 
     #[test]

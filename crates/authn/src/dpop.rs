@@ -1,0 +1,276 @@
+//! DPoP (RFC 9449): proof that the caller holds the private key its access token is bound to.
+//!
+//! A proof is a JWT the client signs for each request with its own key pair, whose public
+//! key rides in the header. [`Dpop::check`] runs the checks of §4.3 that need nothing but the
+//! proof and the request: `typ`, an asymmetric algorithm of the allowlist, a public `jwk`, the
+//! signature, `htm`, `htu` (normalised, without query and fragment), `iat` within the window,
+//! a `jti`, `ath` (the hash of the access token) and, where configured, a server nonce.
+//! The authenticator then checks the token itself and its `cnf.jkt` against the proof's key,
+//! and only then [`Dpop::remember`]s the `jti` in the shared replay cache, so that invalid
+//! requests cannot fill the cache.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use aws_lc_rs::{digest, hmac, rand};
+use portcullis_config::DpopConfig;
+use portcullis_jose::{Algorithm, HeaderPolicy, Jws, b64, parse_object_no_duplicates};
+use portcullis_state::State;
+use serde_json::Value;
+
+use crate::AuthnError;
+
+/// Longest proof accepted.
+const MAX_PROOF_BYTES: usize = 8 * 1024;
+/// Longest `jti` accepted.
+const MAX_JTI: usize = 256;
+
+/// How a deployment checks DPoP proofs.
+#[derive(Debug)]
+pub struct Dpop {
+    algs: Vec<Algorithm>,
+    /// The `algs` of the `DPoP` challenge.
+    pub algs_header: String,
+    max_age: u64,
+    leeway: u64,
+    nonces: Option<Nonces>,
+    state: State,
+}
+
+/// A proof that passed every check that needs only itself and the request.
+#[derive(Debug)]
+pub struct Checked {
+    /// RFC 7638 thumbprint of the proof's key: the token's `cnf.jkt` must equal it.
+    pub jkt: String,
+    jti: String,
+}
+
+/// Server nonces (§8): a timestamp and its HMAC, so that any replica holding the secret can
+/// check a nonce without remembering it.
+#[derive(Debug)]
+struct Nonces {
+    key: hmac::Key,
+    lifetime: u64,
+}
+
+fn proof_error(code: &'static str, description: impl Into<Cow<'static, str>>) -> AuthnError {
+    AuthnError::Proof { code, description: description.into() }
+}
+
+impl Dpop {
+    /// Builds the checker; `Err` names the key at fault.
+    pub fn new(cfg: &DpopConfig, state: State) -> Result<Dpop, (&'static str, String)> {
+        let mut algs = Vec::new();
+        for a in &cfg.algorithms {
+            match Algorithm::parse(a) {
+                Some(alg) if !alg.is_symmetric() => algs.push(alg),
+                _ => return Err(("algorithms", format!("`{a}` is not an asymmetric algorithm"))),
+            }
+        }
+        let nonces = if cfg.require_nonce {
+            let key = match &cfg.nonce_secret {
+                Some(s) => hmac::Key::new(hmac::HMAC_SHA256, s.expose().as_bytes()),
+                None => hmac::Key::generate(hmac::HMAC_SHA256, &rand::SystemRandom::new())
+                    .map_err(|_| ("nonce_secret", "cannot generate a nonce key".to_string()))?,
+            };
+            Some(Nonces { key, lifetime: cfg.nonce_lifetime.get().as_secs().max(1) })
+        } else {
+            None
+        };
+        Ok(Dpop {
+            algs_header: algs.iter().map(|a| a.name()).collect::<Vec<_>>().join(" "),
+            algs,
+            max_age: cfg.max_age.get().as_secs(),
+            leeway: cfg.leeway.get().as_secs(),
+            nonces,
+            state,
+        })
+    }
+
+    /// A fresh nonce, when nonces are required.
+    pub fn nonce(&self, now: u64) -> Option<String> {
+        self.nonces.as_ref().map(|n| n.issue(now))
+    }
+
+    /// Checks `proof` for a request with `method` to `url` (scheme, authority and path as the
+    /// gateway received it) carrying `token`, at `now` (seconds since the epoch).
+    pub fn check(&self, proof: &str, method: &str, url: &str, token: &str, now: u64) -> Result<Checked, AuthnError> {
+        if proof.len() > MAX_PROOF_BYTES {
+            return Err(proof_error("dpop_proof_too_large", "the DPoP proof is larger than accepted"));
+        }
+        let jws = Jws::parse(proof, HeaderPolicy { embedded_jwk: true })
+            .map_err(|e| proof_error("dpop_proof_malformed", format!("DPoP proof: {e}")))?;
+        if jws.header.typ.as_deref() != Some("dpop+jwt") {
+            return Err(proof_error("dpop_typ", "the DPoP proof's typ must be dpop+jwt"));
+        }
+        let alg = jws.header.alg;
+        if !self.algs.contains(&alg) {
+            return Err(proof_error("dpop_alg", format!("the DPoP proof algorithm {} is not accepted", alg.name())));
+        }
+        let Some(jwk) = &jws.header.jwk else {
+            return Err(proof_error("dpop_proof_malformed", "the DPoP proof has no jwk"));
+        };
+        let key = jwk
+            .verifying_key(&[alg])
+            .map_err(|e| proof_error("dpop_key", format!("the DPoP proof's key does not fit its algorithm: {e}")))?;
+        key.verify(alg, jws.signing_input(), &jws.signature)
+            .map_err(|_| proof_error("dpop_signature", "the DPoP proof's signature is invalid"))?;
+        let claims = parse_object_no_duplicates(&jws.payload)
+            .map_err(|_| proof_error("dpop_proof_malformed", "the DPoP proof's claims are not a JSON object"))?;
+        let text = |name: &'static str| match claims.get(name) {
+            Some(Value::String(s)) => Ok(s.as_str()),
+            _ => Err(proof_error("dpop_proof_malformed", format!("the DPoP proof has no `{name}` string"))),
+        };
+        if text("htm")? != method {
+            return Err(proof_error("dpop_htm", "the DPoP proof's htm is not this request's method"));
+        }
+        match (normalize_htu(text("htu")?), normalize_htu(url)) {
+            (Some(a), Some(b)) if a == b => {}
+            _ => return Err(proof_error("dpop_htu", "the DPoP proof's htu is not this request's URI")),
+        }
+        let iat = match claims.get("iat") {
+            Some(Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+            _ => None,
+        }
+        .ok_or_else(|| proof_error("dpop_proof_malformed", "the DPoP proof has no numeric iat"))?;
+        if iat > now.saturating_add(self.leeway) || iat.saturating_add(self.max_age) < now {
+            return Err(proof_error("dpop_iat", "the DPoP proof is too old or from the future"));
+        }
+        let jti = text("jti")?;
+        if jti.is_empty() || jti.len() > MAX_JTI {
+            return Err(proof_error("dpop_proof_malformed", "the DPoP proof's jti is empty or too long"));
+        }
+        let ath = b64::encode(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
+        if text("ath").map_err(|_| proof_error("dpop_ath", "the DPoP proof has no ath"))? != ath {
+            return Err(proof_error("dpop_ath", "the DPoP proof's ath is not the hash of this access token"));
+        }
+        if let Some(nonces) = &self.nonces {
+            let fresh = matches!(claims.get("nonce"), Some(Value::String(n)) if nonces.valid(n, now));
+            if !fresh {
+                return Err(AuthnError::UseNonce { nonce: nonces.issue(now) });
+            }
+        }
+        Ok(Checked { jkt: jwk.thumbprint.clone(), jti: jti.to_string() })
+    }
+
+    /// Records the proof's `jti` for its replay window: a proof is accepted once. The key is
+    /// scoped by the proof's key, so one client cannot burn another's `jti`s.
+    pub async fn remember(&self, checked: &Checked) -> Result<(), AuthnError> {
+        let key = format!("{}\n{}", checked.jkt, checked.jti);
+        let ttl = Duration::from_secs(self.max_age + self.leeway + 1);
+        match self.state.insert_once("dpop-jti", key.as_bytes(), ttl).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(proof_error("dpop_replay", "this DPoP proof has been used before")),
+            Err(e) => Err(AuthnError::unavailable("replay_cache_unavailable", format!("cannot check DPoP replay: {e}"))),
+        }
+    }
+}
+
+impl Nonces {
+    fn issue(&self, now: u64) -> String {
+        let ts = now.to_be_bytes();
+        let tag = hmac::sign(&self.key, &ts);
+        let mut raw = ts.to_vec();
+        raw.extend_from_slice(&tag.as_ref()[..16]);
+        b64::encode(&raw)
+    }
+
+    fn valid(&self, nonce: &str, now: u64) -> bool {
+        let Some(raw) = b64::decode(nonce).filter(|r| r.len() == 24) else { return false };
+        let Ok(ts) = <[u8; 8]>::try_from(&raw[..8]) else { return false };
+        let tag = hmac::sign(&self.key, &ts);
+        // Constant-time comparison of the truncated tag.
+        let same = raw[8..].iter().zip(&tag.as_ref()[..16]).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        let issued = u64::from_be_bytes(ts);
+        same && issued <= now + 1 && now - issued.min(now) <= self.lifetime
+    }
+}
+
+/// The form of an `htu` that two equivalent URIs share (RFC 9449 §4.3 with RFC 3986 §6.2.2
+/// and §6.2.3): lower-case scheme and host, no default port, dot segments removed,
+/// percent-encodings of unreserved characters decoded and other hex digits upper-cased, an
+/// empty path as `/`, and no query or fragment. `None` when it is not an absolute http(s) URI.
+pub fn normalize_htu(s: &str) -> Option<String> {
+    let mut url = url::Url::parse(s).ok()?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return None;
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    if !url.username().is_empty() || url.password().is_some() {
+        return None;
+    }
+    let path = url.path();
+    let mut out = String::with_capacity(s.len());
+    out.push_str(url.scheme());
+    out.push_str("://");
+    out.push_str(url.host_str()?);
+    if let Some(port) = url.port() {
+        out.push(':');
+        out.push_str(&port.to_string());
+    }
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            let c = h * 16 + l;
+            if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                out.push(c as char);
+            } else {
+                out.push('%');
+                out.push(bytes[i + 1].to_ascii_uppercase() as char);
+                out.push(bytes[i + 2].to_ascii_uppercase() as char);
+            }
+            i += 3;
+        } else {
+            out.push(bytes[i] as char);
+            i += 1;
+        }
+    }
+    if path.is_empty() {
+        out.push('/');
+    }
+    Some(out)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_htu;
+
+    #[test]
+    fn htu_normalisation() {
+        let n = |s| normalize_htu(s);
+        let same = [
+            ("https://api.example.com/orders", "HTTPS://API.example.COM:443/orders"),
+            ("https://api.example.com/orders", "https://api.example.com/orders?x=1#frag"),
+            ("https://api.example.com/a/b", "https://api.example.com/a/./c/../b"),
+            ("https://api.example.com/%7Euser", "https://api.example.com/~user"),
+            ("https://api.example.com/a%2fb", "https://api.example.com/a%2Fb"),
+            ("http://h:8080/", "http://h:8080"),
+        ];
+        for (a, b) in same {
+            assert_eq!(n(a), n(b), "{a} vs {b}");
+            assert!(n(a).is_some());
+        }
+        let differ = [
+            ("https://api.example.com/orders", "http://api.example.com/orders"),
+            ("https://api.example.com/orders", "https://api.example.com:8443/orders"),
+            ("https://api.example.com/orders", "https://api.example.com/orders/"),
+            ("https://api.example.com/a%2Fb", "https://api.example.com/a/b"),
+            ("https://api.example.com/orders", "https://evil.example.com/orders"),
+        ];
+        for (a, b) in differ {
+            assert_ne!(n(a), n(b), "{a} vs {b}");
+        }
+        for bad in ["/orders", "ftp://h/x", "https://user:pw@h/x", "not a url", ""] {
+            assert_eq!(n(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The in-process backend: a sharded map of key digests to expiry times.
+//!
+//! Keys are stored as SHA-256 digests of namespace and key, so an entry has a fixed size
+//! whatever the caller's key, and the capacity bounds memory (about 64 bytes an entry).
+//! Expired entries are swept from a shard when it fills or once a second, whichever comes
+//! first. A shard that is full of live entries refuses new ones (fail closed) rather than
+//! forget a live one, which would let a replay through.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::StateError;
+
+/// Default number of entries: room for a million proofs within their replay window.
+pub(crate) const DEFAULT_CAPACITY: usize = 1 << 20;
+
+const SHARDS: usize = 16;
+
+/// An in-memory store.
+#[derive(Debug)]
+pub struct Memory {
+    shards: Box<[Mutex<Shard>]>,
+    per_shard: usize,
+    epoch: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// Digest → expiry, in milliseconds since the store's epoch.
+    entries: HashMap<[u8; 32], u64>,
+    next_sweep: u64,
+}
+
+impl Memory {
+    /// A store holding at most `capacity` live entries.
+    pub fn new(capacity: usize) -> Memory {
+        let per_shard = capacity.div_ceil(SHARDS).max(1);
+        Memory {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// See [`crate::State::insert_once`].
+    pub fn insert_once(&self, ns: &str, key: &[u8], ttl: Duration) -> Result<bool, StateError> {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(&(ns.len() as u64).to_be_bytes());
+        ctx.update(ns.as_bytes());
+        ctx.update(key);
+        let digest: [u8; 32] = ctx.finish().as_ref().try_into().map_err(|_| StateError::Full)?;
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let until = now.saturating_add(ttl.as_millis() as u64);
+        let shard = &self.shards[digest[0] as usize % SHARDS];
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if shard.entries.len() >= self.per_shard || now >= shard.next_sweep {
+            shard.entries.retain(|_, exp| *exp > now);
+            shard.next_sweep = now + 1000;
+        }
+        let full = shard.entries.len() >= self.per_shard;
+        match shard.entries.get_mut(&digest) {
+            Some(exp) if *exp > now => Ok(false),
+            Some(exp) => {
+                *exp = until;
+                Ok(true)
+            }
+            None if full => Err(StateError::Full),
+            None => {
+                shard.entries.insert(digest, until);
+                Ok(true)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_insert_is_a_replay_until_expiry() {
+        let m = Memory::new(100);
+        assert_eq!(m.insert_once("dpop", b"a", Duration::from_millis(50)), Ok(true));
+        assert_eq!(m.insert_once("dpop", b"a", Duration::from_millis(50)), Ok(false));
+        // Another namespace is another key.
+        assert_eq!(m.insert_once("other", b"a", Duration::from_millis(50)), Ok(true));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(m.insert_once("dpop", b"a", Duration::from_millis(50)), Ok(true));
+    }
+
+    #[test]
+    fn a_full_store_refuses_rather_than_forgets() {
+        let m = Memory::new(SHARDS); // one entry per shard
+        let mut refused = 0;
+        for i in 0..200u32 {
+            match m.insert_once("dpop", &i.to_be_bytes(), Duration::from_secs(60)) {
+                Ok(true) => {}
+                Ok(false) => panic!("a fresh key was called a replay"),
+                Err(StateError::Full) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(refused >= 200 - SHARDS, "only {refused} refused");
+        // The live entries are still remembered.
+        let remembered = (0..200u32)
+            .filter(|i| m.insert_once("dpop", &i.to_be_bytes(), Duration::from_secs(60)) == Ok(false))
+            .count();
+        assert!(remembered >= 1 && remembered <= SHARDS);
+    }
+
+    #[test]
+    fn expired_entries_make_room() {
+        let m = Memory::new(SHARDS);
+        for i in 0..64u32 {
+            let _ = m.insert_once("dpop", &i.to_be_bytes(), Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let ok = (100..164u32).filter(|i| m.insert_once("dpop", &i.to_be_bytes(), Duration::from_secs(1)).is_ok()).count();
+        assert!(ok >= SHARDS / 2, "{ok}");
+    }
+
+    #[test]
+    fn concurrent_inserts_admit_exactly_one() {
+        let m = std::sync::Arc::new(Memory::new(1000));
+        let wins: usize = (0..8)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || usize::from(m.insert_once("dpop", b"same", Duration::from_secs(5)) == Ok(true)))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(wins, 1);
+    }
+}
