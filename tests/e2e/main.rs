@@ -15,3 +15,4 @@ mod protocols;
 mod proxy;
 mod robustness;
 mod streaming;
+mod workload;

@@ -38,7 +38,8 @@ impl Dpop {
     async fn new(extra: &str) -> Dpop {
         let idp = Idp::start();
         idp.key("ec", "ES256").await;
-        let holder: Value = serde_json::from_str(&idp.post_text("/dpop/holder", json!({"holder": "h1"})).await).unwrap();
+        let holder: Value =
+            serde_json::from_str(&idp.post_text("/dpop/holder", json!({"holder": "h1"})).await).unwrap();
         idp.post_text("/dpop/holder", json!({"holder": "h2", "alg": "EdDSA"})).await;
         let up = Upstream::start();
         let gw = Gateway::start(&format!("{}{extra}{}", issuer_yaml(&idp, ""), ROUTES.replace("UP", &up.url())));
@@ -171,7 +172,8 @@ async fn dpop_proofs_are_checked_in_full() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     let logs = format!("{}{}", f.gw.stderr(), f.gw.access_log());
     assert!(!logs.contains(&token[token.len() - 20..]) && !logs.contains(&proof[proof.len() - 20..]));
-    let ok: Value = serde_json::from_str(f.gw.access_log().lines().find(|l| l.contains("\"status\":200")).unwrap()).unwrap();
+    let ok: Value =
+        serde_json::from_str(f.gw.access_log().lines().find(|l| l.contains("\"status\":200")).unwrap()).unwrap();
     assert_eq!(ok["auth_method"], "dpop");
 }
 
@@ -320,4 +322,56 @@ async fn certificate_bound_tokens_and_mtls_principals() {
     let line: Value = serde_json::from_str(log.lines().find(|l| l.contains("\"route\":\"certs\"")).unwrap()).unwrap();
     assert_eq!(line["principal"], "alice");
     assert_eq!(line["auth_method"], "mtls");
+}
+
+#[tokio::test]
+async fn dpop_bound_tokens_from_a_real_authorization_server() {
+    // node-oidc-provider binds the token to the key of the proof on its token request; the
+    // gateway learns the binding (`cnf.jkt`) by introspection.
+    let asrv = crate::opaque::AuthServer::start();
+    let f = Dpop::new("").await; // the Python DPoP client (its holder key h1)
+    let token_url = format!("{}/token", asrv.url);
+    let proof = f.proof(json!({"htm": "POST", "htu": token_url})).await;
+    let r = reqwest::Client::new()
+        .post(&token_url)
+        .basic_auth("svc", Some("svc-secret"))
+        .header("dpop", proof)
+        .form(&[("grant_type", "client_credentials"), ("scope", "orders.read")])
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["token_type"], "DPoP", "{v}");
+    let token = v["access_token"].as_str().unwrap().to_string();
+
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        r#"
+introspection:
+  endpoint: {url}/token/introspection
+  client_id: gateway
+  client_secret: gateway-secret
+  issuer: {url}
+routes:
+  - id: api
+    upstream: {up}
+    authenticate: [dpop, introspection]
+    authorize: {{ scopes: [orders.read] }}
+"#,
+        url = asrv.url,
+        up = up.url()
+    ));
+    let send = |proof: String| {
+        client().get(gw.url("/api")).header("authorization", format!("DPoP {token}")).header("dpop", proof).send()
+    };
+    let good = f.proof(json!({"htm": "GET", "htu": gw.url("/api"), "token": token})).await;
+    assert_eq!(send(good).await.unwrap().status(), 200);
+    // The same token with a proof by another key, and as a bearer token: refused.
+    let other = f.proof(json!({"holder": "h2", "htm": "GET", "htu": gw.url("/api"), "token": token})).await;
+    let r = send(other).await.unwrap();
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("DPoP error=\"invalid_dpop_proof\""));
+    problem(r, 401).await;
+    let r = client().get(gw.url("/api")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(problem(r, 401).await["type"], "urn:portcullis:problem:token-dpop-bound");
+    assert_eq!(up.count(), 1);
 }

@@ -156,7 +156,8 @@ impl Authn {
                 }
             },
         };
-        let uses_dpop = config.routes.iter().any(|r| r.authenticate.as_deref().unwrap_or_default().contains(&AuthMethod::Dpop));
+        let uses_dpop =
+            config.routes.iter().any(|r| r.authenticate.as_deref().unwrap_or_default().contains(&AuthMethod::Dpop));
         let dpop = match registry.state(&config.state) {
             Err(msg) if uses_dpop => {
                 errors.push(Invalid::new("state.backend", msg));
@@ -263,7 +264,11 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Authenticates a request: the principal, or the problem that refuses it.
-    pub async fn authenticate(&self, parts: &http::request::Parts, cx: &Context<'_>) -> Result<Arc<Principal>, Problem> {
+    pub async fn authenticate(
+        &self,
+        parts: &http::request::Parts,
+        cx: &Context<'_>,
+    ) -> Result<Arc<Principal>, Problem> {
         match self.run(parts, cx).await {
             Ok(p) => Ok(p),
             Err(e) => {
@@ -328,8 +333,9 @@ impl Authenticator {
     ) -> Result<Arc<Principal>, AuthnError> {
         let token = extract::b64token(token)?;
         let mut proofs = parts.headers.get_all(DPOP).iter();
-        let proof = proofs.next().ok_or_else(|| {
-            AuthnError::Proof { code: "dpop_proof_missing", description: "the request has no DPoP proof header".into() }
+        let proof = proofs.next().ok_or_else(|| AuthnError::Proof {
+            code: "dpop_proof_missing",
+            description: "the request has no DPoP proof header".into(),
         })?;
         if proofs.next().is_some() {
             return Err(AuthnError::Proof {

@@ -161,7 +161,8 @@ fn upstreams(config: &Config, out: &mut Vec<Invalid>) {
             out.push(Invalid::new(at("tls.svid"), "needs `spiffe.svid`, the gateway's own SVID"));
         }
         if let Some(id) = &tls.spiffe_id {
-            if let Some(problem) = spiffe_pattern_problem(id).or(id.contains('*').then_some("an exact SPIFFE ID, no `*`"))
+            if let Some(problem) =
+                spiffe_pattern_problem(id).or(id.contains('*').then_some("an exact SPIFFE ID, no `*`"))
             {
                 out.push(Invalid::new(at("tls.spiffe_id"), problem));
             } else if let Some((domain, _)) = spiffe_id_parts(id)
@@ -244,10 +245,17 @@ fn routes(config: &Config, out: &mut Vec<Invalid>) {
                         out.push(Invalid::new(format!("routes[{i}].authenticate[{j}]"), "listed twice"));
                     }
                 }
-                if (methods.contains(&AuthMethod::Jwt) || methods.contains(&AuthMethod::Dpop))
+                if methods.contains(&AuthMethod::Jwt) && config.issuers.is_empty() {
+                    out.push(Invalid::new(at("authenticate"), "`jwt` needs at least one entry in `issuers`"));
+                }
+                if methods.contains(&AuthMethod::Dpop)
                     && config.issuers.is_empty()
+                    && !methods.contains(&AuthMethod::Introspection)
                 {
-                    out.push(Invalid::new(at("authenticate"), "`jwt` and `dpop` need at least one entry in `issuers`"));
+                    out.push(Invalid::new(
+                        at("authenticate"),
+                        "`dpop` checks its tokens as JWTs of `issuers` or by `introspection` (listed on the route)",
+                    ));
                 }
                 if methods.contains(&AuthMethod::Introspection) && config.introspection.is_none() {
                     out.push(Invalid::new(
@@ -269,7 +277,10 @@ fn routes(config: &Config, out: &mut Vec<Invalid>) {
                 }
                 if route.certificate_bound {
                     if !methods.iter().any(|m| matches!(m, AuthMethod::Jwt | AuthMethod::Introspection)) {
-                        out.push(Invalid::new(at("certificate_bound"), "needs a token method (`jwt` or `introspection`)"));
+                        out.push(Invalid::new(
+                            at("certificate_bound"),
+                            "needs a token method (`jwt` or `introspection`)",
+                        ));
                     }
                     if !tls.is_some_and(|t| t.client_ca.is_some() || !config.spiffe.trust_domains.is_empty()) {
                         out.push(Invalid::new(
@@ -377,9 +388,7 @@ fn workload(config: &Config, out: &mut Vec<Invalid>) {
         out.push(Invalid::new("dpop.algorithms", "list at least one algorithm"));
     }
     for (i, alg) in d.algorithms.iter().enumerate() {
-        if !["ES256", "ES384", "EdDSA", "PS256", "PS384", "PS512", "RS256", "RS384", "RS512"]
-            .contains(&alg.as_str())
-        {
+        if !["ES256", "ES384", "EdDSA", "PS256", "PS384", "PS512", "RS256", "RS384", "RS512"].contains(&alg.as_str()) {
             out.push(Invalid::new(
                 format!("dpop.algorithms[{i}]"),
                 format!("`{alg}` is not an asymmetric JWS algorithm (ES256, ES384, EdDSA, PS256, RS256...)"),

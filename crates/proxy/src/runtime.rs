@@ -56,7 +56,8 @@ impl Shared {
                 .as_deref()
                 .and_then(portcullis_core::spiffe::parse_id)
                 .and_then(|(domain, _)| spiffe.trust_domains.get(domain));
-            let files = [&tls.ca, &tls.cert, &tls.key].into_iter().flatten().chain(svid.into_iter().flatten()).chain(bundle);
+            let files =
+                [&tls.ca, &tls.cert, &tls.key].into_iter().flatten().chain(svid.into_iter().flatten()).chain(bundle);
             for f in files {
                 let meta = std::fs::metadata(f).ok();
                 key.push_str(&format!(

@@ -226,14 +226,26 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, &self.roots, intermediates, now, self.algs.all)?;
-        match portcullis_authn::mtls::svid_id(end_entity) {
-            Ok(Some(id)) if id == self.id => Ok(ServerCertVerified::assertion()),
-            Ok(Some(_)) => Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)),
-            Ok(None) => Err(refuse("the upstream's certificate is not an X.509-SVID")),
-            Err(problem) => Err(refuse(problem)),
+        let verified = (|| {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                &self.roots,
+                intermediates,
+                now,
+                self.algs.all,
+            )?;
+            match portcullis_authn::mtls::svid_id(end_entity) {
+                Ok(Some(id)) if id == self.id => Ok(ServerCertVerified::assertion()),
+                Ok(Some(_)) => Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)),
+                Ok(None) => Err(refuse("the upstream's certificate is not an X.509-SVID")),
+                Err(problem) => Err(refuse(problem)),
+            }
+        })();
+        if let Err(e) = &verified {
+            tracing::warn!(expected = %self.id, error = %e, "upstream SVID refused");
         }
+        verified
     }
 
     fn verify_tls12_signature(
@@ -292,8 +304,7 @@ pub fn client_config(tls: Option<&UpstreamTls>, spiffe: &SpiffeConfig) -> Result
                 .trust_domains
                 .get(domain)
                 .ok_or_else(|| (key("spiffe_id"), format!("no bundle for trust domain `{domain}`")))?;
-            let roots =
-                load_bundle(path).map_err(|e| (format!("spiffe.trust_domains.{domain}"), e))?;
+            let roots = load_bundle(path).map_err(|e| (format!("spiffe.trust_domains.{domain}"), e))?;
             let verifier = SpiffeServerVerifier {
                 roots: Arc::new(roots),
                 id: id.to_string(),

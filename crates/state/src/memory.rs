@@ -36,11 +36,7 @@ impl Memory {
     /// A store holding at most `capacity` live entries.
     pub fn new(capacity: usize) -> Memory {
         let per_shard = capacity.div_ceil(SHARDS).max(1);
-        Memory {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            per_shard,
-            epoch: Instant::now(),
-        }
+        Memory { shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(), per_shard, epoch: Instant::now() }
     }
 
     /// See [`crate::State::insert_once`].
@@ -116,7 +112,8 @@ mod tests {
             let _ = m.insert_once("dpop", &i.to_be_bytes(), Duration::from_millis(10));
         }
         std::thread::sleep(Duration::from_millis(20));
-        let ok = (100..164u32).filter(|i| m.insert_once("dpop", &i.to_be_bytes(), Duration::from_secs(1)).is_ok()).count();
+        let ok =
+            (100..164u32).filter(|i| m.insert_once("dpop", &i.to_be_bytes(), Duration::from_secs(1)).is_ok()).count();
         assert!(ok >= SHARDS / 2, "{ok}");
     }
 
@@ -126,7 +123,9 @@ mod tests {
         let wins: usize = (0..8)
             .map(|_| {
                 let m = m.clone();
-                std::thread::spawn(move || usize::from(m.insert_once("dpop", b"same", Duration::from_secs(5)) == Ok(true)))
+                std::thread::spawn(move || {
+                    usize::from(m.insert_once("dpop", b"same", Duration::from_secs(5)) == Ok(true))
+                })
             })
             .collect::<Vec<_>>()
             .into_iter()

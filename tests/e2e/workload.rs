@@ -1,0 +1,197 @@
+//! Workload identity through the real binary over TLS: X.509-SVIDs checked against the
+//! bundle of their own trust domain, bundles in PEM and SPIFFE JSON reloaded on change, the
+//! X.509-SVID rules, and mutual TLS to an upstream (Python's ssl module) with the gateway's
+//! own SVID rotated on disk.
+
+use std::process::{Child, Command};
+
+use rcgen::{BasicConstraints, IsCa, KeyUsagePurpose, SanType};
+use serde_json::{Value, json};
+
+use crate::harness::{Gateway, TempDir, client, helper, problem, spawn_peer};
+use crate::pki::{Ca, Pair};
+
+fn tls_client(ca: &Ca, identity: Option<&Pair>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .pool_max_idle_per_host(0);
+    if let Some(id) = identity {
+        b = b.identity(id.identity());
+    }
+    b.build().unwrap()
+}
+
+/// A SPIFFE bundle document (JWK Set with `x509-svid` keys) for `ca`.
+fn spiffe_bundle(ca: &Ca) -> String {
+    let der: String = ca.pem().lines().filter(|l| !l.starts_with("-----")).collect();
+    json!({"spiffe_sequence": 1, "keys": [{"use": "x509-svid", "kty": "EC", "crv": "P-256", "x5c": [der]}]}).to_string()
+}
+
+#[tokio::test]
+async fn svids_are_checked_against_their_own_trust_domain() {
+    let server_ca = Ca::new("server ca");
+    let example = Ca::new("example.org ca");
+    let partner = Ca::new("partner.org ca");
+    let dir = TempDir::new("spiffe");
+    let server = server_ca.server();
+    dir.write("server.pem", &server.cert);
+    dir.write("server-key.pem", &server.key);
+    dir.write("bundles/example.org.pem", example.pem());
+    dir.write("bundles/partner.org.json", spiffe_bundle(&partner));
+    let gw = Gateway::start_in(
+        dir,
+        r#"
+server:
+  listen: {listen}
+  tls: { cert: server.pem, key: server-key.pem }
+spiffe:
+  trust_domains:
+    example.org: bundles/example.org.pem
+    partner.org: bundles/partner.org.json
+routes:
+  - id: prod
+    match: { path_prefix: /prod }
+    upstream: echo
+    authenticate: [mtls]
+    authorize: { spiffe_ids: ["spiffe://example.org/ns/prod/**"] }
+  - id: any
+    match: { path_prefix: /any }
+    upstream: echo
+    authenticate: [mtls]
+"#,
+    );
+    let url = |p: &str| format!("https://localhost:{}{p}", gw.addr.port());
+    let get = |id: Option<&Pair>, p: &str| {
+        let c = tls_client(&server_ca, id);
+        let u = url(p);
+        async move { c.get(u).send().await }
+    };
+
+    // An SVID of example.org, from example.org's CA.
+    let api = example.svid("spiffe://example.org/ns/prod/sa/api");
+    assert_eq!(get(Some(&api), "/prod/x").await.unwrap().status(), 200);
+    // partner.org's SVID (SPIFFE JSON bundle) is a workload, but not one the prod route allows.
+    let partner_svid = partner.svid("spiffe://partner.org/billing");
+    assert_eq!(get(Some(&partner_svid), "/any/x").await.unwrap().status(), 200);
+    problem(get(Some(&partner_svid), "/prod/x").await.unwrap(), 403).await;
+    // A CA of one trust domain cannot vouch for another's IDs.
+    let forged = partner.svid("spiffe://example.org/ns/prod/sa/api");
+    assert!(get(Some(&forged), "/prod/x").await.is_err(), "a cross-domain SVID must fail the handshake");
+    // An unknown trust domain, and a plain certificate without a SPIFFE ID (no client_ca).
+    assert!(get(Some(&example.svid("spiffe://elsewhere.org/x")), "/any/x").await.is_err());
+    assert!(get(Some(&example.client("alice")), "/any/x").await.is_err());
+    // Broken X.509-SVIDs: two URI SANs, a CA certificate, no digitalSignature, keyCertSign.
+    let two_uris = example.svid_with("spiffe://example.org/a", |p| {
+        p.subject_alt_names.push(SanType::URI("spiffe://example.org/b".try_into().unwrap()))
+    });
+    let is_ca = example.svid_with("spiffe://example.org/a", |p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained));
+    let no_sig = example.svid_with("spiffe://example.org/a", |p| p.key_usages = vec![KeyUsagePurpose::KeyEncipherment]);
+    let cert_sign = example.svid_with("spiffe://example.org/a", |p| {
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign]
+    });
+    for (name, bad) in
+        [("two URIs", two_uris), ("CA", is_ca), ("no digitalSignature", no_sig), ("keyCertSign", cert_sign)]
+    {
+        assert!(get(Some(&bad), "/any/x").await.is_err(), "{name}: accepted");
+    }
+    // No certificate: the route needs one.
+    problem(get(None, "/any/x").await.unwrap(), 401).await;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let line: Value =
+        serde_json::from_str(gw.access_log().lines().find(|l| l.contains("\"route\":\"prod\"")).unwrap()).unwrap();
+    assert_eq!(line["principal"], "spiffe://example.org/ns/prod/sa/api");
+    assert_eq!(line["auth_method"], "mtls");
+
+    // The bundle rotates on disk: example.org now trusts a new CA only.
+    let rotated = Ca::new("example.org ca 2");
+    gw.dir.write("bundles/example.org.pem", rotated.pem());
+    gw.wait_metric("the bundle reload", |g| g.metric("portcullis_config_generation") >= 2.0);
+    assert!(get(Some(&api), "/prod/x").await.is_err(), "SVIDs of the old CA are no longer trusted");
+    let renewed = rotated.svid("spiffe://example.org/ns/prod/sa/api");
+    assert_eq!(get(Some(&renewed), "/prod/x").await.unwrap().status(), 200);
+}
+
+/// The Python HTTPS upstream that requires client certificates.
+struct TlsUpstream {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TlsUpstream {
+    fn start(dir: &TempDir, name: &str, svid: &Pair, client_ca: &Ca) -> TlsUpstream {
+        let cert = dir.write(&format!("{name}/svid.pem"), &svid.cert);
+        let key = dir.write(&format!("{name}/svid-key.pem"), &svid.key);
+        let ca = dir.write(&format!("{name}/clients.pem"), client_ca.pem());
+        let mut cmd = Command::new("python3");
+        cmd.arg(helper("tls_upstream.py")).args([&cert, &key, &ca]);
+        let (child, line) = spawn_peer(cmd);
+        TlsUpstream { child, port: line.parse().unwrap_or_else(|_| panic!("tls upstream said {line:?}")) }
+    }
+}
+
+#[tokio::test]
+async fn upstream_mtls_with_the_gateways_rotating_svid() {
+    let domain = Ca::new("example.org ca");
+    let dir = TempDir::new("egress");
+    let backend = TlsUpstream::start(&dir, "backend", &domain.svid("spiffe://example.org/backend"), &domain);
+    let impostor = TlsUpstream::start(&dir, "impostor", &domain.svid("spiffe://example.org/impostor"), &domain);
+    let first = domain.svid("spiffe://example.org/gateway");
+    dir.write("bundle.pem", domain.pem());
+    dir.write("svid.pem", &first.cert);
+    dir.write("svid-key.pem", &first.key);
+    let gw = Gateway::start_in(
+        dir,
+        &format!(
+            r#"
+spiffe:
+  trust_domains: {{ example.org: bundle.pem }}
+  svid: {{ cert: svid.pem, key: svid-key.pem }}
+upstreams:
+  backend:
+    endpoints: [https://127.0.0.1:{b}]
+    tls: {{ spiffe_id: "spiffe://example.org/backend", svid: true }}
+  wrong:
+    endpoints: [https://127.0.0.1:{i}]
+    tls: {{ spiffe_id: "spiffe://example.org/backend", svid: true }}
+routes:
+  - id: backend
+    match: {{ path_prefix: /backend }}
+    upstream: backend
+    authenticate: [none]
+  - id: wrong
+    match: {{ path_prefix: /wrong }}
+    upstream: wrong
+    authenticate: [none]
+"#,
+            b = backend.port,
+            i = impostor.port
+        ),
+    );
+    let seen = |v: Value| (v["uris"][0].as_str().unwrap_or_default().to_string(), v["serial"].clone());
+    let r = client().get(gw.url("/backend/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (uri, serial) = seen(r.json().await.unwrap());
+    assert_eq!(uri, "spiffe://example.org/gateway", "the upstream saw the gateway's SVID");
+
+    // An upstream with another SPIFFE ID is not the one configured: 502, nothing forwarded.
+    let r = client().get(gw.url("/wrong/x")).send().await.unwrap();
+    problem(r, 502).await;
+
+    // The gateway's SVID rotates on disk: new upstream connections present the new one.
+    let renewed = domain.svid("spiffe://example.org/gateway");
+    gw.dir.write("svid-key.pem", &renewed.key);
+    gw.dir.write("svid.pem", &renewed.cert);
+    gw.wait_metric("the SVID reload", |g| g.metric("portcullis_config_generation") >= 2.0);
+    let r = client().get(gw.url("/backend/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (uri, serial2) = seen(r.json().await.unwrap());
+    assert_eq!(uri, "spiffe://example.org/gateway");
+    assert_ne!(serial2, serial, "the rotated SVID is presented");
+}

@@ -1,0 +1,52 @@
+"""An HTTPS upstream that demands a client certificate, for the gateway's upstream mTLS
+tests (Python's ssl module: an implementation independent of the gateway's rustls).
+
+    tls_upstream.py CERT KEY CLIENT_CA    starts on a free loopback port and prints it
+
+Every request is answered with JSON describing the client certificate the gateway
+presented: {"uris": [...], "serial": "..."}. The certificate and key are read again for
+each new connection, so a test can rotate them on disk.
+"""
+
+import json
+import ssl
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CERT, KEY, CLIENT_CA = sys.argv[1:4]
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        peer = self.connection.getpeercert() or {}
+        uris = [v for (k, v) in peer.get("subjectAltName", ()) if k == "URI"]
+        body = json.dumps({"uris": uris, "serial": peer.get("serialNumber"), "path": self.path}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(CERT, KEY)
+        ctx.load_verify_locations(CLIENT_CA)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx.wrap_socket(sock, server_side=True), addr
+
+    def handle_error(self, request, client_address):
+        pass
+
+
+if __name__ == "__main__":
+    server = Server(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
