@@ -14,6 +14,11 @@
 //!   `verify_bare/hs256` is the work of an uncached validation besides the signature.
 //! - `api_key/valid`, `api_key/unknown`: a key in `x-api-key` (hash, bucket lookup,
 //!   constant-time compare), found and not found.
+//! - `dpop/*`: a DPoP-bound ES256 token (cached after its first use, as a client reuses it)
+//!   with a fresh proof on every request, ES256 or EdDSA: the proof's parse, key import,
+//!   signature, claims, `ath`, and the `jti` insert into the in-memory replay cache.
+//!   `dpop/bearer_es256_cached` is the same token's work without DPoP (an unbound token as a
+//!   bearer token), so the difference is what DPoP adds per request.
 //! - `extract/*`: reading the bearer token out of the request head; and the SHA-256 of the
 //!   token that keys the cache (the floor of the cached path).
 //!
@@ -57,6 +62,7 @@ struct Setup {
     keys: Vec<Arc<Signer>>,
     jwt: Authenticator,
     api_key: Authenticator,
+    dpop: Authenticator,
     api_key_value: String,
 }
 
@@ -145,17 +151,23 @@ fn setup() -> Setup {
     );
     yaml += "routes:\n  - id: jwt\n    match: { path_prefix: /jwt }\n    upstream: echo\n    authenticate: [jwt]\n";
     yaml += "  - id: key\n    match: { path_prefix: /key }\n    upstream: echo\n    authenticate: [api_key]\n";
+    yaml += "  - id: dpop\n    match: { path_prefix: /dpop }\n    upstream: echo\n    authenticate: [dpop]\n";
     let loaded = portcullis_config::load_str(yaml, &dir.0.join("portcullis.yaml")).unwrap_or_else(|e| panic!("{e}"));
     let config = &loaded.config;
     let authn = Authn::build(config, &Registry::default()).unwrap_or_else(|e| panic!("{e:?}"));
     let route = |i: usize| {
         authn.route(&config.routes[i], &format!("routes[{i}]")).unwrap_or_else(|e| panic!("{e:?}")).expect("not public")
     };
-    Setup { jwt: route(0), api_key: route(1), _dir: dir, keys, api_key_value }
+    Setup { jwt: route(0), api_key: route(1), dpop: route(2), _dir: dir, keys, api_key_value }
 }
 
 /// A typical access token of `issuer`, made distinct by `n` (its `jti`).
 fn token(key: &Signer, issuer: &str, n: usize) -> String {
+    token_with(key, issuer, n, json!({}))
+}
+
+/// [`token`] with extra claims.
+fn token_with(key: &Signer, issuer: &str, n: usize, extra: Value) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
     let claims = json!({
         "iss": issuer,
@@ -167,6 +179,10 @@ fn token(key: &Signer, issuer: &str, n: usize) -> String {
         "exp": now + 3600,
         "jti": format!("token-{n}"),
     });
+    let mut claims = claims;
+    for (k, v) in extra.as_object().expect("object") {
+        claims[k] = v.clone();
+    }
     key.sign(claims.to_string().as_bytes())
 }
 
@@ -205,10 +221,27 @@ fn bearer(token: &str) -> Parts {
     request("/jwt/orders", ("authorization", &format!("Bearer {token}")))
 }
 
+/// The connection facts of a plain-HTTP request to `api.example`.
+const CX: portcullis_authn::Context<'static> =
+    portcullis_authn::Context { https: false, authority: "api.example", client_cert: None };
+
+/// A DPoP proof by `holder` for `GET http://api.example{path}` with `token`, unique by `n`.
+fn proof(holder: &SigningKey, path: &str, token: &str, n: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let mut header = Map::new();
+    header.insert("typ".into(), json!("dpop+jwt"));
+    let mut jwk = holder.public_jwk();
+    jwk.as_object_mut().expect("jwk").retain(|k, _| !matches!(k.as_str(), "kid" | "alg" | "use"));
+    header.insert("jwk".into(), jwk);
+    let ath = b64::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref());
+    let claims = json!({"htm": "GET", "htu": format!("http://api.example{path}"), "iat": now, "jti": format!("proof-{n}"), "ath": ath});
+    holder.sign(header, claims.to_string().as_bytes()).expect("sign")
+}
+
 /// Authenticates `parts`, insisting that it succeeds (a benchmark of refusals would be
 /// meaningless here).
 fn accept(auth: &Authenticator, parts: &Parts) {
-    match ready(auth.authenticate(black_box(parts))) {
+    match ready(auth.authenticate(black_box(parts), &CX)) {
         Ok(p) => {
             black_box(p);
         }
@@ -303,8 +336,36 @@ fn benches(c: &mut Criterion) {
     let valid = request("/key/orders", ("x-api-key", &s.api_key_value));
     g.bench_function("valid", |b| b.iter(|| accept(&s.api_key, &valid)));
     let unknown = request("/key/orders", ("x-api-key", &apikey::new_key()));
-    assert!(ready(s.api_key.authenticate(&unknown)).is_err());
-    g.bench_function("unknown", |b| b.iter(|| ready(s.api_key.authenticate(black_box(&unknown))).is_err()));
+    assert!(ready(s.api_key.authenticate(&unknown, &CX)).is_err());
+    g.bench_function("unknown", |b| b.iter(|| ready(s.api_key.authenticate(black_box(&unknown), &CX)).is_err()));
+    g.finish();
+
+    let mut g = c.benchmark_group("dpop");
+    g.throughput(Throughput::Elements(1));
+    let es256 = (&s.keys[1], ISSUERS[1].1);
+    let unbound = bearer(&token(es256.0, es256.1, 7));
+    accept(&s.jwt, &unbound);
+    g.bench_function("bearer_es256_cached", |b| b.iter(|| accept(&s.jwt, &unbound)));
+    let mut n = 0u64;
+    for alg in [Algorithm::ES256, Algorithm::EdDSA] {
+        let holder = SigningKey::generate(alg, "holder").expect("keygen");
+        let jkt = portcullis_jose::Jwk::from_value(holder.public_jwk()).expect("jwk").thumbprint;
+        let bound = token_with(es256.0, es256.1, 8, json!({"cnf": {"jkt": jkt}}));
+        let auth = format!("DPoP {bound}");
+        g.bench_function(format!("{}_proof", alg.name().to_ascii_lowercase()), |b| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    let p = proof(&holder, "/dpop/orders", &bound, n);
+                    let mut parts = request("/dpop/orders", ("authorization", &auth));
+                    parts.headers.insert("dpop", p.parse().expect("header"));
+                    parts
+                },
+                |parts| accept(&s.dpop, &parts),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
     g.finish();
 
     let mut g = c.benchmark_group("extract");

@@ -102,7 +102,7 @@ mod tests {
         let remembered = (0..200u32)
             .filter(|i| m.insert_once("dpop", &i.to_be_bytes(), Duration::from_secs(60)) == Ok(false))
             .count();
-        assert!(remembered >= 1 && remembered <= SHARDS);
+        assert!((1..=SHARDS).contains(&remembered));
     }
 
     #[test]
