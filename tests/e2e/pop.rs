@@ -84,55 +84,109 @@ impl Dpop {
     }
 }
 
-#[tokio::test]
-async fn dpop_proofs_are_checked_in_full() {
-    let f = Dpop::new("").await;
-    let token = f.bound_token().await;
+impl Dpop {
+    /// A fixture with a bound token, for one rejection class.
+    async fn with_token() -> (Dpop, String) {
+        let f = Dpop::new("").await;
+        let token = f.bound_token().await;
+        (f, token)
+    }
 
-    // A correct proof: through, without the credential or the proof.
+    /// A proof for `GET /dpop/a` with `token` and the changes in `req`.
+    async fn proof_with(&self, token: &str, req: Value) -> String {
+        let mut base = json!({"htm": "GET", "htu": self.gw.url("/dpop/a"), "token": token});
+        for (k, v) in req.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        self.proof(base).await
+    }
+}
+
+#[tokio::test]
+async fn a_valid_dpop_request_passes_without_its_credentials() {
+    let (f, token) = Dpop::with_token().await;
     let proof = f.proof_for("/dpop/a", &token).await;
     let r = f.send("/dpop/a", &token, &proof).await;
     assert_eq!(r.status(), 200);
     let seen: Value = r.json().await.unwrap();
     assert!(seen["headers"].get("authorization").is_none() && seen["headers"].get("dpop").is_none(), "{seen}");
     assert_eq!(f.up.count(), 1);
+    // The proof and token appear in no log; the access log names the method.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let logs = format!("{}{}", f.gw.stderr(), f.gw.access_log());
+    assert!(!logs.contains(&token[token.len() - 20..]) && !logs.contains(&proof[proof.len() - 20..]));
+    let ok: Value = serde_json::from_str(f.gw.access_log().lines().last().unwrap()).unwrap();
+    assert_eq!(ok["auth_method"], "dpop");
+}
 
-    // Replay: the same proof again.
+#[tokio::test]
+async fn a_replayed_dpop_proof_is_refused() {
+    let (f, token) = Dpop::with_token().await;
+    let proof = f.proof_for("/dpop/a", &token).await;
+    assert_eq!(f.send("/dpop/a", &token, &proof).await.status(), 200);
     f.refused(f.send("/dpop/a", &token, &proof).await, "invalid_dpop_proof", "dpop_replay").await;
+    assert_eq!(f.up.count(), 1);
+}
 
-    // htm: a proof for POST used for GET.
-    let p = f.proof(json!({"htm": "POST", "htu": f.gw.url("/dpop/a"), "token": token})).await;
+#[tokio::test]
+async fn dpop_htm_and_htu_must_be_this_request() {
+    let (f, token) = Dpop::with_token().await;
+    let p = f.proof_with(&token, json!({"htm": "POST"})).await;
     f.refused(f.send("/dpop/a", &token, &p).await, "invalid_dpop_proof", "dpop_htm").await;
-
-    // htu: another path, another port, another scheme.
+    // Another path, another port, another scheme.
     let other_port = f.gw.url("/dpop/a").replace(&f.gw.addr.port().to_string(), "1");
     for htu in [f.gw.url("/dpop/b"), other_port, f.gw.url("/dpop/a").replace("http://", "https://")] {
-        let p = f.proof(json!({"htm": "GET", "htu": htu, "token": token})).await;
+        let p = f.proof_with(&token, json!({"htu": htu})).await;
         f.refused(f.send("/dpop/a", &token, &p).await, "invalid_dpop_proof", "dpop_htu").await;
     }
-    // ...but htu is compared normalised and without its query: these are the same URI.
+    assert_eq!(f.up.count(), 0);
+    // htu is compared normalised and without its query: these are the same URI.
     let upper = f.gw.url("/dpop/%7euser?page=2#frag").replace("http://", "HTTP://");
-    let p = f.proof(json!({"htm": "GET", "htu": upper, "token": token})).await;
+    let p = f.proof_with(&token, json!({"htu": upper})).await;
     assert_eq!(f.send("/dpop/~user?page=3", &token, &p).await.status(), 200);
+}
 
-    // iat: too old, and from the future.
+#[tokio::test]
+async fn a_stale_or_future_dpop_proof_is_refused() {
+    let (f, token) = Dpop::with_token().await;
     for iat in [now() - 120, now() + 120] {
-        let p = f.proof(json!({"htm": "GET", "htu": f.gw.url("/dpop/a"), "token": token, "iat": iat})).await;
+        let p = f.proof_with(&token, json!({"iat": iat})).await;
         f.refused(f.send("/dpop/a", &token, &p).await, "invalid_dpop_proof", "dpop_iat").await;
     }
+    // Within the window (60 s back, 5 s ahead) is fine.
+    let p = f.proof_with(&token, json!({"iat": now() - 30})).await;
+    assert_eq!(f.send("/dpop/a", &token, &p).await.status(), 200);
+    assert_eq!(f.up.count(), 1);
+}
 
-    // ath: a proof made for another token, and one without ath.
+#[tokio::test]
+async fn dpop_ath_must_be_the_hash_of_this_token() {
+    let (f, token) = Dpop::with_token().await;
     let other = f.bound_token().await;
     let p = f.proof_for("/dpop/a", &other).await;
     f.refused(f.send("/dpop/a", &token, &p).await, "invalid_dpop_proof", "dpop_ath").await;
-    let p = f.proof(json!({"htm": "GET", "htu": f.gw.url("/dpop/a")})).await;
+    let p = f.proof(json!({"htm": "GET", "htu": f.gw.url("/dpop/a")})).await; // no ath
     f.refused(f.send("/dpop/a", &token, &p).await, "invalid_dpop_proof", "dpop_ath").await;
+    assert_eq!(f.up.count(), 0);
+}
 
-    // jkt: a valid proof by another key than the token is bound to.
-    let p = f.proof(json!({"holder": "h2", "htm": "GET", "htu": f.gw.url("/dpop/a"), "token": token})).await;
+#[tokio::test]
+async fn the_dpop_key_must_be_the_one_the_token_is_bound_to() {
+    let (f, token) = Dpop::with_token().await;
+    // A valid proof by another key (h2, EdDSA) than the token's cnf.jkt.
+    let p = f.proof_with(&token, json!({"holder": "h2"})).await;
     f.refused(f.send("/dpop/a", &token, &p).await, "invalid_dpop_proof", "dpop_jkt").await;
+    // A token not bound at all, with a valid proof.
+    let unbound = f.idp.token("ec", json!({})).await;
+    let p = f.proof_for("/dpop/a", &unbound).await;
+    f.refused(f.send("/dpop/a", &unbound, &p).await, "invalid_token", "token_not_dpop_bound").await;
+    assert_eq!(f.up.count(), 0);
+}
 
-    // The header: a private key, a symmetric algorithm, the wrong typ, no key, a bad signature.
+#[tokio::test]
+async fn dpop_proof_headers_are_checked() {
+    let (f, token) = Dpop::with_token().await;
+    // A private key in the header, a symmetric algorithm, the wrong typ, no key, a bad signature.
     for (attack, reason) in [
         ("private_jwk", "dpop_proof_malformed"),
         ("hs256", "dpop_alg"),
@@ -140,13 +194,17 @@ async fn dpop_proofs_are_checked_in_full() {
         ("no_jwk", "dpop_proof_malformed"),
         ("bad_sig", "dpop_signature"),
     ] {
-        let p = f.proof(json!({"htm": "GET", "htu": f.gw.url("/dpop/a"), "token": token, "attack": attack})).await;
+        let p = f.proof_with(&token, json!({"attack": attack})).await;
         let r = f.send("/dpop/a", &token, &p).await;
         assert_eq!(r.status(), 401, "{attack}");
         f.refused(r, "invalid_dpop_proof", reason).await;
     }
+    assert_eq!(f.up.count(), 0);
+}
 
-    // No proof at all, and two proofs.
+#[tokio::test]
+async fn a_missing_or_doubled_dpop_proof_is_refused() {
+    let (f, token) = Dpop::with_token().await;
     let r = client().get(f.gw.url("/dpop/a")).header("authorization", format!("DPoP {token}")).send().await.unwrap();
     f.refused(r, "invalid_dpop_proof", "dpop_proof_missing").await;
     let p1 = f.proof_for("/dpop/a", &token).await;
@@ -160,21 +218,7 @@ async fn dpop_proofs_are_checked_in_full() {
         .await
         .unwrap();
     f.refused(r, "invalid_dpop_proof", "dpop_proof_ambiguous").await;
-
-    // A token that is not bound, presented with a valid proof.
-    let unbound = f.idp.token("ec", json!({})).await;
-    let p = f.proof_for("/dpop/a", &unbound).await;
-    f.refused(f.send("/dpop/a", &unbound, &p).await, "invalid_token", "token_not_dpop_bound").await;
-
-    // Nothing refused reached the upstream.
-    assert_eq!(f.up.count(), 2);
-    // The proof and token appear in no log.
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let logs = format!("{}{}", f.gw.stderr(), f.gw.access_log());
-    assert!(!logs.contains(&token[token.len() - 20..]) && !logs.contains(&proof[proof.len() - 20..]));
-    let ok: Value =
-        serde_json::from_str(f.gw.access_log().lines().find(|l| l.contains("\"status\":200")).unwrap()).unwrap();
-    assert_eq!(ok["auth_method"], "dpop");
+    assert_eq!(f.up.count(), 0);
 }
 
 #[tokio::test]

@@ -244,7 +244,35 @@ fn hex(b: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_htu;
+    use super::{Checked, Dpop, normalize_htu};
+    use crate::AuthnError;
+
+    /// Fail closed: when the replay cache cannot record a proof, the request is refused as
+    /// unavailable (`503`), never let through unrecorded.
+    #[test]
+    fn a_replay_cache_that_cannot_record_refuses() {
+        let dpop = Dpop::new(&Default::default(), portcullis_state::State::memory(16)).unwrap();
+        let mut unavailable = 0;
+        for i in 0..200 {
+            let checked = Checked { jkt: "key".into(), jti: format!("jti-{i}") };
+            let result = block_on(dpop.remember(&checked));
+            match result {
+                Ok(()) => {}
+                Err(AuthnError::Unavailable { code: "replay_cache_unavailable", .. }) => unavailable += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert!(unavailable >= 200 - 16, "{unavailable}");
+    }
+
+    /// Polls a future that never waits (the memory backend does not).
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the memory backend waited"),
+        }
+    }
 
     #[test]
     fn htu_normalisation() {
