@@ -6,12 +6,20 @@
 //! (moka) would add its synchronisation and admission bookkeeping to every lookup. The price is
 //! that each worker verifies a token once. Bounded size, FIFO eviction.
 //!
-//! Keys are SHA-256 digests of the credential (never the credential itself). An entry is used
-//! only if its owner (the issuer or introspection endpoint of the *current* config) is one the
-//! route accepts, its key has not been retired, and it has not expired.
+//! Verified JWTs are keyed by the token itself, in a map with a per-thread keyed hash
+//! (SipHash, std's `RandomState`): a lookup hashes the token once and compares it in full, about
+//! half the cost of a SHA-256 of it, and a token can only ever find its own entry. Only tokens
+//! whose signature verified are stored, so nothing an attacker makes up takes cache memory.
+//! Opaque tokens (introspection) are keyed by their SHA-256 digest instead: inactive ones are
+//! cached too (negative caching), and those are not worth keeping whole.
+//!
+//! An entry is used only if its owner (the issuer or introspection endpoint of the *current*
+//! config) is one the route accepts, its key has not been retired, and it has not expired.
 
+use std::borrow::Borrow;
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use portcullis_core::Principal;
@@ -34,7 +42,7 @@ pub fn digest(credential: &[u8]) -> Digest {
 
 /// Digests are already uniformly distributed: their first bytes are the hash.
 #[derive(Default)]
-struct Prehashed(u64);
+pub struct Prehashed(u64);
 
 impl Hasher for Prehashed {
     fn finish(&self) -> u64 {
@@ -60,36 +68,40 @@ pub struct Entry<O> {
     pub until: u64,
 }
 
-/// A bounded map of digests to outcomes.
-pub struct Cache<O> {
-    map: HashMap<Digest, Entry<O>, BuildHasherDefault<Prehashed>>,
-    order: VecDeque<Digest>,
+/// A bounded map of credentials (`K`: the token, or its digest) to outcomes.
+pub struct Cache<K, O, S = RandomState> {
+    map: HashMap<K, Entry<O>, S>,
+    order: VecDeque<K>,
     capacity: usize,
 }
 
-impl<O> Default for Cache<O> {
+/// The cache of opaque tokens, keyed by digest.
+pub type DigestCache<O> = Cache<Digest, O, BuildHasherDefault<Prehashed>>;
+
+impl<K, O, S: Default> Default for Cache<K, O, S> {
     fn default() -> Self {
         Self::with_capacity(CAPACITY)
     }
 }
 
-impl<O> Cache<O> {
+impl<K, O, S: Default> Cache<K, O, S> {
     /// An empty cache of at most `capacity` entries.
     pub fn with_capacity(capacity: usize) -> Self {
         Cache { map: HashMap::default(), order: VecDeque::new(), capacity }
     }
+}
 
-    /// The outcome for `digest` if it may be used now by someone who accepts `owner_ok`.
+impl<K: Hash + Eq + Clone, O, S: BuildHasher> Cache<K, O, S> {
+    /// The outcome for `key` if it may be used now by someone who accepts `owner_ok`.
     /// Expired and retired entries are removed.
-    pub fn get(
-        &mut self,
-        digest: &Digest,
-        now: u64,
-        owner_ok: impl Fn(&Arc<O>) -> bool,
-    ) -> Option<Option<Arc<Principal>>> {
-        let e = self.map.get(digest)?;
+    pub fn get<Q>(&mut self, key: &Q, now: u64, owner_ok: impl Fn(&Arc<O>) -> bool) -> Option<Option<Arc<Principal>>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let e = self.map.get(key)?;
         if now > e.until || e.key.as_ref().is_some_and(|k| k.is_retired()) {
-            self.map.remove(digest);
+            self.map.remove(key);
             return None;
         }
         if !owner_ok(&e.owner) {
@@ -99,7 +111,7 @@ impl<O> Cache<O> {
     }
 
     /// Remembers an outcome.
-    pub fn insert(&mut self, digest: Digest, entry: Entry<O>) {
+    pub fn insert(&mut self, key: K, entry: Entry<O>) {
         if self.map.len() >= self.capacity {
             while let Some(old) = self.order.pop_front() {
                 if self.map.remove(&old).is_some() {
@@ -107,8 +119,8 @@ impl<O> Cache<O> {
                 }
             }
         }
-        if self.map.insert(digest, entry).is_none() {
-            self.order.push_back(digest);
+        if self.map.insert(key.clone(), entry).is_none() {
+            self.order.push_back(key);
         }
         // Keep the order list from growing with entries removed on lookup.
         if self.order.len() > 2 * self.capacity {
@@ -141,7 +153,7 @@ mod tests {
     fn expiry_owner_and_eviction() {
         let owner = Arc::new(1u8);
         let other = Arc::new(1u8);
-        let mut c: Cache<u8> = Cache::with_capacity(2);
+        let mut c: DigestCache<u8> = Cache::with_capacity(2);
         let (a, b, d) = (digest(b"a"), digest(b"b"), digest(b"d"));
         c.insert(a, Entry { principal: principal(), owner: owner.clone(), key: None, until: 100 });
         assert!(c.get(&a, 100, |o| Arc::ptr_eq(o, &owner)).is_some());
@@ -157,13 +169,23 @@ mod tests {
     }
 
     #[test]
+    fn tokens_find_only_their_own_entry() {
+        let owner = Arc::new(1u8);
+        let mut c: Cache<Arc<str>, u8> = Cache::with_capacity(4);
+        c.insert(Arc::from("aaa.bbb.ccc"), Entry { principal: principal(), owner, key: None, until: 100 });
+        assert!(c.get("aaa.bbb.ccc", 0, |_| true).is_some());
+        assert!(c.get("aaa.bbb.ccd", 0, |_| true).is_none());
+        assert!(c.get("aaa.bbb.cc", 0, |_| true).is_none());
+    }
+
+    #[test]
     fn retired_keys_invalidate_entries() {
         let jwk = portcullis_jose::Jwk::from_value(
             serde_json::json!({"kty":"OKP","crv":"Ed25519","x": portcullis_jose::b64::encode(&[9; 32])}),
         )
         .unwrap();
         let key = Key::new(jwk.clone(), jwk.verifying_key(&[portcullis_jose::Algorithm::EdDSA]).unwrap());
-        let mut c: Cache<u8> = Cache::default();
+        let mut c: DigestCache<u8> = Cache::default();
         let a = digest(b"a");
         c.insert(a, Entry { principal: principal(), owner: Arc::new(0), key: Some(key.clone()), until: 100 });
         assert!(c.get(&a, 0, |_| true).is_some());

@@ -16,14 +16,14 @@ use serde_json::Value;
 use url::Url;
 
 use crate::AuthnError;
-use crate::cache::{Cache, Digest, Entry};
+use crate::cache::{Cache, Digest, DigestCache, Entry};
 use crate::jwt::{principal_from_claims, unix_now};
 
 /// Largest introspection response accepted.
 const MAX_RESPONSE: usize = 64 * 1024;
 
 thread_local! {
-    static CACHE: RefCell<Cache<Introspector>> = RefCell::new(Cache::default());
+    static CACHE: RefCell<DigestCache<Introspector>> = RefCell::new(Cache::default());
 }
 
 /// An introspection endpoint and how to use it.

@@ -40,7 +40,7 @@ use extract::Locations;
 use keys::{KeyStore, Policy, Source};
 
 thread_local! {
-    static VERIFIED: RefCell<Cache<Issuer>> = RefCell::new(Cache::default());
+    static VERIFIED: RefCell<Cache<Arc<str>, Issuer>> = RefCell::new(Cache::default());
 }
 
 /// State that outlives any one config: key stores, so that a reload keeps the keys (and the
@@ -412,11 +412,10 @@ impl Authenticator {
         if token.len() > self.max_token_bytes {
             return Err(AuthnError::invalid("token_too_large", "the token is larger than accepted"));
         }
-        let digest = cache::digest(token.as_bytes());
         if !self.issuers.is_empty() && looks_like_jwt(token) {
             let now = jwt::unix_now();
             let cached =
-                VERIFIED.with(|c| c.borrow_mut().get(&digest, now, |o| self.issuers.iter().any(|i| Arc::ptr_eq(i, o))));
+                VERIFIED.with(|c| c.borrow_mut().get(token, now, |o| self.issuers.iter().any(|i| Arc::ptr_eq(i, o))));
             if let Some(Some(p)) = cached {
                 return Ok(p);
             }
@@ -433,7 +432,7 @@ impl Authenticator {
                     let until = principal.expires_at.unwrap_or(0).saturating_add(60);
                     let entry =
                         Entry { principal: Some(principal.clone()), owner: issuer.clone(), key: Some(key), until };
-                    VERIFIED.with(|c| c.borrow_mut().insert(digest, entry));
+                    VERIFIED.with(|c| c.borrow_mut().insert(Arc::from(token), entry));
                     return Ok(principal);
                 }
                 None if self.introspection.is_none() => {
@@ -443,7 +442,7 @@ impl Authenticator {
             }
         }
         match &self.introspection {
-            Some(i) => i.check(token, &digest).await,
+            Some(i) => i.check(token, &cache::digest(token.as_bytes())).await,
             None => Err(AuthnError::invalid("token_malformed", "the token is not a JWT")),
         }
     }
