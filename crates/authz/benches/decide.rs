@@ -1,7 +1,9 @@
 //! The cost of an authorization decision with 10, 100 and 1,000 Cedar policies:
 //! * `sliced`: one policy for the route being called, the rest for other routes (the usual
 //!   shape: each team writes policies for its own routes) — slicing keeps the cost flat;
-//! * `all-apply`: every policy's scope matches the route (conditions differ), the worst case.
+//! * `all-apply`: every policy's scope matches the route (conditions differ), the worst case;
+//! * `*-distinct`: the same, but each request from another credential (two principals in
+//!   turn), so the worker's entity memo never helps: the cost of a first request.
 //!
 //! `cargo bench -p portcullis-authz --bench decide`
 
@@ -33,10 +35,12 @@ fn bench(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("portcullis-authz-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut principal = Principal::new(PrincipalKind::User, AuthnMethod::Jwt);
+    // Filled below, then shared as every request of one credential shares it.
     principal.subject = Some(Arc::from("alice"));
     principal.scopes = vec![Arc::from("orders.read")].into();
     let claims = serde_json::json!({"sub": "alice", "roles": ["reader"], "team": "team-0", "email": "a@example.com"});
     principal.claims = Some(Arc::new(claims.as_object().unwrap().clone()));
+    let principal = Arc::new(principal);
     let params = [(Arc::from("id"), Box::from("7"))];
 
     let mut group = c.benchmark_group("decide");
@@ -64,6 +68,16 @@ fn bench(c: &mut Criterion) {
             assert!(route.decide(&input).allowed, "the benchmark's request is allowed");
             let name = if all_apply { "all-apply" } else { "sliced" };
             group.bench_with_input(BenchmarkId::new(name, n), &input, |b, input| b.iter(|| route.decide(input)));
+            // Two equal principals of two credentials, in turn: every decision builds its entities.
+            let twin = Arc::new((*principal).clone());
+            let inputs = [Input { principal: &twin, ..input }, Input { principal: &principal, ..input }];
+            let mut i = 0;
+            group.bench_function(BenchmarkId::new(format!("{name}-distinct"), n), |b| {
+                b.iter(|| {
+                    i ^= 1;
+                    route.decide(&inputs[i])
+                })
+            });
         }
     }
     group.finish();

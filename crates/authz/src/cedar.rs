@@ -1,9 +1,12 @@
 //! Cedar policies: loading with strict validation, slicing by route and action, and
 //! evaluation with explained, fail-closed decisions.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
 use cedar_policy::{
@@ -22,6 +25,8 @@ pub const DEFAULT_SCHEMA: &str = include_str!("schema.cedarschema");
 
 /// A policy set, validated against its schema, with its entity data.
 pub struct Policies {
+    /// Unique per load: what the per-thread entity memo is valid for.
+    generation: u64,
     all: PolicySet,
     /// Entity data and the schema's actions, for ancestors (`in`) and attributes.
     data: Entities,
@@ -141,7 +146,9 @@ impl Policies {
         data.extend(actions.iter().cloned());
         let data = Entities::from_entities(data, None).map_err(|e| format!("entity data: {}", flatten(&e)))?;
 
+        static GENERATION: AtomicU64 = AtomicU64::new(1);
         Ok(Policies {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             all,
             data,
             authorizer: Authorizer::new(),
@@ -204,11 +211,42 @@ impl Policies {
 
     /// Decides a request. Default deny: no permit, a forbid, or any evaluation error denies.
     pub fn decide(&self, slice: &Slice, input: &Input<'_>) -> Verdict {
-        let (request, entities) = match self.request(slice, input) {
-            Ok(x) => x,
+        let context = match self.context(input) {
+            Ok(c) => c,
             Err(e) => return Verdict::error(e),
         };
-        let response = self.authorizer.is_authorized(&request, &slice.policies, &entities);
+        // The entities depend on the principal, the resource and the action only: a worker
+        // keeps those of its last request and reuses them while the same credential (the same
+        // shared principal) calls the same resource, which skips building the entities and
+        // their transitive closure, most of a decision's cost. The context (time, address,
+        // TLS) is built for every request.
+        let response = MEMO.with_borrow_mut(|memo| {
+            if !memo.as_ref().is_some_and(|m| m.matches(self.generation, slice, input)) {
+                let (principal_uid, resource_uid, entities) = self.entities(slice, input)?;
+                *memo = Some(Memo {
+                    generation: self.generation,
+                    principal: input.principal.clone(),
+                    action: slice.action.clone(),
+                    route: input.route.to_string(),
+                    host: input.host.to_string(),
+                    path: input.path.to_string(),
+                    method: input.method.to_string(),
+                    params: input.params.to_vec(),
+                    principal_uid,
+                    resource_uid,
+                    entities,
+                });
+            }
+            let m = memo.as_ref().ok_or_else(|| "no entities".to_string())?;
+            let request =
+                Request::new(m.principal_uid.clone(), slice.action.clone(), m.resource_uid.clone(), context, None)
+                    .map_err(|e| flatten(&e))?;
+            Ok::<_, String>(self.authorizer.is_authorized(&request, &slice.policies, &m.entities))
+        });
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => return Verdict::error(e),
+        };
         let diagnostics = response.diagnostics();
         let errors: Vec<String> = diagnostics.errors().map(|e| flatten(e)).collect();
         let mut policies: Vec<String> = diagnostics.reason().map(PolicyId::to_string).collect();
@@ -225,9 +263,9 @@ impl Policies {
         }
     }
 
-    /// The Cedar request and the entities it can see.
-    fn request(&self, slice: &Slice, input: &Input<'_>) -> Result<(Request, Entities), String> {
-        let p = input.principal;
+    /// The principal, the resource and the entities the request can see.
+    fn entities(&self, slice: &Slice, input: &Input<'_>) -> Result<(EntityUid, EntityUid, Entities), String> {
+        let p: &Principal = input.principal;
         let (principal_uid, principal, principal_parents) = self.principal_entity(p)?;
         let resource_uid = EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(input.route));
         let resource_parents = self.parents(&resource_uid);
@@ -250,7 +288,12 @@ impl Policies {
         self.add_entities(resource_parents, &mut seen, &mut entities);
         self.add_entities(vec![slice.action.clone()], &mut seen, &mut entities);
         let entities = Entities::from_entities(entities, None).map_err(|e| flatten(&e))?;
+        Ok((principal_uid, resource_uid, entities))
+    }
 
+    /// The request's context.
+    fn context(&self, input: &Input<'_>) -> Result<Context, String> {
+        let p: &Principal = input.principal;
         let secs = input.now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let mut context = vec![
             ("client_ip".to_string(), ip_expression(input.client_ip)),
@@ -270,10 +313,7 @@ impl Policies {
         if let Some(risk) = input.risk {
             context.push(("risk".to_string(), RestrictedExpression::new_long(risk)));
         }
-        let context = Context::from_pairs(context).map_err(|e| flatten(&e))?;
-        let request =
-            Request::new(principal_uid, slice.action.clone(), resource_uid, context, None).map_err(|e| flatten(&e))?;
-        Ok((request, entities))
+        Context::from_pairs(context).map_err(|e| flatten(&e))
     }
 
     /// Adds the entities `todo` names and their ancestors, where the entity data has them
@@ -341,6 +381,39 @@ impl Policies {
         let entity =
             Entity::new_with_tags(uid.clone(), attrs, parents.iter().cloned(), tags).map_err(|e| flatten(&e))?;
         Ok((uid, entity, parents))
+    }
+}
+
+thread_local! {
+    static MEMO: RefCell<Option<Memo>> = const { RefCell::new(None) };
+}
+
+/// The entities of a worker's last decision, and what they were built from. Holding the
+/// principal's `Arc` keeps its address from being reused by another principal.
+struct Memo {
+    generation: u64,
+    principal: Arc<Principal>,
+    action: EntityUid,
+    route: String,
+    host: String,
+    path: String,
+    method: String,
+    params: Vec<(Arc<str>, Box<str>)>,
+    principal_uid: EntityUid,
+    resource_uid: EntityUid,
+    entities: Entities,
+}
+
+impl Memo {
+    fn matches(&self, generation: u64, slice: &Slice, input: &Input<'_>) -> bool {
+        self.generation == generation
+            && Arc::ptr_eq(&self.principal, input.principal)
+            && self.route == input.route
+            && self.path == input.path
+            && self.method == input.method
+            && self.host == input.host
+            && self.params[..] == input.params[..]
+            && self.action == slice.action
     }
 }
 
@@ -429,4 +502,75 @@ fn flatten(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use portcullis_config::{AuthorizationConfig, CedarConfig};
+    use portcullis_core::{AuthnMethod, Principal, PrincipalKind};
+
+    use crate::{Input, Policies, RouteAuthz};
+
+    fn user(name: &str, roles: &[&str]) -> Arc<Principal> {
+        let mut p = Principal::new(PrincipalKind::User, AuthnMethod::Jwt);
+        p.subject = Some(Arc::from(name));
+        let claims = serde_json::json!({ "sub": name, "roles": roles });
+        p.claims = Some(Arc::new(claims.as_object().cloned().unwrap_or_default()));
+        Arc::new(p)
+    }
+
+    fn route(text: &str, tag: &str) -> RouteAuthz {
+        let file = std::env::temp_dir().join(format!("portcullis-memo-{}-{tag}.cedar", std::process::id()));
+        std::fs::write(&file, text).unwrap();
+        let shared = AuthorizationConfig::default();
+        let cfg = CedarConfig { policies: vec![file.clone()], schema: None, entities: None };
+        let policies = Arc::new(Policies::load(&cfg, &shared).unwrap());
+        let _ = std::fs::remove_file(file);
+        RouteAuthz::new("orders", None, &shared, Some(&policies), false)
+    }
+
+    fn allowed(r: &RouteAuthz, p: &Arc<Principal>, path: &str) -> bool {
+        let params = [(Arc::from("id"), Box::from(path.rsplit('/').next().unwrap_or_default()))];
+        r.decide(&Input {
+            principal: p,
+            route: "orders",
+            method: "GET",
+            host: "api.example",
+            path,
+            params: &params,
+            client_ip: "127.0.0.1".parse().unwrap(),
+            now: SystemTime::now(),
+            tls: false,
+            mtls: false,
+            risk: None,
+        })
+        .allowed
+    }
+
+    /// The per-thread entity memo never carries one request's facts into another's decision:
+    /// other principals, other resources and reloaded policies are decided afresh.
+    #[test]
+    fn the_entity_memo_follows_principal_resource_and_policies() {
+        let readers = route(
+            r#"permit(principal in Role::"reader", action, resource) when { resource.path != "/orders/secret" };"#,
+            "a",
+        );
+        let (alice, bob) = (user("alice", &["reader"]), user("bob", &[]));
+        for _ in 0..2 {
+            assert!(allowed(&readers, &alice, "/orders/1"));
+            assert!(!allowed(&readers, &bob, "/orders/1"), "bob is not alice");
+            assert!(allowed(&readers, &alice, "/orders/1"));
+            assert!(!allowed(&readers, &alice, "/orders/secret"), "another path is another resource");
+        }
+        // The same principal, and a principal equal in every field but another credential.
+        let alice_again = user("alice", &["reader"]);
+        assert!(allowed(&readers, &alice_again, "/orders/1"));
+        // Reloaded policies (a new load, whatever its text) are judged with their own data.
+        let nobody = route(r#"forbid(principal, action, resource);"#, "b");
+        assert!(!allowed(&nobody, &alice, "/orders/1"));
+        assert!(allowed(&readers, &alice, "/orders/1"));
+    }
 }

@@ -29,8 +29,9 @@ pub use rules::{RuleDenial, Rules};
 /// What authorization judges.
 #[derive(Debug)]
 pub struct Input<'a> {
-    /// Who.
-    pub principal: &'a Principal,
+    /// Who (shared: the policies' entity for a principal is reused while the same credential
+    /// calls the same resource).
+    pub principal: &'a Arc<Principal>,
     /// The route's id.
     pub route: &'a str,
     /// The HTTP method.

@@ -40,7 +40,7 @@ pub struct Explanation {
 pub fn explain(config: &Path, request_json: &str) -> Result<Explanation, String> {
     let rt = runtime(config)?;
     let facts: Facts = serde_json::from_str(request_json).map_err(|e| format!("request: {e}"))?;
-    let principal = facts.principal.principal().map_err(|e| format!("request: principal: {e}"))?;
+    let principal = std::sync::Arc::new(facts.principal.principal().map_err(|e| format!("request: principal: {e}"))?);
     Ok(match rt.judge(&facts, &principal).map_err(|e| format!("request: {e}"))? {
         None => Explanation::no_route(),
         Some((route, d)) => explanation(Some(route.to_string()), d),
@@ -148,7 +148,7 @@ pub fn replay(config: &Path, log: impl BufRead) -> Result<Replay, String> {
             }
         };
         let principal = match facts.principal.principal() {
-            Ok(p) => p,
+            Ok(p) => std::sync::Arc::new(p),
             Err(e) => {
                 report.unreadable.push(format!("line {}: principal: {e}", i + 1));
                 continue;

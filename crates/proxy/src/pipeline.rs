@@ -232,7 +232,7 @@ fn authorize(
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
     route: &Route,
-    principal: &Principal,
+    principal: &Arc<Principal>,
     method: &http::Method,
     host: &str,
     path: &str,

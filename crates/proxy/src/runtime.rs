@@ -282,7 +282,7 @@ impl Runtime {
     pub fn judge(
         &self,
         facts: &portcullis_authz::Facts,
-        principal: &Principal,
+        principal: &Arc<Principal>,
     ) -> Result<Option<(Arc<str>, portcullis_authz::Decision)>, String> {
         let method = http::Method::from_bytes(facts.method.as_bytes()).map_err(|_| "invalid method".to_string())?;
         let path = crate::router::path::normalize(&facts.path, false).map_err(|e| e.detail().to_string())?;
