@@ -28,6 +28,18 @@ impl Ca {
         self.issuer.pem()
     }
 
+    /// An HTTPS client trusting this CA, presenting `identity` when given, without pooling
+    /// (every request a new handshake).
+    pub fn https_client(&self, identity: Option<&Pair>) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.pem().as_bytes()).unwrap())
+            .pool_max_idle_per_host(0);
+        if let Some(id) = identity {
+            b = b.identity(id.identity());
+        }
+        b.build().unwrap()
+    }
+
     /// A server certificate for `localhost` and 127.0.0.1.
     pub fn server(&self) -> Pair {
         let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();

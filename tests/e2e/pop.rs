@@ -304,16 +304,6 @@ fn mtls_gateway(dir: TempDir, server_ca: &Ca, clients: &Ca, body: &str) -> Gatew
     )
 }
 
-fn tls_client(ca: &Ca, identity: Option<reqwest::Identity>) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
-        .pool_max_idle_per_host(0);
-    if let Some(id) = identity {
-        b = b.identity(id);
-    }
-    b.build().unwrap()
-}
-
 #[tokio::test]
 async fn certificate_bound_tokens_and_mtls_principals() {
     let idp = Idp::start();
@@ -337,9 +327,9 @@ async fn certificate_bound_tokens_and_mtls_principals() {
     let x5t: Value = serde_json::from_str(&idp.post_text("/x5t", json!({"pem": alice.cert})).await).unwrap();
     let bound = idp.token("ec", json!({"cnf": {"x5t#S256": x5t["x5t#S256"]}})).await;
     let unbound = idp.token("ec", json!({})).await;
-    let as_alice = tls_client(&server_ca, Some(alice.identity()));
-    let as_bob = tls_client(&server_ca, Some(bob.identity()));
-    let anonymous = tls_client(&server_ca, None);
+    let as_alice = server_ca.https_client(Some(&alice));
+    let as_bob = server_ca.https_client(Some(&bob));
+    let anonymous = server_ca.https_client(None);
 
     // Bound to alice's certificate: good with it, refused without it or with another.
     for path in ["/api/1", "/strict/1"] {

@@ -11,16 +11,6 @@ use serde_json::{Value, json};
 use crate::harness::{Gateway, TempDir, client, helper, problem, spawn_peer};
 use crate::pki::{Ca, Pair};
 
-fn tls_client(ca: &Ca, identity: Option<&Pair>) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
-        .pool_max_idle_per_host(0);
-    if let Some(id) = identity {
-        b = b.identity(id.identity());
-    }
-    b.build().unwrap()
-}
-
 /// A SPIFFE bundle document (JWK Set with `x509-svid` keys) for `ca`.
 fn spiffe_bundle(ca: &Ca) -> String {
     let der: String = ca.pem().lines().filter(|l| !l.starts_with("-----")).collect();
@@ -62,7 +52,7 @@ routes:
     );
     let url = |p: &str| format!("https://localhost:{}{p}", gw.addr.port());
     let get = |id: Option<&Pair>, p: &str| {
-        let c = tls_client(&server_ca, id);
+        let c = server_ca.https_client(id);
         let u = url(p);
         async move { c.get(u).send().await }
     };
