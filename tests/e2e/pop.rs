@@ -409,3 +409,25 @@ routes:
     assert_eq!(problem(r, 401).await["type"], "urn:portcullis:problem:token-dpop-bound");
     assert_eq!(up.count(), 1);
 }
+
+#[tokio::test]
+async fn dpop_htu_behind_a_trusted_tls_terminating_proxy() {
+    // The load balancer terminates TLS for https://api.example.com and forwards plain HTTP:
+    // proofs name the URI the client used, which the gateway learns from a trusted proxy only.
+    let trusted = Dpop::new("server:\n  listen: {listen}\n  trusted_proxies: [127.0.0.1/32]\n").await;
+    let untrusted = Dpop::new("").await;
+    for (f, expected) in [(&trusted, 200), (&untrusted, 401)] {
+        let token = f.bound_token().await;
+        let p = f.proof(json!({"htm": "GET", "htu": "https://api.example.com/dpop/a", "token": token})).await;
+        let r = client()
+            .get(f.gw.url("/dpop/a"))
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", p)
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "api.example.com")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), expected);
+    }
+}

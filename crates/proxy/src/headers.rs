@@ -181,6 +181,33 @@ pub struct ClientFacts<'a> {
     pub host_value: Option<&'a HeaderValue>,
 }
 
+/// The scheme and authority the client addressed: the connection's own, or, from a trusted
+/// proxy, its `X-Forwarded-Proto` and `X-Forwarded-Host` (a TLS-terminating load balancer in
+/// front of the gateway). DPoP proofs name this URI (`htu`).
+pub fn external_origin<'a>(
+    headers: &'a HeaderMap,
+    peer: IpAddr,
+    trusted: &[IpNet],
+    tls: bool,
+    authority: &'a str,
+) -> (bool, &'a str) {
+    if trusted.is_empty() || !is_trusted(peer, trusted) {
+        return (tls, authority);
+    }
+    let single = |name: &HeaderName| {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => v.to_str().ok().map(str::trim).filter(|v| !v.is_empty() && !v.contains(',')),
+            _ => None,
+        }
+    };
+    let https = match single(&X_FORWARDED_PROTO) {
+        Some(p) => p.eq_ignore_ascii_case("https"),
+        None => tls,
+    };
+    (https, single(&X_FORWARDED_HOST).unwrap_or(authority))
+}
+
 /// Whether `peer` is a proxy whose forwarded headers may be believed.
 pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|n| n.contains(&peer))

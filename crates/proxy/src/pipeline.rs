@@ -197,9 +197,16 @@ async fn run(
     let principal = match &route.authn {
         Authn::Public => rt.anonymous.clone(),
         Authn::Required(a) => {
+            let (https, origin) = headers::external_origin(
+                &parts.headers,
+                conn.peer.ip(),
+                &rt.trusted_proxies,
+                conn.tls.is_some(),
+                authority.as_str().unwrap_or(&host),
+            );
             let cx = portcullis_authn::Context {
-                https: conn.tls.is_some(),
-                authority: authority.as_str().unwrap_or(&host),
+                https,
+                authority: origin,
                 client_cert: conn.tls.as_ref().and_then(|t| t.client_cert.as_ref()),
             };
             let principal = a.authenticate(&parts, &cx).await?;
