@@ -3,7 +3,9 @@
 //!   shape: each team writes policies for its own routes) — slicing keeps the cost flat;
 //! * `all-apply`: every policy's scope matches the route (conditions differ), the worst case;
 //! * `*-distinct`: the same, but each request from another credential (two principals in
-//!   turn), so the worker's entity memo never helps: the cost of a first request.
+//!   turn) and in another second, so neither of the worker's memos (the entities of the last
+//!   principal and resource, the context of the last second and client) helps: the cost of a
+//!   first request.
 //!
 //! `cargo bench -p portcullis-authz --bench decide`
 
@@ -70,7 +72,8 @@ fn bench(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(name, n), &input, |b, input| b.iter(|| route.decide(input)));
             // Two equal principals of two credentials, in turn: every decision builds its entities.
             let twin = Arc::new((*principal).clone());
-            let inputs = [Input { principal: &twin, ..input }, Input { principal: &principal, ..input }];
+            let later = input.now + std::time::Duration::from_secs(1);
+            let inputs = [Input { principal: &twin, now: later, ..input }, Input { principal: &principal, ..input }];
             let mut i = 0;
             group.bench_function(BenchmarkId::new(format!("{name}-distinct"), n), |b| {
                 b.iter(|| {

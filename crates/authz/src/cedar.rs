@@ -291,26 +291,52 @@ impl Policies {
         Ok((principal_uid, resource_uid, entities))
     }
 
-    /// The request's context.
+    /// The request's context. Its values change by the second at most: a worker keeps the
+    /// context of its last decision and reuses it for a request with the same values (the same
+    /// second, client address, TLS facts, authentication method, token age and risk), as
+    /// building one evaluates every value with Cedar's interpreter.
     fn context(&self, input: &Input<'_>) -> Result<Context, String> {
         let p: &Principal = input.principal;
         let secs = input.now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let key = ContextKey {
+            secs,
+            client_ip: input.client_ip,
+            tls: input.tls,
+            mtls: input.mtls,
+            auth_method: p.method.as_str(),
+            token_age: p.issued_at.map(|iat| secs.saturating_sub(iat)),
+            risk: input.risk,
+        };
+        CONTEXT.with_borrow_mut(|last| {
+            if let Some((k, c)) = last.as_ref()
+                && *k == key
+            {
+                return Ok(c.clone());
+            }
+            let context = Self::build_context(&key)?;
+            *last = Some((key, context.clone()));
+            Ok(context)
+        })
+    }
+
+    fn build_context(key: &ContextKey) -> Result<Context, String> {
+        let secs = key.secs;
         let mut context = vec![
-            ("client_ip".to_string(), ip_expression(input.client_ip)),
+            ("client_ip".to_string(), ip_expression(key.client_ip)),
             // Plain numbers rather than a `datetime`: building a datetime value parses text with
             // a regex, which measured a sixth of a decision.
             ("time".to_string(), RestrictedExpression::new_long(secs as i64)),
             ("time_of_day".to_string(), RestrictedExpression::new_long((secs % 86_400) as i64)),
             // ISO weekday, 1 = Monday (1970-01-01 was a Thursday).
             ("weekday".to_string(), RestrictedExpression::new_long(((secs / 86_400 + 3) % 7 + 1) as i64)),
-            ("tls".to_string(), RestrictedExpression::new_bool(input.tls)),
-            ("mtls".to_string(), RestrictedExpression::new_bool(input.mtls)),
-            ("auth_method".to_string(), RestrictedExpression::new_string(p.method.as_str().to_string())),
+            ("tls".to_string(), RestrictedExpression::new_bool(key.tls)),
+            ("mtls".to_string(), RestrictedExpression::new_bool(key.mtls)),
+            ("auth_method".to_string(), RestrictedExpression::new_string(key.auth_method.to_string())),
         ];
-        if let Some(iat) = p.issued_at {
-            context.push(("token_age".to_string(), RestrictedExpression::new_long(secs.saturating_sub(iat) as i64)));
+        if let Some(age) = key.token_age {
+            context.push(("token_age".to_string(), RestrictedExpression::new_long(age as i64)));
         }
-        if let Some(risk) = input.risk {
+        if let Some(risk) = key.risk {
             context.push(("risk".to_string(), RestrictedExpression::new_long(risk)));
         }
         Context::from_pairs(context).map_err(|e| flatten(&e))
@@ -386,6 +412,19 @@ impl Policies {
 
 thread_local! {
     static MEMO: RefCell<Option<Memo>> = const { RefCell::new(None) };
+    static CONTEXT: RefCell<Option<(ContextKey, Context)>> = const { RefCell::new(None) };
+}
+
+/// Everything a request's context is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ContextKey {
+    secs: u64,
+    client_ip: std::net::IpAddr,
+    tls: bool,
+    mtls: bool,
+    auth_method: &'static str,
+    token_age: Option<u64>,
+    risk: Option<i64>,
 }
 
 /// The entities of a worker's last decision, and what they were built from. Holding the
@@ -548,6 +587,38 @@ mod tests {
             risk: None,
         })
         .allowed
+    }
+
+    /// The per-thread context memo never carries one request's context into another's.
+    #[test]
+    fn the_context_memo_follows_every_context_value() {
+        let r = route(
+            r#"permit(principal, action, resource) when { context.tls && context.client_ip == ip("10.0.0.1") };"#,
+            "c",
+        );
+        let alice = user("alice", &[]);
+        let decide = |tls: bool, ip: &str| {
+            r.decide(&Input {
+                principal: &alice,
+                route: "orders",
+                method: "GET",
+                host: "api.example",
+                path: "/orders/1",
+                params: &[],
+                client_ip: ip.parse().unwrap(),
+                now: SystemTime::now(),
+                tls,
+                mtls: false,
+                risk: None,
+            })
+            .allowed
+        };
+        for _ in 0..2 {
+            assert!(decide(true, "10.0.0.1"));
+            assert!(!decide(false, "10.0.0.1"));
+            assert!(decide(true, "10.0.0.1"));
+            assert!(!decide(true, "10.0.0.2"));
+        }
     }
 
     /// The per-thread entity memo never carries one request's facts into another's decision:
