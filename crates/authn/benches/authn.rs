@@ -3,8 +3,8 @@
 //! request goes through `Authenticator::authenticate`.
 //!
 //! - `jwt/cached_rs256`: one RS256 token repeated; after the first request it is served from
-//!   the per-worker verified-token cache (a keyed hash of the token, one map lookup and a
-//!   full comparison).
+//!   the per-worker verified-token cache (a seeded fast hash of the token, one map lookup and
+//!   a full comparison).
 //! - `jwt/uncached_*`: a different valid token on every request. The pool holds more tokens
 //!   than the cache (FIFO, `cache::CAPACITY` entries), and is walked in order, so every token
 //!   was evicted long before it comes round again: each request parses, verifies the
@@ -385,9 +385,9 @@ fn benches(c: &mut Criterion) {
         .expect("a token")
         .to_string();
     g.bench_function("sha256_rs256_token", |b| b.iter(|| cache::digest(black_box(rs256_token.as_bytes()))));
-    // What keys the verified-JWT cache now: std's keyed SipHash of the token.
-    let state = std::collections::hash_map::RandomState::new();
-    g.bench_function("siphash_rs256_token", |b| {
+    // What keys the verified-JWT cache now: foldhash (randomly seeded) of the token.
+    let state = foldhash::quality::RandomState::default();
+    g.bench_function("foldhash_rs256_token", |b| {
         b.iter(|| std::hash::BuildHasher::hash_one(&state, black_box(rs256_token.as_str())))
     });
     let cookie = Locations { cookie: Some("session".into()), ..Default::default() };

@@ -6,10 +6,11 @@
 //! (moka) would add its synchronisation and admission bookkeeping to every lookup. The price is
 //! that each worker verifies a token once. Bounded size, FIFO eviction.
 //!
-//! Verified JWTs are keyed by the token itself, in a map with a per-thread keyed hash
-//! (SipHash, std's `RandomState`): a lookup hashes the token once and compares it in full, about
-//! half the cost of a SHA-256 of it, and a token can only ever find its own entry. Only tokens
-//! whose signature verified are stored, so nothing an attacker makes up takes cache memory.
+//! Verified JWTs are keyed by the token itself, in a map with a fast hash seeded randomly per
+//! process (foldhash): a lookup hashes the token once and compares it in full, a fraction of a
+//! SHA-256 of it, and a token can only ever find its own entry. Only tokens whose signature
+//! verified are stored, so nothing an attacker makes up takes cache memory (and lookups of
+//! made-up tokens only probe; they cannot build colliding chains).
 //! Opaque tokens (introspection) are keyed by their SHA-256 digest instead: inactive ones are
 //! cached too (negative caching), and those are not worth keeping whole.
 //!

@@ -40,7 +40,7 @@ use extract::Locations;
 use keys::{KeyStore, Policy, Source};
 
 thread_local! {
-    static VERIFIED: RefCell<Cache<Arc<str>, Issuer>> = RefCell::new(Cache::default());
+    static VERIFIED: RefCell<Cache<Arc<str>, Issuer, foldhash::quality::RandomState>> = RefCell::new(Cache::default());
 }
 
 /// State that outlives any one config: key stores, so that a reload keeps the keys (and the
@@ -412,13 +412,16 @@ impl Authenticator {
         if token.len() > self.max_token_bytes {
             return Err(AuthnError::invalid("token_too_large", "the token is larger than accepted"));
         }
-        if !self.issuers.is_empty() && looks_like_jwt(token) {
+        if !self.issuers.is_empty() {
+            // Only verified JWTs are cached: a hit needs no further look at the token.
             let now = jwt::unix_now();
             let cached =
                 VERIFIED.with(|c| c.borrow_mut().get(token, now, |o| self.issuers.iter().any(|i| Arc::ptr_eq(i, o))));
             if let Some(Some(p)) = cached {
                 return Ok(p);
             }
+        }
+        if !self.issuers.is_empty() && looks_like_jwt(token) {
             let jws = Jws::parse(token, HeaderPolicy::default())?;
             let claims = parse_object_no_duplicates(&jws.payload).map_err(|e| match e {
                 portcullis_jose::Error::Duplicate(_) => AuthnError::from(e),
