@@ -17,7 +17,12 @@ Scenarios:
                  (after the first, Portcullis serves it from its verified-token cache);
   jwt-distinct   the same route, and a wrk Lua script cycling through more distinct valid
                  RS256 tokens than the verified-token cache holds, so every request costs
-                 a signature verification.
+                 a signature verification;
+  jwt-cedar      jwt-repeated, and 100 Cedar policies (one for this route, 99 for others)
+                 judging every request;
+  dpop           a route with `authenticate: [dpop]`: one DPoP-bound RS256 token and a
+                 fresh ES256 proof on every request (proofs made in advance by PyJWT and
+                 sent in order by a wrk script; each is accepted once).
 nginx (plain `proxy_pass`, no authentication) is the baseline in every scenario, sent the
 same requests (it ignores the token): the ratio says what the security costs.
 
@@ -365,7 +370,129 @@ def scenario_jwt_distinct(work, args):
     return {"runs": runs, "token_bytes": len(tokens[0]), "distinct_tokens": len(tokens), "portcullis_rss_kib": rss}
 
 
-SCENARIOS = {"plain": scenario_plain, "jwt-repeated": scenario_jwt_repeated, "jwt-distinct": scenario_jwt_distinct}
+CEDAR_POLICIES = 100
+
+
+def scenario_jwt_cedar(work, args):
+    """(d) JWT (one token repeated) and 100 Cedar policies, one of them for this route."""
+    idp = Idp(work)
+    token = idp.token(0)
+    policies = os.path.join(work, "policies.cedar")
+    with open(policies, "w") as f:
+        f.write('@id("bench") permit(principal, action == Action::"GET", resource == Route::"bench") '
+                'when { principal.scopes.contains("orders:read") && context.tls == false };\n')
+        for i in range(1, CEDAR_POLICIES):
+            f.write(f'@id("p{i}") permit(principal, action == Action::"GET", resource == Route::"route-{i}") '
+                    f'when {{ principal.hasTag("team") && principal.getTag("team") == "team-{i}" }};\n')
+    upstream = start_upstream(work)
+    extra = idp.config + f"authorization:\n  cedar:\n    policies: [{policies}]\n"
+    servers = {
+        "portcullis": start_portcullis(work, upstream.port, JWT_ROUTE, extra=extra),
+        "nginx": start_nginx_proxy(work, upstream.port),
+    }
+    try:
+        check_auth(servers["portcullis"], token)
+        runs = rounds(servers, args, headers=[f"Authorization: Bearer {token}"])
+    finally:
+        for s in list(servers.values()) + [upstream]:
+            s.stop()
+    return {"runs": runs, "token_bytes": len(token)}
+
+
+DPOP_ROUTE = """  - id: bench
+    upstream: {upstream}
+    authenticate: [dpop]
+"""
+
+
+def dpop_script(work, name, proof_file, token):
+    """A wrk script sending the proofs in order, one per request, carrying on across runs."""
+    script = os.path.join(work, f"dpop-{name}.lua")
+    position = os.path.join(work, f"dpop-{name}.position")
+    with open(script, "w") as f:
+        f.write(f"""
+local threads = {{}}
+function setup(thread) table.insert(threads, thread) end
+
+proofs = {{}}
+for line in io.lines("{proof_file}") do proofs[#proofs + 1] = line end
+i = 0
+local f = io.open("{position}")
+if f then i = tonumber(f:read("*l")) or 0; f:close() end
+
+request = function()
+  i = i + 1
+  if i > #proofs then i = 1 end
+  return wrk.format("GET", "/", {{["Authorization"] = "DPoP {token}", ["DPoP"] = proofs[i]}})
+end
+
+function done(summary, latency, requests)
+  local f = io.open("{position}", "w")
+  f:write(tostring(threads[1]:get("i")))
+  f:close()
+end
+""")
+    return script
+
+
+def scenario_dpop(work, args):
+    """(e) DPoP: a bound RS256 token (cached) and a fresh ES256 proof on every request."""
+    idp = Idp(work)
+    upstream = start_upstream(work)
+    # Proofs are made in advance, so the replay window is an hour for the run.
+    servers = {
+        "portcullis": start_portcullis(work, upstream.port, DPOP_ROUTE, extra=idp.config + "dpop:\n  max_age: 1h\n"),
+        "nginx": start_nginx_proxy(work, upstream.port),
+    }
+    # Proofs name the URL: one set for the gateway's port (nginx ignores them, and is sent
+    # its own copy so that both walk their lists at their own pace).
+    htu = f"http://127.0.0.1:{servers['portcullis'].port}/"
+    # Enough single-use proofs for every request of every round at up to ~12k req/s.
+    count = int(12_000 * (args.duration * (args.rounds + 1)))
+    started = time.time()
+    token, proofs = dpop_material(idp, htu, count)
+    print(f"(minted {len(proofs)} DPoP proofs in {time.time() - started:.1f}s)", file=sys.stderr)
+    proof_file = os.path.join(work, "proofs.txt")
+    with open(proof_file, "w") as f:
+        f.write("\n".join(proofs[1:]) + "\n")
+    scripts = {name: dpop_script(work, name, proof_file, token) for name in servers}
+    try:
+        check = urllib.request.Request(htu, headers={"Authorization": f"DPoP {token}", "DPoP": proofs[0]})
+        with urllib.request.urlopen(check, timeout=5) as r:
+            if r.status != 200:
+                raise RuntimeError(f"a DPoP request: status {r.status}")
+        runs = rounds(servers, args, scripts=scripts)
+    finally:
+        for s in list(servers.values()) + [upstream]:
+            s.stop()
+    return {"runs": runs, "token_bytes": len(token)}
+
+
+def dpop_material(idp, htu, count):
+    """A DPoP key, a token of `idp` bound to it, and `count` single-use ES256 proofs for GET
+    `htu` with that token: (token, proofs)."""
+    import base64
+    import hashlib
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(ECAlgorithm.to_jwk(key.public_key()))
+    canonical = json.dumps({k: jwk[k] for k in ("crv", "kty", "x", "y")}, sort_keys=True, separators=(",", ":"))
+    jkt = b64(hashlib.sha256(canonical.encode()).digest())
+    now = int(time.time())
+    claims = {"iss": JWT_ISSUER, "sub": "dpop-client", "aud": JWT_AUDIENCE, "client_id": "web-app",
+              "scope": "orders:read", "iat": now, "exp": now + 7200, "jti": "bench-dpop", "cnf": {"jkt": jkt}}
+    token = jwt.encode(claims, idp.key, algorithm="RS256", headers={"kid": "bench-rs256", "typ": "at+jwt"})
+    ath = b64(hashlib.sha256(token.encode()).digest())
+    proofs = [jwt.encode({"htm": "GET", "htu": htu, "iat": now, "jti": f"proof-{n}", "ath": ath}, key,
+                         algorithm="ES256", headers={"typ": "dpop+jwt", "jwk": jwk}) for n in range(count)]
+    return token, proofs
+
+
+SCENARIOS = {"plain": scenario_plain, "jwt-repeated": scenario_jwt_repeated, "jwt-distinct": scenario_jwt_distinct,
+             "jwt-cedar": scenario_jwt_cedar, "dpop": scenario_dpop}
 
 
 def med(values):
