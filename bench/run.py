@@ -380,7 +380,7 @@ def scenario_jwt_cedar(work, args):
     policies = os.path.join(work, "policies.cedar")
     with open(policies, "w") as f:
         f.write('@id("bench") permit(principal, action == Action::"GET", resource == Route::"bench") '
-                'when { principal.scopes.contains("orders:read") && context.tls == false };\n')
+                'when { principal is User && principal.scopes.contains("orders:read") && context.tls == false };\n')
         for i in range(1, CEDAR_POLICIES):
             f.write(f'@id("p{i}") permit(principal, action == Action::"GET", resource == Route::"route-{i}") '
                     f'when {{ principal.hasTag("team") && principal.getTag("team") == "team-{i}" }};\n')
