@@ -315,29 +315,30 @@ def scenario_jwt_repeated(work, args):
     return {"runs": runs, "token_bytes": len(token)}
 
 
-def distinct_tokens_script(work, name, token_file):
-    """A wrk script that walks the token list in order, one token per request, wrapping round.
+def cycling_script(work, name, lines_file, headers_lua):
+    """A wrk script that walks a file's lines in order, one per request, wrapping round;
+    `headers_lua` is the Lua table of request headers, with the current line as `line`.
 
     Each wrk run carries on where the previous run against the same server stopped (the
-    position is kept in a file): restarting at the first token would find the tokens of the
-    previous run's last lap still in the cache. With in-order cycling through more tokens
-    than the cache's FIFO holds, every token has been evicted by the time it comes round."""
-    script = os.path.join(work, f"distinct-{name}.lua")
-    position = os.path.join(work, f"distinct-{name}.position")
+    position is kept in a file): restarting at the first line would resend the tokens of the
+    previous run's last lap (still in the cache), or proofs already used."""
+    script = os.path.join(work, f"cycle-{name}-{os.path.basename(lines_file)}.lua")
+    position = script + ".position"
     with open(script, "w") as f:
         f.write(f"""
 local threads = {{}}
 function setup(thread) table.insert(threads, thread) end
 
-tokens = {{}}
-for line in io.lines("{token_file}") do tokens[#tokens + 1] = line end
+lines = {{}}
+for l in io.lines("{lines_file}") do lines[#lines + 1] = l end
 i = 0
 local f = io.open("{position}")
 if f then i = tonumber(f:read("*l")) or 0; f:close() end
 
 request = function()
-  i = i % #tokens + 1
-  return wrk.format("GET", "/", {{["Authorization"] = "Bearer " .. tokens[i]}})
+  i = i % #lines + 1
+  local line = lines[i]
+  return wrk.format("GET", "/", {headers_lua})
 end
 
 function done(summary, latency, requests)
@@ -347,6 +348,12 @@ function done(summary, latency, requests)
 end
 """)
     return script
+
+
+def distinct_tokens_script(work, name, token_file):
+    """Distinct tokens in order: with more than the cache's FIFO holds, every token has been
+    evicted by the time it comes round."""
+    return cycling_script(work, name, token_file, '{["Authorization"] = "Bearer " .. line}')
 
 
 def scenario_jwt_distinct(work, args):
@@ -406,33 +413,8 @@ DPOP_ROUTE = """  - id: bench
 
 
 def dpop_script(work, name, proof_file, token):
-    """A wrk script sending the proofs in order, one per request, carrying on across runs."""
-    script = os.path.join(work, f"dpop-{name}.lua")
-    position = os.path.join(work, f"dpop-{name}.position")
-    with open(script, "w") as f:
-        f.write(f"""
-local threads = {{}}
-function setup(thread) table.insert(threads, thread) end
-
-proofs = {{}}
-for line in io.lines("{proof_file}") do proofs[#proofs + 1] = line end
-i = 0
-local f = io.open("{position}")
-if f then i = tonumber(f:read("*l")) or 0; f:close() end
-
-request = function()
-  i = i + 1
-  if i > #proofs then i = 1 end
-  return wrk.format("GET", "/", {{["Authorization"] = "DPoP {token}", ["DPoP"] = proofs[i]}})
-end
-
-function done(summary, latency, requests)
-  local f = io.open("{position}", "w")
-  f:write(tostring(threads[1]:get("i")))
-  f:close()
-end
-""")
-    return script
+    """The proofs in order, one per request, each with the bound token."""
+    return cycling_script(work, name, proof_file, f'{{["Authorization"] = "DPoP {token}", ["DPoP"] = line}}')
 
 
 def scenario_dpop(work, args):

@@ -41,6 +41,23 @@ use keys::{KeyStore, Policy, Source};
 
 thread_local! {
     static VERIFIED: RefCell<Cache<Arc<str>, Issuer, foldhash::quality::RandomState>> = RefCell::new(Cache::default());
+    /// The DPoP form of the last principal a DPoP request presented: (token's, DPoP's).
+    static DPOP_PRINCIPAL: RefCell<Option<(Arc<Principal>, Arc<Principal>)>> = const { RefCell::new(None) };
+}
+
+/// The principal of a token presented with its DPoP proof: the token's, authenticated by
+/// `dpop`. Made once per cached token principal and reused while the same token keeps coming
+/// (as a client reuses its token), so a request neither copies the principal nor gives later
+/// stages a new one (the authorization stage reuses its work for the same shared principal).
+fn as_dpop(token: Arc<Principal>) -> Arc<Principal> {
+    DPOP_PRINCIPAL.with_borrow_mut(|last| match last {
+        Some((source, derived)) if Arc::ptr_eq(source, &token) => derived.clone(),
+        _ => {
+            let derived = Arc::new(Principal { method: AuthnMethod::Dpop, ..(*token).clone() });
+            *last = Some((token, derived.clone()));
+            derived
+        }
+    })
 }
 
 /// State that outlives any one config: key stores, so that a reload keeps the keys (and the
@@ -362,7 +379,7 @@ impl Authenticator {
         }
         self.certificate_binding(&principal, cx)?;
         dpop.remember(&checked).await?;
-        Ok(Arc::new(Principal { method: AuthnMethod::Dpop, ..(*principal).clone() }))
+        Ok(as_dpop(principal))
     }
 
     /// RFC 8705 §3: a token bound to a certificate (`cnf.x5t#S256`) is accepted only on a

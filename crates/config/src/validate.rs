@@ -165,7 +165,7 @@ fn upstreams(config: &Config, out: &mut Vec<Invalid>) {
                 spiffe_pattern_problem(id).or(id.contains('*').then_some("an exact SPIFFE ID, no `*`"))
             {
                 out.push(Invalid::new(at("tls.spiffe_id"), problem));
-            } else if let Some((domain, _)) = spiffe_id_parts(id)
+            } else if let Some(domain) = trust_domain(id)
                 && !config.spiffe.trust_domains.contains_key(domain)
             {
                 out.push(Invalid::new(
@@ -367,10 +367,9 @@ fn authorization(config: &Config, out: &mut Vec<Invalid>) {
     }
 }
 
-/// The trust domain and path of a SPIFFE ID.
-fn spiffe_id_parts(id: &str) -> Option<(&str, &str)> {
-    let rest = id.strip_prefix("spiffe://")?;
-    Some(rest.split_once('/').unwrap_or((rest, "")))
+/// The trust domain of a SPIFFE ID (checked by `spiffe_pattern_problem` first).
+fn trust_domain(id: &str) -> Option<&str> {
+    id.strip_prefix("spiffe://")?.split('/').next()
 }
 
 /// SPIFFE trust domains and DPoP settings.
