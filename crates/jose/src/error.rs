@@ -34,6 +34,13 @@ pub enum Error {
     /// A key could not be parsed.
     #[error("unusable key: {0}")]
     BadKey(&'static str),
+    /// An encrypted token does not decrypt: another recipient's key, or altered on the way.
+    #[error("the token does not decrypt with this key")]
+    Decrypt,
+    /// A cryptographic primitive failed for a reason not tied to the input (randomness, key
+    /// generation).
+    #[error("cryptographic failure: {0}")]
+    Crypto(&'static str),
 }
 
 impl Error {
@@ -50,6 +57,8 @@ impl Error {
             Error::KeyMismatch => "key_mismatch",
             Error::BadSignature => "signature_invalid",
             Error::BadKey(_) => "key_unusable",
+            Error::Decrypt => "decrypt_failed",
+            Error::Crypto(_) => "crypto_failed",
         }
     }
 }

@@ -63,6 +63,17 @@ impl SigningKey {
         Ok(SigningKey { alg, kid: kid.into(), inner })
     }
 
+    /// The same key under another key id.
+    pub fn with_kid(mut self, kid: impl Into<String>) -> SigningKey {
+        self.kid = kid.into();
+        self
+    }
+
+    /// The RFC 7638 thumbprint of the public key: a key id that names the key itself.
+    pub fn thumbprint(&self) -> String {
+        Jwk::from_value(self.public_jwk()).map(|j| j.thumbprint).unwrap_or_default()
+    }
+
     /// The algorithm.
     pub fn algorithm(&self) -> Algorithm {
         self.alg
