@@ -34,6 +34,7 @@ pub struct Policies {
     roles_claim: ClaimPath,
     groups_claim: ClaimPath,
     route_type: EntityTypeName,
+    audience_type: EntityTypeName,
     action_type: EntityTypeName,
     /// Parsed once: parsing a type name runs Cedar's parser.
     types: Types,
@@ -60,6 +61,8 @@ impl std::fmt::Debug for Policies {
 pub struct Slice {
     policies: PolicySet,
     action: EntityUid,
+    /// `Route`, or `Audience` for the token service's decisions.
+    resource_type: EntityTypeName,
 }
 
 /// The outcome of a Cedar evaluation.
@@ -155,6 +158,7 @@ impl Policies {
             roles_claim: ClaimPath::new(&shared.roles_claim),
             groups_claim: ClaimPath::new(&shared.groups_claim),
             route_type: type_name("Route"),
+            audience_type: type_name("Audience"),
             action_type: type_name("Action"),
             types: Types {
                 role: type_name("Role"),
@@ -176,7 +180,18 @@ impl Policies {
     /// its scope cannot match: its resource is another route (or a group this route is not
     /// in), or its action is another one (and not a group of this one).
     pub fn slice(&self, route: &str, action: &str) -> Slice {
-        let route_uid = EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(route));
+        self.slice_of(self.route_type.clone(), route, action)
+    }
+
+    /// The policies that may apply when the token service issues a token of `audience`
+    /// (resource `Audience::"<audience>"`) for `action` (`token_exchange`,
+    /// `client_credentials`).
+    pub fn audience_slice(&self, audience: &str, action: &str) -> Slice {
+        self.slice_of(self.audience_type.clone(), audience, action)
+    }
+
+    fn slice_of(&self, resource_type: EntityTypeName, route: &str, action: &str) -> Slice {
+        let route_uid = EntityUid::from_type_name_and_id(resource_type.clone(), EntityId::new(route));
         let action_uid = self.action_uid(action);
         let route_up = self.ancestors(&route_uid);
         let action_up = self.ancestors(&action_uid);
@@ -186,8 +201,8 @@ impl Policies {
                 ResourceConstraint::Any => true,
                 ResourceConstraint::Eq(uid) => uid == route_uid,
                 ResourceConstraint::In(uid) => route_up.contains(&uid),
-                ResourceConstraint::Is(t) => t == self.route_type,
-                ResourceConstraint::IsIn(t, uid) => t == self.route_type && route_up.contains(&uid),
+                ResourceConstraint::Is(t) => t == resource_type,
+                ResourceConstraint::IsIn(t, uid) => t == resource_type && route_up.contains(&uid),
             };
             let action_may = match p.action_constraint() {
                 ActionConstraint::Any => true,
@@ -199,7 +214,7 @@ impl Policies {
                 let _ = policies.add(p.clone());
             }
         }
-        Slice { policies, action: action_uid }
+        Slice { policies, action: action_uid, resource_type }
     }
 
     /// `uid` and its ancestors in the entity data.
@@ -267,7 +282,7 @@ impl Policies {
     fn entities(&self, slice: &Slice, input: &Input<'_>) -> Result<(EntityUid, EntityUid, Entities), String> {
         let p: &Principal = input.principal;
         let (principal_uid, principal, principal_parents) = self.principal_entity(p)?;
-        let resource_uid = EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(input.route));
+        let resource_uid = EntityUid::from_type_name_and_id(slice.resource_type.clone(), EntityId::new(input.route));
         let resource_parents = self.parents(&resource_uid);
         let resource = Entity::new_with_tags(
             resource_uid.clone(),
@@ -453,6 +468,7 @@ impl Memo {
             && self.host == input.host
             && self.params[..] == input.params[..]
             && self.action == slice.action
+            && self.resource_uid.type_name() == &slice.resource_type
     }
 }
 

@@ -120,6 +120,24 @@ impl RouteAuthz {
         RouteAuthz { rules: Rules::new(cfg, shared), cedar }
     }
 
+    /// The authorization of one grant of the token service: who may obtain a token of
+    /// `audience` by `action` (`token_exchange` or `client_credentials`). The rules always
+    /// apply; Cedar judges when policies are configured, unless the rules say `cedar: false`.
+    pub fn for_audience(
+        audience: &str,
+        action: &str,
+        cfg: &AuthorizeConfig,
+        shared: &AuthorizationConfig,
+        policies: Option<&Arc<Policies>>,
+    ) -> RouteAuthz {
+        let cedar = policies.filter(|_| cfg.cedar.unwrap_or(true)).map(|policies| RouteCedar {
+            fixed: Some(policies.audience_slice(audience, cfg.action.as_deref().unwrap_or(action))),
+            by_method: HashMap::new(),
+            policies: policies.clone(),
+        });
+        RouteAuthz { rules: Rules::new(cfg, shared), cedar }
+    }
+
     /// Whether anything is checked at all (else every authenticated caller passes).
     pub fn is_open(&self) -> bool {
         self.rules.is_empty() && self.cedar.is_none()
