@@ -406,6 +406,37 @@ def scenario_jwt_cedar(work, args):
     return {"runs": runs, "token_bytes": len(token)}
 
 
+PROPAGATE_ROUTE = """  - id: bench
+    upstream: {upstream}
+    authenticate: [jwt]
+    authorize: { scopes: ["orders:read"] }
+    propagate:
+      internal_token: { audience: orders-api, claims: { client: client_id } }
+      headers: { X-User: subject }
+"""
+
+
+def scenario_jwt_propagate(work, args):
+    """JWT (one token repeated) with identity propagation: an ES256 internal token (cached per
+    caller) and an identity header, beside the same JWT route without propagation."""
+    idp = Idp(work)
+    token = idp.token(0)
+    upstream = start_upstream(work)
+    service = "token_service:\n  issuer: https://gateway.bench.internal\n"
+    servers = {
+        "portcullis": start_portcullis(work, upstream.port, PROPAGATE_ROUTE, extra=idp.config + service),
+        "portcullis-jwt": start_portcullis(work, upstream.port, JWT_ROUTE, extra=idp.config),
+        "nginx": start_nginx_proxy(work, upstream.port),
+    }
+    try:
+        check_auth(servers["portcullis"], token)
+        runs = rounds(servers, args, headers=[f"Authorization: Bearer {token}"])
+    finally:
+        for s in list(servers.values()) + [upstream]:
+            s.stop()
+    return {"runs": runs, "token_bytes": len(token)}
+
+
 DPOP_ROUTE = """  - id: bench
     upstream: {upstream}
     authenticate: [dpop]
@@ -474,7 +505,7 @@ def dpop_material(idp, htu, count):
 
 
 SCENARIOS = {"plain": scenario_plain, "jwt-repeated": scenario_jwt_repeated, "jwt-distinct": scenario_jwt_distinct,
-             "jwt-cedar": scenario_jwt_cedar, "dpop": scenario_dpop}
+             "jwt-cedar": scenario_jwt_cedar, "dpop": scenario_dpop, "jwt-propagate": scenario_jwt_propagate}
 
 
 def med(values):
@@ -485,12 +516,12 @@ def med(values):
 def report(name, data):
     runs = data["runs"]
     print(f"\n## {name}: {SCENARIOS[name].__doc__.strip()}")
-    print(f"{'proxy':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}   req/s per round")
+    print(f"{'proxy':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}   req/s per round")
     summary = {}
     for proxy, rs in runs.items():
         m = {k: med(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
         summary[proxy] = m
-        print(f"{proxy:<12} {m['rps']:>9.0f} {m['p50_ms']:>8.3f} {m['p99_ms']:>8.3f} {m['cpu_us_per_req']:>11.2f}   "
+        print(f"{proxy:<15} {m['rps']:>9.0f} {m['p50_ms']:>8.3f} {m['p99_ms']:>8.3f} {m['cpu_us_per_req']:>11.2f}   "
               + " ".join(f"{r['rps']:.0f}" for r in rs))
         if any(r["errors"] for r in rs):
             print(f"   !! {proxy}: errors or non-2xx responses in some runs")

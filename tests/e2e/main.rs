@@ -8,6 +8,7 @@ mod upstream;
 mod authn;
 mod authz;
 mod docs;
+mod identity;
 mod lifecycle;
 mod opaque;
 mod pop;

@@ -9,6 +9,7 @@
 mod admin;
 mod authz;
 mod dpop;
+mod identity;
 mod issuer;
 mod load;
 mod route;
@@ -29,6 +30,10 @@ use serde::{Deserialize, Serialize};
 pub use admin::AdminConfig;
 pub use authz::{AuthorizationConfig, CedarConfig};
 pub use dpop::DpopConfig;
+pub use identity::{
+    AudienceConfig, EncryptConfig, InternalTokenConfig, Listener, PropagateConfig, SigningKeysConfig,
+    TokenClientConfig, TokenServiceConfig,
+};
 pub use issuer::{ApiKeysConfig, ClientAuthMethod, ConsumerConfig, IntrospectionConfig, IssuerConfig, KeyFetchConfig};
 pub use load::{ConfigError, ConfigErrors, Invalid, LoadedConfig, load_file, load_str};
 pub use route::{
@@ -78,6 +83,10 @@ pub struct Config {
     /// SPIFFE workload identity: trust bundles and the gateway's own SVID.
     #[serde(default)]
     pub spiffe: SpiffeConfig,
+    /// The gateway's token service: signing keys for internal tokens, the JWKS it publishes,
+    /// token exchange and client credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_service: Option<TokenServiceConfig>,
     /// Named upstream services with several endpoints, timeouts and health checking.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -150,6 +159,17 @@ impl Config {
                 }
             }
         }
+        if let Some(ts) = &mut self.token_service {
+            ts.keys.files.iter_mut().for_each(fix);
+            ts.clients.iter_mut().for_each(|c| fix(&mut c.jwks_file));
+        }
+        for route in &mut self.routes {
+            if let Some(e) =
+                route.propagate.as_mut().and_then(|p| p.internal_token.as_mut()).and_then(|t| t.encrypt.as_mut())
+            {
+                fix(&mut e.key);
+            }
+        }
         problems
     }
 
@@ -176,6 +196,16 @@ impl Config {
                 files.extend([&tls.ca, &tls.cert, &tls.key].into_iter().flatten().cloned());
             }
         }
+        if let Some(ts) = &self.token_service {
+            files.extend(ts.keys.files.iter().cloned());
+            files.extend(ts.clients.iter().map(|c| c.jwks_file.clone()));
+        }
+        files.extend(
+            self.routes
+                .iter()
+                .filter_map(|r| r.propagate.as_ref()?.internal_token.as_ref()?.encrypt.as_ref())
+                .map(|e| e.key.clone()),
+        );
         files
     }
 }

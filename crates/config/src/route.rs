@@ -41,6 +41,10 @@ pub struct RouteConfig {
     /// Limits for this route, overriding the listener's.
     #[serde(default)]
     pub limits: Option<RouteLimits>,
+    /// What the upstream learns of the caller: an internal token, identity headers, or (only
+    /// when asked) the caller's own credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagate: Option<crate::PropagateConfig>,
     /// Path rewriting before forwarding.
     #[serde(default)]
     pub rewrite: Option<Rewrite>,

@@ -16,6 +16,8 @@ pub(crate) fn validate(config: &Config) -> Vec<Invalid> {
     routes(config, &mut out);
     authorization(config, &mut out);
     workload(config, &mut out);
+    token_service(config, &mut out);
+    propagation(config, &mut out);
     if config.state.backend == StateBackend::Redis && config.state.redis_url.is_none() {
         out.push(Invalid::new("state.redis_url", "`backend: redis` needs `redis_url`, e.g. redis://127.0.0.1:6379"));
     }
@@ -403,4 +405,221 @@ fn workload(config: &Config, out: &mut Vec<Invalid>) {
     if d.nonce_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
         out.push(Invalid::new("dpop.nonce_secret", "use at least 16 characters"));
     }
+}
+
+/// Claims every internal token sets itself; a claim mapping may not replace them.
+pub const RESERVED_CLAIMS: [&str; 13] = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "scope",
+    "client_id",
+    "auth_method",
+    "act",
+    "cnf",
+    "encrypted_claims",
+];
+
+/// Paths the token service answers before routing.
+const SERVICE_PATHS: [&str; 3] = ["/.well-known/jwks.json", "/.well-known/openid-configuration", "/oauth2/token"];
+
+/// Sources an identity header may carry (besides `claims.<path>`).
+pub const HEADER_SOURCES: [&str; 8] =
+    ["subject", "client_id", "issuer", "scopes", "auth_method", "spiffe_id", "consumer", "plan"];
+
+/// The token service block.
+fn token_service(config: &Config, out: &mut Vec<Invalid>) {
+    let Some(ts) = &config.token_service else { return };
+    match url::Url::parse(&ts.issuer) {
+        Ok(u) if matches!(u.scheme(), "https" | "http") && u.query().is_none() && u.fragment().is_none() => {}
+        _ => out.push(Invalid::new(
+            "token_service.issuer",
+            "an http(s) URL without query or fragment, e.g. https://gateway.internal",
+        )),
+    }
+    if !["ES256", "ES384", "EdDSA", "PS256", "RS256"].contains(&ts.keys.algorithm.as_str()) {
+        out.push(Invalid::new(
+            "token_service.keys.algorithm",
+            format!("`{}`: use ES256, ES384, EdDSA, PS256 or RS256", ts.keys.algorithm),
+        ));
+    }
+    let longest = ts
+        .audiences
+        .values()
+        .filter_map(|a| a.lifetime)
+        .chain([ts.internal_token_lifetime])
+        .chain(config.routes.iter().filter_map(|r| r.propagate.as_ref()?.internal_token.as_ref()?.lifetime))
+        .map(|d| d.get())
+        .max()
+        .unwrap_or_default()
+        .max(std::time::Duration::from_secs(300));
+    if ts.keys.files.is_empty() && ts.keys.rotate_every.get() <= longest {
+        out.push(Invalid::new(
+            "token_service.keys.rotate_every",
+            format!("must be longer than the longest token lifetime ({}s)", longest.as_secs()),
+        ));
+    }
+    if let Some(i) = config.issuers.iter().position(|i| i.issuer == ts.issuer) {
+        out.push(Invalid::new(
+            "token_service.issuer",
+            format!("also the issuer of `issuers[{i}]`: the gateway's tokens need an issuer of their own"),
+        ));
+    }
+    if ts.serve_on.contains(&crate::Listener::Public) {
+        for (i, r) in config.routes.iter().enumerate() {
+            if let Some(p) = r.matches.path.as_deref().filter(|p| SERVICE_PATHS.contains(p)) {
+                out.push(Invalid::new(
+                    format!("routes[{i}].match.path"),
+                    format!("`{p}` is served by the token service on the public listener"),
+                ));
+            }
+        }
+    }
+    if ts.internal_token_lifetime.get().is_zero() {
+        out.push(Invalid::new("token_service.internal_token_lifetime", "must be longer than zero"));
+    }
+    if ts.serve_on.is_empty() {
+        out.push(Invalid::new("token_service.serve_on", "name at least one listener: `public` or `admin`"));
+    }
+    if ts.serve_on.contains(&crate::Listener::Admin) && config.admin.is_none() {
+        out.push(Invalid::new("token_service.serve_on", "`admin` needs the `admin` listener"));
+    }
+    for (name, a) in &ts.audiences {
+        let at = |k: &str| format!("token_service.audiences.{name}.{k}");
+        if name.is_empty() {
+            out.push(Invalid::new("token_service.audiences", "an audience name must not be empty"));
+        }
+        if a.lifetime.is_some_and(|l| l.get().is_zero()) {
+            out.push(Invalid::new(at("lifetime"), "must be longer than zero"));
+        }
+        for (key, rules) in [("exchange", &a.exchange), ("client_credentials", &a.client_credentials)] {
+            let Some(rules) = rules else { continue };
+            for (j, p) in rules.spiffe_ids.iter().enumerate() {
+                if let Some(problem) = spiffe_pattern_problem(p) {
+                    out.push(Invalid::new(at(&format!("{key}.spiffe_ids[{j}]")), problem));
+                }
+            }
+            if config.authorization.cedar.is_none() && (rules.cedar == Some(true) || rules.action.is_some()) {
+                out.push(Invalid::new(at(key), "`cedar` and `action` need `authorization.cedar`"));
+            }
+        }
+    }
+    let mut ids = HashSet::new();
+    for (i, c) in ts.clients.iter().enumerate() {
+        if c.id.is_empty() {
+            out.push(Invalid::new(format!("token_service.clients[{i}].id"), "must not be empty"));
+        } else if !ids.insert(c.id.as_str()) {
+            out.push(Invalid::new(format!("token_service.clients[{i}].id"), format!("duplicate client `{}`", c.id)));
+        }
+    }
+}
+
+/// Each route's `propagate` block.
+fn propagation(config: &Config, out: &mut Vec<Invalid>) {
+    for (i, route) in config.routes.iter().enumerate() {
+        let Some(p) = &route.propagate else { continue };
+        let at = |k: &str| format!("routes[{i}].propagate.{k}");
+        for (name, source) in &p.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                out.push(Invalid::new(at(&format!("headers.{name}")), "not a valid header name"));
+            } else if is_protected_header(name) {
+                out.push(Invalid::new(
+                    at(&format!("headers.{name}")),
+                    "a header the gateway manages; choose another name",
+                ));
+            }
+            let ok = HEADER_SOURCES.contains(&source.as_str())
+                || source
+                    .strip_prefix("claims.")
+                    .is_some_and(|path| !path.is_empty() && !path.split('.').any(str::is_empty));
+            if !ok {
+                out.push(Invalid::new(
+                    at(&format!("headers.{name}")),
+                    format!("`{source}`: use one of {} or `claims.<path>`", HEADER_SOURCES.join(", ")),
+                ));
+            }
+        }
+        let Some(t) = &p.internal_token else { continue };
+        if config.token_service.is_none() {
+            out.push(Invalid::new(at("internal_token"), "needs the top-level `token_service` (the signing keys)"));
+        }
+        let header = t.header.as_deref().unwrap_or("authorization");
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            out.push(Invalid::new(at("internal_token.header"), "not a valid header name"));
+        } else if header.eq_ignore_ascii_case("authorization") && p.passthrough {
+            out.push(Invalid::new(
+                at("passthrough"),
+                "the internal token takes `Authorization`: pass the credential through or replace it, not both \
+                 (or give the internal token another `header`)",
+            ));
+        } else if !header.eq_ignore_ascii_case("authorization") && is_protected_header(header) {
+            out.push(Invalid::new(at("internal_token.header"), "a header the gateway manages; choose another name"));
+        }
+        if p.headers.keys().any(|h| h.eq_ignore_ascii_case(header)) {
+            out.push(Invalid::new(at("internal_token.header"), "also set by `headers`"));
+        }
+        if t.lifetime.is_some_and(|l| l.get().is_zero()) {
+            out.push(Invalid::new(at("internal_token.lifetime"), "must be longer than zero"));
+        }
+        if t.audience.as_deref().is_some_and(str::is_empty) {
+            out.push(Invalid::new(at("internal_token.audience"), "must not be empty"));
+        }
+        for (claim, path) in &t.claims {
+            if RESERVED_CLAIMS.contains(&claim.as_str()) || claim.is_empty() {
+                out.push(Invalid::new(
+                    at(&format!("internal_token.claims.{claim}")),
+                    "a claim the gateway sets itself (or empty); choose another name",
+                ));
+            }
+            if path.is_empty() || path.split('.').any(str::is_empty) {
+                out.push(Invalid::new(
+                    at(&format!("internal_token.claims.{claim}")),
+                    "a dotted claim path, e.g. `org.tenant`",
+                ));
+            }
+        }
+        if let Some(claims) = t.encrypt.as_ref().and_then(|e| e.claims.as_ref()) {
+            if claims.is_empty() {
+                out.push(Invalid::new(
+                    at("internal_token.encrypt.claims"),
+                    "list at least one claim, or leave out `claims` to encrypt the whole token",
+                ));
+            }
+            for (j, c) in claims.iter().enumerate() {
+                if !t.claims.contains_key(c) && !["sub", "client_id", "scope", "auth_method"].contains(&c.as_str()) {
+                    out.push(Invalid::new(
+                        at(&format!("internal_token.encrypt.claims[{j}]")),
+                        format!("`{c}` is not a claim of this token (see `internal_token.claims`)"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Headers whose meaning the gateway owns (framing, forwarding, its own identity headers).
+fn is_protected_header(name: &str) -> bool {
+    [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+        "keep-alive",
+        "authorization",
+        "dpop",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "cookie",
+    ]
+    .iter()
+    .any(|h| h.eq_ignore_ascii_case(name))
 }

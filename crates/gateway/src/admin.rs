@@ -1,9 +1,11 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` and `/config`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and `/config`, and the token
+//! service's endpoints when `token_service.serve_on` lists `admin`.
 //!
-//! Four read-only endpoints do not need a web framework; hyper's HTTP/1 server and a match
-//! on the path are the whole router.
+//! A handful of endpoints do not need a web framework; hyper's HTTP/1 server and a match on
+//! the path are the whole router.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -11,12 +13,15 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use portcullis_config::Listener;
 use portcullis_core::Problem;
+use portcullis_identity::Endpoint;
 use portcullis_proxy::Runtime;
+use portcullis_proxy::body::ResponseBody;
+use portcullis_proxy::pipeline::{TokenContext, token_service};
 use portcullis_telemetry::Metrics;
 use tokio::net::TcpListener;
 
@@ -33,7 +38,7 @@ pub struct AdminState {
 /// Serves the admin endpoints for the life of the process.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
@@ -41,7 +46,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, req)) }
+                async move { Ok::<_, Infallible>(respond(&state, req, peer).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -52,7 +57,19 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     }
 }
 
-fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    let rt = state.runtime.load_full();
+    if let Some(ts) = rt.token_service.as_ref().filter(|ts| ts.serves(Listener::Admin))
+        && let Some(endpoint) = Endpoint::at(req.uri().path())
+    {
+        let (parts, body) = req.into_parts();
+        let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
+        let cx = TokenContext { client_cert: None, client_ip: peer.ip(), tls: false, host: &host };
+        return match token_service(ts, endpoint, parts, body, cx).await {
+            Ok(r) => r,
+            Err(p) => problem(p),
+        };
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return problem(Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -85,14 +102,14 @@ fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> 
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::full(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
-fn problem(p: Problem) -> Response<Full<Bytes>> {
-    p.to_response(None).map(Full::new)
+fn problem(p: Problem) -> Response<ResponseBody> {
+    p.to_response(None).map(ResponseBody::full)
 }

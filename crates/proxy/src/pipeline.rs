@@ -187,6 +187,16 @@ async fn run(
     let authority = RequestAuthority::of(&parts)?;
     let host = authority.host();
 
+    // The gateway's own endpoints: its keys and its token service.
+    if let Some(ts) = &rt.token_service
+        && ts.serves(portcullis_config::Listener::Public)
+        && let Some(endpoint) = portcullis_identity::Endpoint::at(&path)
+    {
+        let client_cert = conn.tls.as_ref().and_then(|t| t.client_cert.as_ref());
+        let cx = TokenContext { client_cert, client_ip: ctx.client_ip, tls: conn.tls.is_some(), host: &host };
+        return token_service(ts, endpoint, parts, body, cx).await;
+    }
+
     // Match.
     let (route, params) = rt.router.find(&host, &path, &parts.method).ok_or_else(Problem::no_route)?;
     let route = route.clone();
@@ -210,7 +220,9 @@ async fn run(
                 client_cert: conn.tls.as_ref().and_then(|t| t.client_cert.as_ref()),
             };
             let principal = a.authenticate(&parts, &cx).await?;
-            a.scrub(&mut parts);
+            if !route.propagate.as_ref().is_some_and(|p| p.passthrough) {
+                a.scrub(&mut parts);
+            }
             principal
         }
     };
@@ -222,9 +234,13 @@ async fn run(
     // Protect: the body may not exceed the route's limit.
     let body = protect_body(&parts, body, route.max_body)?;
 
-    // Propagate: the upstream never sees the caller's credential.
+    // Propagate: the upstream never sees the caller's credential (unless the route passes it
+    // through); the identity it gets is set in `forward`, after the client's hop-by-hop
+    // headers are gone.
     let present = headers::Present::scan(&parts.headers);
-    headers::strip_credentials(&mut parts.headers, present);
+    if !route.propagate.as_ref().is_some_and(|p| p.passthrough) {
+        headers::strip_credentials(&mut parts.headers, present);
+    }
 
     // Forward.
     let path = forward_path(&parts.uri, path, route.rewrite.as_ref());
@@ -443,6 +459,9 @@ async fn forward(
     let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
 
     headers::strip_hop_by_hop(&mut parts.headers, present);
+    if let (Some(p), Some(principal)) = (&route.propagate, &ctx.principal) {
+        p.apply(principal, &mut parts.headers)?;
+    }
     if let Some(proto) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, proto.clone());
@@ -516,6 +535,102 @@ async fn forward(
         headers::strip_hop_by_hop_response(resp.headers_mut());
     }
     Ok(resp)
+}
+
+/// What the token endpoint needs of the connection.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenContext<'a> {
+    /// The connection's verified client certificate.
+    pub client_cert: Option<&'a portcullis_authn::ClientCert>,
+    /// The client's address.
+    pub client_ip: IpAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The host the client addressed.
+    pub host: &'a str,
+}
+
+/// Serves the token service's endpoints: the JWK Set and discovery document (`GET`), and
+/// the token endpoint (`POST`, a form). Token responses are never cached (RFC 6749 §5.1).
+pub async fn token_service<B>(
+    ts: &portcullis_identity::TokenService,
+    endpoint: portcullis_identity::Endpoint,
+    parts: http::request::Parts,
+    body: B,
+    cx: TokenContext<'_>,
+) -> Result<Response<ResponseBody>, Problem>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use portcullis_identity::Endpoint;
+    let json = |status: StatusCode, body: bytes::Bytes, cache: &'static str| {
+        let mut resp = Response::new(ResponseBody::full(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+        if cache == "no-store" {
+            h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        }
+        resp
+    };
+    let method_not_allowed = |allow: &'static str| {
+        Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+            .header(header::ALLOW, HeaderValue::from_static(allow))
+    };
+    match endpoint {
+        Endpoint::Jwks | Endpoint::Discovery => {
+            if parts.method != http::Method::GET && parts.method != http::Method::HEAD {
+                return Err(method_not_allowed("GET, HEAD"));
+            }
+            let doc = if endpoint == Endpoint::Jwks { ts.jwks() } else { ts.discovery() };
+            // Short enough that a verifier sees a rotation's new key long before it signs.
+            Ok(json(StatusCode::OK, doc, "public, max-age=300"))
+        }
+        Endpoint::Token => {
+            if parts.method != http::Method::POST {
+                return Err(method_not_allowed("POST"));
+            }
+            let form_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+            let result = if form_type {
+                let limited = Limited::new(body, portcullis_identity::service::MAX_FORM_BYTES);
+                match http_body_util::BodyExt::collect(limited).await {
+                    Ok(collected) => {
+                        let form = collected.to_bytes();
+                        let req = portcullis_identity::TokenRequest {
+                            form: &form,
+                            client_cert: cx.client_cert,
+                            client_ip: cx.client_ip,
+                            tls: cx.tls,
+                            host: cx.host,
+                        };
+                        ts.token(&req).await
+                    }
+                    Err(_) => Err(portcullis_identity::OAuthError {
+                        status: StatusCode::BAD_REQUEST,
+                        error: "invalid_request",
+                        description: "the request body could not be read or is too large".into(),
+                    }),
+                }
+            } else {
+                Err(portcullis_identity::OAuthError {
+                    status: StatusCode::BAD_REQUEST,
+                    error: "invalid_request",
+                    description: "send the parameters as application/x-www-form-urlencoded".into(),
+                })
+            };
+            Ok(match result {
+                Ok(body) => json(StatusCode::OK, body, "no-store"),
+                Err(e) => json(e.status, e.body(), "no-store"),
+            })
+        }
+    }
 }
 
 /// The protocol a client asks to upgrade to, for HTTP/1.1 upgrade requests.

@@ -28,6 +28,8 @@ pub struct Shared {
     pub workers: usize,
     /// Key stores of token issuers, kept across reloads.
     pub authn: portcullis_authn::Registry,
+    /// The gateway's signing keys, kept across reloads.
+    pub identity: portcullis_identity::Registry,
     /// Upstreams by their settings; weak so that ones no config uses any more are freed.
     /// Locked only while a config is compiled, never on the request path.
     upstreams: Mutex<HashMap<String, Weak<Upstream>>>,
@@ -36,7 +38,7 @@ pub struct Shared {
 impl Shared {
     /// Shared state with these metrics, for `workers` data-plane workers.
     pub fn new(metrics: Arc<Metrics>, workers: usize) -> Self {
-        Self { metrics, workers, authn: Default::default(), upstreams: Mutex::default() }
+        Self { metrics, workers, authn: Default::default(), identity: Default::default(), upstreams: Mutex::default() }
     }
 
     fn upstream(
@@ -113,6 +115,8 @@ pub struct Route {
     pub max_body: u64,
     /// `(matched prefix, replacement)` for `rewrite.path_prefix`.
     pub rewrite: Option<(String, String)>,
+    /// What the upstream learns of the caller.
+    pub propagate: Option<portcullis_identity::Propagation>,
     /// Metric handles.
     pub metrics: RouteMetrics,
 }
@@ -142,6 +146,8 @@ pub struct Runtime {
     pub(crate) access_log: Option<portcullis_telemetry::AccessLog>,
     pub(crate) no_route: RouteMetrics,
     pub(crate) anonymous: Arc<Principal>,
+    /// The token service, when configured.
+    pub token_service: Option<Arc<portcullis_identity::TokenService>>,
     authn: portcullis_authn::Authn,
 }
 
@@ -192,6 +198,21 @@ impl Runtime {
             None
         });
 
+        let ring = c.token_service.as_ref().and_then(|ts| {
+            shared
+                .identity
+                .ring(&ts.keys)
+                .map_err(|(key, msg)| errors.push(Invalid::new(format!("token_service.keys.{key}"), msg)))
+                .ok()
+        });
+        let token_service = match (&c.token_service, &ring) {
+            (Some(ts), Some(ring)) => token_service(c, ts, ring, &authn, policies.as_ref(), shared)
+                .map_err(|e| errors.extend(e))
+                .ok()
+                .map(Arc::new),
+            _ => None,
+        };
+
         let mut routes = Vec::new();
         for (i, rc) in c.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
@@ -203,10 +224,16 @@ impl Runtime {
                 policies.as_ref(),
                 rc.authenticate.as_deref().is_some_and(|m| m.contains(&portcullis_config::AuthMethod::None)),
             );
+            let propagate =
+                portcullis_identity::Propagation::build(rc, c.token_service.as_ref().zip(ring.as_ref()), &at)
+                    .map_err(|e| errors.extend(e))
+                    .ok()
+                    .flatten();
             let route =
                 compile_route(rc, &at, shared, &authn, authz, &upstreams, c.server.limits.max_body_bytes.bytes())
                     .map_err(|e| errors.extend(e))
-                    .ok();
+                    .ok()
+                    .map(|r| Route { propagate, ..r });
             if let (Some(m), Some(r)) = (matcher, route) {
                 routes.push((m, Arc::new(r), i));
             }
@@ -261,6 +288,7 @@ impl Runtime {
             access_log: access_log.filter(|_| c.access_log.enabled),
             no_route: shared.metrics.route("(none)"),
             anonymous: Principal::anonymous(),
+            token_service,
             authn,
             config,
         })
@@ -384,8 +412,39 @@ fn compile_route(
             timeout: rc.timeouts.as_ref().map_or(upstream_timeout, |t| t.request.get()),
             max_body: rc.limits.as_ref().map_or(default_max_body, |l| l.max_body_bytes.bytes()),
             rewrite,
+            propagate: None,
             metrics: shared.metrics.route(&rc.id),
         }),
         _ => Err(errors),
     }
+}
+
+/// The token service: subject and actor tokens are checked like a route's bearer tokens
+/// (the configured issuers, and introspection when configured).
+fn token_service(
+    c: &portcullis_config::Config,
+    ts: &portcullis_config::TokenServiceConfig,
+    ring: &Arc<portcullis_identity::KeyRing>,
+    authn: &portcullis_authn::Authn,
+    policies: Option<&Arc<portcullis_authz::Policies>>,
+    shared: &Shared,
+) -> Result<portcullis_identity::TokenService, Vec<Invalid>> {
+    let mut methods = Vec::new();
+    if !c.issuers.is_empty() {
+        methods.push("jwt");
+    }
+    if c.introspection.is_some() {
+        methods.push("introspection");
+    }
+    let tokens = if methods.is_empty() {
+        None
+    } else {
+        let rc: RouteConfig = serde_json::from_value(serde_json::json!({
+            "id": "token_service", "upstream": ECHO_UPSTREAM, "authenticate": methods,
+        }))
+        .map_err(|e| vec![Invalid::new("token_service", e.to_string())])?;
+        authn.route(&rc, "token_service")?
+    };
+    let state = shared.authn.state(&c.state).ok();
+    portcullis_identity::TokenService::new(ts, ring.clone(), &c.authorization, policies, tokens, state)
 }
