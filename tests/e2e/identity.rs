@@ -225,6 +225,13 @@ async fn identity_headers_cannot_be_spoofed() {
     let seen = upstream_headers(r).await;
     assert!(seen.get("x-tenant").is_none(), "{seen}");
     assert_eq!(seen["x-user"], "alice");
+    // Spelled with underscores (CGI-style servers read `X_User` as `X-User`): removed too.
+    let r = client().get(f.gw.url("/headers")).bearer_auth(&token).header("x_tenant", "evil").send().await.unwrap();
+    let seen = upstream_headers(r).await;
+    assert!(seen.get("x_tenant").is_none() && seen.get("x-tenant").is_none(), "{seen}");
+    // On a route that sets no identity headers, the client's are removed all the same.
+    let r = client().get(f.gw.url("/plain")).bearer_auth(&token).header("x-user", "admin").send().await.unwrap();
+    assert!(upstream_headers(r).await.get("x-user").is_none());
     // Naming the header as hop-by-hop does not remove the gateway's value either.
     let r = client()
         .get(f.gw.url("/headers"))
@@ -619,4 +626,152 @@ async fn clients_authenticate_with_private_key_jwt() {
     let mut more = request(assertion(claims("a5", &endpoint)));
     more.push(("scope", "reports.write".into()));
     assert_eq!(send(more).await.1["error"], "invalid_scope");
+}
+
+#[tokio::test]
+async fn cedar_policies_decide_who_may_exchange_for_an_audience() {
+    let dir = TempDir::new("exchange-cedar");
+    dir.write(
+        "exchange.cedar",
+        r#"@id("orders-may-call-billing")
+permit(principal is User, action == Action::"token_exchange", resource == Audience::"billing-api")
+  when { principal.sub == "orders-service" && resource.hasTag("subject") && resource.getTag("subject") != "root" };
+"#,
+    );
+    let f = Fixture::new_in(
+        dir,
+        "  audiences:\n    billing-api:\n      exchange: {}\n",
+        "authorization:\n  cedar:\n    policies: [exchange.cedar]\nroutes: []\n",
+    )
+    .await;
+    let subject = f.token(json!({"scope": "billing.read"})).await;
+    let with_actor = |actor: &str| {
+        let mut form = exchange_form(&subject, "billing-api");
+        form.extend([("actor_token", actor), ("actor_token_type", ACCESS_TOKEN)]);
+        form.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>()
+    };
+    let send = |form: Vec<(String, String)>| {
+        let url = f.gw.url("/oauth2/token");
+        async move { token_response(client().post(url).form(&form).send().await.unwrap()).await }
+    };
+    // The policy permits the orders service acting for alice.
+    let orders = f.token(json!({"sub": "orders-service"})).await;
+    let (status, body) = send(with_actor(&orders)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        verified_claims(&f.gw, body["access_token"].as_str().unwrap(), "billing-api")["act"]["sub"],
+        "orders-service"
+    );
+    // No permit: another actor, or the subject on its own (default deny).
+    let other = f.token(json!({"sub": "reports-service"})).await;
+    assert_eq!(send(with_actor(&other)).await.1["error"], "unauthorized_client");
+    let alone =
+        exchange_form(&subject, "billing-api").into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    assert_eq!(send(alone).await.1["error"], "unauthorized_client");
+    // The policy sees the subject: not for root.
+    let root = f.token(json!({"sub": "root", "scope": "billing.read"})).await;
+    let mut form = exchange_form(&root, "billing-api");
+    form.extend([("actor_token", orders.as_str()), ("actor_token_type", ACCESS_TOKEN)]);
+    assert_eq!(f.token_request(&form).await.1["error"], "unauthorized_client");
+}
+
+#[tokio::test]
+async fn identity_and_credentials_cannot_ride_in_request_trailers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Fixture::new("", PROPAGATE).await;
+    let token = f.token(json!({})).await;
+    let mut s = tokio::net::TcpStream::connect(f.gw.addr).await.unwrap();
+    let req = format!(
+        "POST /headers HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\
+         Trailer: X-User, Authorization, X-Checksum\r\nConnection: close\r\n\r\n\
+         5\r\nhello\r\n0\r\nX-User: admin\r\nX_User: admin\r\nAuthorization: Bearer forged\r\nX-Checksum: abc\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body: Value = serde_json::from_str(out.split_once("\r\n\r\n").unwrap().1.trim()).unwrap_or_else(|_| {
+        // A chunked response: the JSON is the first chunk.
+        let chunked = out.split_once("\r\n\r\n").unwrap().1;
+        serde_json::from_str(chunked.split_once("\r\n").unwrap().1.rsplit_once("\r\n0\r\n").unwrap().0.trim()).unwrap()
+    });
+    assert_eq!(body["headers"]["x-user"], "alice");
+    let trailers = body.get("trailers").cloned().unwrap_or(json!({}));
+    assert!(trailers.get("x-user").is_none() && trailers.get("x_user").is_none(), "{trailers}");
+    assert!(trailers.get("authorization").is_none(), "{trailers}");
+    // Other trailers pass.
+    assert_eq!(trailers["x-checksum"], "abc", "{body}");
+}
+
+#[tokio::test]
+async fn tokens_the_gateway_issued_are_exchanged_only_by_a_proven_actor() {
+    let f = Fixture::new(EXCHANGE_SERVICE, PROPAGATE).await;
+    let external = f.token(json!({"scope": "billing.read orders.read"})).await;
+    // An internal token, as the orders service received it.
+    let internal = bearer(&upstream_headers(f.get("/orders/1", &external).await).await);
+    // Whoever holds it cannot exchange it alone...
+    let (status, body) = f.token_request(&exchange_form(&internal, "billing-api")).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    // ...nor use one as its own credential.
+    let mut form = exchange_form(&external, "billing-api");
+    form.extend([("actor_token", internal.as_str()), ("actor_token_type", ACCESS_TOKEN)]);
+    let (status, body) = f.token_request(&form).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    // With the service proving who it is, it can.
+    let orders = f.token(json!({"sub": "orders-service"})).await;
+    let mut form = exchange_form(&internal, "billing-api");
+    form.extend([("actor_token", orders.as_str()), ("actor_token_type", ACCESS_TOKEN)]);
+    let (status, body) = f.token_request(&form).await;
+    assert_eq!(status, 200, "{body}");
+    // The internal token carried only orders.read (the route's scope): nothing for billing.
+    assert!(body.get("scope").is_none(), "{body}");
+    // Unknown audiences are named only after the subject token passed.
+    let (_, body) = f.token_request(&exchange_form("not-a-token", "nowhere")).await;
+    assert_eq!(body["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn a_route_accepts_the_tokens_the_gateway_issued() {
+    let idp = Idp::start();
+    idp.key("ec", "ES256").await;
+    let up = Upstream::start();
+    // The gateway trusts its own issuer through its published key set, like any other.
+    let config = format!(
+        r#"
+issuers:
+  - id: idp
+    issuer: {idp}
+    jwks_uri: {idp}/jwks.json
+    audiences: [orders-api]
+    algorithms: [ES256]
+  - id: gateway
+    issuer: {ISSUER}
+    jwks_uri: http://{{listen}}/.well-known/jwks.json
+    audiences: [billing-api]
+    algorithms: [ES256]
+token_service:
+  issuer: {ISSUER}
+{EXCHANGE_SERVICE}
+routes:
+  - id: billing
+    match: {{ path_prefix: /billing }}
+    upstream: {up}
+    authenticate: [jwt]
+    issuers: [gateway]
+    authorize: {{ scopes: [billing.read] }}
+"#,
+        idp = idp.url,
+        up = up.url()
+    );
+    let gw = Gateway::start(&config);
+    let subject = idp.token("ec", json!({"scope": "billing.read"})).await;
+    let r = client().post(gw.url("/oauth2/token")).form(&exchange_form(&subject, "billing-api")).send().await.unwrap();
+    let (status, body) = token_response(r).await;
+    assert_eq!(status, 200, "{body}");
+    let exchanged = body["access_token"].as_str().unwrap();
+    let r = client().get(gw.url("/billing/invoices")).bearer_auth(exchanged).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The IdP's token itself is not for this route.
+    let r = client().get(gw.url("/billing/invoices")).bearer_auth(&subject).send().await.unwrap();
+    assert_eq!(r.status(), 401);
 }

@@ -7,7 +7,7 @@
 //! - `/count`: reads the whole body and answers `{"bytes": n}`;
 //! - `/upgrade`: accepts an HTTP/1.1 upgrade and echoes bytes;
 //! - `/drop`: closes the connection without answering;
-//! - anything else: a JSON description of the request as received.
+//! - anything else: a JSON description of the request as received (trailers included).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -145,14 +145,22 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, std::io::E
     for (k, v) in req.headers() {
         headers.insert(k.as_str().to_string(), json!(String::from_utf8_lossy(v.as_bytes())));
     }
-    let doc = json!({
+    let mut doc = json!({
         "method": req.method().as_str(),
         "uri": req.uri().to_string(),
         "path": path,
         "version": format!("{:?}", req.version()),
         "headers": headers,
     });
-    let _ = req.into_body().collect().await;
+    if let Ok(body) = req.into_body().collect().await
+        && let Some(trailers) = body.trailers()
+    {
+        let t: serde_json::Map<_, _> = trailers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
+            .collect();
+        doc["trailers"] = serde_json::Value::Object(t);
+    }
     let mut r = full(StatusCode::OK, doc.to_string());
     r.headers_mut().insert("content-type", "application/json".parse().unwrap());
     r.headers_mut().insert("connection", "keep-alive".parse().unwrap());

@@ -408,7 +408,9 @@ fn workload(config: &Config, out: &mut Vec<Invalid>) {
 }
 
 /// Claims every internal token sets itself; a claim mapping may not replace them.
-pub const RESERVED_CLAIMS: [&str; 13] = [
+/// (`scp` and `azp` too: verifiers read them as scopes and client, which would undo the
+/// narrowing.)
+pub const RESERVED_CLAIMS: [&str; 17] = [
     "iss",
     "sub",
     "aud",
@@ -417,9 +419,13 @@ pub const RESERVED_CLAIMS: [&str; 13] = [
     "iat",
     "jti",
     "scope",
+    "scp",
     "client_id",
+    "azp",
     "auth_method",
+    "spiffe_id",
     "act",
+    "may_act",
     "cnf",
     "encrypted_claims",
 ];
@@ -461,12 +467,6 @@ fn token_service(config: &Config, out: &mut Vec<Invalid>) {
         out.push(Invalid::new(
             "token_service.keys.rotate_every",
             format!("must be longer than the longest token lifetime ({}s)", longest.as_secs()),
-        ));
-    }
-    if let Some(i) = config.issuers.iter().position(|i| i.issuer == ts.issuer) {
-        out.push(Invalid::new(
-            "token_service.issuer",
-            format!("also the issuer of `issuers[{i}]`: the gateway's tokens need an issuer of their own"),
         ));
     }
     if ts.serve_on.contains(&crate::Listener::Public) {

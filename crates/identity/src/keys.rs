@@ -112,16 +112,17 @@ impl KeyRing {
     pub fn keys(&self) -> Arc<Keys> {
         let keys = self.keys.load_full();
         match (keys.rotate_at, self.generated) {
-            (Some(at), Some((alg, every))) if unix_now() >= at => self.rotate(alg, every).unwrap_or(keys),
+            (Some(at), Some((alg, every))) if unix_now() >= at => self.rotate(alg, every, false).unwrap_or(keys),
             _ => keys,
         }
     }
 
-    /// Next becomes current, current becomes previous, a new next is made.
-    fn rotate(&self, alg: Algorithm, every: u64) -> Option<Arc<Keys>> {
+    /// Next becomes current, current becomes previous, a new next is made: when due, or
+    /// now when `force`d.
+    fn rotate(&self, alg: Algorithm, every: u64, force: bool) -> Option<Arc<Keys>> {
         let _guard = self.rotating.lock().unwrap_or_else(|e| e.into_inner());
         let keys = self.keys.load_full();
-        if keys.rotate_at.is_some_and(|at| unix_now() < at) {
+        if !force && keys.rotate_at.is_some_and(|at| unix_now() < at) {
             return Some(keys); // rotated by another thread meanwhile
         }
         let next = match generate(alg) {
@@ -143,21 +144,12 @@ impl KeyRing {
         Some(rotated)
     }
 
-    /// Forces a rotation now (generated keys only), for tests and operators.
+    /// Rotates now (generated keys only), for tests and operators.
     pub fn rotate_now(&self) -> bool {
         match self.generated {
-            Some((alg, every)) => self.rotate_forced(alg, every),
+            Some((alg, every)) => self.rotate(alg, every, true).is_some(),
             None => false,
         }
-    }
-
-    fn rotate_forced(&self, alg: Algorithm, every: u64) -> bool {
-        {
-            let keys = self.keys.load_full();
-            let due = Keys::new(keys.current.clone(), keys.others.clone(), Some(0), keys.generation);
-            self.keys.store(Arc::new(due));
-        }
-        self.rotate(alg, every).is_some()
     }
 }
 

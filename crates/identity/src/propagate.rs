@@ -194,9 +194,11 @@ impl InternalToken {
             return Ok(v);
         }
         let (token, exp) = self.mint(principal, now, &keys)?;
-        let value =
+        let mut value =
             if self.bearer { HeaderValue::try_from(format!("Bearer {token}")) } else { HeaderValue::try_from(token) }
                 .map_err(|e| e.to_string())?;
+        // Never indexed by HTTP/2 header compression (RFC 7541 §7.1.3).
+        value.set_sensitive(true);
         let refresh_at = now + (exp.saturating_sub(now)) * 2 / 3;
         MINTED.with_borrow_mut(|m| {
             if m.len() >= CACHE_CAPACITY {
@@ -272,7 +274,7 @@ pub(crate) fn identity_claims(p: &Principal, issuer: &str, aud: &str, now: u64, 
     if let Some(c) = &p.client_id {
         claims.insert("client_id".into(), json!(c));
     }
-    claims.insert("auth_method".into(), json!(auth_method(p)));
+    claims.insert("auth_method".into(), json!(auth_method(p, issuer)));
     if let Some(id) = &p.spiffe_id {
         claims.insert("spiffe_id".into(), json!(id));
     }
@@ -283,9 +285,12 @@ pub(crate) fn identity_claims(p: &Principal, issuer: &str, aud: &str, now: u64, 
     claims
 }
 
-/// How the principal authenticated, as the original token said when it was one of ours.
-fn auth_method(p: &Principal) -> &str {
-    p.claims.as_deref().and_then(|c| c.get("auth_method")).and_then(Value::as_str).unwrap_or(p.method.as_str())
+/// How the principal authenticated; for a token this gateway issued (`issuer`), how its
+/// subject first did, as that token says.
+fn auth_method<'p>(p: &'p Principal, issuer: &str) -> &'p str {
+    let ours = p.issuer.as_deref() == Some(issuer);
+    let original = p.claims.as_deref().filter(|_| ours).and_then(|c| c.get("auth_method")).and_then(Value::as_str);
+    original.unwrap_or(p.method.as_str())
 }
 
 impl Source {

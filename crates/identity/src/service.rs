@@ -49,6 +49,10 @@ const ASSERTION_JWT: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bea
 const DEFAULT_LIFETIME: u64 = 300;
 /// Largest token request body.
 pub const MAX_FORM_BYTES: usize = 64 * 1024;
+/// Most parameters in a token request.
+const MAX_FORM_PARAMS: usize = 32;
+/// How long a client may take to send its token request body.
+pub const FORM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An endpoint of the token service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,26 +272,50 @@ impl TokenService {
     async fn exchange(&self, form: &Form<'_>, req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
         let subject_token = form.required("subject_token")?;
         token_type(form.required("subject_token_type")?, "subject_token_type")?;
-        if let Some(t) = form.one("requested_token_type")? {
+        let requested = form.one("requested_token_type")?;
+        if let Some(t) = requested {
             token_type(t, "requested_token_type")?;
         }
-        let (name, audience) = self.audience(form)?;
-        let subject = self.check_token(subject_token, req, "subject token").await?;
+        let audience_name = audience_param(form)?;
+        // The subject token is checked before the audience is looked up: which audiences
+        // exist is not told to whoever asks.
+        let (subject, own_subject) = self.check_token(subject_token, req, "subject token").await?;
+        let (name, audience) = self.audience(audience_name)?;
 
         let actor = match form.one("actor_token")? {
             Some(t) => {
                 token_type(form.required("actor_token_type")?, "actor_token_type")?;
-                Some(self.check_token(t, req, "actor token").await?)
+                let (actor, own) = self.check_token(t, req, "actor token").await?;
+                // A token this gateway issued is a bearer credential any of its recipients
+                // could replay: an actor proves itself with its own credential.
+                if own {
+                    return Err(OAuthError::new(
+                        "invalid_grant",
+                        "an actor token must come from an identity provider, not from this gateway",
+                    ));
+                }
+                Some(actor)
             }
             None if form.one("actor_token_type")?.is_some() => {
                 return Err(OAuthError::new("invalid_request", "actor_token_type without actor_token"));
             }
             None => req.client_cert.map(|c| c.principal.clone()),
         };
+        // A token this gateway handed a service is exchanged by that service proving who it
+        // is (its certificate or its own token), never by whoever holds the token.
+        if own_subject && actor.is_none() {
+            return Err(OAuthError::new(
+                "invalid_grant",
+                "exchanging a token this gateway issued needs an actor: a client certificate or an actor_token",
+            ));
+        }
         // RFC 8693 §4.4: a subject token may name who may act for it.
         if let Some(may_act) = subject.claims.as_deref().and_then(|c| c.get("may_act")) {
             let allowed = actor.as_ref().is_some_and(|a| {
-                may_act.get("sub").and_then(Value::as_str).is_some_and(|s| Some(s) == actor_id(a).as_deref())
+                let sub_ok =
+                    may_act.get("sub").and_then(Value::as_str).is_some_and(|s| Some(s) == actor_id(a).as_deref());
+                let iss_ok = may_act.get("iss").and_then(Value::as_str).is_none_or(|i| Some(i) == a.issuer.as_deref());
+                sub_ok && iss_ok
             });
             if !allowed {
                 return Err(OAuthError::new("invalid_grant", "the subject token does not let this actor act for it"));
@@ -320,7 +348,8 @@ impl TokenService {
             }
             claims.insert("act".into(), Value::Object(act));
         }
-        self.issue(claims, &scopes, now, exp, true)
+        let issued = if requested == Some(TYPE_JWT) { TYPE_JWT } else { TYPE_ACCESS_TOKEN };
+        self.issue(claims, &scopes, now, exp, Some(issued))
     }
 
     async fn client_credentials(&self, form: &Form<'_>, req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
@@ -347,7 +376,7 @@ impl TokenService {
         {
             return Err(OAuthError::new("invalid_client", "client_id does not match the client's credential"));
         }
-        let (name, audience) = self.audience(form)?;
+        let (name, audience) = self.audience(audience_param(form)?)?;
         let rules = audience.client_credentials.as_ref().ok_or_else(|| {
             OAuthError::new("unauthorized_client", format!("no client may obtain tokens for audience `{name}`"))
         })?;
@@ -366,28 +395,26 @@ impl TokenService {
             // RFC 8705 §3: the token is bound to the certificate it was obtained with.
             claims.insert("cnf".into(), json!({ "x5t#S256": x5t }));
         }
-        self.issue(claims, &scopes, now, exp, false)
+        self.issue(claims, &scopes, now, exp, None)
     }
 
-    fn audience(&self, form: &Form<'_>) -> Result<(&str, &AudienceGrant), OAuthError> {
-        if form.one("resource")?.is_some() {
-            return Err(OAuthError::new("invalid_target", "name the target with `audience`, not `resource`"));
-        }
-        let name = form.required("audience")?;
+    fn audience<'s>(&'s self, name: &str) -> Result<(&'s str, &'s AudienceGrant), OAuthError> {
         self.audiences
             .get_key_value(name)
             .map(|(k, v)| (k.as_str(), v))
             .ok_or_else(|| OAuthError::new("invalid_target", "the gateway issues no tokens for this audience"))
     }
 
-    /// A token of ours (checked with our keys) or of an issuer the gateway accepts.
+    /// A token of ours (checked with our keys: `true`) or of an issuer the gateway accepts.
     async fn check_token(
         &self,
         token: &str,
         req: &TokenRequest<'_>,
         which: &str,
-    ) -> Result<Arc<Principal>, OAuthError> {
-        let principal = match self.own_token(token) {
+    ) -> Result<(Arc<Principal>, bool), OAuthError> {
+        let own = self.own_token(token);
+        let is_own = own.is_some();
+        let principal = match own {
             Some(result) => result.map_err(|e| token_error(e, which))?,
             None => match &self.tokens {
                 Some(a) => a.token(token).await.map_err(|e| token_error(e, which))?,
@@ -412,7 +439,7 @@ impl TokenService {
                 ));
             }
         }
-        Ok(principal)
+        Ok((principal, is_own))
     }
 
     /// `Some` when the token names this gateway as its issuer: then it is checked here.
@@ -464,7 +491,7 @@ impl TokenService {
         let jws = Jws::parse(assertion, HeaderPolicy::default()).map_err(|e| bad(&e.to_string()))?;
         let claims = parse_object_no_duplicates(&jws.payload).map_err(|_| bad("its claims are not a JSON object"))?;
         let iss = claims.get("iss").and_then(Value::as_str).unwrap_or_default().to_string();
-        let client = self.clients.get(&iss).ok_or_else(|| bad("unknown client"))?;
+        let client = self.clients.get(&iss).ok_or_else(|| bad("no registered client signed it"))?;
         if claims.get("sub").and_then(Value::as_str) != Some(iss.as_str()) {
             return Err(bad("sub must equal iss, the client id"));
         }
@@ -504,7 +531,7 @@ impl TokenService {
         scopes: &[String],
         now: u64,
         exp: u64,
-        exchange: bool,
+        issued_token_type: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
         claims.remove("scope");
         if !scopes.is_empty() {
@@ -520,14 +547,22 @@ impl TokenService {
             "token_type": "Bearer",
             "expires_in": exp.saturating_sub(now),
         });
-        if exchange {
-            body["issued_token_type"] = json!(TYPE_ACCESS_TOKEN);
+        if let Some(t) = issued_token_type {
+            body["issued_token_type"] = json!(t);
         }
         if !scopes.is_empty() {
             body["scope"] = json!(scopes.join(" "));
         }
         Ok(Bytes::from(body.to_string()))
     }
+}
+
+/// The `audience` parameter (RFC 8693 `resource` URIs are not used to name audiences).
+fn audience_param<'f>(form: &'f Form<'_>) -> Result<&'f str, OAuthError> {
+    if form.one("resource")?.is_some() {
+        return Err(OAuthError::new("invalid_target", "name the target with `audience`, not `resource`"));
+    }
+    form.required("audience")
 }
 
 /// Decides whether `judged` may obtain a token of `audience`.
@@ -655,7 +690,15 @@ impl<'a> Form<'a> {
         if body.len() > MAX_FORM_BYTES {
             return Err(OAuthError::new("invalid_request", "the request is too large"));
         }
-        let pairs: Vec<_> = url::form_urlencoded::parse(body).collect();
+        let mut pairs = Vec::new();
+        for pair in url::form_urlencoded::parse(body) {
+            // A token request has a handful of parameters; many more is an attack on the
+            // duplicate check below.
+            if pairs.len() == MAX_FORM_PARAMS {
+                return Err(OAuthError::new("invalid_request", "too many parameters"));
+            }
+            pairs.push(pair);
+        }
         for (i, (k, _)) in pairs.iter().enumerate() {
             if pairs[..i].iter().any(|(other, _)| other == k) {
                 return Err(OAuthError::new("invalid_request", format!("`{k}` is given more than once")));
@@ -704,6 +747,11 @@ mod tests {
     #[test]
     fn forms_refuse_repeated_parameters() {
         assert!(Form::parse(b"grant_type=a&grant_type=b").is_err());
+        // Many parameters are refused before the quadratic duplicate check.
+        let many: Vec<String> = (0..10_000).map(|i| format!("k{i}=v")).collect();
+        let started = std::time::Instant::now();
+        assert_eq!(Form::parse(many.join("&").as_bytes()).err().map(|e| e.error), Some("invalid_request"));
+        assert!(started.elapsed() < std::time::Duration::from_millis(50));
         let f = Form::parse(b"a=1&b=x%20y&c=").unwrap();
         assert_eq!(f.one("b").unwrap(), Some("x y"));
         assert_eq!(f.one("c").unwrap(), None);

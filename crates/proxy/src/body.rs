@@ -5,7 +5,10 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use http::header::{self, HeaderName};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Limited;
 use hyper::body::Incoming;
@@ -16,11 +19,30 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of a request sent upstream.
 #[derive(Debug)]
 pub enum RequestBody {
-    /// The client's body, streamed, cut off past the route's size limit.
-    Client(Limited<Incoming>),
+    /// The client's body, streamed, cut off past the route's size limit; its trailers lose
+    /// the fields the gateway vouches for (the identity headers it sets, credentials): a
+    /// service that merges trailers into headers must not see a client's version of them.
+    Client(Limited<Incoming>, Arc<[HeaderName]>),
     /// No body.
     Empty,
 }
+
+/// Fields never passed on in request trailers (RFC 9110 §6.5.1: a trailer must not carry
+/// what framing, routing or authentication depend on).
+static TRAILER_DENIED: [HeaderName; 12] = [
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::TE,
+    header::FORWARDED,
+    HeaderName::from_static("dpop"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-request-id"),
+];
 
 impl Body for RequestBody {
     type Data = Bytes;
@@ -28,21 +50,32 @@ impl Body for RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            RequestBody::Client(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Client(b, identity) => {
+                let mut polled = Pin::new(b).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &mut polled
+                    && let Some(trailers) = frame.trailers_mut()
+                {
+                    for name in &TRAILER_DENIED {
+                        trailers.remove(name);
+                    }
+                    crate::headers::strip_identity(trailers, identity);
+                }
+                polled
+            }
             RequestBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Client(b) => b.is_end_stream(),
+            RequestBody::Client(b, _) => b.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Client(b) => b.size_hint(),
+            RequestBody::Client(b, _) => b.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

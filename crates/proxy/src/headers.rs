@@ -167,6 +167,26 @@ pub fn strip_credentials(headers: &mut HeaderMap, present: Present) {
     }
 }
 
+/// Removes the identity headers the gateway sets (on any route) from what a client sent,
+/// including spellings with `_` for `-`, which CGI-style servers read as the same header.
+pub fn strip_identity(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if names.is_empty() {
+        return;
+    }
+    for n in names {
+        headers.remove(n);
+    }
+    let same = |k: &HeaderName, n: &HeaderName| {
+        k.as_str().len() == n.as_str().len()
+            && k.as_str().bytes().zip(n.as_str().bytes()).all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    };
+    let spoofs: Vec<HeaderName> =
+        headers.keys().filter(|k| k.as_str().contains('_') && names.iter().any(|n| same(k, n))).cloned().collect();
+    for k in spoofs {
+        headers.remove(&k);
+    }
+}
+
 /// Facts about the client for the forwarded headers.
 pub struct ClientFacts<'a> {
     /// The address the connection came from.

@@ -232,7 +232,7 @@ async fn run(
     authorize(rt, conn, ctx, &route, &principal, &parts.method, &host, &path)?;
 
     // Protect: the body may not exceed the route's limit.
-    let body = protect_body(&parts, body, route.max_body)?;
+    let body = protect_body(&parts, body, route.max_body, &rt.identity_headers)?;
 
     // Propagate: the upstream never sees the caller's credential (unless the route passes it
     // through); the identity it gets is set in `forward`, after the client's hop-by-hop
@@ -241,6 +241,8 @@ async fn run(
     if !route.propagate.as_ref().is_some_and(|p| p.passthrough) {
         headers::strip_credentials(&mut parts.headers, present);
     }
+    // Identity headers any route sets are the gateway's to give, on every route.
+    headers::strip_identity(&mut parts.headers, &rt.identity_headers);
 
     // Forward.
     let path = forward_path(&parts.uri, path, route.rewrite.as_ref());
@@ -396,7 +398,12 @@ pub(crate) fn body_too_large() -> Problem {
 }
 
 /// Refuses a declared length over the limit at once; otherwise counts as the body streams.
-fn protect_body(parts: &http::request::Parts, body: Incoming, max: u64) -> Result<RequestBody, Problem> {
+fn protect_body(
+    parts: &http::request::Parts,
+    body: Incoming,
+    max: u64,
+    identity: &Arc<[http::HeaderName]>,
+) -> Result<RequestBody, Problem> {
     if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
         let len: u64 = len
             .to_str()
@@ -410,7 +417,7 @@ fn protect_body(parts: &http::request::Parts, body: Incoming, max: u64) -> Resul
     if http_body::Body::is_end_stream(&body) {
         return Ok(RequestBody::Empty);
     }
-    Ok(RequestBody::Client(Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))))
+    Ok(RequestBody::Client(Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)), identity.clone()))
 }
 
 /// The path and query to request upstream: the normalised path (the one routes and
@@ -600,8 +607,12 @@ where
                 .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
             let result = if form_type {
                 let limited = Limited::new(body, portcullis_identity::service::MAX_FORM_BYTES);
-                match http_body_util::BodyExt::collect(limited).await {
-                    Ok(collected) => {
+                let read = tokio::time::timeout(
+                    portcullis_identity::service::FORM_TIMEOUT,
+                    http_body_util::BodyExt::collect(limited),
+                );
+                match read.await {
+                    Ok(Ok(collected)) => {
                         let form = collected.to_bytes();
                         let req = portcullis_identity::TokenRequest {
                             form: &form,
@@ -612,10 +623,10 @@ where
                         };
                         ts.token(&req).await
                     }
-                    Err(_) => Err(portcullis_identity::OAuthError {
+                    _ => Err(portcullis_identity::OAuthError {
                         status: StatusCode::BAD_REQUEST,
                         error: "invalid_request",
-                        description: "the request body could not be read or is too large".into(),
+                        description: "the request body could not be read in time or is too large".into(),
                     }),
                 }
             } else {

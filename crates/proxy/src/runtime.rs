@@ -146,6 +146,8 @@ pub struct Runtime {
     pub(crate) access_log: Option<portcullis_telemetry::AccessLog>,
     pub(crate) no_route: RouteMetrics,
     pub(crate) anonymous: Arc<Principal>,
+    /// The identity headers routes set: removed from every request, on every route.
+    pub(crate) identity_headers: Arc<[http::HeaderName]>,
     /// The token service, when configured.
     pub token_service: Option<Arc<portcullis_identity::TokenService>>,
     authn: portcullis_authn::Authn,
@@ -288,6 +290,7 @@ impl Runtime {
             access_log: access_log.filter(|_| c.access_log.enabled),
             no_route: shared.metrics.route("(none)"),
             anonymous: Principal::anonymous(),
+            identity_headers: identity_headers(c),
             token_service,
             authn,
             config,
@@ -447,4 +450,22 @@ fn token_service(
     };
     let state = shared.authn.state(&c.state).ok();
     portcullis_identity::TokenService::new(ts, ring.clone(), &c.authorization, policies, tokens, state)
+}
+
+/// Every identity header a route sets (`propagate.headers`, and an internal token's own
+/// header other than `Authorization`).
+fn identity_headers(c: &portcullis_config::Config) -> Arc<[http::HeaderName]> {
+    let mut names: Vec<http::HeaderName> = Vec::new();
+    for p in c.routes.iter().filter_map(|r| r.propagate.as_ref()) {
+        let token_header = p.internal_token.as_ref().and_then(|t| t.header.as_deref());
+        for name in p.headers.keys().map(String::as_str).chain(token_header) {
+            if let Ok(n) = http::HeaderName::from_bytes(name.as_bytes())
+                && n != http::header::AUTHORIZATION
+                && !names.contains(&n)
+            {
+                names.push(n);
+            }
+        }
+    }
+    names.into()
 }
