@@ -23,8 +23,14 @@ Scenarios:
   dpop           a route with `authenticate: [dpop]`: one DPoP-bound RS256 token and a
                  fresh ES256 proof on every request (proofs made in advance by PyJWT and
                  sent in order by a wrk script; each is accepted once).
+  jwt-propagate  jwt-repeated with identity propagation (an internal token and a header),
+                 beside the same JWT route without it.
 nginx (plain `proxy_pass`, no authentication) is the baseline in every scenario, sent the
-same requests (it ignores the token): the ratio says what the security costs.
+same requests (it ignores the token): the ratio says what the security costs. HAProxy, when
+installed, joins `plain` as a plain proxy and the JWT scenarios as `haproxy-jwt`, verifying
+the same RS256 tokens with `jwt_verify` (alg, iss, aud, exp and the signature; it has no
+cache, so every request costs a verification). Every JWT server is first checked to refuse
+no token, an expired one, one for another audience and a forged signature.
 
     bench/run.py                              # all scenarios
     bench/run.py --rounds 9 --duration 5 --scenarios plain
@@ -32,7 +38,7 @@ same requests (it ignores the token): the ratio says what the security costs.
     bench/run.py --json bench/out/results.json
     bench/run.py --binary /tmp/target/release/portcullis   # or PORTCULLIS_BIN=...
 
-Needs: nginx, wrk (Debian packages), taskset, `cargo build --release`, and for the JWT
+Needs: nginx, wrk (Debian packages; haproxy optional), taskset, `cargo build --release`, and for the JWT
 scenarios PyJWT and cryptography (tests/helpers/requirements.txt).
 """
 
@@ -151,6 +157,45 @@ def start_nginx_proxy(work, upstream_port):
     return Server("nginx", ["nginx", "-c", conf], port, work)
 
 
+def start_haproxy(work, upstream_port, idp=None):
+    """HAProxy as a reverse proxy; with `idp`, verifying its RS256 JWTs with `jwt_verify`
+    (signature, alg, iss, aud, exp), as HAProxy's documentation shows."""
+    port = free_port()
+    conf = os.path.join(work, f"haproxy-{port}.cfg")
+    checks = ""
+    if idp:
+        checks = f"""
+    http-request deny deny_status 401 unless {{ req.hdr(authorization) -m beg -i "bearer " }}
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')
+    http-request deny deny_status 401 unless {{ var(txn.alg) -m str RS256 }}
+    http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_payload_query('$.iss') -m str {JWT_ISSUER} }}
+    http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_payload_query('$.aud') -m str {JWT_AUDIENCE} }}
+    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int')
+    http-request set-var(txn.now) date()
+    http-request deny deny_status 401 if {{ var(txn.exp),sub(txn.now) -m int lt 0 }}
+    http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_verify(txn.alg,"{idp.public_pem}") -m int 1 }}"""
+    with open(conf, "w") as f:
+        f.write(f"""
+global
+    nbthread 1
+    maxconn 9000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+frontend fe
+    bind 127.0.0.1:{port}{checks}
+    default_backend be
+backend be
+    http-reuse always
+    server up 127.0.0.1:{upstream_port}
+""")
+    return Server("haproxy-jwt" if idp else "haproxy", ["haproxy", "-f", conf, "-db"], port, work)
+
+
 def start_portcullis(work, upstream_port, routes_yaml, extra=""):
     port, admin = free_port(), free_port()
     conf = os.path.join(work, f"portcullis-{port}.yaml")
@@ -225,6 +270,8 @@ def scenario_plain(work, args):
         "portcullis": start_portcullis(work, upstream.port, PLAIN_ROUTE),
         "nginx": start_nginx_proxy(work, upstream.port),
     }
+    if shutil.which("haproxy"):
+        servers["haproxy"] = start_haproxy(work, upstream.port)
     try:
         time.sleep(0.5)
         idle = servers["portcullis"].rss_kib()
@@ -256,6 +303,11 @@ class Idp:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
         jwk.update(kid="bench-rs256", alg="RS256", use="sig")
+        from cryptography.hazmat.primitives import serialization
+        self.public_pem = os.path.join(work, "idp-public.pem")
+        with open(self.public_pem, "wb") as f:
+            f.write(self.key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
         self.jwks_file = os.path.join(work, "jwks.json")
         with open(self.jwks_file, "w") as f:
             json.dump({"keys": [jwk]}, f)
@@ -277,15 +329,28 @@ class Idp:
         return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "bench-rs256", "typ": "at+jwt"})
 
 
-def check_auth(server, token):
-    """The route refuses a request without a token and accepts one with it."""
+def check_auth(server, token, idp=None):
+    """The route refuses a request without a token (and, given the IdP, with an expired one,
+    one of another audience, and a forged signature) and accepts one with it."""
     url = f"http://127.0.0.1:{server.port}/"
-    try:
-        urllib.request.urlopen(url, timeout=5)
-        raise RuntimeError("the JWT route accepted a request without a token")
-    except urllib.error.HTTPError as e:
-        if e.code != 401:
-            raise RuntimeError(f"without a token: status {e.code}, expected 401") from None
+    bad = [None]
+    if idp:
+        import jwt
+        now = int(time.time())
+        claims = {"iss": JWT_ISSUER, "sub": "x", "aud": JWT_AUDIENCE, "iat": now - 7200, "exp": now - 3600}
+        bad.append(jwt.encode(claims, idp.key, algorithm="RS256", headers={"kid": "bench-rs256"}))
+        bad.append(jwt.encode({**claims, "exp": now + 600, "aud": "other"}, idp.key, algorithm="RS256",
+                              headers={"kid": "bench-rs256"}))
+        head, payload, sig = token.split(".")
+        bad.append(f"{head}.{payload}.{sig[:-4]}AAAA")
+    for t in bad:
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {t}"} if t else {})
+        try:
+            urllib.request.urlopen(req, timeout=5)
+            raise RuntimeError(f"{server.name} accepted a request with a bad or no token")
+        except urllib.error.HTTPError as e:
+            if e.code not in (401, 403):
+                raise RuntimeError(f"{server.name} without a good token: status {e.code}, expected 401") from None
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=5) as r:
         if r.status != 200:
@@ -298,6 +363,8 @@ def jwt_servers(work, idp):
         "portcullis": start_portcullis(work, upstream.port, JWT_ROUTE, extra=idp.config),
         "nginx": start_nginx_proxy(work, upstream.port),
     }
+    if shutil.which("haproxy"):
+        servers["haproxy-jwt"] = start_haproxy(work, upstream.port, idp)
     return upstream, servers
 
 
@@ -307,7 +374,9 @@ def scenario_jwt_repeated(work, args):
     token = idp.token(0)
     upstream, servers = jwt_servers(work, idp)
     try:
-        check_auth(servers["portcullis"], token)
+        for name, server in servers.items():
+            if name != "nginx":
+                check_auth(server, token, idp)
         runs = rounds(servers, args, headers=[f"Authorization: Bearer {token}"])
     finally:
         for s in list(servers.values()) + [upstream]:
@@ -368,7 +437,9 @@ def scenario_jwt_distinct(work, args):
     upstream, servers = jwt_servers(work, idp)
     scripts = {name: distinct_tokens_script(work, name, token_file) for name in servers}
     try:
-        check_auth(servers["portcullis"], tokens[-1])
+        for name, server in servers.items():
+            if name != "nginx":
+                check_auth(server, tokens[-1], idp)
         runs = rounds(servers, args, scripts=scripts)
         rss = servers["portcullis"].rss_kib()  # with a full verified-token cache
     finally:
