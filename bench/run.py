@@ -23,6 +23,7 @@ Scenarios:
   dpop           a route with `authenticate: [dpop]`: one DPoP-bound RS256 token and a
                  fresh ES256 proof on every request (proofs made in advance by PyJWT and
                  sent in order by a wrk script; each is accepted once).
+  memory         RSS idle and with 10,000 concurrent keep-alive connections;
   jwt-propagate  jwt-repeated with identity propagation (an internal token and a header),
                  beside the same JWT route without it.
 nginx (plain `proxy_pass`, no authentication) is the baseline in every scenario, sent the
@@ -575,8 +576,61 @@ def dpop_material(idp, htu, count):
     return token, proofs
 
 
+def hold_connections(port, count, path="/"):
+    """Opens `count` keep-alive connections to `port` one after another, each serving one
+    request before the next opens; returns the sockets (all still open) and how many
+    answered 200."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 1000)), hard))
+    socks, ok = [], 0
+    request = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.settimeout(10)
+        s.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        ok += data.startswith(b"HTTP/1.1 200")
+        socks.append(s)
+    return socks, ok
+
+
+def scenario_memory(work, args):
+    """Memory: RSS idle, and holding 10,000 concurrent keep-alive connections (each has
+    served one request), for Portcullis and nginx."""
+    upstream = start_upstream(work)
+    servers = {
+        "portcullis": start_portcullis(work, upstream.port, PLAIN_ROUTE),
+        "nginx": start_nginx_proxy(work, upstream.port),
+    }
+    result = {"runs": {}, "memory": {}}
+    try:
+        time.sleep(0.5)
+        for name, server in servers.items():
+            idle = server.rss_kib()
+            socks, ok = hold_connections(server.port, MEMORY_CONNECTIONS)
+            time.sleep(0.5)
+            held = server.rss_kib()
+            for s in socks:
+                s.close()
+            result["memory"][name] = {"idle_kib": idle, "connections": MEMORY_CONNECTIONS, "answered": ok,
+                                      "held_kib": held}
+    finally:
+        for s in list(servers.values()) + [upstream]:
+            s.stop()
+    return result
+
+
+MEMORY_CONNECTIONS = 10_000
+
 SCENARIOS = {"plain": scenario_plain, "jwt-repeated": scenario_jwt_repeated, "jwt-distinct": scenario_jwt_distinct,
-             "jwt-cedar": scenario_jwt_cedar, "dpop": scenario_dpop, "jwt-propagate": scenario_jwt_propagate}
+             "jwt-cedar": scenario_jwt_cedar, "dpop": scenario_dpop, "jwt-propagate": scenario_jwt_propagate,
+             "memory": scenario_memory}
 
 
 def med(values):
@@ -587,6 +641,11 @@ def med(values):
 def report(name, data):
     runs = data["runs"]
     print(f"\n## {name}: {SCENARIOS[name].__doc__.strip()}")
+    if "memory" in data:
+        for proxy, m in data["memory"].items():
+            print(f"{proxy:<15} idle RSS {m['idle_kib'] / 1024:6.1f} MiB, with {m['connections']} keep-alive "
+                  f"connections ({m['answered']} answered 200) {m['held_kib'] / 1024:6.1f} MiB")
+        return data["memory"]
     print(f"{'proxy':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}   req/s per round")
     summary = {}
     for proxy, rs in runs.items():
