@@ -24,6 +24,8 @@ Scenarios:
                  fresh ES256 proof on every request (proofs made in advance by PyJWT and
                  sent in order by a wrk script; each is accepted once).
   memory         RSS idle and with 10,000 concurrent keep-alive connections;
+  h2             HTTP/2 (h2c) with many concurrent streams, driven by h2load;
+  tls-new-conn   a new TLS 1.3 connection per request (wrk, `Connection: close`);
   jwt-propagate  jwt-repeated with identity propagation (an internal token and a header),
                  beside the same JWT route without it.
 nginx (plain `proxy_pass`, no authentication) is the baseline in every scenario, sent the
@@ -39,7 +41,7 @@ no token, an expired one, one for another audience and a forged signature.
     bench/run.py --json bench/out/results.json
     bench/run.py --binary /tmp/target/release/portcullis   # or PORTCULLIS_BIN=...
 
-Needs: nginx, wrk (Debian packages; haproxy optional), taskset, `cargo build --release`, and for the JWT
+Needs: nginx, wrk (Debian packages; haproxy optional; h2load from nghttp2-client for h2), taskset, `cargo build --release`, and for the JWT
 scenarios PyJWT and cryptography (tests/helpers/requirements.txt).
 """
 
@@ -143,12 +145,13 @@ def start_upstream(work):
     return Server("upstream", ["nginx", "-c", conf], port, work)
 
 
-def start_nginx_proxy(work, upstream_port):
+def start_nginx_proxy(work, upstream_port, listen_extra="", server_extra=""):
     port = free_port()
     conf = nginx_conf(work, port, f"""
     upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 256; keepalive_requests 1000000; }}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port} backlog=4096{listen_extra};
+        {server_extra}
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -158,7 +161,7 @@ def start_nginx_proxy(work, upstream_port):
     return Server("nginx", ["nginx", "-c", conf], port, work)
 
 
-def start_haproxy(work, upstream_port, idp=None):
+def start_haproxy(work, upstream_port, idp=None, bind_extra=""):
     """HAProxy as a reverse proxy; with `idp`, verifying its RS256 JWTs with `jwt_verify`
     (signature, alg, iss, aud, exp), as HAProxy's documentation shows."""
     port = free_port()
@@ -188,7 +191,7 @@ defaults
     timeout server 30s
     option http-keep-alive
 frontend fe
-    bind 127.0.0.1:{port}{checks}
+    bind 127.0.0.1:{port}{bind_extra}{checks}
     default_backend be
 backend be
     http-reuse always
@@ -197,7 +200,7 @@ backend be
     return Server("haproxy-jwt" if idp else "haproxy", ["haproxy", "-f", conf, "-db"], port, work)
 
 
-def start_portcullis(work, upstream_port, routes_yaml, extra=""):
+def start_portcullis(work, upstream_port, routes_yaml, extra="", server_extra=""):
     port, admin = free_port(), free_port()
     conf = os.path.join(work, f"portcullis-{port}.yaml")
     with open(conf, "w") as f:
@@ -205,7 +208,7 @@ def start_portcullis(work, upstream_port, routes_yaml, extra=""):
 server:
   listen: 127.0.0.1:{port}
   workers: 1
-admin:
+{server_extra}admin:
   listen: 127.0.0.1:{admin}
 access_log:
   enabled: false
@@ -226,13 +229,13 @@ PLAIN_ROUTE = """  - id: bench
 LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$")
 
 
-def wrk(server, connections, duration, headers=(), script=None):
+def wrk(server, connections, duration, headers=(), script=None, scheme="http"):
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
     if script:
         cmd += ["-s", script]
-    cmd.append(f"http://127.0.0.1:{server.port}/")
+    cmd.append(f"{scheme}://127.0.0.1:{server.port}/")
     before = server.cpu_ticks()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     ticks = server.cpu_ticks() - before
@@ -250,18 +253,116 @@ def wrk(server, connections, duration, headers=(), script=None):
     }
 
 
-def rounds(servers, args, headers=(), scripts=None):
+def rounds(servers, args, headers=(), scripts=None, load=None):
     """Runs every server once per round, alternating the order; returns runs per server.
-    `scripts` maps a server's name to the wrk Lua script that makes its requests."""
+    `scripts` maps a server's name to the wrk Lua script that makes its requests; `load`
+    replaces wrk: a function (server, duration) -> one run's figures."""
     scripts = scripts or {}
+    load = load or (lambda s, d, name: wrk(s, args.connections, d, headers, scripts.get(name)))
     for name, s in servers.items():  # warm-up: pools filled, caches hot
-        wrk(s, args.connections, 2, headers, scripts.get(name))
+        load(s, 2, name)
     runs = {name: [] for name in servers}
     names = list(servers)
     for r in range(args.rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
-            runs[name].append(wrk(servers[name], args.connections, args.duration, headers, scripts.get(name)))
+            runs[name].append(load(servers[name], args.duration, name))
     return runs
+
+
+H2_CONNECTIONS = 8
+H2_STREAMS = 100
+
+
+def h2load(server, duration):
+    """h2load over cleartext HTTP/2 (prior knowledge): H2_CONNECTIONS connections with
+    H2_STREAMS concurrent streams each, for `duration` seconds."""
+    cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-t1", f"-c{H2_CONNECTIONS}", f"-m{H2_STREAMS}", f"-D{duration}",
+           f"http://127.0.0.1:{server.port}/"]
+    before = server.cpu_ticks()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    ticks = server.cpu_ticks() - before
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    mean_ms = float(mean.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[mean.group(2)] if mean else None
+    status = re.search(r"status codes: (\d+) 2xx", out)
+    return {
+        "rps": rps,
+        "p50_ms": mean_ms,  # h2load reports the mean, not percentiles
+        "p99_ms": None,
+        "cpu_us_per_req": ticks / CLK_TCK * 1e6 / max(int(done.group(1)), 1),
+        "errors": int(done.group(3)) + (int(done.group(1)) - int(status.group(1)) if status else 0),
+    }
+
+
+def scenario_h2(work, args):
+    """(f) HTTP/2 (cleartext, prior knowledge) with many streams: 8 connections x 100
+    concurrent streams (h2load), no authentication; the upstream hop is HTTP/1.1 for all.
+    The p50 column is h2load's mean request time."""
+    upstream = start_upstream(work)
+    servers = {
+        "portcullis": start_portcullis(work, upstream.port, PLAIN_ROUTE),
+        "nginx": start_nginx_proxy(work, upstream.port, listen_extra=" http2"),
+    }
+    if shutil.which("haproxy"):
+        servers["haproxy"] = start_haproxy(work, upstream.port, bind_extra=" proto h2")
+    try:
+        runs = rounds(servers, args, load=lambda s, d, name: h2load(s, d))
+    finally:
+        for s in list(servers.values()) + [upstream]:
+            s.stop()
+    return {"runs": runs}
+
+
+def self_signed(work):
+    """A P-256 certificate for 127.0.0.1 and its key (PEM files), and both in one file."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    paths = {k: os.path.join(work, f"tls-{k}.pem") for k in ("cert", "key", "both")}
+    for k, data in (("cert", cert_pem), ("key", key_pem), ("both", cert_pem + key_pem)):
+        with open(paths[k], "wb") as f:
+            f.write(data)
+    return paths
+
+
+def scenario_tls_new_conn(work, args):
+    """(g) A new TLS connection per request (wrk with `Connection: close` over HTTPS, TLS 1.3,
+    ECDSA P-256 certificate), no authentication. Every server issues session tickets, as
+    Portcullis does by default, and wrk offers its last session again (OpenSSL keeps it across
+    SSL_clear), so handshakes may be resumptions, the same for all."""
+    tls = self_signed(work)
+    upstream = start_upstream(work)
+    servers = {
+        "portcullis": start_portcullis(work, upstream.port, PLAIN_ROUTE,
+                                       server_extra=f"  tls: {{ cert: {tls['cert']}, key: {tls['key']} }}\n"),
+        "nginx": start_nginx_proxy(work, upstream.port, listen_extra=" ssl",
+                                   server_extra=f"ssl_certificate {tls['cert']}; ssl_certificate_key {tls['key']}; "
+                                                "ssl_protocols TLSv1.3; ssl_session_tickets on;"),
+    }
+    if shutil.which("haproxy"):
+        servers["haproxy"] = start_haproxy(work, upstream.port, bind_extra=f" ssl crt {tls['both']} ssl-min-ver TLSv1.3")
+    try:
+        runs = rounds(servers, args,
+                      load=lambda s, d, name: wrk(s, args.connections, d, ["Connection: close"], scheme="https"))
+    finally:
+        for s in list(servers.values()) + [upstream]:
+            s.stop()
+    return {"runs": runs}
 
 
 def scenario_plain(work, args):
@@ -630,7 +731,7 @@ MEMORY_CONNECTIONS = 10_000
 
 SCENARIOS = {"plain": scenario_plain, "jwt-repeated": scenario_jwt_repeated, "jwt-distinct": scenario_jwt_distinct,
              "jwt-cedar": scenario_jwt_cedar, "dpop": scenario_dpop, "jwt-propagate": scenario_jwt_propagate,
-             "memory": scenario_memory}
+             "memory": scenario_memory, "h2": scenario_h2, "tls-new-conn": scenario_tls_new_conn}
 
 
 def med(values):
@@ -660,7 +761,7 @@ def report(name, data):
         if peer == "portcullis" or not ours:
             continue
         thr = med(a["rps"] / b["rps"] for a, b in zip(ours, rs))
-        p99 = med(a["p99_ms"] / b["p99_ms"] for a, b in zip(ours, rs))
+        p99 = med(a["p99_ms"] / b["p99_ms"] for a, b in zip(ours, rs) if a["p99_ms"] and b["p99_ms"])
         cpu = med(a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(ours, rs))
         summary[f"ratio_vs_{peer}"] = {"throughput": thr, "p99": p99, "cpu_per_request": cpu}
         print(f"portcullis / {peer} (median of per-round ratios): throughput {thr:.2f}x, "
