@@ -470,11 +470,9 @@ def jwt_servers(work, idp):
     return upstream, servers
 
 
-def scenario_jwt_repeated(work, args):
-    """(b) JWT, one RS256 token repeated (served from the verified-token cache)."""
-    idp = Idp(work)
-    token = idp.token(0)
-    upstream, servers = jwt_servers(work, idp)
+def run_repeated_token(servers, upstream, token, args, idp):
+    """Checks every authenticating server refuses bad tokens and takes `token`, then runs the
+    rounds with `token` on every request; stops the servers."""
     try:
         for name, server in servers.items():
             if name != "nginx":
@@ -484,6 +482,14 @@ def scenario_jwt_repeated(work, args):
         for s in list(servers.values()) + [upstream]:
             s.stop()
     return {"runs": runs, "token_bytes": len(token)}
+
+
+def scenario_jwt_repeated(work, args):
+    """(b) JWT, one RS256 token repeated (served from the verified-token cache)."""
+    idp = Idp(work)
+    token = idp.token(0)
+    upstream, servers = jwt_servers(work, idp)
+    return run_repeated_token(servers, upstream, token, args, idp)
 
 
 def cycling_script(work, name, lines_file, headers_lua):
@@ -570,13 +576,7 @@ def scenario_jwt_cedar(work, args):
         "portcullis": start_portcullis(work, upstream.port, JWT_ROUTE, extra=extra),
         "nginx": start_nginx_proxy(work, upstream.port),
     }
-    try:
-        check_auth(servers["portcullis"], token)
-        runs = rounds(servers, args, headers=[f"Authorization: Bearer {token}"])
-    finally:
-        for s in list(servers.values()) + [upstream]:
-            s.stop()
-    return {"runs": runs, "token_bytes": len(token)}
+    return run_repeated_token(servers, upstream, token, args, idp)
 
 
 PROPAGATE_ROUTE = """  - id: bench
@@ -601,13 +601,7 @@ def scenario_jwt_propagate(work, args):
         "portcullis-jwt": start_portcullis(work, upstream.port, JWT_ROUTE, extra=idp.config),
         "nginx": start_nginx_proxy(work, upstream.port),
     }
-    try:
-        check_auth(servers["portcullis"], token)
-        runs = rounds(servers, args, headers=[f"Authorization: Bearer {token}"])
-    finally:
-        for s in list(servers.values()) + [upstream]:
-            s.stop()
-    return {"runs": runs, "token_bytes": len(token)}
+    return run_repeated_token(servers, upstream, token, args, idp)
 
 
 DPOP_ROUTE = """  - id: bench

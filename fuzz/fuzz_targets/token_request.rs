@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_identity::{KeyRing, TokenRequest, TokenService};
+use portcullis_identity::{Caller, KeyRing, TokenService};
 use portcullis_jose::{DecryptionKey, EncryptionKey};
 
 fn service() -> &'static TokenService {
@@ -40,15 +40,14 @@ fn key() -> &'static DecryptionKey {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let req = TokenRequest {
-        form: data,
+    let caller = Caller {
         client_cert: None,
         client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         tls: false,
         host: "gateway",
     };
     // Nothing on this path waits (no issuers, memory state): one poll finishes it.
-    let mut fut = std::pin::pin!(service().token(&req));
+    let mut fut = std::pin::pin!(service().token(data, &caller));
     match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(Ok(body)) => assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok()),
         Poll::Ready(Err(e)) => assert!(!e.error.is_empty() && e.status.as_u16() >= 400),

@@ -18,10 +18,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use portcullis_config::Listener;
 use portcullis_core::Problem;
-use portcullis_identity::Endpoint;
+use portcullis_identity::{Caller, Endpoint};
 use portcullis_proxy::Runtime;
 use portcullis_proxy::body::ResponseBody;
-use portcullis_proxy::pipeline::{TokenContext, token_service};
+use portcullis_proxy::pipeline::token_service;
 use portcullis_telemetry::Metrics;
 use tokio::net::TcpListener;
 
@@ -64,8 +64,8 @@ async fn respond(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -
     {
         let (parts, body) = req.into_parts();
         let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
-        let cx = TokenContext { client_cert: None, client_ip: peer.ip(), tls: false, host: &host };
-        return match token_service(ts, endpoint, parts, body, cx).await {
+        let caller = Caller { client_cert: None, client_ip: peer.ip(), tls: false, host: &host };
+        return match token_service(ts, endpoint, parts, body, caller).await {
             Ok(r) => r,
             Err(p) => problem(p),
         };

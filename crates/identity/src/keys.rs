@@ -110,9 +110,15 @@ impl KeyRing {
 
     /// The keys now, rotating first if a rotation is due.
     pub fn keys(&self) -> Arc<Keys> {
+        self.keys_at(unix_now())
+    }
+
+    /// The keys at `now` (seconds since the epoch, as the caller read the clock), rotating
+    /// first if a rotation is due.
+    pub fn keys_at(&self, now: u64) -> Arc<Keys> {
         let keys = self.keys.load_full();
         match (keys.rotate_at, self.generated) {
-            (Some(at), Some((alg, every))) if unix_now() >= at => self.rotate(alg, every, false).unwrap_or(keys),
+            (Some(at), Some((alg, every))) if now >= at => self.rotate(alg, every, false).unwrap_or(keys),
             _ => keys,
         }
     }

@@ -13,7 +13,7 @@ pub mod service;
 
 pub use keys::{KeyRing, Registry};
 pub use propagate::Propagation;
-pub use service::{Endpoint, OAuthError, TokenRequest, TokenService};
+pub use service::{Caller, Endpoint, OAuthError, TokenService};
 
 /// A random, unguessable identifier (128 bits, base64url): token ids.
 pub(crate) fn random_id() -> String {

@@ -76,15 +76,13 @@ struct InternalToken {
 }
 
 impl Propagation {
-    /// Compiles a route's `propagate` block; `None` when the route has none. `upstream` names
-    /// the default audience.
+    /// Compiles a route's `propagate` block; `None` when the route has none.
     pub fn build(
         rc: &RouteConfig,
         token_service: Option<(&TokenServiceConfig, &Arc<KeyRing>)>,
         at: &str,
     ) -> Result<Option<Propagation>, Vec<Invalid>> {
         let Some(cfg) = &rc.propagate else { return Ok(None) };
-        let mut errors = Vec::new();
         let headers = cfg
             .headers
             .iter()
@@ -94,21 +92,18 @@ impl Propagation {
             })
             .collect();
         let internal = match (&cfg.internal_token, token_service) {
-            (Some(t), Some((ts, ring))) => internal_token(rc, t, ts, ring, at).map_err(|e| errors.push(e)).ok(),
+            (Some(t), Some((ts, ring))) => Some(internal_token(rc, t, ts, ring, at).map_err(|e| vec![e])?),
             // Reported by validation.
             _ => None,
         };
-        if !errors.is_empty() {
-            return Err(errors);
-        }
         Ok(Some(Propagation { internal, headers, passthrough: cfg.passthrough }))
     }
 
-    /// Removes the identity headers the client sent and sets the gateway's. Fails (closed)
-    /// only when a token cannot be minted.
+    /// Sets the gateway's identity headers and token. (The client's own identity headers are
+    /// removed before, on every route: `headers::strip_identity` in the proxy.) Fails
+    /// (closed) only when a token cannot be minted.
     pub fn apply(&self, principal: &Arc<Principal>, headers: &mut HeaderMap) -> Result<(), Problem> {
         for (name, source) in &self.headers {
-            headers.remove(name);
             if let Some(v) = source.value(principal) {
                 headers.insert(name.clone(), v);
             }
@@ -142,19 +137,14 @@ fn internal_token(
     let encrypt = match &t.encrypt {
         None => None,
         Some(e) => {
-            let text = std::fs::read(&e.key).map_err(|err| {
+            let bad = |err: &dyn std::fmt::Display| {
                 Invalid::new(
                     format!("{at}.propagate.internal_token.encrypt.key"),
                     format!("{}: {err}", e.key.display()),
                 )
-            })?;
-            let key = EncryptionKey::from_json(&text).map_err(|err| {
-                Invalid::new(
-                    format!("{at}.propagate.internal_token.encrypt.key"),
-                    format!("{}: {err}", e.key.display()),
-                )
-            })?;
-            Some((key, e.claims.clone()))
+            };
+            let text = std::fs::read(&e.key).map_err(|err| bad(&err))?;
+            Some((EncryptionKey::from_json(&text).map_err(|err| bad(&err))?, e.claims.clone()))
         }
     };
     let route_scopes = rc.authorize.as_ref().map(|a| a.scopes.iter().chain(&a.any_scopes).cloned().collect());
@@ -185,7 +175,7 @@ impl InternalToken {
     /// The header value for `principal`: from the worker's cache, or freshly minted.
     fn header_value(&self, principal: &Arc<Principal>) -> Result<HeaderValue, String> {
         let now = unix_now();
-        let keys = self.ring.keys();
+        let keys = self.ring.keys_at(now);
         let key = (Arc::as_ptr(principal) as usize, self.id);
         let cached = MINTED.with_borrow(|m| {
             m.get(&key).filter(|e| e.refresh_at > now && e.key_generation == keys.generation).map(|e| e.value.clone())
@@ -219,11 +209,7 @@ impl InternalToken {
 
     /// Signs (and, if configured, encrypts) a token; returns it with its expiry.
     fn mint(&self, p: &Principal, now: u64, keys: &crate::keys::Keys) -> Result<(String, u64), String> {
-        // Never outlive the caller's own credential.
-        let exp = match p.expires_at {
-            Some(e) => (now + self.lifetime).min(e.max(now + 1)),
-            None => now + self.lifetime,
-        };
+        let exp = expiry(p, now, self.lifetime);
         let mut claims = identity_claims(p, &self.issuer, &self.audience, now, exp);
         let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).filter(|s| p.has_scope(s)).collect();
         if !scopes.is_empty() {
@@ -250,6 +236,15 @@ impl InternalToken {
             Some((key, None)) => Ok((key.encrypt(signed.as_bytes(), Some("JWT")).map_err(|e| e.to_string())?, exp)),
             _ => Ok((signed, exp)),
         }
+    }
+}
+
+/// When a token for `p` issued at `now` expires: after `lifetime`, and never after the
+/// credential it was made from.
+pub(crate) fn expiry(p: &Principal, now: u64, lifetime: u64) -> u64 {
+    match p.expires_at {
+        Some(e) => (now + lifetime).min(e.max(now + 1)),
+        None => now + lifetime,
     }
 }
 

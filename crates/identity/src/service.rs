@@ -31,7 +31,7 @@ use portcullis_state::State;
 use serde_json::{Map, Value, json};
 
 use crate::keys::{KeyRing, unix_now};
-use crate::propagate::{identity_claims, sign};
+use crate::propagate::{expiry, identity_claims, sign};
 
 /// Where the JWK Set is served.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
@@ -98,6 +98,11 @@ impl OAuthError {
         OAuthError { status, error, description: description.into() }
     }
 
+    /// `invalid_request` (`400`): the request itself is malformed.
+    pub fn invalid_request(description: impl Into<String>) -> OAuthError {
+        OAuthError::new("invalid_request", description)
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Bytes {
         Bytes::from(json!({"error": self.error, "error_description": self.description}).to_string())
@@ -117,11 +122,9 @@ fn token_error(e: AuthnError, which: &str) -> OAuthError {
     }
 }
 
-/// What the token endpoint knows of the request besides its form.
+/// What the token service knows of the caller's connection.
 #[derive(Clone, Copy, Debug)]
-pub struct TokenRequest<'a> {
-    /// The `application/x-www-form-urlencoded` body.
-    pub form: &'a [u8],
+pub struct Caller<'a> {
     /// The verified client certificate of the connection.
     pub client_cert: Option<&'a ClientCert>,
     /// The client's address.
@@ -243,11 +246,6 @@ impl TokenService {
         }
     }
 
-    /// The key ring.
-    pub fn ring(&self) -> &Arc<KeyRing> {
-        &self.ring
-    }
-
     /// The JWK Set document.
     pub fn jwks(&self) -> Bytes {
         self.ring.keys().jwks.clone()
@@ -258,9 +256,10 @@ impl TokenService {
         self.discovery.clone()
     }
 
-    /// Handles a token request: the JSON body of a `200`, or the error.
-    pub async fn token(&self, req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
-        let form = Form::parse(req.form)?;
+    /// Handles a token request (`form`, the `application/x-www-form-urlencoded` body): the
+    /// JSON body of a `200`, or the error.
+    pub async fn token(&self, form: &[u8], req: &Caller<'_>) -> Result<TokenResponse, OAuthError> {
+        let form = Form::parse(form)?;
         match form.one("grant_type")? {
             Some(GRANT_EXCHANGE) => self.exchange(&form, req).await,
             Some(GRANT_CLIENT_CREDENTIALS) => self.client_credentials(&form, req).await,
@@ -269,7 +268,7 @@ impl TokenService {
         }
     }
 
-    async fn exchange(&self, form: &Form<'_>, req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
+    async fn exchange(&self, form: &Form<'_>, req: &Caller<'_>) -> Result<TokenResponse, OAuthError> {
         let subject_token = form.required("subject_token")?;
         token_type(form.required("subject_token_type")?, "subject_token_type")?;
         let requested = form.one("requested_token_type")?;
@@ -330,10 +329,7 @@ impl TokenService {
 
         let scopes = grant_scopes(form.one("scope")?, Some(&subject.scopes), audience.scopes.as_deref())?;
         let now = unix_now();
-        let exp = match subject.expires_at {
-            Some(e) => (now + audience.lifetime).min(e.max(now + 1)),
-            None => now + audience.lifetime,
-        };
+        let exp = expiry(&subject, now, audience.lifetime);
         let mut claims = identity_claims(&subject, &self.issuer, name, now, exp);
         if let Some(actor) = &actor {
             // RFC 8693 §4.3: the client that requested the token is the actor.
@@ -352,17 +348,17 @@ impl TokenService {
         self.issue(claims, &scopes, now, exp, Some(issued))
     }
 
-    async fn client_credentials(&self, form: &Form<'_>, req: &TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
-        let (client, client_scopes, thumbprint) = match form.one("client_assertion")? {
+    async fn client_credentials(&self, form: &Form<'_>, req: &Caller<'_>) -> Result<TokenResponse, OAuthError> {
+        // A registered client holds its scopes; a certificate's (thumbprint) none of its own.
+        let (client, thumbprint) = match form.one("client_assertion")? {
             Some(assertion) => {
                 if form.one("client_assertion_type")? != Some(ASSERTION_JWT) {
                     return Err(OAuthError::new("invalid_request", "client_assertion_type must be jwt-bearer"));
                 }
-                let (p, scopes) = self.client_assertion(assertion).await?;
-                (p, Some(scopes), None)
+                (self.client_assertion(assertion).await?, None)
             }
             None => match req.client_cert {
-                Some(cert) => (cert.principal.clone(), None, Some(cert.thumbprint.clone())),
+                Some(cert) => (cert.principal.clone(), Some(cert.thumbprint.clone())),
                 None => {
                     return Err(OAuthError::new(
                         "invalid_client",
@@ -381,13 +377,14 @@ impl TokenService {
             OAuthError::new("unauthorized_client", format!("no client may obtain tokens for audience `{name}`"))
         })?;
         authorize(rules, &client, name, req, &client)?;
-        // A workload holds no scopes of its own: the audience's list bounds what it may ask.
-        let held: Option<Vec<Arc<str>>> = client_scopes.map(|s| s.iter().map(|s| Arc::from(s.as_str())).collect());
-        let scopes = match (&held, &audience.scopes) {
-            (Some(h), _) => grant_scopes(form.one("scope")?, Some(h), audience.scopes.as_deref())?,
-            (None, Some(allowed)) => grant_scopes(form.one("scope")?, None, Some(allowed))?,
-            (None, None) => grant_scopes(form.one("scope")?, Some(&[]), None)?,
+        // A workload holds no scopes of its own: the audience's list bounds what it may ask,
+        // and without a list it gets none.
+        let held = match (&thumbprint, &audience.scopes) {
+            (None, _) => Some(&client.scopes[..]),
+            (Some(_), Some(_)) => None,
+            (Some(_), None) => Some(&[][..]),
         };
+        let scopes = grant_scopes(form.one("scope")?, held, audience.scopes.as_deref())?;
         let now = unix_now();
         let exp = now + audience.lifetime;
         let mut claims = identity_claims(&client, &self.issuer, name, now, exp);
@@ -409,7 +406,7 @@ impl TokenService {
     async fn check_token(
         &self,
         token: &str,
-        req: &TokenRequest<'_>,
+        req: &Caller<'_>,
         which: &str,
     ) -> Result<(Arc<Principal>, bool), OAuthError> {
         let own = self.own_token(token);
@@ -486,7 +483,7 @@ impl TokenService {
 
     /// `private_key_jwt`: the client's assertion, signed by its registered key, for this
     /// token endpoint, used once.
-    async fn client_assertion(&self, assertion: &str) -> Result<(Arc<Principal>, Vec<String>), OAuthError> {
+    async fn client_assertion(&self, assertion: &str) -> Result<Arc<Principal>, OAuthError> {
         let bad = |d: &str| OAuthError::new("invalid_client", format!("the client assertion is not valid: {d}"));
         let jws = Jws::parse(assertion, HeaderPolicy::default()).map_err(|e| bad(&e.to_string()))?;
         let claims = parse_object_no_duplicates(&jws.payload).map_err(|_| bad("its claims are not a JSON object"))?;
@@ -522,7 +519,7 @@ impl TokenService {
         p.client_id = Some(iss.as_str().into());
         p.subject = Some(iss.as_str().into());
         p.scopes = client.scopes.iter().map(|s| Arc::from(s.as_str())).collect();
-        Ok((Arc::new(p), client.scopes.clone()))
+        Ok(Arc::new(p))
     }
 
     fn issue(
@@ -570,7 +567,7 @@ fn authorize(
     rules: &RouteAuthz,
     judged: &Arc<Principal>,
     audience: &str,
-    req: &TokenRequest<'_>,
+    req: &Caller<'_>,
     subject: &Principal,
 ) -> Result<(), OAuthError> {
     let params: Vec<(Arc<str>, Box<str>)> = subject

@@ -193,8 +193,9 @@ async fn run(
         && let Some(endpoint) = portcullis_identity::Endpoint::at(&path)
     {
         let client_cert = conn.tls.as_ref().and_then(|t| t.client_cert.as_ref());
-        let cx = TokenContext { client_cert, client_ip: ctx.client_ip, tls: conn.tls.is_some(), host: &host };
-        return token_service(ts, endpoint, parts, body, cx).await;
+        let caller =
+            portcullis_identity::Caller { client_cert, client_ip: ctx.client_ip, tls: conn.tls.is_some(), host: &host };
+        return token_service(ts, endpoint, parts, body, caller).await;
     }
 
     // Match.
@@ -204,6 +205,7 @@ async fn run(
     ctx.params = params;
 
     // Authenticate.
+    let passthrough = route.propagate.as_ref().is_some_and(|p| p.passthrough);
     let principal = match &route.authn {
         Authn::Public => rt.anonymous.clone(),
         Authn::Required(a) => {
@@ -220,7 +222,7 @@ async fn run(
                 client_cert: conn.tls.as_ref().and_then(|t| t.client_cert.as_ref()),
             };
             let principal = a.authenticate(&parts, &cx).await?;
-            if !route.propagate.as_ref().is_some_and(|p| p.passthrough) {
+            if !passthrough {
                 a.scrub(&mut parts);
             }
             principal
@@ -238,7 +240,7 @@ async fn run(
     // through); the identity it gets is set in `forward`, after the client's hop-by-hop
     // headers are gone.
     let present = headers::Present::scan(&parts.headers);
-    if !route.propagate.as_ref().is_some_and(|p| p.passthrough) {
+    if !passthrough {
         headers::strip_credentials(&mut parts.headers, present);
     }
     // Identity headers any route sets are the gateway's to give, on every route.
@@ -544,19 +546,6 @@ async fn forward(
     Ok(resp)
 }
 
-/// What the token endpoint needs of the connection.
-#[derive(Clone, Copy, Debug)]
-pub struct TokenContext<'a> {
-    /// The connection's verified client certificate.
-    pub client_cert: Option<&'a portcullis_authn::ClientCert>,
-    /// The client's address.
-    pub client_ip: IpAddr,
-    /// Whether the connection is TLS.
-    pub tls: bool,
-    /// The host the client addressed.
-    pub host: &'a str,
-}
-
 /// Serves the token service's endpoints: the JWK Set and discovery document (`GET`), and
 /// the token endpoint (`POST`, a form). Token responses are never cached (RFC 6749 §5.1).
 pub async fn token_service<B>(
@@ -564,7 +553,7 @@ pub async fn token_service<B>(
     endpoint: portcullis_identity::Endpoint,
     parts: http::request::Parts,
     body: B,
-    cx: TokenContext<'_>,
+    caller: portcullis_identity::Caller<'_>,
 ) -> Result<Response<ResponseBody>, Problem>
 where
     B: http_body::Body<Data = bytes::Bytes>,
@@ -612,29 +601,15 @@ where
                     http_body_util::BodyExt::collect(limited),
                 );
                 match read.await {
-                    Ok(Ok(collected)) => {
-                        let form = collected.to_bytes();
-                        let req = portcullis_identity::TokenRequest {
-                            form: &form,
-                            client_cert: cx.client_cert,
-                            client_ip: cx.client_ip,
-                            tls: cx.tls,
-                            host: cx.host,
-                        };
-                        ts.token(&req).await
-                    }
-                    _ => Err(portcullis_identity::OAuthError {
-                        status: StatusCode::BAD_REQUEST,
-                        error: "invalid_request",
-                        description: "the request body could not be read in time or is too large".into(),
-                    }),
+                    Ok(Ok(collected)) => ts.token(&collected.to_bytes(), &caller).await,
+                    _ => Err(portcullis_identity::OAuthError::invalid_request(
+                        "the request body could not be read in time or is too large",
+                    )),
                 }
             } else {
-                Err(portcullis_identity::OAuthError {
-                    status: StatusCode::BAD_REQUEST,
-                    error: "invalid_request",
-                    description: "send the parameters as application/x-www-form-urlencoded".into(),
-                })
+                Err(portcullis_identity::OAuthError::invalid_request(
+                    "send the parameters as application/x-www-form-urlencoded",
+                ))
             };
             Ok(match result {
                 Ok(body) => json(StatusCode::OK, body, "no-store"),
