@@ -421,3 +421,80 @@ routes:
         assert!(!everything.contains(secret), "`{secret}` was logged");
     }
 }
+
+/// Reads one response (head and a `Content-Length` body) from a keep-alive connection.
+fn read_response(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "connection closed mid-head: {}", String::from_utf8_lossy(&out));
+        out.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    let len: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length: ")).map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    out.extend_from_slice(&body);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn expect_continue_http10_keep_alive_and_pipelining() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "routes:\n  - id: r\n    upstream: {u}\n    authenticate: [none]\n  - id: small\n    match: {{ path_prefix: /small }}\n    upstream: {u}\n    authenticate: [none]\n    limits: {{ max_body_bytes: 1KiB }}\n",
+        u = up.url()
+    ));
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+
+    // 100-continue: the interim answer comes only when the body is wanted, then the answer.
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n").unwrap();
+    let interim = read_response(&mut s);
+    assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n"), "{interim}");
+    s.write_all(b"hello").unwrap();
+    let resp = read_response(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 200 ") && resp.ends_with("{\"bytes\":5}"), "{resp}");
+
+    // A request refused before its body is read gets no 100 and closes the connection.
+    s.write_all(b"POST /small/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n").unwrap();
+    let resp = read_response(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 413 "), "no 100 Continue before a refusal: {resp}");
+    assert!(resp.to_ascii_lowercase().contains("connection: close\r\n"), "{resp}");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "nothing after the refusal: {}", String::from_utf8_lossy(&rest));
+
+    // HTTP/1.0 keeps the connection only when asked, and says so.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+        let resp = read_response(&mut s);
+        assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+        assert!(resp.to_ascii_lowercase().contains("connection: keep-alive\r\n"), "{resp}");
+    }
+    s.write_all(b"GET /a HTTP/1.0\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200 "), "closed after answering");
+
+    // A chunked request body and a HEAD request on one connection, pipelined.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;x=y\r\ndefg\r\n0\r\n\r\nHEAD /bytes/1000 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let resp = read_response(&mut s);
+    assert!(resp.ends_with("{\"bytes\":7}"), "{resp}");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200 "));
+    // No body follows a HEAD answer: the connection serves the next request at once.
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let resp = read_response(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+}

@@ -22,9 +22,49 @@ pub enum RequestBody {
     /// The client's body, streamed, cut off past the route's size limit; its trailers lose
     /// the fields the gateway vouches for (the identity headers it sets, credentials): a
     /// service that merges trailers into headers must not see a client's version of them.
-    Client(Limited<Incoming>, Arc<[HeaderName]>),
+    Client(Limited<ClientBody>, Arc<[HeaderName]>),
     /// No body.
     Empty,
+}
+
+/// The body of a request as the client sends it.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// Read from an HTTP/1.1 connection by the gateway's codec.
+    Http1(crate::server::h1::Body),
+    /// An HTTP/2 stream's data (hyper).
+    Http2(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Http1(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Http1(b) => b.is_end_stream(),
+            ClientBody::Http2(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Http1(b) => b.size_hint(),
+            ClientBody::Http2(b) => b.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
 }
 
 /// Fields never passed on in request trailers (RFC 9110 §6.5.1: a trailer must not carry
@@ -90,6 +130,9 @@ pub enum ResponseBody {
     Lean(crate::upstream::h1::LeanBody),
     /// A body the gateway made (problem details, echo, admin).
     Full(Option<Bytes>),
+    /// Any body (tests of the codec).
+    #[cfg(test)]
+    Boxed(http_body_util::combinators::BoxBody<Bytes, BoxError>),
 }
 
 impl ResponseBody {
@@ -113,6 +156,8 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ResponseBody::Lean(b) => Pin::new(b).poll_frame(cx),
             ResponseBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            #[cfg(test)]
+            ResponseBody::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -121,6 +166,8 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => b.is_end_stream(),
             ResponseBody::Lean(b) => b.is_end_stream(),
             ResponseBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            #[cfg(test)]
+            ResponseBody::Boxed(b) => b.is_end_stream(),
         }
     }
 
@@ -129,6 +176,8 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => b.size_hint(),
             ResponseBody::Lean(b) => b.size_hint(),
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            #[cfg(test)]
+            ResponseBody::Boxed(b) => b.size_hint(),
         }
     }
 }

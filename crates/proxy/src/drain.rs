@@ -123,6 +123,11 @@ pub async fn drain() {
     .await
 }
 
+/// Whether this worker is draining: a connection that notices closes once idle.
+pub fn draining() -> bool {
+    REGISTRY.with(|r| r.borrow().draining)
+}
+
 /// Connections of this worker still open.
 pub fn open() -> usize {
     REGISTRY.with(|r| r.borrow().open)

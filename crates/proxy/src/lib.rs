@@ -14,6 +14,7 @@ pub mod listener;
 pub mod pipeline;
 pub mod router;
 pub mod runtime;
+pub mod server;
 pub mod timer;
 pub mod tls;
 pub mod upstream;

@@ -11,20 +11,16 @@
 //! connections until the drain deadline.
 
 use std::cell::Cell;
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use portcullis_telemetry::Metrics;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::pipeline::{self, ConnInfo, TlsInfo};
+use crate::pipeline::{ConnInfo, TlsInfo};
 use crate::runtime::Runtime;
 
 thread_local! {
@@ -157,7 +153,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, runtime: Arc<ArcSwap<Ru
     match rt.tls.clone() {
         None => {
             let info = Arc::new(ConnInfo { peer, local, peer_value: crate::headers::ip_value(peer.ip()), tls: None });
-            http(TokioIo::new(stream), &rt, info, runtime).await;
+            crate::server::serve(Box::new(stream), false, &rt, info, runtime).await;
         }
         Some(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -179,6 +175,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, runtime: Arc<ArcSwap<Ru
                 .as_ref()
                 .and_then(|c| c.first())
                 .and_then(|leaf| portcullis_authn::ClientCert::from_leaf(leaf));
+            let h2 = session.alpn_protocol() == Some(b"h2");
             let tls_info = TlsInfo {
                 alpn: session.alpn_protocol().map(<[u8]>::to_vec),
                 sni: session.server_name().map(str::to_string),
@@ -191,22 +188,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, runtime: Arc<ArcSwap<Ru
                 peer_value: crate::headers::ip_value(peer.ip()),
                 tls: Some(tls_info),
             });
-            http(TokioIo::new(tls), &rt, info, runtime).await;
+            crate::server::serve(Box::new(tls), h2, &rt, info, runtime).await;
         }
-    }
-}
-
-async fn http<I>(io: TokioIo<I>, rt: &Runtime, info: Arc<ConnInfo>, runtime: Arc<ArcSwap<Runtime>>)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |req| {
-        let rt = runtime.load_full();
-        let info = info.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(rt, info, req).await) }
-    });
-    let conn = rt.http.serve_connection_with_upgrades(io, service).into_owned();
-    if let Err(e) = crate::drain::track(conn, |c| c.graceful_shutdown()).await {
-        tracing::trace!(error = %e, "connection ended with an error");
     }
 }

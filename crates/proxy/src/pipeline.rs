@@ -17,11 +17,10 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Limited;
-use hyper::body::Incoming;
 use portcullis_core::{Challenge, ChallengeScheme, Principal, Problem};
 use portcullis_telemetry::{AccessRecord, UpstreamErrorKind};
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::router::PathParams;
 use crate::router::path::normalize;
@@ -89,7 +88,7 @@ pub struct Explained {
 }
 
 /// Runs a request through the pipeline and returns the response to send.
-pub async fn handle(rt: Arc<Runtime>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(rt: Arc<Runtime>, conn: Arc<ConnInfo>, req: Request<ClientBody>) -> Response<ResponseBody> {
     let start = Instant::now();
     let mut ctx = RequestCtx {
         request_id: headers::request_id(req.headers()),
@@ -174,7 +173,7 @@ async fn run(
     rt: &Runtime,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, Problem> {
     let (mut parts, body) = req.into_parts();
 
@@ -195,7 +194,8 @@ async fn run(
         let client_cert = conn.tls.as_ref().and_then(|t| t.client_cert.as_ref());
         let caller =
             portcullis_identity::Caller { client_cert, client_ip: ctx.client_ip, tls: conn.tls.is_some(), host: &host };
-        return token_service(ts, endpoint, parts, body, caller).await;
+        // Boxed: a rare path whose state would otherwise enlarge every request's future.
+        return Box::pin(token_service(ts, endpoint, parts, body, caller)).await;
     }
 
     // Match.
@@ -297,8 +297,8 @@ fn authorize(
 }
 
 /// The head is within the configured limits (`431`). (Ambiguous framing, such as both
-/// `Content-Length` and `Transfer-Encoding`, is settled by the HTTP layer per RFC 9112 §6.3:
-/// the length is dropped and the connection closed after the response.)
+/// `Content-Length` and `Transfer-Encoding`, never gets here: the HTTP/1.1 codec refuses
+/// it, see [`crate::server::h1`].)
 fn admit(rt: &Runtime, parts: &http::request::Parts) -> Result<(), Problem> {
     let limits = rt.head_limits;
     if parts.headers.len() > limits.max_headers
@@ -402,7 +402,7 @@ pub(crate) fn body_too_large() -> Problem {
 /// Refuses a declared length over the limit at once; otherwise counts as the body streams.
 fn protect_body(
     parts: &http::request::Parts,
-    body: Incoming,
+    body: ClientBody,
     max: u64,
     identity: &Arc<[http::HeaderName]>,
 ) -> Result<RequestBody, Problem> {
@@ -465,7 +465,7 @@ async fn forward(
 ) -> Result<Response<ResponseBody>, Problem> {
     // An HTTP/1.1 protocol upgrade (WebSocket) is relayed as a byte stream after the 101.
     let upgrade = upgrade_request(&parts);
-    let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<crate::server::OnUpgrade>());
 
     headers::strip_hop_by_hop(&mut parts.headers, present);
     if let (Some(p), Some(principal)) = (&route.propagate, &ctx.principal) {
@@ -633,11 +633,10 @@ fn upgrade_request(parts: &http::request::Parts) -> Option<HeaderValue> {
     if wants { parts.headers.get(header::UPGRADE).cloned() } else { None }
 }
 
-async fn relay_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+async fn relay_upgraded(client: crate::server::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Some(mut client), Ok(upstream)) = (client.upgraded().await, upstream.await) else {
         return;
     };
-    let mut client = hyper_util::rt::TokioIo::new(client);
     let mut upstream = hyper_util::rt::TokioIo::new(upstream);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 use portcullis_config::{
     ConfigErrors, ECHO_UPSTREAM, ForwardedHeaders, Invalid, LoadedConfig, RouteConfig, SpiffeConfig, UpstreamConfig,
@@ -138,7 +137,10 @@ pub struct Runtime {
     pub config: Arc<LoadedConfig>,
     pub(crate) router: Router<Arc<Route>>,
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
-    pub(crate) http: auto::Builder<TokioExecutor>,
+    /// How HTTP/1.1 connections are served.
+    pub(crate) h1: crate::server::h1::Settings,
+    /// How HTTP/2 connections are served; `None` when `server.http2` is off.
+    pub(crate) h2: Option<hyper::server::conn::http2::Builder<TokioExecutor>>,
     pub(crate) head_limits: HeadLimits,
     pub(crate) handshake_timeout: Duration,
     pub(crate) trusted_proxies: Vec<IpNet>,
@@ -254,35 +256,31 @@ impl Runtime {
 
         let limits = &c.server.limits;
         let max_header_bytes = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1()
-            .timer(crate::timer::CoarseTimer)
-            // A client may shut down its sending side and still wait for the answer.
-            .half_close(true)
-            // One buffer and one write per response instead of a vectored write: cheaper for
-            // the small messages that dominate API traffic (measured under callgrind).
-            .writev(false)
-            .header_read_timeout(limits.header_read_timeout.get())
-            // Heads between our limit and twice it get a problem+json 431 from the pipeline;
-            // hyper answers a bare 431 only beyond that.
-            .max_buf_size((2 * max_header_bytes).max(64 * 1024))
-            .max_headers((2 * limits.max_headers).max(100));
-        http.http2()
-            .timer(crate::timer::CoarseTimer)
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            .max_header_list_size(u32::try_from(2 * max_header_bytes).unwrap_or(u32::MAX))
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .adaptive_window(true);
-        if !c.server.http2 {
-            http = http.http1_only();
-        }
+        let h1 = crate::server::h1::Settings {
+            header_read_timeout: limits.header_read_timeout.get(),
+            max_head: max_header_bytes,
+            max_headers: limits.max_headers,
+            http2: c.server.http2,
+        };
+        let h2 = c.server.http2.then(|| {
+            let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            h2.timer(crate::timer::CoarseTimer)
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                // Heads between our limit and twice it get a problem+json 431 from the
+                // pipeline; hyper refuses larger ones on its own.
+                .max_header_list_size(u32::try_from(2 * max_header_bytes).unwrap_or(u32::MAX))
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .adaptive_window(true);
+            h2
+        });
 
         Ok(Runtime {
             generation,
             router,
             tls,
-            http,
+            h1,
+            h2,
             head_limits: HeadLimits { max_header_bytes, max_headers: limits.max_headers },
             handshake_timeout: limits.header_read_timeout.get(),
             trusted_proxies: c.server.trusted_proxies.clone(),

@@ -236,17 +236,32 @@ impl Drop for Sleep {
 pub struct Elapsed;
 
 /// Runs `fut` until it completes or `after` has passed (coarsely).
-pub async fn timeout<F: Future>(after: Duration, fut: F) -> Result<F::Output, Elapsed> {
+pub fn timeout<F: Future>(after: Duration, fut: F) -> Timeout<F> {
     // From the tick's time plus one tick: never early, no clock read.
-    let mut sleep = std::pin::pin!(Sleep::until(now() + after + TICK));
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+    Timeout { fut, sleep: Sleep::until(now() + after + TICK) }
+}
+
+pin_project_lite::pin_project! {
+    /// A future with a coarse deadline ([`timeout`]). A struct rather than an `async fn`:
+    /// an `async fn` keeps its argument and its pinned copy both, and request futures that
+    /// contain this one (the upstream exchange) were twice as large, copied on every request.
+    pub struct Timeout<F> {
+        #[pin]
+        fut: F,
+        sleep: Sleep,
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
             return Poll::Ready(Ok(v));
         }
-        sleep.as_mut().poll(cx).map(|()| Err(Elapsed))
-    })
-    .await
+        Pin::new(this.sleep).poll(cx).map(|()| Err(Elapsed))
+    }
 }
 
 /// hyper's timer (header-read timeout, HTTP/2 keep-alive) on the coarse wheel.

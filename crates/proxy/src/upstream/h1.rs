@@ -489,8 +489,8 @@ impl Facts {
     }
 }
 
-/// How a response body is delimited, and how far reading it has got.
-#[derive(Debug)]
+/// How a message body is delimited, and how far reading it has got.
+#[derive(Clone, Copy, Debug)]
 pub enum Framing {
     /// This many bytes remain.
     Length(u64),
@@ -503,7 +503,7 @@ pub enum Framing {
 }
 
 /// Where in the chunked coding reading is.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub enum Chunk {
     /// At a chunk-size line.
     Size,
@@ -544,7 +544,7 @@ fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
 }
 
 fn closed_early() -> BoxError {
-    "the upstream closed the connection in the middle of the body".into()
+    "the connection closed in the middle of the body".into()
 }
 
 /// What the decoder made of the buffered bytes.
@@ -605,7 +605,7 @@ pub fn decode(framing: &mut Framing, buf: &mut BytesMut, eof: bool) -> Result<De
                     return if eof { Err(closed_early()) } else { Ok(Decoded::NeedMore) };
                 }
                 if &buf[..2] != b"\r\n" {
-                    return Err("malformed chunked body from upstream".into());
+                    return Err("malformed chunked body".into());
                 }
                 buf.advance(2);
                 *framing = Framing::Chunked(Chunk::Size);
@@ -616,7 +616,7 @@ pub fn decode(framing: &mut Framing, buf: &mut BytesMut, eof: bool) -> Result<De
                     *framing = Framing::Done;
                     return Ok(trailers.map_or(Decoded::Done, Decoded::Trailers));
                 }
-                None if buf.len() > MAX_HEAD => return Err("upstream trailers too large".into()),
+                None if buf.len() > MAX_HEAD => return Err("trailer section too large".into()),
                 None if eof => return Err(closed_early()),
                 None => return Ok(Decoded::NeedMore),
             },
@@ -744,7 +744,7 @@ fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, Option<HeaderMap>)>, BoxE
             Ok(Some((len, Some(map))))
         }
         Ok(httparse::Status::Partial) => Ok(None),
-        Err(e) => Err(format!("invalid trailers from upstream: {e}").into()),
+        Err(e) => Err(format!("invalid trailer section: {e}").into()),
     }
 }
 
