@@ -174,4 +174,17 @@ fn http1_upgrades_are_relayed() {
     let mut buf = [0u8; 33];
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ping over the upgraded connection");
+
+    // Never to HTTP/2 by upgrade: the upstream would then take requests the gateway never
+    // sees. The request is served as plain HTTP/1.1, without the upgrade.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }

@@ -463,7 +463,7 @@ fn expect_continue_http10_keep_alive_and_pipelining() {
     assert!(resp.starts_with("HTTP/1.1 413 "), "no 100 Continue before a refusal: {resp}");
     assert!(resp.to_ascii_lowercase().contains("connection: close\r\n"), "{resp}");
     let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
+    s.read_to_end(&mut rest).expect("the connection is closed after the refusal");
     assert!(rest.is_empty(), "nothing after the refusal: {}", String::from_utf8_lossy(&rest));
 
     // HTTP/1.0 keeps the connection only when asked, and says so.
@@ -477,8 +477,9 @@ fn expect_continue_http10_keep_alive_and_pipelining() {
     }
     s.write_all(b"GET /a HTTP/1.0\r\n\r\n").unwrap();
     let mut all = Vec::new();
-    let _ = s.read_to_end(&mut all);
-    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200 "), "closed after answering");
+    s.read_to_end(&mut all).expect("closed after answering");
+    let all = String::from_utf8_lossy(&all).to_ascii_lowercase();
+    assert!(all.starts_with("http/1.1 200 ") && all.contains("connection: close\r\n"), "{all}");
 
     // A chunked request body and a HEAD request on one connection, pipelined.
     let mut s = TcpStream::connect(gw.addr).unwrap();
@@ -492,9 +493,38 @@ fn expect_continue_http10_keep_alive_and_pipelining() {
         assert_eq!(s.read(&mut byte).unwrap(), 1);
         head.push(byte[0]);
     }
-    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200 "));
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ") && !head.contains("transfer-encoding"), "{head}");
     // No body follows a HEAD answer: the connection serves the next request at once.
     s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let resp = read_response(&mut s);
     assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+
+    // The expectation is the gateway's to meet: it is not passed upstream.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n").unwrap();
+    assert!(read_response(&mut s).starts_with("HTTP/1.1 100 Continue"));
+    s.write_all(b"ok").unwrap();
+    let resp = read_response(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 200 ") && !resp.to_ascii_lowercase().contains("\"expect\""), "{resp}");
+}
+
+#[tokio::test]
+async fn an_absolute_target_is_the_host_the_upstream_sees() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  svc:\n    endpoints: [{}]\n    preserve_host: true\nroutes:\n  - id: r\n    upstream: svc\n    authenticate: [none]\n",
+        up.url()
+    ));
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET http://public.example/x HTTP/1.1\r\nHost: admin.internal\r\n\r\n").unwrap();
+    let resp = read_response(&mut s);
+    let body: Value = serde_json::from_str(&resp[resp.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["headers"]["host"], "public.example", "{resp}");
+    // Over HTTP/2, `:authority` is the host likewise.
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let v: Value = h2.get(gw.url("/y")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["headers"]["host"], gw.addr.to_string());
 }

@@ -48,6 +48,15 @@ async fn malformed_requests_get_clean_refusals() {
         // A space before the colon, an obsolete line folding, a bare LF inside a field.
         (b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n".to_vec(), &[400]),
         (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n".to_vec(), &[400]),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\nb\r\n\r\n".to_vec(), &[400]),
+        // Chunk lines another parser might read differently: white space without an
+        // extension, a CR or NUL inside an extension, a size too long, a bare LF.
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n".to_vec(), &[400, 502]),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;a\rb\r\nabc\r\n0\r\n\r\n".to_vec(), &[400, 502]),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;a\x00\r\nabc\r\n0\r\n\r\n".to_vec(), &[400, 502]),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000003\r\nabc\r\n0\r\n\r\n".to_vec(), &[400, 502]),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n".to_vec(), &[400, 502]),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\n\n".to_vec(), &[400, 502]),
         (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n".to_vec(), &[400, 505]),
         (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nxx\r\n".to_vec(), &[400, 502, 0]),
         (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(), &[400, 0]),

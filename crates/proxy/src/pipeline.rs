@@ -184,6 +184,15 @@ async fn run(
     let uri = parts.uri.clone();
     let path = normalize(uri.path(), false).map_err(|e| Problem::bad_request("invalid_path", e.detail()))?;
     let authority = RequestAuthority::of(&parts)?;
+    // The authority of an absolute-form target (RFC 9112 §3.2.2) or of HTTP/2's `:authority`
+    // (RFC 9113 §8.3.1) is the host: the `Host` field the upstream gets says the same, so
+    // routing and the upstream can never see two different hosts.
+    if let RequestAuthority::Uri(a) = &authority
+        && parts.headers.get(header::HOST).is_none_or(|h| h.as_bytes() != a.as_str().as_bytes())
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
     let host = authority.host();
 
     // The gateway's own endpoints: its keys and its token service.
@@ -630,7 +639,12 @@ fn upgrade_request(parts: &http::request::Parts) -> Option<HeaderValue> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
-    if wants { parts.headers.get(header::UPGRADE).cloned() } else { None }
+    let proto = parts.headers.get(header::UPGRADE).filter(|_| wants)?;
+    // Never to HTTP/2 (`h2c`, deprecated by RFC 9113 §3.1): a switched connection carries
+    // requests the gateway would never see, past every stage of this pipeline. The request
+    // is served as plain HTTP/1.1 instead.
+    let h2c = proto.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    (!h2c).then(|| proto.clone())
 }
 
 async fn relay_upgraded(client: crate::server::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {

@@ -126,6 +126,11 @@ struct Shared {
     cont: Option<usize>,
     /// The current request's body has been read to its end.
     body_done: bool,
+    /// The connection is done with the current request's body: whoever still holds the
+    /// body (an upstream client's task) gets an error instead of the connection's input.
+    body_cut: bool,
+    /// The task waiting in the body's read, woken when the body is cut.
+    body_waker: Option<std::task::Waker>,
 }
 
 type Link = Arc<Mutex<Shared>>;
@@ -199,11 +204,23 @@ impl http_body::Body for Body {
         }
         let mut guard = lock(&this.link);
         let sh = &mut *guard;
+        if sh.body_cut {
+            this.framing = Framing::Done;
+            return Poll::Ready(Some(Err("the client connection is closing".into())));
+        }
         ready!(sh.poll_continue(cx))?;
         let mut eof = false;
         loop {
             match decode(&mut this.framing, &mut sh.buf, eof) {
-                Ok(Decoded::NeedMore) => eof = ready!(sh.poll_fill(cx))? == 0,
+                Ok(Decoded::NeedMore) => match sh.poll_fill(cx) {
+                    Poll::Ready(read) => eof = read? == 0,
+                    Poll::Pending => {
+                        if !sh.body_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                            sh.body_waker = Some(cx.waker().clone());
+                        }
+                        return Poll::Pending;
+                    }
+                },
                 Ok(Decoded::Data(data)) => {
                     if matches!(this.framing, Framing::Length(0)) {
                         this.framing = Framing::Done;
@@ -439,8 +456,11 @@ fn parse_with(buf: &mut BytesMut, settings: &Settings, fields: &mut Offsets) -> 
             facts.transfer_encoding(raw);
         } else if name == header::CONNECTION {
             facts.connection(raw);
-        } else if name == header::EXPECT {
-            expect_continue = raw.eq_ignore_ascii_case(b"100-continue");
+        } else if name == header::EXPECT && raw.eq_ignore_ascii_case(b"100-continue") {
+            // The gateway meets this expectation itself (when the body is first read); an
+            // upstream asked the same would answer with a `100` of its own mid-upload.
+            expect_continue = true;
+            continue;
         }
         let value =
             HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| malformed("a header value is not valid"))?;
@@ -590,7 +610,14 @@ pub async fn serve(
     info: Arc<ConnInfo>,
     runtime: Arc<ArcSwap<Runtime>>,
 ) -> Option<Switch> {
-    let link: Link = Arc::new(Mutex::new(Shared { io, buf: BytesMut::new(), cont: None, body_done: true }));
+    let link: Link = Arc::new(Mutex::new(Shared {
+        io,
+        buf: BytesMut::new(),
+        cont: None,
+        body_done: true,
+        body_cut: false,
+        body_waker: None,
+    }));
     let mut first = true;
     loop {
         let head = match read_head(&link, &settings, first).await {
@@ -622,12 +649,23 @@ pub async fn serve(
         let body = {
             let mut sh = lock(&link);
             sh.body_done = matches!(framing, Framing::Length(0));
+            sh.body_cut = false;
+            sh.body_waker = None;
             sh.cont = expect_continue.then_some(0);
             if sh.body_done { ClientBody::Empty } else { ClientBody::Http1(Body { link: link.clone(), framing }) }
         };
         // Not boxed: moving a request's future into a box copied its whole state (~6 KiB)
         // on every request; held inline it costs an idle connection that much memory instead.
         let resp = pipeline::handle(runtime.load_full(), info.clone(), Request::from_parts(parts, body)).await;
+        let resp = if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !(upgrade.is_some() && lock(&link).body_done)
+        {
+            // The switch cannot happen on this connection (the request body is unread).
+            Problem::bad_gateway("the upstream switched protocols on a request that cannot switch")
+                .to_response(None)
+                .map(ResponseBody::full)
+        } else {
+            resp
+        };
         match respond(&link, resp, &reply, upgrade).await {
             After::KeepAlive => {}
             After::Close => break,
@@ -860,8 +898,18 @@ async fn write_all(link: &Link, data: &[u8]) -> io::Result<()> {
 /// input does not make the kernel reset the connection before the client has read the
 /// response.
 async fn close(link: &Link) {
-    let linger = !lock(link).body_done;
+    let linger = {
+        let mut sh = lock(link);
+        // Whoever still reads the request body stops now, rather than racing the linger
+        // for the same bytes or keeping the connection open after this task has ended.
+        sh.body_cut = true;
+        if let Some(w) = sh.body_waker.take() {
+            w.wake();
+        }
+        !sh.body_done
+    };
     if poll_fn(|cx| Pin::new(&mut lock(link).io).poll_shutdown(cx)).await.is_err() || !linger {
+        lock(link).io = Box::new(Detached);
         return;
     }
     let mut dropped = 0;
@@ -882,6 +930,8 @@ async fn close(link: &Link) {
         }
     })
     .await;
+    // The stream closes now, even if something still holds the connection's state.
+    lock(link).io = Box::new(Detached);
 }
 
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -717,10 +717,21 @@ pub fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, BoxError> {
         return Err("malformed chunk-size line".into());
     }
     let line = &buf[..lf - 1];
-    let digits = line.iter().position(|&b| b == b';').map_or(line, |i| &line[..i]);
-    let digits = digits.strip_suffix(b" ").unwrap_or(digits);
+    // chunk-size [ BWS ";" chunk-ext ] (RFC 9112 §7.1.1): white space only before an
+    // extension, and extensions of visible characters, spaces and tabs only (no CR, NUL or
+    // DEL that another parser in the path might read differently).
+    let (digits, ext) = match line.iter().position(|&b| b == b';') {
+        Some(i) => {
+            let end = line[..i].iter().rposition(|&b| b != b' ' && b != b'\t').map_or(0, |p| p + 1);
+            (&line[..end], Some(&line[i + 1..]))
+        }
+        None => (line, None),
+    };
     if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return Err("malformed chunk size".into());
+    }
+    if ext.is_some_and(|e| !e.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))) {
+        return Err("malformed chunk extension".into());
     }
     let size = digits.iter().fold(0u64, |n, &b| n * 16 + u64::from((b as char).to_digit(16).unwrap_or(0)));
     Ok(Some((lf + 1, size)))
@@ -732,6 +743,10 @@ fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, Option<HeaderMap>)>, BoxE
     let mut slots = [httparse::EMPTY_HEADER; 32];
     match httparse::parse_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete((len, fields))) => {
+            // Lines end in CRLF, as in the rest of the message (httparse also takes a bare LF).
+            if buf[..len].iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r')) {
+                return Err("malformed trailer section".into());
+            }
             if fields.is_empty() {
                 return Ok(Some((len, None)));
             }

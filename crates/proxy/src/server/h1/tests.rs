@@ -134,8 +134,14 @@ fn response_lengths_and_tokens() {
 /// the body reads from.
 fn link_with(input: &[u8]) -> (Link, tokio::io::DuplexStream) {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let link =
-        Arc::new(Mutex::new(Shared { io: Box::new(ours), buf: BytesMut::from(input), cont: None, body_done: false }));
+    let link = Arc::new(Mutex::new(Shared {
+        io: Box::new(ours),
+        buf: BytesMut::from(input),
+        cont: None,
+        body_done: false,
+        body_cut: false,
+        body_waker: None,
+    }));
     (link, theirs)
 }
 
@@ -253,4 +259,37 @@ async fn responses_are_framed_for_their_request() {
     resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(3));
     let (out, keep) = written(resp, http11()).await;
     assert!(!keep && out.ends_with("\r\n\r\ntoo"), "{out}");
+}
+
+#[test]
+fn chunk_lines_are_strict() {
+    use crate::upstream::h1::parse_chunk_size;
+    assert_eq!(parse_chunk_size(b"1f\r\n").unwrap(), Some((4, 31)));
+    assert_eq!(parse_chunk_size(b"3 ;name=value\r\n").unwrap(), Some((15, 3)), "white space before an extension");
+    assert_eq!(parse_chunk_size(b"3;a=\"q s\"\r\n").unwrap(), Some((11, 3)));
+    for bad in [&b"3 \r\n"[..], b"3;a\rb\r\n", b"3;a\x00\r\n", b"3;\x7f\r\n", b"3;\xff\r\n", b"3\n", b" 3\r\n", b"\r\n"]
+    {
+        assert!(parse_chunk_size(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+    }
+    assert!(parse_chunk_size(b"1000000000000000\r\n").is_err(), "sizes past 15 hex digits");
+    let mut framing = Framing::Chunked(crate::upstream::h1::Chunk::Trailers);
+    let mut buf = BytesMut::from(&b"X-T: 1\n\n"[..]);
+    assert!(decode(&mut framing, &mut buf, false).is_err(), "trailer lines end in CRLF");
+}
+
+#[tokio::test]
+async fn a_closing_connection_cuts_off_a_body_still_being_read() {
+    use http_body_util::BodyExt;
+    let (link, client) = link_with(b"");
+    let mut body = Body { link: link.clone(), framing: Framing::Length(5) };
+    let reader = tokio::spawn(async move { body.frame().await.map(|f| f.is_err()) });
+    tokio::task::yield_now().await;
+    close(&link).await;
+    assert_eq!(reader.await.unwrap(), Some(true), "the reader gets an error, not a hang");
+    // And the stream itself is closed: the client sees the end of it.
+    drop(link);
+    let mut client = client;
+    let mut rest = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut client, &mut rest).await.unwrap();
+    assert!(rest.is_empty());
 }
