@@ -230,7 +230,8 @@ async fn run(
                 authority: origin,
                 client_cert: conn.tls.as_ref().and_then(|t| t.client_cert.as_ref()),
             };
-            let principal = a.authenticate(&parts, &cx).await?;
+            // Boxed for the same reason as the upstream exchange.
+            let principal = Box::pin(a.authenticate(&parts, &cx)).await?;
             if !passthrough {
                 a.scrub(&mut parts);
             }
@@ -473,7 +474,7 @@ async fn forward(
     authority: &RequestAuthority,
 ) -> Result<Response<ResponseBody>, Problem> {
     // An HTTP/1.1 protocol upgrade (WebSocket) is relayed as a byte stream after the 101.
-    let upgrade = upgrade_request(&parts);
+    let upgrade = if present.any(headers::Present::UPGRADE) { upgrade_request(&parts) } else { None };
     let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<crate::server::OnUpgrade>());
 
     headers::strip_hop_by_hop(&mut parts.headers, present);
@@ -502,13 +503,17 @@ async fn forward(
         Target::Echo => {
             added.insert_into(&mut parts.headers);
             parts.uri = http::Uri::from(path);
-            return crate::echo::respond(Request::from_parts(parts, body)).await;
+            return Box::pin(crate::echo::respond(Request::from_parts(parts, body))).await;
         }
         Target::Upstream(u) => u,
     };
 
     let started = Instant::now();
-    let result = upstream.send(Request::from_parts(parts, body), &added, path, route.timeout, upgrade.is_some()).await;
+    // Boxed: each enclosing future (this one, the pipeline's, the connection's) would
+    // otherwise hold the exchange's ~3 KiB state and copy it when created, on every request
+    // (measured: a fifth of the memcpy per request); one move into a box is cheaper.
+    let result =
+        Box::pin(upstream.send(Request::from_parts(parts, body), &added, path, route.timeout, upgrade.is_some())).await;
     let took = started.elapsed();
     ctx.upstream_elapsed = Some(took);
     route.metrics.upstream(took);

@@ -18,7 +18,7 @@
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
-use std::io::{self, Write as _};
+use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -749,7 +749,9 @@ async fn respond(
     if framing == OutFraming::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     } else if let Some(n) = length {
-        let _ = write!(out, "content-length: {n}\r\n");
+        out.extend_from_slice(b"content-length: ");
+        decimal(&mut out, n);
+        out.extend_from_slice(b"\r\n");
     }
     if switching {
         out.extend_from_slice(b"connection: upgrade\r\n");
@@ -837,7 +839,8 @@ async fn write_body(link: &Link, body: &mut ResponseBody, framing: OutFraming, o
                         left -= data.len() as u64;
                     }
                     if framing == OutFraming::Chunked {
-                        let _ = write!(out, "{:x}\r\n", data.len());
+                        hex(out, data.len());
+                        out.extend_from_slice(b"\r\n");
                     }
                     if data.len() >= COPY_LIMIT {
                         write_all(link, out).await?;
@@ -939,6 +942,37 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in decimal (without `fmt`'s machinery: a sixth of a response's own cost).
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `n` in lower-case hexadecimal.
+fn hex(out: &mut Vec<u8>, n: usize) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = n as u64;
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// A `Date` field for now, formatted once per second per worker.

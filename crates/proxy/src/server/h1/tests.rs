@@ -118,6 +118,20 @@ fn bad_heads_are_refused_not_panicked_on() {
 }
 
 #[test]
+fn numbers_are_written_as_fmt_would() {
+    for n in [0u64, 1, 9, 10, 99, 12345, u64::MAX] {
+        let mut out = Vec::new();
+        decimal(&mut out, n);
+        assert_eq!(out, n.to_string().as_bytes());
+    }
+    for n in [0usize, 1, 15, 16, 255, 0xabcdef, usize::MAX] {
+        let mut out = Vec::new();
+        hex(&mut out, n);
+        assert_eq!(out, format!("{n:x}").as_bytes());
+    }
+}
+
+#[test]
 fn response_lengths_and_tokens() {
     assert_eq!(parse_length(b"0"), Some(0));
     assert_eq!(parse_length(b"123"), Some(123));
