@@ -138,7 +138,8 @@ pub fn install() -> impl Future<Output = ()> {
 pub fn now() -> Instant {
     WHEEL
         .with(|w| w.borrow().as_ref().map(|wheel| wheel.epoch + Duration::from_millis(wheel.now)))
-        .unwrap_or_else(Instant::now)
+        // tokio's clock: the same as the system's, except in tests that pause time.
+        .unwrap_or_else(|| tokio::time::Instant::now().into_std())
 }
 
 /// A sleep on the coarse wheel, or on tokio's timer where there is no wheel.

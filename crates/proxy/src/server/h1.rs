@@ -75,6 +75,8 @@ const POOLED: usize = 256;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The interim response to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// Longest wait for a client to take any of a response before it is cut off.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for a client to stop sending after its connection is closed on it.
 const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes read and dropped while lingering.
@@ -877,21 +879,39 @@ async fn write_body(link: &Link, body: &mut ResponseBody, framing: OutFraming, o
     }
 }
 
-/// Writes all of `data` (after any `100 Continue` still partly unsent) and flushes.
+/// Writes all of `data` (after any `100 Continue` still partly unsent) and flushes. A client
+/// that takes none of it for [`SEND_TIMEOUT`] is cut off (a slow reader would otherwise hold
+/// the connection, and an upstream connection with it, for as long as it likes); the timer is
+/// armed only once a write has to wait.
 async fn write_all(link: &Link, data: &[u8]) -> io::Result<()> {
     let mut at = 0;
+    let mut stalled: Option<(usize, crate::timer::Sleep)> = None;
     poll_fn(|cx| {
         let mut guard = lock(link);
         let sh = &mut *guard;
-        ready!(sh.poll_continue(cx))?;
-        while at < data.len() {
-            let n = ready!(Pin::new(&mut sh.io).poll_write(cx, &data[at..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        let written = (|| {
+            ready!(sh.poll_continue(cx))?;
+            while at < data.len() {
+                let n = ready!(Pin::new(&mut sh.io).poll_write(cx, &data[at..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                at += n;
             }
-            at += n;
+            Pin::new(&mut sh.io).poll_flush(cx)
+        })();
+        if written.is_pending() {
+            // Progress restarts the clock.
+            if stalled.as_ref().is_none_or(|(from, _)| *from != at) {
+                stalled = Some((at, crate::timer::Sleep::until(crate::timer::now() + SEND_TIMEOUT)));
+            }
+            if let Some((_, sleep)) = stalled.as_mut()
+                && Pin::new(sleep).poll(cx).is_ready()
+            {
+                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+            }
         }
-        Pin::new(&mut sh.io).poll_flush(cx)
+        written
     })
     .await
 }
@@ -911,7 +931,8 @@ async fn close(link: &Link) {
         }
         !sh.body_done
     };
-    if poll_fn(|cx| Pin::new(&mut lock(link).io).poll_shutdown(cx)).await.is_err() || !linger {
+    let shutdown = crate::timer::timeout(LINGER, poll_fn(|cx| Pin::new(&mut lock(link).io).poll_shutdown(cx))).await;
+    if !matches!(shutdown, Ok(Ok(()))) || !linger {
         lock(link).io = Box::new(Detached);
         return;
     }

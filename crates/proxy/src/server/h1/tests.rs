@@ -307,3 +307,30 @@ async fn a_closing_connection_cuts_off_a_body_still_being_read() {
     tokio::io::AsyncReadExt::read_to_end(&mut client, &mut rest).await.unwrap();
     assert!(rest.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_reads_nothing_is_cut_off() {
+    let (link, _client) = link_with(b"");
+    let started = tokio::time::Instant::now();
+    // Far more than the in-memory stream holds; the client never reads.
+    let err = write_all(&link, &vec![b'x'; 256 * 1024]).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(started.elapsed() >= SEND_TIMEOUT, "{:?}", started.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
+    use tokio::io::AsyncReadExt;
+    let (link, mut client) = link_with(b"");
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        let mut buf = [0u8; 16 * 1024];
+        while got < 256 * 1024 {
+            // Less than the send timeout between reads, much longer in all.
+            tokio::time::sleep(SEND_TIMEOUT / 2).await;
+            got += client.read(&mut buf).await.unwrap();
+        }
+    });
+    write_all(&link, &vec![b'x'; 256 * 1024]).await.unwrap();
+    reader.await.unwrap();
+}
