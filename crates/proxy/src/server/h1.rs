@@ -533,6 +533,10 @@ enum Read {
 /// Waits for the next request head, holding no buffer while nothing arrives.
 async fn read_head(link: &Link, settings: &Settings, first: bool) -> Read {
     let mut sleep: Option<crate::timer::Sleep> = None;
+    // After a first parse found the head incomplete: how far the buffer has been searched
+    // for the blank line that ends a head. Parsing again only once one has arrived keeps a
+    // head sent a byte at a time from costing a parse of the whole head per byte.
+    let mut searched: Option<usize> = None;
     poll_fn(|cx| {
         let mut guard = lock(link);
         let sh = &mut *guard;
@@ -545,7 +549,13 @@ async fn read_head(link: &Link, settings: &Settings, first: bool) -> Read {
                 if sh.buf.len() >= PREFACE.len() {
                     return Poll::Ready(Read::Http2);
                 }
+            } else if searched.is_some_and(|from| !has_head_end(&sh.buf[from.saturating_sub(3)..])) {
+                searched = Some(sh.buf.len());
+                if sh.buf.len() > settings.max_head {
+                    return Poll::Ready(Read::Refused(oversized(&sh.buf, settings.max_head)));
+                }
             } else {
+                searched = Some(sh.buf.len());
                 match parse(&mut sh.buf, settings) {
                     Ok(Some(head)) => return Poll::Ready(Read::Head(Box::new(head))),
                     Ok(None) if sh.buf.len() > settings.max_head => {
@@ -575,6 +585,15 @@ async fn read_head(link: &Link, settings: &Settings, first: bool) -> Read {
         }
     })
     .await
+}
+
+/// Whether `bytes` hold the blank line that ends a head (`\n\r\n` or, leniently as
+/// httparse, `\n\n`).
+fn has_head_end(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (bytes.get(i + 1) == Some(&b'\n') || bytes.get(i + 1..i + 3) == Some(b"\r\n")))
 }
 
 /// How a response was delimited on the wire.

@@ -334,3 +334,43 @@ async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
     write_all(&link, &vec![b'x'; 256 * 1024]).await.unwrap();
     reader.await.unwrap();
 }
+
+#[test]
+fn the_end_of_a_head_is_found() {
+    assert!(has_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+    assert!(has_head_end(b"\n\n"));
+    assert!(has_head_end(b"x\n\r\n"));
+    assert!(!has_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+    assert!(!has_head_end(b"\n\r"));
+}
+
+#[tokio::test]
+async fn a_head_sent_a_byte_at_a_time_is_read_whole() {
+    use tokio::io::AsyncWriteExt;
+    let (link, mut client) = link_with(b"");
+    let head = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok";
+    let writer = tokio::spawn(async move {
+        for b in head {
+            client.write_all(&[*b]).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        client
+    });
+    let Read::Head(h) = read_head(&link, &settings(), true).await else { panic!("no head") };
+    assert_eq!(h.parts.uri, "/a");
+    assert!(matches!(h.framing, Framing::Length(2)));
+    let _client = writer.await.unwrap();
+    // And one larger than the limit, a byte at a time, is refused once it passes the limit.
+    let (link, mut client) = link_with(b"");
+    tokio::spawn(async move {
+        let _ = client.write_all(b"GET / HTTP/1.1\r\n").await;
+        for _ in 0..2000 {
+            if client.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+        client
+    });
+    let Read::Refused(p) = read_head(&link, &settings(), true).await else { panic!("not refused") };
+    assert_eq!(p.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+}
