@@ -182,6 +182,18 @@ impl Body for ResponseBody {
     }
 }
 
+/// Puts an upstream response's fields, kept as they came by the lean client, into the
+/// response's header map (for writers that need a map: HTTP/2).
+pub fn materialize_head(resp: http::Response<ResponseBody>) -> http::Response<ResponseBody> {
+    let (mut parts, mut body) = resp.into_parts();
+    if let ResponseBody::Lean(lean) = &mut body
+        && let Some(head) = lean.take_head()
+    {
+        head.append_to(&mut parts.headers);
+    }
+    http::Response::from_parts(parts, body)
+}
+
 /// Whether `err` (or anything it wraps) is the request body exceeding its size limit.
 pub fn is_body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(err);

@@ -135,7 +135,10 @@ async fn serve_h2(io: Rewind, rt: &Runtime, info: Arc<ConnInfo>, runtime: Arc<Ar
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let rt = runtime.load_full();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(rt, info, req.map(ClientBody::Http2)).await) }
+        async move {
+            let resp = pipeline::handle(rt, info, req.map(ClientBody::Http2)).await;
+            Ok::<_, Infallible>(crate::body::materialize_head(resp))
+        }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     if let Err(e) = crate::drain::track(conn, |c| c.graceful_shutdown()).await {

@@ -722,7 +722,15 @@ async fn respond(
         || !body_done
         || crate::drain::draining()
         || parts.headers.get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close"));
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes()));
+    // An upstream's fields as they came (the lean client's), else the map's.
+    let raw = match &mut body {
+        ResponseBody::Lean(lean) => lean.take_head(),
+        _ => None,
+    };
+    let declared = match &raw {
+        Some(raw) => raw.length(),
+        None => parts.headers.get(header::CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes())),
+    };
     let bodiless = reply.head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -750,13 +758,21 @@ async fn respond(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(raw) = &raw {
+        for (name, value) in raw.fields() {
+            // A field the gateway set (the request id) replaces the upstream's.
+            if !parts.headers.keys().any(|k| k.as_str().as_bytes().eq_ignore_ascii_case(name)) {
+                field(&mut out, name, value);
+            }
+        }
+    }
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::CONNECTION {
             continue;
         }
         field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !raw.as_ref().is_some_and(|r| r.has_date()) && !parts.headers.contains_key(header::DATE) {
         date(&mut out);
     }
     // The body's length; for HEAD and 304 the one the upstream declared (that of the body

@@ -22,7 +22,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -174,11 +174,12 @@ pub async fn send(
         other => other,
     }
     .map(|(resp, conn, framing, reusable)| {
-        let mut body = LeanBody { conn: Some(conn), framing, reusable, pool: pool.clone() };
+        let (parts, head) = resp.into_parts();
+        let mut body = LeanBody { conn: Some(conn), framing, reusable, pool: pool.clone(), head: Some(head) };
         if matches!(body.framing, Framing::Length(0)) {
             body.finish();
         }
-        resp.map(|()| body)
+        Response::from_parts(parts, body)
     })
 }
 
@@ -186,7 +187,7 @@ fn is_idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
-type Exchange = (Response<()>, Conn, Framing, bool);
+type Exchange = (Response<RawHead>, Conn, Framing, bool);
 
 async fn exchange(
     mut conn: Conn,
@@ -318,7 +319,7 @@ fn early_answer(read: io::Result<usize>) -> Result<bool, Error> {
 }
 
 /// Reads and parses the response head, skipping interim (1xx) responses.
-async fn read_head(conn: &mut Conn, method: &Method) -> Result<(Response<()>, Framing, bool), Error> {
+async fn read_head(conn: &mut Conn, method: &Method) -> Result<(Response<RawHead>, Framing, bool), Error> {
     let mut got_any = !conn.buf.is_empty();
     loop {
         if !conn.buf.is_empty() {
@@ -342,7 +343,7 @@ async fn read_head(conn: &mut Conn, method: &Method) -> Result<(Response<()>, Fr
 
 enum Parsed {
     Interim,
-    Final((Response<()>, Framing, bool)),
+    Final((Response<RawHead>, Framing, bool)),
 }
 
 /// Where the fields of a head are: name start and end, value start and end.
@@ -382,52 +383,123 @@ fn parse_head(buf: &mut BytesMut, at: &mut FieldOffsets, method: &Method) -> Res
         at.push((name, name + h.name.len(), value, value + h.value.len()));
     }
     let head = buf.split_to(head_len).freeze();
-    let mut headers = HeaderMap::with_capacity(at.len());
+    // The fields passed on stay where they are, in the head's bytes (httparse has checked
+    // their names and values): building a header map of them and writing it out again cost a
+    // fifth of a proxied request. A map is made only where one is needed (HTTP/2 clients).
+    let mut fields = Vec::with_capacity(at.len());
     let mut facts = Facts::default();
     for &(ns, ne, vs, ve) in at.iter() {
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| protocol("invalid upstream header name"))?;
+        let name = &head[ns..ne];
         let raw = &head[vs..ve];
-        if name == CONNECTION {
-            facts.connection(raw);
-            continue;
+        match classify(name) {
+            Field::Connection => facts.connection(raw),
+            Field::TransferEncoding => facts.transfer_encoding(raw),
+            Field::HopByHop => {}
+            Field::ContentLength => facts.content_length(raw)?,
+            Field::Date => {
+                facts.date = true;
+                fields.push([ns, ne, vs, ve].map(|o| o as u32));
+            }
+            Field::Other => fields.push([ns, ne, vs, ve].map(|o| o as u32)),
         }
-        if name == TRANSFER_ENCODING {
-            facts.transfer_encoding(raw);
-            continue;
-        }
-        if is_hop_by_hop(&name) {
-            continue;
-        }
-        if name == CONTENT_LENGTH {
-            facts.content_length(raw)?;
-        }
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| protocol("invalid upstream header value"))?;
-        headers.append(name, value);
     }
-    for extra in facts.named.drain(..) {
-        headers.remove(&extra);
+    if !facts.named.is_empty() {
+        fields.retain(|f| {
+            let name = &head[f[0] as usize..f[1] as usize];
+            !facts.named.iter().any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+        });
     }
 
     let keep_alive = version == Version::HTTP_11 && !facts.close;
     let (framing, unambiguous) = facts.framing(method, status)?;
-    if facts.chunked || facts.te {
-        // The body is decoded here and framed anew towards the client.
-        headers.remove(CONTENT_LENGTH);
-    }
-    let mut resp = Response::new(());
+    // A chunked body is decoded here and framed anew towards the client: its length field
+    // (if any) is not passed on.
+    let length = if facts.chunked || facts.te { None } else { facts.length };
+    let mut resp = Response::new(RawHead { head, fields, length, date: facts.date });
     *resp.status_mut() = status;
     *resp.version_mut() = Version::HTTP_11;
-    *resp.headers_mut() = headers;
     Ok(Some(Parsed::Final((resp, framing, keep_alive && unambiguous))))
 }
 
-/// Hop-by-hop fields other than `Connection` and `Transfer-Encoding`, which are read.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    // Their first letters, before comparing whole names.
-    matches!(n.as_bytes().first(), Some(b'k' | b'p' | b't' | b'u'))
-        && matches!(n, "keep-alive" | "proxy-connection" | "te" | "upgrade" | "proxy-authenticate" | "trailer")
+/// The fields of an upstream's response head that are passed on, as they came: offsets into
+/// the head's bytes. The framing fields are not among them (the body is framed anew); its
+/// declared length is kept apart.
+#[derive(Debug)]
+pub struct RawHead {
+    head: Bytes,
+    /// Name start, name end, value start, value end.
+    fields: Vec<[u32; 4]>,
+    length: Option<u64>,
+    date: bool,
+}
+
+impl RawHead {
+    /// The `Content-Length` the upstream declared (for a body passed on with its length).
+    pub fn length(&self) -> Option<u64> {
+        self.length
+    }
+
+    /// Whether the upstream sent a `Date`.
+    pub fn has_date(&self) -> bool {
+        self.date
+    }
+
+    /// The fields, as `(name, value)`.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields.iter().map(|f| {
+            let [ns, ne, vs, ve] = f.map(|o| o as usize);
+            (&self.head[ns..ne], &self.head[vs..ve])
+        })
+    }
+
+    /// Adds the fields (and the declared length) to `map`, except those `map` already has a
+    /// value for (set by the gateway, which wins).
+    pub fn append_to(&self, map: &mut HeaderMap) {
+        let preset: Vec<HeaderName> = map.keys().cloned().collect();
+        for f in &self.fields {
+            let [ns, ne, vs, ve] = f.map(|o| o as usize);
+            let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(&self.head[ns..ne]), HeaderValue::from_maybe_shared(self.head.slice(vs..ve)))
+            else {
+                continue;
+            };
+            if !preset.contains(&name) {
+                map.append(name, value);
+            }
+        }
+        if let Some(n) = self.length
+            && !preset.contains(&CONTENT_LENGTH)
+        {
+            map.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+}
+
+/// What a response field is to the client, by its name (case-insensitively).
+enum Field {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    Date,
+    /// Another hop-by-hop field (RFC 9110 §7.6.1): not passed on.
+    HopByHop,
+    Other,
+}
+
+fn classify(name: &[u8]) -> Field {
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 if is(b"te") => Field::HopByHop,
+        4 if is(b"date") => Field::Date,
+        7 if is(b"upgrade") || is(b"trailer") => Field::HopByHop,
+        10 if is(b"connection") => Field::Connection,
+        10 if is(b"keep-alive") => Field::HopByHop,
+        14 if is(b"content-length") => Field::ContentLength,
+        16 if is(b"proxy-connection") => Field::HopByHop,
+        17 if is(b"transfer-encoding") => Field::TransferEncoding,
+        18 if is(b"proxy-authenticate") => Field::HopByHop,
+        _ => Field::Other,
+    }
 }
 
 /// What the framing and connection fields of a response head said.
@@ -439,6 +511,8 @@ struct Facts {
     close: bool,
     /// Fields named in `Connection` options (RFC 9110 §7.6.1), to be removed.
     named: Vec<HeaderName>,
+    /// A `Date` field is there.
+    date: bool,
 }
 
 impl Facts {
@@ -523,9 +597,16 @@ pub struct LeanBody {
     framing: Framing,
     reusable: bool,
     pool: Arc<IdlePool>,
+    /// The response head's fields, until the response's writer takes them.
+    head: Option<RawHead>,
 }
 
 impl LeanBody {
+    /// The upstream's response fields, passed on as they came (once).
+    pub fn take_head(&mut self) -> Option<RawHead> {
+        self.head.take()
+    }
+
     fn finish(&mut self) {
         self.framing = Framing::Done;
         if let Some(conn) = self.conn.take()

@@ -101,7 +101,13 @@ async fn call(
 ) -> Result<Response<LeanBody>, Error> {
     let (mut req, path) = get(path);
     *req.method_mut() = method;
-    send(pool, &script.authority, Duration::from_secs(2), req, &Added::default(), None, &path).await
+    // The fields as a map, as an HTTP/2 client would get them.
+    let resp = send(pool, &script.authority, Duration::from_secs(2), req, &Added::default(), None, &path).await?;
+    let (mut parts, mut body) = resp.into_parts();
+    if let Some(head) = body.take_head() {
+        head.append_to(&mut parts.headers);
+    }
+    Ok(Response::from_parts(parts, body))
 }
 
 async fn body(resp: Response<LeanBody>) -> (Vec<u8>, Option<HeaderMap>) {
@@ -377,4 +383,33 @@ impl Body for EndlessBody {
     fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))))
     }
+}
+
+#[tokio::test]
+async fn response_fields_pass_on_as_they_came_and_the_gateways_win() {
+    let s = scripted(vec![Answer(
+        b"HTTP/1.1 200 OK\r\nX-Request-Id: upstream\r\nContent-Type: text/plain\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nTE: trailers\r\nDate: Sun, 29 Nov 2026 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok",
+    )])
+    .await;
+    let p = pool();
+    let (req, path) = get("/");
+    let resp = send(&p, &s.authority, Duration::from_secs(2), req, &Added::default(), None, &path).await.unwrap();
+    let (mut parts, mut lean) = resp.into_parts();
+    let head = lean.take_head().expect("the head's fields");
+    assert!(lean.take_head().is_none(), "taken once");
+    let fields: Vec<(String, String)> = head
+        .fields()
+        .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["X-Request-Id", "Content-Type", "Date"], "framing and hop-by-hop fields are not passed on");
+    assert_eq!(head.length(), Some(2));
+    assert!(head.has_date());
+    // As a map (for HTTP/2), a field the gateway set keeps the gateway's value.
+    parts.headers.insert("x-request-id", HeaderValue::from_static("gateway"));
+    head.append_to(&mut parts.headers);
+    assert_eq!(parts.headers.get_all("x-request-id").iter().collect::<Vec<_>>(), ["gateway"]);
+    assert_eq!(parts.headers["content-type"], "text/plain");
+    assert_eq!(parts.headers["content-length"], "2");
+    assert!(parts.headers.get("x-hop").is_none() && parts.headers.get("te").is_none());
 }
