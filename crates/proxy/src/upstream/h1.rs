@@ -78,7 +78,7 @@ pub struct Conn {
 /// recently used last.
 #[derive(Debug)]
 pub struct IdlePool {
-    slots: Box<[Mutex<VecDeque<Conn>>]>,
+    slots: Box<[Mutex<VecDeque<Box<Conn>>>]>,
     idle_timeout: Duration,
     max_idle: usize,
 }
@@ -89,13 +89,13 @@ impl IdlePool {
         IdlePool { slots: (0..=workers).map(|_| Mutex::new(VecDeque::new())).collect(), idle_timeout, max_idle }
     }
 
-    fn slot(&self) -> &Mutex<VecDeque<Conn>> {
+    fn slot(&self) -> &Mutex<VecDeque<Box<Conn>>> {
         &self.slots[crate::listener::worker_slot().min(self.slots.len() - 1)]
     }
 
     /// A live idle connection, if there is one. Expired ones and ones the upstream closed
     /// are dropped on the way.
-    fn checkout(&self) -> Option<Conn> {
+    fn checkout(&self) -> Option<Box<Conn>> {
         // Only this worker touches its slot: the lock is never contended.
         let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
         let now = crate::timer::now();
@@ -118,7 +118,7 @@ impl IdlePool {
         None
     }
 
-    fn checkin(&self, mut conn: Conn) {
+    fn checkin(&self, mut conn: Box<Conn>) {
         conn.idle_since = crate::timer::now();
         let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.max_idle {
@@ -127,7 +127,9 @@ impl IdlePool {
     }
 }
 
-async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, Error> {
+/// Connections are boxed: one allocation per connection, and the request and response
+/// futures and bodies that carry one move a pointer instead of the whole state.
+async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, Error> {
     let host = authority.host().trim_start_matches('[').trim_end_matches(']');
     let port = authority.port_u16().unwrap_or(80);
     let io = crate::timer::timeout(timeout, TcpStream::connect((host, port)))
@@ -135,14 +137,14 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, Error
         .map_err(|_| Error::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
         .map_err(Error::Connect)?;
     let _ = io.set_nodelay(true);
-    Ok(Conn {
+    Ok(Box::new(Conn {
         io,
         buf: BytesMut::with_capacity(READ_CHUNK),
         out: Vec::with_capacity(1024),
         fields: Vec::with_capacity(32),
         idle_since: crate::timer::now(),
         reused: false,
-    })
+    }))
 }
 
 /// Sends `req` to `authority` (requesting `path`) and returns once the response head is in.
@@ -187,10 +189,10 @@ fn is_idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
-type Exchange = (Response<RawHead>, Conn, Framing, bool);
+type Exchange = (Response<RawHead>, Box<Conn>, Framing, bool);
 
 async fn exchange(
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     method: &Method,
     path: &PathAndQuery,
     headers: &HeaderMap,
@@ -341,6 +343,9 @@ async fn read_head(conn: &mut Conn, method: &Method) -> Result<(Response<RawHead
     }
 }
 
+// Returned once per response and matched at once: boxing the large variant would cost an
+// allocation per response for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     Interim,
     Final((Response<RawHead>, Framing, bool)),
@@ -593,7 +598,7 @@ pub enum Chunk {
 /// At its complete end the connection goes back to the idle pool.
 #[derive(Debug)]
 pub struct LeanBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     framing: Framing,
     reusable: bool,
     pool: Arc<IdlePool>,
