@@ -252,7 +252,9 @@ impl Upstream {
         let host = (!self.preserve_host).then_some(&ep.host);
         let result = match (&ep.lean, upgrade) {
             (Some(pool), false) => {
-                let exchange = h1::send(pool, &ep.authority, self.connect_timeout, req, added, host, &path);
+                // Boxed: the futures that wait on this one stay small, so creating them (on
+                // every request) copies less.
+                let exchange = Box::pin(h1::send(pool, &ep.authority, self.connect_timeout, req, added, host, &path));
                 match crate::timer::timeout(timeout, exchange).await {
                     Err(_) => Err(Failure::Timeout),
                     Ok(Ok(resp)) => Ok(resp.map(ResponseBody::Lean)),
