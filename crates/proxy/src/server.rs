@@ -43,6 +43,8 @@ impl Io for TcpStream {
 
 impl Io for tokio_rustls::server::TlsStream<TcpStream> {}
 
+/// In-memory streams, for the codec's tests.
+#[cfg(test)]
 impl Io for tokio::io::DuplexStream {}
 
 /// A connection's stream with bytes already read from it put back in front: the input a
@@ -123,8 +125,7 @@ pub async fn serve(io: Box<dyn Io>, h2: bool, rt: &Runtime, info: Arc<ConnInfo>,
     if h2 && rt.h2.is_some() {
         return serve_h2(Rewind::new(Bytes::new(), io), rt, info, runtime).await;
     }
-    let settings = h1::Settings { http2: rt.h2.is_some(), ..rt.h1 };
-    let h1 = h1::serve(io, settings, info.clone(), runtime.clone());
+    let h1 = h1::serve(io, rt.h1, info.clone(), runtime.clone());
     if let Some(h1::Switch::Http2(stream)) = crate::drain::track(h1, |_| {}).await {
         serve_h2(stream, rt, info, runtime).await;
     }

@@ -37,7 +37,7 @@ use super::{Io, Rewind};
 use crate::body::{BoxError, ClientBody, ResponseBody};
 use crate::pipeline::{self, ConnInfo};
 use crate::runtime::Runtime;
-use crate::upstream::h1::{Decoded, Framing, decode};
+use crate::upstream::h1::{Decoded, Framing, LengthError, content_length, decode};
 
 /// How the codec treats a connection's requests.
 #[derive(Clone, Copy, Debug)]
@@ -301,8 +301,6 @@ fn oversized(buf: &[u8], max_head: usize) -> Problem {
 #[derive(Default)]
 struct Facts {
     length: Option<u64>,
-    /// Content-Length values seen (fields or list members).
-    lengths: usize,
     /// Transfer codings, in order, across all `Transfer-Encoding` fields.
     codings: usize,
     chunked_at: Option<usize>,
@@ -314,19 +312,10 @@ struct Facts {
 
 impl Facts {
     fn content_length(&mut self, raw: &[u8]) -> Result<(), Problem> {
-        let bad = || Problem::bad_request("bad_content_length", "invalid Content-Length");
-        for part in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            if part.is_empty() || part.len() > 18 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(bad());
-            }
-            let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-            if self.length.is_some_and(|l| l != n) {
-                return Err(Problem::bad_request("bad_content_length", "conflicting Content-Length values"));
-            }
-            self.length = Some(n);
-            self.lengths += 1;
-        }
-        Ok(())
+        content_length(raw, 18, &mut self.length).map_err(|e| match e {
+            LengthError::Invalid => Problem::bad_request("bad_content_length", "invalid Content-Length"),
+            LengthError::Conflicting => Problem::bad_request("bad_content_length", "conflicting Content-Length values"),
+        })
     }
 
     fn transfer_encoding(&mut self, raw: &[u8]) {
@@ -357,7 +346,7 @@ impl Facts {
             if version == Version::HTTP_10 {
                 return Err(Problem::bad_request("bad_transfer_encoding", "Transfer-Encoding in an HTTP/1.0 request"));
             }
-            if self.length.is_some() || self.lengths > 0 {
+            if self.length.is_some() {
                 return Err(Problem::bad_request(
                     "bad_transfer_encoding",
                     "a request may not carry both Transfer-Encoding and Content-Length",
@@ -504,17 +493,17 @@ pub fn parse_requests(bytes: &[u8], settings: &Settings) -> Result<Vec<(Head, Ve
     while let Some(head) = parse(&mut buf, settings)? {
         let mut framing = head.framing;
         let mut body = Vec::new();
-        loop {
+        let complete = loop {
             match decode(&mut framing, &mut buf, false) {
                 Ok(Decoded::Data(d)) => body.extend_from_slice(&d),
-                Ok(Decoded::Trailers(_) | Decoded::Done) => break,
-                Ok(Decoded::NeedMore) | Err(_) => {
-                    out.push((head, body));
-                    return Ok(out);
-                }
+                Ok(Decoded::Trailers(_) | Decoded::Done) => break true,
+                Ok(Decoded::NeedMore) | Err(_) => break false,
             }
-        }
+        };
         out.push((head, body));
+        if !complete {
+            break;
+        }
     }
     Ok(out)
 }
@@ -735,21 +724,15 @@ async fn respond(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let framing = if switching {
-        OutFraming::None
-    } else if let Some(n) = declared {
-        if bodiless { OutFraming::None } else { OutFraming::Length(n) }
-    } else if body.is_end_stream() {
-        if bodiless { OutFraming::None } else { OutFraming::Length(0) }
-    } else if let Some(n) = body.size_hint().exact() {
-        if bodiless { OutFraming::None } else { OutFraming::Length(n) }
-    } else if bodiless {
-        OutFraming::None
-    } else if reply.version == Version::HTTP_11 {
-        OutFraming::Chunked
-    } else {
-        close = true;
-        OutFraming::Close
+    let length_known = declared.or_else(|| body.is_end_stream().then_some(0)).or_else(|| body.size_hint().exact());
+    let framing = match length_known {
+        _ if switching || bodiless => OutFraming::None,
+        Some(n) => OutFraming::Length(n),
+        None if reply.version == Version::HTTP_11 => OutFraming::Chunked,
+        None => {
+            close = true;
+            OutFraming::Close
+        }
     };
 
     let mut out = take_write_buf();
@@ -822,8 +805,8 @@ async fn respond(
         let _ = tx.send(Rewind::new(rest, io));
         return After::Upgraded;
     }
-    let body_done = lock(link).body_done;
-    if close || !complete || !body_done || framing == OutFraming::Close {
+    // (An unfinished request body already made `close` true.)
+    if close || !complete || framing == OutFraming::Close {
         return After::Close;
     }
     After::KeepAlive
@@ -1050,12 +1033,11 @@ fn date(out: &mut Vec<u8>) {
     });
 }
 
-/// A `Content-Length` value: digits only.
+/// A `Content-Length` value the gateway set (digits, or a list of equal lengths).
 fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
+    let mut length = None;
+    content_length(v, 18, &mut length).ok()?;
+    length
 }
 
 fn has_token(list: &[u8], token: &[u8]) -> bool {

@@ -507,6 +507,32 @@ fn classify(name: &[u8]) -> Field {
     }
 }
 
+/// Why a `Content-Length` value was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LengthError {
+    /// Not a list of digits (at most the allowed number of them).
+    Invalid,
+    /// Members, or fields, that differ.
+    Conflicting,
+}
+
+/// Reads a `Content-Length` field value into `length`, which holds what earlier fields of
+/// the same message said. A list of equal lengths is one length (RFC 9110 §8.6); members
+/// of more than `max_digits` digits are refused before they could overflow.
+pub(crate) fn content_length(raw: &[u8], max_digits: usize, length: &mut Option<u64>) -> Result<(), LengthError> {
+    for part in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if part.is_empty() || part.len() > max_digits || !part.iter().all(u8::is_ascii_digit) {
+            return Err(LengthError::Invalid);
+        }
+        let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return Err(LengthError::Conflicting);
+        }
+        *length = Some(n);
+    }
+    Ok(())
+}
+
 /// What the framing and connection fields of a response head said.
 #[derive(Default)]
 struct Facts {
@@ -542,17 +568,10 @@ impl Facts {
     }
 
     fn content_length(&mut self, raw: &[u8]) -> Result<(), Error> {
-        for part in raw.split(|&b| b == b',').map(|t| t.trim_ascii()) {
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(protocol("invalid Content-Length"));
-            }
-            let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-            if self.length.is_some_and(|l| l != n) {
-                return Err(protocol("conflicting Content-Length values"));
-            }
-            self.length = Some(n);
-        }
-        Ok(())
+        content_length(raw, 19, &mut self.length).map_err(|e| match e {
+            LengthError::Invalid => protocol("invalid Content-Length"),
+            LengthError::Conflicting => protocol("conflicting Content-Length values"),
+        })
     }
 
     /// How the body is delimited (RFC 9112 §6.3), and whether that was unambiguous.
