@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_config::IssuerConfig;
-use portcullis_core::{AuthnMethod, Confirmation, Principal, PrincipalKind};
+use portcullis_core::{AuthnMethod, Claims, Confirmation, Principal, PrincipalKind};
 use portcullis_jose::{Algorithm, Jws, VerifyingKey};
 use serde_json::{Map, Value};
 
 use crate::AuthnError;
+use crate::claims::{Claim, TokenClaims};
 use crate::keys::{Key, KeyStore, Lookup};
 
 /// How long a request may wait for a refetch triggered by an unknown `kid`.
@@ -95,9 +96,23 @@ impl Issuer {
         self.store.as_ref().is_none_or(|s| s.ready())
     }
 
-    /// Verifies a parsed token whose claims name this issuer. Returns the principal and the
-    /// key that verified it (for the cache).
-    pub async fn verify(&self, jws: &Jws<'_>, claims: Map<String, Value>) -> Result<(Principal, Arc<Key>), AuthnError> {
+    /// Verifies a parsed token whose claims name this issuer. Returns the principal (its
+    /// claims included) and the key that verified it (for the cache).
+    pub async fn verify(&self, jws: Jws<'_>) -> Result<(Principal, Arc<Key>), AuthnError> {
+        let claims = TokenClaims::parse(&jws.payload).map_err(claims_error)?;
+        let (principal, key) = self.verify_parsed(&jws, &claims, unix_now()).await?;
+        drop(claims);
+        Ok((with_claims(principal, jws.payload), key))
+    }
+
+    /// [`Issuer::verify`] for claims already read, at time `now`; the principal has no
+    /// `claims` yet.
+    pub(crate) async fn verify_parsed(
+        &self,
+        jws: &Jws<'_>,
+        claims: &TokenClaims<'_>,
+        now: u64,
+    ) -> Result<(Principal, Arc<Key>), AuthnError> {
         let alg = jws.header.alg;
         if !self.algorithms.contains(&alg) {
             return Err(AuthnError::invalid(
@@ -112,7 +127,7 @@ impl Issuer {
         };
         key.verifier.verify(alg, jws.signing_input(), &jws.signature)?;
         self.check_type(jws.header.typ.as_deref())?;
-        let principal = self.check_claims(claims, unix_now())?;
+        let principal = self.check_claims(claims, now)?;
         Ok((principal, key))
     }
 
@@ -147,63 +162,144 @@ impl Issuer {
         if ok { Ok(()) } else { Err(AuthnError::invalid("typ_not_allowed", "the token type (typ) is not accepted")) }
     }
 
-    /// The claim rules, at time `now`.
-    pub fn check_claims(&self, claims: Map<String, Value>, now: u64) -> Result<Principal, AuthnError> {
-        let exp = numeric(&claims, "exp")?.ok_or_else(|| AuthnError::invalid("exp_missing", "the token has no exp"))?;
+    /// The claim rules, at time `now`. The principal returned has no `claims` yet.
+    pub(crate) fn check_claims(&self, claims: &TokenClaims<'_>, now: u64) -> Result<Principal, AuthnError> {
+        let exp =
+            numeric(&claims.exp, "exp")?.ok_or_else(|| AuthnError::invalid("exp_missing", "the token has no exp"))?;
         if now > exp.saturating_add(self.leeway) {
             return Err(AuthnError::invalid("token_expired", "the token has expired"));
         }
-        if let Some(nbf) = numeric(&claims, "nbf")?
+        if let Some(nbf) = numeric(&claims.nbf, "nbf")?
             && now.saturating_add(self.leeway) < nbf
         {
             return Err(AuthnError::invalid("token_not_yet_valid", "the token is not valid yet (nbf)"));
         }
-        let iat = numeric(&claims, "iat")?;
+        let iat = numeric(&claims.iat, "iat")?;
         if let Some(iat) = iat
             && iat > now.saturating_add(self.leeway)
         {
             return Err(AuthnError::invalid("iat_future", "the token is issued in the future (iat)"));
         }
-        let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => self.audiences.iter().any(|x| x == a),
-            Some(Value::Array(list)) => {
-                list.iter().any(|a| a.as_str().is_some_and(|a| self.audiences.iter().any(|x| x == a)))
-            }
+        let aud_ok = match &claims.aud {
+            Claim::Text(a) => self.audiences.iter().any(|x| x == a),
+            Claim::List(list) => list.iter().any(|a| self.audiences.iter().any(|x| x == a)),
             _ => false,
         };
         if !aud_ok {
             return Err(AuthnError::invalid("aud_mismatch", "the token is not meant for this audience (aud)"));
         }
         for c in &self.required_claims {
-            if !claims.contains_key(c) {
+            if !claims.has(c) {
                 return Err(AuthnError::invalid("claim_missing", format!("the token lacks the `{c}` claim")));
             }
         }
-        principal_from_claims(claims, AuthnMethod::Jwt, Some(self.issuer.clone()), Some(exp), iat)
+        build_principal(claims, AuthnMethod::Jwt, Some(self.issuer.clone()), Some(exp), iat)
     }
+}
+
+/// Why a token's claims were refused before any check.
+pub(crate) fn claims_error(e: portcullis_jose::Error) -> AuthnError {
+    match e {
+        portcullis_jose::Error::Duplicate(_) => AuthnError::from(e),
+        _ => AuthnError::invalid("token_malformed", "the token's claims are not a JSON object"),
+    }
+}
+
+/// `principal` with the claims it was read from (`payload`, already found to be one JSON
+/// object without repeated names).
+pub(crate) fn with_claims(mut principal: Principal, payload: Vec<u8>) -> Principal {
+    principal.claims = Some(Claims::from_json(payload));
+    principal
 }
 
 /// A NumericDate claim (RFC 7519 §2): a JSON number, possibly fractional, not negative.
-fn numeric(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, AuthnError> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f as u64)),
-            _ => Err(AuthnError::invalid("claim_malformed", format!("`{name}` is not a valid date"))),
-        },
-        Some(_) => Err(AuthnError::invalid("claim_malformed", format!("`{name}` is not a number"))),
+fn numeric(claim: &Claim<'_>, name: &'static str) -> Result<Option<u64>, AuthnError> {
+    match claim {
+        Claim::Absent => Ok(None),
+        Claim::Number(f) if f.is_finite() && *f >= 0.0 => Ok(Some(*f as u64)),
+        Claim::Number(_) => Err(AuthnError::invalid("claim_malformed", format!("`{name}` is not a valid date"))),
+        _ => Err(AuthnError::invalid("claim_malformed", format!("`{name}` is not a number"))),
     }
 }
 
-fn string_claim(claims: &Map<String, Value>, name: &'static str) -> Result<Option<Arc<str>>, AuthnError> {
-    match claims.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str().into())),
-        Some(_) => Err(AuthnError::invalid("claim_malformed", format!("`{name}` is not a string"))),
+/// Where a principal's fields are read from: a token's claims, or claims already in a map
+/// (an introspection answer, the gateway's own tokens).
+trait Source {
+    /// A string claim; `null` is no claim, anything else but a string is malformed.
+    fn text(&self, name: &'static str) -> Result<Option<Arc<str>>, AuthnError>;
+    /// Scopes: the words of a string, or the strings of an array.
+    fn scopes(&self, name: &'static str, out: &mut Vec<Arc<str>>);
+    /// The key the token is bound to (`cnf`).
+    fn confirmation(&self) -> Option<Confirmation>;
+}
+
+fn malformed_text(name: &str) -> AuthnError {
+    AuthnError::invalid("claim_malformed", format!("`{name}` is not a string"))
+}
+
+impl Source for TokenClaims<'_> {
+    fn text(&self, name: &'static str) -> Result<Option<Arc<str>>, AuthnError> {
+        let claim = match name {
+            "sub" => &self.sub,
+            "client_id" => &self.client_id,
+            "azp" => &self.azp,
+            "jti" => &self.jti,
+            _ => &Claim::Absent,
+        };
+        match claim {
+            Claim::Absent | Claim::Null => Ok(None),
+            Claim::Text(s) => Ok(Some(Arc::from(&**s))),
+            _ => Err(malformed_text(name)),
+        }
+    }
+
+    fn scopes(&self, name: &'static str, out: &mut Vec<Arc<str>>) {
+        match if name == "scope" { &self.scope } else { &self.scp } {
+            Claim::Text(s) => out.extend(s.split(' ').filter(|s| !s.is_empty()).map(Arc::from)),
+            Claim::List(l) => out.extend(l.iter().map(|s| Arc::from(&**s))),
+            _ => {}
+        }
+    }
+
+    fn confirmation(&self) -> Option<Confirmation> {
+        match &self.cnf {
+            Claim::Object { jkt, x5t_s256 } => {
+                Some(Confirmation { jkt: jkt.as_deref().map(Arc::from), x5t_s256: x5t_s256.as_deref().map(Arc::from) })
+            }
+            _ => None,
+        }
     }
 }
 
-/// A principal from token claims or an introspection response.
+impl Source for Map<String, Value> {
+    fn text(&self, name: &'static str) -> Result<Option<Arc<str>>, AuthnError> {
+        match self.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str().into())),
+            Some(_) => Err(malformed_text(name)),
+        }
+    }
+
+    fn scopes(&self, name: &'static str, out: &mut Vec<Arc<str>>) {
+        match self.get(name) {
+            Some(Value::String(s)) => out.extend(s.split(' ').filter(|s| !s.is_empty()).map(Arc::from)),
+            Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str).map(Arc::from)),
+            _ => {}
+        }
+    }
+
+    fn confirmation(&self) -> Option<Confirmation> {
+        match self.get("cnf") {
+            Some(Value::Object(cnf)) => Some(Confirmation {
+                jkt: cnf.get("jkt").and_then(Value::as_str).map(Arc::from),
+                x5t_s256: cnf.get("x5t#S256").and_then(Value::as_str).map(Arc::from),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A principal from claims in a map (an introspection response, the gateway's own tokens).
 pub fn principal_from_claims(
     claims: Map<String, Value>,
     method: AuthnMethod,
@@ -211,33 +307,34 @@ pub fn principal_from_claims(
     exp: Option<u64>,
     iat: Option<u64>,
 ) -> Result<Principal, AuthnError> {
-    let subject = string_claim(&claims, "sub")?;
-    let client_id = match string_claim(&claims, "client_id")? {
+    let mut p = build_principal(&claims, method, issuer, exp, iat)?;
+    p.claims = Some(Claims::from_map(claims));
+    Ok(p)
+}
+
+/// A principal's fields from its claims (which it does not hold yet).
+fn build_principal(
+    claims: &impl Source,
+    method: AuthnMethod,
+    issuer: Option<Arc<str>>,
+    exp: Option<u64>,
+    iat: Option<u64>,
+) -> Result<Principal, AuthnError> {
+    let subject = claims.text("sub")?;
+    let client_id = match claims.text("client_id")? {
         Some(c) => Some(c),
-        None => string_claim(&claims, "azp")?,
+        None => claims.text("azp")?,
     };
     let mut scopes: Vec<Arc<str>> = Vec::new();
-    match claims.get("scope") {
-        Some(Value::String(s)) => scopes.extend(s.split(' ').filter(|s| !s.is_empty()).map(Arc::from)),
-        Some(Value::Array(a)) => scopes.extend(a.iter().filter_map(Value::as_str).map(Arc::from)),
-        _ => {}
+    claims.scopes("scope", &mut scopes);
+    claims.scopes("scp", &mut scopes);
+    // Usually in order already.
+    if !scopes.is_sorted() {
+        scopes.sort_unstable();
     }
-    match claims.get("scp") {
-        Some(Value::String(s)) => scopes.extend(s.split(' ').filter(|s| !s.is_empty()).map(Arc::from)),
-        Some(Value::Array(a)) => scopes.extend(a.iter().filter_map(Value::as_str).map(Arc::from)),
-        _ => {}
-    }
-    scopes.sort();
     scopes.dedup();
-    let confirmation = match claims.get("cnf") {
-        Some(Value::Object(cnf)) => Some(Confirmation {
-            jkt: cnf.get("jkt").and_then(Value::as_str).map(Arc::from),
-            x5t_s256: cnf.get("x5t#S256").and_then(Value::as_str).map(Arc::from),
-        }),
-        _ => None,
-    };
     // A JWT-SVID names a workload by its SPIFFE ID in `sub`.
-    let spiffe_id = subject.as_deref().filter(|s| portcullis_core::spiffe::parse_id(s).is_some()).map(Arc::from);
+    let spiffe_id = subject.clone().filter(|s| portcullis_core::spiffe::parse_id(s).is_some());
     let kind = match (&subject, &client_id) {
         _ if spiffe_id.is_some() => PrincipalKind::Workload,
         (Some(s), Some(c)) if s == c => PrincipalKind::Client,
@@ -245,16 +342,15 @@ pub fn principal_from_claims(
         (None, _) => PrincipalKind::Client,
     };
     let mut p = Principal::new(kind, method);
-    p.token_id = string_claim(&claims, "jti")?;
+    p.token_id = claims.text("jti")?;
     p.subject = subject;
     p.client_id = client_id;
     p.issuer = issuer;
     p.scopes = scopes.into();
     p.expires_at = exp;
     p.issued_at = iat;
-    p.confirmation = confirmation;
+    p.confirmation = claims.confirmation();
     p.spiffe_id = spiffe_id;
-    p.claims = Some(Arc::new(claims));
     Ok(p)
 }
 
@@ -283,8 +379,10 @@ mod tests {
         Issuer::new(&cfg, None).unwrap()
     }
 
-    fn claims(v: Value) -> Map<String, Value> {
-        v.as_object().unwrap().clone()
+    /// The claim rules on `v`, read as a token's claims are.
+    fn check(i: &Issuer, v: Value, now: u64) -> Result<Principal, AuthnError> {
+        let text = v.to_string();
+        i.check_claims(&TokenClaims::parse(text.as_bytes()).unwrap(), now)
     }
 
     const NOW: u64 = 1_800_000_000;
@@ -292,7 +390,7 @@ mod tests {
     #[test]
     fn time_claims() {
         let i = issuer();
-        let ok = |v| i.check_claims(claims(v), NOW);
+        let ok = |v| check(&i, v, NOW);
         assert!(ok(json!({"exp": NOW + 10, "aud": "orders", "sub": "a"})).is_ok());
         assert!(ok(json!({"exp": NOW - 30, "aud": "orders", "sub": "a"})).is_ok(), "within leeway");
         let code = |v| ok(v).unwrap_err().code();
@@ -311,8 +409,8 @@ mod tests {
     #[test]
     fn audiences_and_required_claims() {
         let i = issuer();
-        let code = |v| i.check_claims(claims(v), NOW).unwrap_err().code();
-        assert!(i.check_claims(claims(json!({"exp": NOW + 9, "aud": ["x", "orders"], "sub": "a"})), NOW).is_ok());
+        let code = |v| check(&i, v, NOW).unwrap_err().code();
+        assert!(check(&i, json!({"exp": NOW + 9, "aud": ["x", "orders"], "sub": "a"}), NOW).is_ok());
         assert_eq!(code(json!({"exp": NOW + 9, "aud": ["x", "y"], "sub": "a"})), "aud_mismatch");
         assert_eq!(code(json!({"exp": NOW + 9, "aud": "Orders", "sub": "a"})), "aud_mismatch");
         assert_eq!(code(json!({"exp": NOW + 9, "sub": "a"})), "aud_mismatch");
@@ -322,12 +420,12 @@ mod tests {
 
     #[test]
     fn principals_from_claims() {
-        let p = issuer()
-            .check_claims(
-                claims(json!({"exp": NOW + 9, "iat": NOW, "aud": "orders", "sub": "alice", "azp": "web", "scope": "b a  a", "scp": ["c"], "jti": "j1", "cnf": {"jkt": "T"}})),
-                NOW,
-            )
-            .unwrap();
+        let p = check(
+            &issuer(),
+            json!({"exp": NOW + 9, "iat": NOW, "aud": "orders", "sub": "alice", "azp": "web", "scope": "b a  a", "scp": ["c"], "jti": "j1", "cnf": {"jkt": "T"}}),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(p.kind, PrincipalKind::User);
         assert_eq!(p.subject.as_deref(), Some("alice"));
         assert_eq!(p.client_id.as_deref(), Some("web"));

@@ -10,6 +10,7 @@
 
 pub mod apikey;
 pub mod cache;
+mod claims;
 pub mod dpop;
 mod error;
 pub mod extract;
@@ -25,7 +26,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use portcullis_config::{AuthMethod, Config, Invalid, IssuerConfig, RouteConfig, StateConfig};
 use portcullis_core::{AuthnMethod, Principal, Problem};
-use portcullis_jose::{HeaderPolicy, Jws, parse_object_no_duplicates};
+use portcullis_jose::{HeaderPolicy, Jws};
 use portcullis_state::State;
 
 pub use apikey::ApiKeys;
@@ -429,9 +430,9 @@ impl Authenticator {
         if token.len() > self.max_token_bytes {
             return Err(AuthnError::invalid("token_too_large", "the token is larger than accepted"));
         }
+        let now = jwt::unix_now();
         if !self.issuers.is_empty() {
             // Only verified JWTs are cached: a hit needs no further look at the token.
-            let now = jwt::unix_now();
             let cached =
                 VERIFIED.with(|c| c.borrow_mut().get(token, now, |o| self.issuers.iter().any(|i| Arc::ptr_eq(i, o))));
             if let Some(Some(p)) = cached {
@@ -440,15 +441,16 @@ impl Authenticator {
         }
         if !self.issuers.is_empty() && looks_like_jwt(token) {
             let jws = Jws::parse(token, HeaderPolicy::default())?;
-            let claims = parse_object_no_duplicates(&jws.payload).map_err(|e| match e {
-                portcullis_jose::Error::Duplicate(_) => AuthnError::from(e),
-                _ => AuthnError::invalid("token_malformed", "the token's claims are not a JSON object"),
-            })?;
-            let iss = claims.get("iss").and_then(|v| v.as_str());
+            let claims = claims::TokenClaims::parse(&jws.payload).map_err(jwt::claims_error)?;
+            let iss = match &claims.iss {
+                claims::Claim::Text(iss) => Some(&**iss),
+                _ => None,
+            };
             match self.issuers.iter().find(|i| Some(&*i.issuer) == iss) {
                 Some(issuer) => {
-                    let (principal, key) = issuer.verify(&jws, claims).await?;
-                    let principal = Arc::new(principal);
+                    let (principal, key) = issuer.verify_parsed(&jws, &claims, now).await?;
+                    drop(claims);
+                    let principal = Arc::new(jwt::with_claims(principal, jws.payload));
                     let until = principal.expires_at.unwrap_or(0).saturating_add(60);
                     let entry =
                         Entry { principal: Some(principal.clone()), owner: issuer.clone(), key: Some(key), until };

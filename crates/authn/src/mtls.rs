@@ -127,7 +127,7 @@ impl ClientCert {
         p.expires_at = u64::try_from(cert.validity().not_after.timestamp()).ok();
         p.issued_at = u64::try_from(cert.validity().not_before.timestamp()).ok();
         p.spiffe_id = spiffe_id.map(Arc::from);
-        p.claims = Some(Arc::new(claims));
+        p.claims = Some(portcullis_core::Claims::from_map(claims));
         Some(ClientCert { thumbprint, principal: Arc::new(p) })
     }
 }

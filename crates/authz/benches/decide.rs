@@ -41,7 +41,7 @@ fn bench(c: &mut Criterion) {
     principal.subject = Some(Arc::from("alice"));
     principal.scopes = vec![Arc::from("orders.read")].into();
     let claims = serde_json::json!({"sub": "alice", "roles": ["reader"], "team": "team-0", "email": "a@example.com"});
-    principal.claims = Some(Arc::new(claims.as_object().unwrap().clone()));
+    principal.claims = Some(portcullis_core::Claims::from_map(claims.as_object().unwrap().clone()));
     let principal = Arc::new(principal);
     let params = [(Arc::from("id"), Box::from("7"))];
 

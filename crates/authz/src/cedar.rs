@@ -412,7 +412,7 @@ impl Policies {
         let mut parents = self.parents(&uid);
         parents.extend(roles.iter().map(|r| EntityUid::from_type_name_and_id(t.role.clone(), EntityId::new(r))));
         parents.extend(groups.iter().map(|g| EntityUid::from_type_name_and_id(t.group.clone(), EntityId::new(g))));
-        let tags = p.claims.iter().flat_map(|c| c.iter()).map(|(k, v)| {
+        let tags = p.claims.iter().flat_map(|c| c.map().iter()).map(|(k, v)| {
             let v = match v {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -573,7 +573,7 @@ mod tests {
         let mut p = Principal::new(PrincipalKind::User, AuthnMethod::Jwt);
         p.subject = Some(Arc::from(name));
         let claims = serde_json::json!({ "sub": name, "roles": roles });
-        p.claims = Some(Arc::new(claims.as_object().cloned().unwrap_or_default()));
+        p.claims = Some(portcullis_core::Claims::from_map(claims.as_object().cloned().unwrap_or_default()));
         Arc::new(p)
     }
 

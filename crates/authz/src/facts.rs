@@ -126,7 +126,7 @@ impl Facts {
                 plan: p.consumer.as_ref().and_then(|c| c.plan.as_deref().map(str::to_string)),
                 scopes: Some(p.scopes.iter().map(|s| s.to_string()).collect()),
                 issued_at: p.issued_at,
-                claims: p.claims.as_deref().cloned().unwrap_or_default(),
+                claims: p.claims.as_ref().map(|c| c.map().clone()).unwrap_or_default(),
             },
             context: ContextFacts {
                 client_ip: input.client_ip,
@@ -200,7 +200,7 @@ impl PrincipalFacts {
             p.consumer = Some(Consumer { name, plan: Some(Arc::from(plan.as_str())) });
         }
         if !self.claims.is_empty() {
-            p.claims = Some(Arc::new(self.claims.clone()));
+            p.claims = Some(portcullis_core::Claims::from_map(self.claims.clone()));
         }
         Ok(p)
     }

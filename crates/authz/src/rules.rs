@@ -28,7 +28,7 @@ impl ClaimPath {
 
     /// The claim at this path in `principal`'s claims.
     pub fn value<'a>(&self, principal: &'a Principal) -> Option<&'a Value> {
-        let mut at = principal.claims.as_deref()?.get(&self.0[0]);
+        let mut at = principal.claims.as_ref()?.get(&self.0[0]);
         for key in &self.0[1..] {
             at = at?.get(key);
         }
@@ -194,7 +194,7 @@ mod tests {
     fn roles_from_nested_claims() {
         let mut p = Principal::new(PrincipalKind::User, AuthnMethod::Jwt);
         let claims = serde_json::json!({"realm_access": {"roles": ["admin", "ops"]}, "groups": "a b"});
-        p.claims = Some(Arc::new(claims.as_object().unwrap().clone()));
+        p.claims = Some(portcullis_core::Claims::from_map(claims.as_object().unwrap().clone()));
         let roles: Vec<&str> = ClaimPath::new("realm_access.roles").values(&p).collect();
         assert_eq!(roles, ["admin", "ops"]);
         let groups: Vec<&str> = ClaimPath::new("groups").values(&p).collect();

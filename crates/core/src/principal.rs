@@ -1,7 +1,10 @@
 //! The principal: who sent a request, as established by the authentication stage and read
 //! by authorization, risk scoring, identity propagation and the access log.
 
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use serde_json::{Map, Value};
 
 /// What kind of caller a principal is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +67,7 @@ pub struct Principal {
     /// Granted scopes.
     pub scopes: Arc<[Arc<str>]>,
     /// All claims of the token (or introspection response), for policies and propagation.
-    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    pub claims: Option<Claims>,
     /// When the credential expires (seconds since the epoch).
     pub expires_at: Option<u64>,
     /// When the credential was issued (seconds since the epoch).
@@ -77,6 +80,53 @@ pub struct Principal {
     pub consumer: Option<Consumer>,
     /// The workload's SPIFFE ID (from an X.509-SVID, or the `sub` of a JWT-SVID).
     pub spiffe_id: Option<Arc<str>>,
+}
+
+/// All claims of a credential.
+///
+/// A verified token keeps its claims as the JSON text it carried, and they are read into a
+/// map only when a stage asks for more than the principal's own fields (a claim path in a
+/// route rule, Cedar tags, claims passed on to the upstream). Most requests never do, so
+/// verifying a token builds no map and evicting it from the cache frees one buffer, not a
+/// tree of small allocations.
+#[derive(Clone)]
+pub struct Claims(Arc<ClaimsInner>);
+
+struct ClaimsInner {
+    // A `Vec` as decoded, not shrunk into a box (a reallocation and copy per token).
+    json: Vec<u8>,
+    map: OnceLock<Map<String, Value>>,
+}
+
+impl Claims {
+    /// Claims as JSON text, read when first asked for. The text must already have been found
+    /// to be one JSON object with no repeated member (as a token's claims are, before its
+    /// signature is checked); text that is not reads as no claims at all, never as some.
+    pub fn from_json(json: Vec<u8>) -> Claims {
+        Claims(Arc::new(ClaimsInner { json, map: OnceLock::new() }))
+    }
+
+    /// Claims already read into a map.
+    pub fn from_map(map: Map<String, Value>) -> Claims {
+        Claims(Arc::new(ClaimsInner { json: Vec::new(), map: OnceLock::from(map) }))
+    }
+
+    /// The claims as a map (read from their JSON text on the first call).
+    pub fn map(&self) -> &Map<String, Value> {
+        self.0.map.get_or_init(|| serde_json::from_slice(&self.0.json).unwrap_or_default())
+    }
+
+    /// One claim.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.map().get(name)
+    }
+}
+
+impl fmt::Debug for Claims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Claim values are personal data: names only.
+        f.debug_list().entries(self.map().keys()).finish()
+    }
 }
 
 /// The key a token is bound to (`cnf`).

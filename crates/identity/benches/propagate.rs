@@ -24,7 +24,7 @@ fn principal(sub: &str) -> Arc<Principal> {
     p.scopes = ["orders.read", "orders.write", "profile"].iter().map(|s| Arc::from(*s)).collect();
     p.expires_at = Some(4_000_000_000);
     let claims = json!({"sub": sub, "email": format!("{sub}@example.com"), "org": {"tenant": "acme"}});
-    p.claims = Some(Arc::new(claims.as_object().unwrap().clone()));
+    p.claims = Some(portcullis_core::Claims::from_map(claims.as_object().unwrap().clone()));
     Arc::new(p)
 }
 

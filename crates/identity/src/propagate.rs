@@ -274,7 +274,7 @@ pub(crate) fn identity_claims(p: &Principal, issuer: &str, aud: &str, now: u64, 
         claims.insert("spiffe_id".into(), json!(id));
     }
     // A principal that came by token exchange keeps its delegation chain.
-    if let Some(act) = p.claims.as_deref().and_then(|c| c.get("act")).filter(|a| a.is_object()) {
+    if let Some(act) = p.claims.as_ref().and_then(|c| c.get("act")).filter(|a| a.is_object()) {
         claims.insert("act".into(), act.clone());
     }
     claims
@@ -284,7 +284,7 @@ pub(crate) fn identity_claims(p: &Principal, issuer: &str, aud: &str, now: u64, 
 /// subject first did, as that token says.
 fn auth_method<'p>(p: &'p Principal, issuer: &str) -> &'p str {
     let ours = p.issuer.as_deref() == Some(issuer);
-    let original = p.claims.as_deref().filter(|_| ours).and_then(|c| c.get("auth_method")).and_then(Value::as_str);
+    let original = p.claims.as_ref().filter(|_| ours).and_then(|c| c.get("auth_method")).and_then(Value::as_str);
     original.unwrap_or(p.method.as_str())
 }
 

@@ -309,7 +309,7 @@ impl TokenService {
             ));
         }
         // RFC 8693 §4.4: a subject token may name who may act for it.
-        if let Some(may_act) = subject.claims.as_deref().and_then(|c| c.get("may_act")) {
+        if let Some(may_act) = subject.claims.as_ref().and_then(|c| c.get("may_act")) {
             let allowed = actor.as_ref().is_some_and(|a| {
                 let sub_ok =
                     may_act.get("sub").and_then(Value::as_str).is_some_and(|s| Some(s) == actor_id(a).as_deref());
@@ -339,7 +339,7 @@ impl TokenService {
             // The current actor, with the earlier chain nested inside (RFC 8693 §4.1).
             let mut act = Map::new();
             act.insert("sub".into(), json!(actor_id(actor).unwrap_or_default()));
-            if let Some(prev) = subject.claims.as_deref().and_then(|c| c.get("act")).filter(|a| a.is_object()) {
+            if let Some(prev) = subject.claims.as_ref().and_then(|c| c.get("act")).filter(|a| a.is_object()) {
                 act.insert("act".into(), prev.clone());
             }
             claims.insert("act".into(), Value::Object(act));
@@ -493,7 +493,7 @@ impl TokenService {
             return Err(bad("sub must equal iss, the client id"));
         }
         let jti = claims.get("jti").and_then(Value::as_str).unwrap_or_default().to_string();
-        let (mut p, _) = client.issuer.verify(&jws, claims).await.map_err(|e| match e {
+        let (mut p, _) = client.issuer.verify(jws).await.map_err(|e| match e {
             AuthnError::Unavailable { .. } => {
                 OAuthError::new("temporarily_unavailable", "the client's keys are unavailable")
             }

@@ -78,27 +78,87 @@ impl<'a> Jws<'a> {
     }
 }
 
-fn parse_header(bytes: &[u8], policy: HeaderPolicy) -> Result<Header, Error> {
-    let mut map = parse_object_no_duplicates(bytes).map_err(|e| match e {
-        Error::Duplicate(k) => Error::Duplicate(k),
-        _ => Error::Malformed("header is not a JSON object"),
-    })?;
-    let alg = match map.get("alg") {
-        Some(Value::String(a)) if a.eq_ignore_ascii_case("none") => return Err(Error::AlgNone),
-        Some(Value::String(a)) => {
-            Algorithm::parse(a).ok_or_else(|| Error::AlgNotAllowed(a.chars().take(32).collect()))?
+/// A header member the rules look at.
+#[derive(Default)]
+enum Member {
+    #[default]
+    Absent,
+    Text(String),
+    /// Present, not a string.
+    Other,
+}
+
+impl Member {
+    fn read<'de, A: MapAccess<'de>>(access: &mut A) -> Result<Member, A::Error> {
+        Ok(match access.next_value::<crate::json::Text>()?.0 {
+            Some(t) => Member::Text(t.into_owned()),
+            None => Member::Other,
+        })
+    }
+}
+
+/// The header's members as the rules need them; the rest are checked and skipped.
+#[derive(Default)]
+struct RawHeader {
+    alg: Member,
+    kid: Member,
+    typ: Member,
+    jwk: Option<Value>,
+    /// `jku`, `x5u`, `x5c` present.
+    named_keys: [bool; 3],
+    /// `crit`, `b64` or `zip` present.
+    crit: bool,
+}
+
+const NAMED_KEYS: [&str; 3] = ["jku", "x5u", "x5c"];
+
+struct HeaderVisitor;
+
+impl<'de> Visitor<'de> for HeaderVisitor {
+    type Value = RawHeader;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<RawHeader, A::Error> {
+        let mut header = RawHeader::default();
+        let mut names = crate::json::Names::default();
+        while let Some(crate::json::Name(name)) = access.next_key()? {
+            match &*name {
+                "alg" => header.alg = Member::read(&mut access)?,
+                "kid" => header.kid = Member::read(&mut access)?,
+                "typ" => header.typ = Member::read(&mut access)?,
+                "jwk" => header.jwk = Some(access.next_value()?),
+                other => {
+                    if let Some(i) = NAMED_KEYS.iter().position(|k| *k == other) {
+                        header.named_keys[i] = true;
+                    }
+                    header.crit |= matches!(other, "crit" | "b64" | "zip");
+                    access.next_value::<crate::json::Skip>()?;
+                }
+            }
+            names.add(name)?;
         }
+        names.finish()?;
+        Ok(header)
+    }
+}
+
+fn parse_header(bytes: &[u8], policy: HeaderPolicy) -> Result<Header, Error> {
+    let raw = crate::json::read_object(bytes, HeaderVisitor, "header is not a JSON object")?;
+    let alg = match &raw.alg {
+        Member::Text(a) if a.eq_ignore_ascii_case("none") => return Err(Error::AlgNone),
+        Member::Text(a) => Algorithm::parse(a).ok_or_else(|| Error::AlgNotAllowed(a.chars().take(32).collect()))?,
         _ => return Err(Error::Malformed("header has no alg")),
     };
-    for name in ["jku", "x5u", "x5c"] {
-        if map.contains_key(name) {
-            return Err(Error::KeyInHeader(name));
-        }
+    if let Some(i) = raw.named_keys.iter().position(|present| *present) {
+        return Err(Error::KeyInHeader(NAMED_KEYS[i]));
     }
-    if ["crit", "b64", "zip"].iter().any(|k| map.contains_key(*k)) {
+    if raw.crit {
         return Err(Error::Crit);
     }
-    let jwk = match (map.remove("jwk"), policy.embedded_jwk) {
+    let jwk = match (raw.jwk, policy.embedded_jwk) {
         (Some(_), false) => return Err(Error::KeyInHeader("jwk")),
         (None, true) => return Err(Error::Malformed("the header has no jwk")),
         (None, false) => None,
@@ -115,15 +175,15 @@ fn parse_header(bytes: &[u8], policy: HeaderPolicy) -> Result<Header, Error> {
             Some(jwk)
         }
     };
-    let kid = match map.get("kid") {
-        None => None,
-        Some(Value::String(k)) if k.len() <= MAX_KID => Some(k.clone()),
-        Some(_) => return Err(Error::Malformed("kid is not a short string")),
+    let kid = match raw.kid {
+        Member::Absent => None,
+        Member::Text(k) if k.len() <= MAX_KID => Some(k),
+        _ => return Err(Error::Malformed("kid is not a short string")),
     };
-    let typ = match map.get("typ") {
-        None => None,
-        Some(Value::String(t)) => Some(t.clone()),
-        Some(_) => return Err(Error::Malformed("typ is not a string")),
+    let typ = match raw.typ {
+        Member::Absent => None,
+        Member::Text(t) => Some(t),
+        Member::Other => return Err(Error::Malformed("typ is not a string")),
     };
     Ok(Header { alg, kid, typ, jwk })
 }

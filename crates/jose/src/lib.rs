@@ -17,6 +17,7 @@
 mod alg;
 pub mod b64;
 mod error;
+pub mod json;
 mod jwe;
 mod jwk;
 mod jws;
