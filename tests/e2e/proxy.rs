@@ -221,6 +221,30 @@ routes:
     });
 }
 
+/// The coarse timers read the clock when nothing is armed: a request that arrives after the
+/// gateway sat idle gets its whole timeout, not one measured from the last busy moment.
+#[tokio::test]
+async fn a_request_after_an_idle_spell_gets_its_whole_timeout() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        r#"
+routes:
+  - id: slow
+    upstream: {up}
+    authenticate: [none]
+    timeouts: {{ request: 800ms }}
+"#,
+        up = up.url()
+    ));
+    for round in 0..3 {
+        // A new connection each time, so that no connection of the gateway's keeps a timer armed.
+        let c = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        let r = c.get(gw.url("/slow?ms=200")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "round {round}: {}", r.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+}
+
 #[tokio::test]
 async fn failing_endpoints_are_ejected_and_connect_failures_retried() {
     let up = Upstream::start();

@@ -45,7 +45,16 @@ thread_local! {
 }
 
 impl Wheel {
+    /// While nothing is armed the ticker sleeps and `now` stands still; the first deadline
+    /// after an idle spell must be judged against the clock, not against the last tick.
+    fn catch_up(&mut self) {
+        if self.live == 0 {
+            self.now = self.millis(Instant::now());
+        }
+    }
+
     fn insert(&mut self, deadline: u64, waker: Waker) -> (usize, u32) {
+        self.catch_up();
         self.generation = self.generation.wrapping_add(1);
         let entry = Entry { deadline, waker: Some(waker), fired: deadline <= self.now, generation: self.generation };
         let key = match self.free.pop() {
@@ -133,11 +142,17 @@ pub fn install() -> impl Future<Output = ()> {
     }
 }
 
-/// The time now: the last tick's on worker threads (no clock read, at most one tick old),
-/// the clock's elsewhere.
+/// The time now: on worker threads the last tick's while timers are armed (no clock read,
+/// at most one tick old), the clock's when none is (the ticker is asleep then); the clock's
+/// elsewhere.
 pub fn now() -> Instant {
     WHEEL
-        .with(|w| w.borrow().as_ref().map(|wheel| wheel.epoch + Duration::from_millis(wheel.now)))
+        .with(|w| {
+            w.borrow_mut().as_mut().map(|wheel| {
+                wheel.catch_up();
+                wheel.epoch + Duration::from_millis(wheel.now)
+            })
+        })
         // tokio's clock: the same as the system's, except in tests that pause time.
         .unwrap_or_else(|| tokio::time::Instant::now().into_std())
 }
@@ -321,6 +336,21 @@ mod tests {
             let started = Instant::now();
             s.await;
             assert!(started.elapsed() < Duration::from_millis(20) + 5 * TICK);
+        });
+    }
+
+    #[test]
+    fn after_an_idle_spell_deadlines_count_from_the_clock() {
+        local(async {
+            tokio::spawn(install());
+            assert_eq!(timeout(Duration::from_millis(30), async { 1 }).await, Ok(1));
+            // Nothing armed: the ticker sleeps.
+            std::thread::sleep(Duration::from_millis(300));
+            let started = Instant::now();
+            let slow = tokio::time::sleep(Duration::from_millis(100));
+            assert_eq!(timeout(Duration::from_millis(200), slow).await, Ok(()), "fired early");
+            assert!(now() + TICK >= Instant::now(), "now() lags the clock");
+            assert!(started.elapsed() >= Duration::from_millis(100));
         });
     }
 
