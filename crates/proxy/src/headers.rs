@@ -417,8 +417,7 @@ pub fn new_request_id() -> HeaderValue {
         if matches!(i, 4 | 6 | 8 | 10) {
             j += 1;
         }
-        out[j] = HEX_DIGITS[usize::from(b >> 4)];
-        out[j + 1] = HEX_DIGITS[usize::from(b & 0xf)];
+        out[j..j + 2].copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
         j += 2;
     }
     let id = SLAB.with(|slab| {
@@ -433,6 +432,17 @@ pub fn new_request_id() -> HeaderValue {
 }
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Each byte's two hex digits: one look-up per byte instead of two.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX_DIGITS[i >> 4], HEX_DIGITS[i & 0xf]];
+        i += 1;
+    }
+    t
+};
 
 /// Approximate size of a request head in HTTP/1.1 form (request line and header lines).
 pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> usize {

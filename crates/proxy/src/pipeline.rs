@@ -364,7 +364,9 @@ impl RequestAuthority {
     fn as_str(&self) -> Option<&str> {
         match self {
             Self::Uri(a) => Some(a.as_str()),
-            Self::Header(h) => h.to_str().ok(),
+            // ASCII (`is_authority` admitted it): `from_utf8` checks that a word at a time,
+            // where `to_str` would check each byte again.
+            Self::Header(h) => std::str::from_utf8(h.as_bytes()).ok(),
             Self::Missing => None,
         }
     }
@@ -512,8 +514,7 @@ async fn forward(
     // Boxed: each enclosing future (this one, the pipeline's, the connection's) would
     // otherwise hold the exchange's ~3 KiB state and copy it when created, on every request
     // (measured: a fifth of the memcpy per request); one move into a box is cheaper.
-    let result =
-        Box::pin(upstream.send(Request::from_parts(parts, body), &added, path, route.timeout, upgrade.is_some())).await;
+    let result = Box::pin(upstream.send(&mut parts, body, &added, path, route.timeout, upgrade.is_some())).await;
     let took = started.elapsed();
     ctx.upstream_elapsed = Some(took);
     route.metrics.upstream(took);

@@ -211,42 +211,43 @@ impl Upstream {
         tracing::warn!(upstream = %self.name, endpoint = %ep.authority, seconds = period.as_secs(), "endpoint ejected after consecutive failures");
     }
 
-    /// Sends a request and waits for the response head. `path` is the path and query to
+    /// Sends a request and waits for the response head. The request's head stays the
+    /// caller's (borrowed, not moved through every layer); `path` is the path and query to
     /// request; `upgrade` asks for an HTTP/1.1 protocol upgrade. A request without a body is
     /// retried once on another endpoint when the first could not be connected to.
     pub async fn send(
         &self,
-        mut req: Request<RequestBody>,
+        head: &mut http::request::Parts,
+        body: RequestBody,
         added: &Added,
         path: PathAndQuery,
         timeout: Duration,
         upgrade: bool,
     ) -> Result<Response<ResponseBody>, Failure> {
-        let retry = (self.endpoints.len() > 1 && req.body().is_end_stream())
-            .then(|| (req.method().clone(), req.headers().clone(), path.clone()));
-        *req.version_mut() = Version::HTTP_11;
+        let retry = self.endpoints.len() > 1 && body.is_end_stream();
+        head.version = Version::HTTP_11;
         let first = self.pick(None);
-        let result = self.send_to(first, req, added, path, timeout, upgrade).await;
-        match (result, retry) {
-            (Err(Failure::Connect), Some((method, headers, path))) => {
+        match self.send_to(first, head, body, added, &path, timeout, upgrade, retry).await {
+            Err(Failure::Connect) if retry => {
                 let second = self.pick(Some(first));
-                let mut req = Request::new(RequestBody::Empty);
-                *req.method_mut() = method;
-                *req.headers_mut() = headers;
-                self.send_to(second, req, added, path, timeout, upgrade).await
+                self.send_to(second, head, RequestBody::Empty, added, &path, timeout, upgrade, false).await
             }
-            (result, _) => result,
+            result => result,
         }
     }
 
+    /// Sends to endpoint `i`. `keep`: the head is needed again afterwards (for a retry).
+    #[allow(clippy::too_many_arguments)]
     async fn send_to(
         &self,
         i: usize,
-        mut req: Request<RequestBody>,
+        head: &mut http::request::Parts,
+        body: RequestBody,
         added: &Added,
-        path: PathAndQuery,
+        path: &PathAndQuery,
         timeout: Duration,
         upgrade: bool,
+        keep: bool,
     ) -> Result<Response<ResponseBody>, Failure> {
         let ep = &self.endpoints[i];
         let host = (!self.preserve_host).then_some(&ep.host);
@@ -254,7 +255,8 @@ impl Upstream {
             (Some(pool), false) => {
                 // Boxed: the futures that wait on this one stay small, so creating them (on
                 // every request) copies less.
-                let exchange = Box::pin(h1::send(pool, &ep.authority, self.connect_timeout, req, added, host, &path));
+                let exchange =
+                    Box::pin(h1::send(pool, &ep.authority, self.connect_timeout, head, body, added, host, path));
                 match crate::timer::timeout(timeout, exchange).await {
                     Err(_) => Err(Failure::Timeout),
                     Ok(Ok(resp)) => Ok(resp.map(ResponseBody::Lean)),
@@ -265,6 +267,17 @@ impl Upstream {
                 }
             }
             _ => {
+                // hyper's client takes the head: a copy of it if it may be needed again.
+                let mut req = Request::new(body);
+                if keep {
+                    *req.method_mut() = head.method.clone();
+                    *req.headers_mut() = head.headers.clone();
+                } else {
+                    let (mut parts, body) = req.into_parts();
+                    std::mem::swap(&mut parts, head);
+                    req = Request::from_parts(parts, body);
+                }
+                *req.version_mut() = Version::HTTP_11;
                 added.insert_into(req.headers_mut());
                 if let Some(h) = host {
                     req.headers_mut().insert(http::header::HOST, h.clone());
@@ -272,7 +285,7 @@ impl Upstream {
                 let mut parts = http::uri::Parts::default();
                 parts.scheme = Some(ep.scheme.clone());
                 parts.authority = Some(ep.authority.clone());
-                parts.path_and_query = Some(path);
+                parts.path_and_query = Some(path.clone());
                 *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::Connect)?;
                 let client = &self.clients[crate::listener::worker_slot().min(self.clients.len() - 1)];
                 match crate::timer::timeout(timeout, client.request(req)).await {

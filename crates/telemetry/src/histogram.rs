@@ -22,8 +22,8 @@ pub struct AtomicHistogram {
 #[derive(Debug, Default)]
 struct Inner {
     /// Per-bucket (not cumulative) counts; the last slot is `+Inf`.
+    /// (The count is their sum: one addition fewer per observation.)
     buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    count: AtomicU64,
     /// Sum of observations in nanoseconds.
     sum_nanos: AtomicU64,
 }
@@ -34,14 +34,13 @@ impl AtomicHistogram {
         let secs = d.as_secs_f64();
         let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
         self.inner.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.inner.count.fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.inner.count.load(Ordering::Relaxed)
+        self.inner.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 }
 

@@ -147,19 +147,21 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, 
     }))
 }
 
-/// Sends `req` to `authority` (requesting `path`) and returns once the response head is in.
+/// Sends a request (its head `parts`, borrowed, and its body) to `authority` (requesting `path`)
+/// and returns once the response head is in.
 /// A request without a body that hits a connection the upstream had just closed is sent
 /// again on a fresh one.
+#[allow(clippy::too_many_arguments)] // Borrowed inputs; a struct of them would be built per request.
 pub async fn send(
     pool: &Arc<IdlePool>,
     authority: &Authority,
     connect_timeout: Duration,
-    req: http::Request<RequestBody>,
+    parts: &http::request::Parts,
+    body: RequestBody,
     added: &Added,
     host: Option<&HeaderValue>,
     path: &PathAndQuery,
 ) -> Result<Response<LeanBody>, Error> {
-    let (parts, body) = req.into_parts();
     let retryable = body.is_end_stream() && is_idempotent(&parts.method);
     let conn = match pool.checkout() {
         Some(c) => c,

@@ -101,8 +101,10 @@ async fn call(
 ) -> Result<Response<LeanBody>, Error> {
     let (mut req, path) = get(path);
     *req.method_mut() = method;
+    let (head, req_body) = req.into_parts();
     // The fields as a map, as an HTTP/2 client would get them.
-    let resp = send(pool, &script.authority, Duration::from_secs(2), req, &Added::default(), None, &path).await?;
+    let resp =
+        send(pool, &script.authority, Duration::from_secs(2), &head, req_body, &Added::default(), None, &path).await?;
     let (mut parts, mut body) = resp.into_parts();
     if let Some(head) = body.take_head() {
         head.append_to(&mut parts.headers);
@@ -270,7 +272,10 @@ async fn a_stale_pooled_connection_is_retried_for_safe_requests() {
     let p = pool();
     for _ in 0..3 {
         let (req, path) = get("/");
-        let r = send(&p, &authority, Duration::from_secs(2), req, &Added::default(), None, &path).await.unwrap();
+        let (head, req_body) = req.into_parts();
+        let r = send(&p, &authority, Duration::from_secs(2), &head, req_body, &Added::default(), None, &path)
+            .await
+            .unwrap();
         assert_eq!(body(r).await.0, b"ok");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -393,7 +398,9 @@ async fn response_fields_pass_on_as_they_came_and_the_gateways_win() {
     .await;
     let p = pool();
     let (req, path) = get("/");
-    let resp = send(&p, &s.authority, Duration::from_secs(2), req, &Added::default(), None, &path).await.unwrap();
+    let (head, req_body) = req.into_parts();
+    let resp =
+        send(&p, &s.authority, Duration::from_secs(2), &head, req_body, &Added::default(), None, &path).await.unwrap();
     let (mut parts, mut lean) = resp.into_parts();
     let head = lean.take_head().expect("the head's fields");
     assert!(lean.take_head().is_none(), "taken once");
