@@ -7,7 +7,7 @@
 //!   principal and resource, the context of the last second and client) helps: the cost of a
 //!   first request.
 //!
-//! `cargo bench -p portcullis-authz --bench decide`
+//! `cargo bench -p portcullis-authz --bench decide` (with the binary's allocator, mimalloc).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +17,10 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use portcullis_authz::{Input, RouteAuthz};
 use portcullis_config::{AuthorizationConfig, CedarConfig};
 use portcullis_core::{AuthnMethod, Principal, PrincipalKind};
+
+// The allocator of the portcullis binary: building entities allocates a good deal.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn policies(n: usize, all_apply: bool) -> String {
     let mut text = String::from(
