@@ -1,11 +1,50 @@
 //! Tokens and keys from the network: compact JWS parsing (both header policies), the JSON
-//! object parser that refuses duplicate members, base64url, and JWK / JWK Set parsing never
-//! panic, whatever the bytes; and what they accept is consistent with what was sent.
+//! object parser that refuses duplicate members, the claims reader (which must accept exactly
+//! what that parser accepts, and find the same claims), base64url, and JWK / JWK Set parsing
+//! never panic, whatever the bytes; and what they accept is consistent with what was sent.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use portcullis_jose::claims::{Claim, TokenClaims};
 use portcullis_jose::{Algorithm, HeaderPolicy, Jwk, Jws, b64, parse_object_no_duplicates};
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+/// The claims reader against the map reader: the same bytes accepted, the same claims found.
+fn claims_agree(data: &[u8]) {
+    let map = parse_object_no_duplicates(data);
+    let claims = TokenClaims::parse(data);
+    assert_eq!(map.is_ok(), claims.is_ok(), "the two readers disagree on {data:?}");
+    let (Ok(map), Ok(claims)) = (map, claims) else { return };
+    let same = |claim: &Claim<'_>, name: &str| match (claim, map.get(name)) {
+        (Claim::Absent, None) | (Claim::Null, Some(Value::Null)) | (Claim::Bool, Some(Value::Bool(_))) => true,
+        (Claim::Number(a), Some(Value::Number(b))) => Some(*a) == b.as_f64(),
+        (Claim::Text(a), Some(Value::String(b))) => a == b,
+        (Claim::List(a), Some(Value::Array(b))) => a.iter().map(|s| &**s).eq(b.iter().filter_map(Value::as_str)),
+        (Claim::Object { jkt, x5t_s256 }, Some(Value::Object(o))) => {
+            let text = |o: &Map<String, Value>, k: &str| o.get(k).and_then(Value::as_str).map(str::to_owned);
+            jkt.as_deref().map(str::to_owned) == text(o, "jkt")
+                && x5t_s256.as_deref().map(str::to_owned) == text(o, "x5t#S256")
+        }
+        _ => false,
+    };
+    for (claim, name) in [
+        (&claims.iss, "iss"),
+        (&claims.sub, "sub"),
+        (&claims.aud, "aud"),
+        (&claims.exp, "exp"),
+        (&claims.nbf, "nbf"),
+        (&claims.iat, "iat"),
+        (&claims.jti, "jti"),
+        (&claims.client_id, "client_id"),
+        (&claims.azp, "azp"),
+        (&claims.scope, "scope"),
+        (&claims.scp, "scp"),
+        (&claims.cnf, "cnf"),
+    ] {
+        assert!(same(claim, name), "`{name}` read differently from {data:?}");
+    }
+    assert!(map.keys().all(|k| claims.has(k)));
+}
 
 /// Everything a key can be asked, for a key that parsed.
 fn exercise_key(jwk: &Jwk, message: &[u8], signature: &[u8]) {
@@ -19,6 +58,7 @@ fn exercise_key(jwk: &Jwk, message: &[u8], signature: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
+    claims_agree(data);
     // A header, a claims set or a key set, as raw bytes.
     if let Ok(map) = parse_object_no_duplicates(data) {
         // What was accepted re-serialises to an object that is accepted again, with the same
@@ -60,6 +100,6 @@ fuzz_target!(|data: &[u8]| {
                 let _ = v.verify(jws.header.alg, jws.signing_input(), &jws.signature);
             }
         }
-        let _ = parse_object_no_duplicates(&jws.payload);
+        claims_agree(&jws.payload);
     }
 });

@@ -9,7 +9,8 @@ use portcullis_proxy::server::h1::{Settings, parse_requests};
 use portcullis_proxy::upstream::h1::Framing;
 
 fuzz_target!(|data: &[u8]| {
-    let settings = Settings { header_read_timeout: Duration::from_secs(1), max_head: 4096, max_headers: 16, http2: false };
+    let settings =
+        Settings { header_read_timeout: Duration::from_secs(1), max_head: 4096, max_headers: 16, http2: false };
     let Ok(requests) = parse_requests(data, &settings) else { return };
     let mut consumed_bodies = 0;
     for (head, body) in &requests {

@@ -40,12 +40,8 @@ fn key() -> &'static DecryptionKey {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let caller = Caller {
-        client_cert: None,
-        client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-        tls: false,
-        host: "gateway",
-    };
+    let caller =
+        Caller { client_cert: None, client_ip: std::net::Ipv4Addr::LOCALHOST.into(), tls: false, host: "gateway" };
     // Nothing on this path waits (no issuers, memory state): one poll finishes it.
     let mut fut = std::pin::pin!(service().token(data, &caller));
     match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {

@@ -15,8 +15,8 @@ use portcullis_jose::{Algorithm, Jws, VerifyingKey};
 use serde_json::{Map, Value};
 
 use crate::AuthnError;
-use crate::claims::{Claim, TokenClaims};
 use crate::keys::{Key, KeyStore, Lookup};
+use portcullis_jose::claims::{Claim, TokenClaims};
 
 /// How long a request may wait for a refetch triggered by an unknown `kid`.
 const REFETCH_WAIT: Duration = Duration::from_secs(3);
@@ -100,18 +100,16 @@ impl Issuer {
     /// claims included) and the key that verified it (for the cache).
     pub async fn verify(&self, jws: Jws<'_>) -> Result<(Principal, Arc<Key>), AuthnError> {
         let claims = TokenClaims::parse(&jws.payload).map_err(claims_error)?;
-        let (principal, key) = self.verify_parsed(&jws, &claims, unix_now()).await?;
+        let (principal, key) = self.verify_parsed(&jws, &claims).await?;
         drop(claims);
         Ok((with_claims(principal, jws.payload), key))
     }
 
-    /// [`Issuer::verify`] for claims already read, at time `now`; the principal has no
-    /// `claims` yet.
+    /// [`Issuer::verify`] for claims already read; the principal has no `claims` yet.
     pub(crate) async fn verify_parsed(
         &self,
         jws: &Jws<'_>,
         claims: &TokenClaims<'_>,
-        now: u64,
     ) -> Result<(Principal, Arc<Key>), AuthnError> {
         let alg = jws.header.alg;
         if !self.algorithms.contains(&alg) {
@@ -127,7 +125,8 @@ impl Issuer {
         };
         key.verifier.verify(alg, jws.signing_input(), &jws.signature)?;
         self.check_type(jws.header.typ.as_deref())?;
-        let principal = self.check_claims(claims, now)?;
+        // The clock is read after the key is found: finding it may have waited for a refetch.
+        let principal = self.check_claims(claims, unix_now())?;
         Ok((principal, key))
     }
 

@@ -10,7 +10,6 @@
 
 pub mod apikey;
 pub mod cache;
-mod claims;
 pub mod dpop;
 mod error;
 pub mod extract;
@@ -430,9 +429,9 @@ impl Authenticator {
         if token.len() > self.max_token_bytes {
             return Err(AuthnError::invalid("token_too_large", "the token is larger than accepted"));
         }
-        let now = jwt::unix_now();
         if !self.issuers.is_empty() {
             // Only verified JWTs are cached: a hit needs no further look at the token.
+            let now = jwt::unix_now();
             let cached =
                 VERIFIED.with(|c| c.borrow_mut().get(token, now, |o| self.issuers.iter().any(|i| Arc::ptr_eq(i, o))));
             if let Some(Some(p)) = cached {
@@ -441,14 +440,14 @@ impl Authenticator {
         }
         if !self.issuers.is_empty() && looks_like_jwt(token) {
             let jws = Jws::parse(token, HeaderPolicy::default())?;
-            let claims = claims::TokenClaims::parse(&jws.payload).map_err(jwt::claims_error)?;
+            let claims = portcullis_jose::claims::TokenClaims::parse(&jws.payload).map_err(jwt::claims_error)?;
             let iss = match &claims.iss {
-                claims::Claim::Text(iss) => Some(&**iss),
+                portcullis_jose::claims::Claim::Text(iss) => Some(&**iss),
                 _ => None,
             };
             match self.issuers.iter().find(|i| Some(&*i.issuer) == iss) {
                 Some(issuer) => {
-                    let (principal, key) = issuer.verify_parsed(&jws, &claims, now).await?;
+                    let (principal, key) = issuer.verify_parsed(&jws, &claims).await?;
                     drop(claims);
                     let principal = Arc::new(jwt::with_claims(principal, jws.payload));
                     let until = principal.expires_at.unwrap_or(0).saturating_add(60);

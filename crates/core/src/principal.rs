@@ -182,3 +182,22 @@ impl Principal {
         self.scopes.iter().any(|s| &**s == scope)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_read_from_their_text_when_asked() {
+        let c = Claims::from_json(br#"{"sub":"a","roles":["x"],"n":{"m":1}}"#.to_vec());
+        assert_eq!(c.get("sub"), Some(&Value::from("a")));
+        assert_eq!(c.map().len(), 3);
+        assert_eq!(c.clone().get("n").and_then(|n| n.get("m")), Some(&Value::from(1)));
+        // Text that is not one object reads as no claims, never as some.
+        assert!(Claims::from_json(b"{\"a\":1} trailing".to_vec()).map().is_empty());
+        assert!(Claims::from_json(b"[1]".to_vec()).map().is_empty());
+        let mut m = Map::new();
+        m.insert("k".into(), Value::Bool(true));
+        assert_eq!(Claims::from_map(m.clone()).map(), &m);
+    }
+}

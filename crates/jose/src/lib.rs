@@ -16,6 +16,7 @@
 
 mod alg;
 pub mod b64;
+pub mod claims;
 mod error;
 pub mod json;
 mod jwe;

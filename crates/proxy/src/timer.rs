@@ -251,10 +251,15 @@ impl Drop for Sleep {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Elapsed;
 
+/// The deadline `after` from now, for a coarse [`Sleep`]: from the tick's time plus one tick,
+/// so never early (the tick's time may be up to a tick behind the clock), and no clock read.
+pub fn deadline(after: Duration) -> Instant {
+    now() + after + TICK
+}
+
 /// Runs `fut` until it completes or `after` has passed (coarsely).
 pub fn timeout<F: Future>(after: Duration, fut: F) -> Timeout<F> {
-    // From the tick's time plus one tick: never early, no clock read.
-    Timeout { fut, sleep: Sleep::until(now() + after + TICK) }
+    Timeout { fut, sleep: Sleep::until(deadline(after)) }
 }
 
 pin_project_lite::pin_project! {

@@ -554,8 +554,9 @@ async fn read_head(link: &Link, settings: &Settings, first: bool) -> Read {
                     Err(problem) => return Poll::Ready(Read::Refused(problem)),
                 }
             }
-            let deadline = sleep
-                .get_or_insert_with(|| crate::timer::Sleep::until(crate::timer::now() + settings.header_read_timeout));
+            let deadline = sleep.get_or_insert_with(|| {
+                crate::timer::Sleep::until(crate::timer::deadline(settings.header_read_timeout))
+            });
             if Pin::new(deadline).poll(cx).is_ready() {
                 return Poll::Ready(if sh.buf.is_empty() {
                     Read::Closed
@@ -921,7 +922,7 @@ async fn write_all(link: &Link, data: &[u8]) -> io::Result<()> {
         if written.is_pending() {
             // Progress restarts the clock.
             if stalled.as_ref().is_none_or(|(from, _)| *from != at) {
-                stalled = Some((at, crate::timer::Sleep::until(crate::timer::now() + SEND_TIMEOUT)));
+                stalled = Some((at, crate::timer::Sleep::until(crate::timer::deadline(SEND_TIMEOUT))));
             }
             if let Some((_, sleep)) = stalled.as_mut()
                 && Pin::new(sleep).poll(cx).is_ready()
