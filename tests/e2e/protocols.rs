@@ -154,6 +154,41 @@ routes:
     assert_eq!(count[99], "99");
 }
 
+/// An upgraded connection that carries nothing either way for the route's `tunnel_idle` is
+/// closed on both sides; one that carries data stays open past that time.
+#[test]
+fn idle_upgraded_connections_are_closed() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n    timeouts: {{ tunnel_idle: 1s }}\n",
+        up.url()
+    ));
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-protocol\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    // Busy for 2.4 s (more than twice the idle time): still relayed.
+    for i in 0..6u8 {
+        std::thread::sleep(Duration::from_millis(400));
+        s.write_all(&[b'a' + i]).unwrap();
+        s.read_exact(&mut byte).unwrap();
+        assert_eq!(byte[0], b'a' + i);
+    }
+    // Then idle: the gateway closes the connection.
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let n = s.read_to_end(&mut rest).expect("closed, not timed out");
+    assert_eq!(n, 0);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(3000), "closed after {took:?}");
+}
+
 #[test]
 fn http1_upgrades_are_relayed() {
     let up = Upstream::start();

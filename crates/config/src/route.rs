@@ -162,11 +162,22 @@ pub struct AuthorizeConfig {
 }
 
 /// Per-route timeouts.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteTimeouts {
-    /// Time from sending the request until the upstream's response headers arrive.
-    pub request: Duration,
+    /// Time from sending the request until the upstream's response headers arrive (the
+    /// upstream's `timeouts.request` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Duration>,
+    /// An upgraded connection (WebSocket and the like) that carries no data either way for
+    /// this long is closed. Default: 5 minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_idle: Option<Duration>,
+}
+
+impl RouteTimeouts {
+    /// How long an upgraded connection may sit idle when the route does not say.
+    pub const DEFAULT_TUNNEL_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
 }
 
 /// Per-route limits.

@@ -72,6 +72,14 @@ fn malformed_configs_get_precise_errors() {
             "every route must say how callers authenticate",
         ),
         ("empty authenticate", "[jwt]", "[]", "routes[0].authenticate", 17, "empty"),
+        (
+            "zero tunnel idle time",
+            "    authenticate: [jwt]\n",
+            "    authenticate: [jwt]\n    timeouts: { tunnel_idle: 0s }\n",
+            "routes[0].timeouts.tunnel_idle",
+            18,
+            "must be longer than zero",
+        ),
         ("none combined", "[jwt]", "[none, jwt]", "routes[0].authenticate", 17, "cannot be combined"),
         (
             "duplicate key",

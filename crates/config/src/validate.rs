@@ -202,6 +202,13 @@ fn routes(config: &Config, out: &mut Vec<Invalid>) {
         if route.rewrite.is_some() && m.path_prefix.is_none() {
             out.push(Invalid::new(at("rewrite"), "`rewrite.path_prefix` needs `match.path_prefix`"));
         }
+        if let Some(t) = &route.timeouts {
+            for (key, d) in [("request", t.request), ("tunnel_idle", t.tunnel_idle)] {
+                if d.is_some_and(|d| d.get().is_zero()) {
+                    out.push(Invalid::new(at(&format!("timeouts.{key}")), "must be longer than zero"));
+                }
+            }
+        }
 
         if let Some(ids) = &route.issuers {
             for (j, id) in ids.iter().enumerate() {

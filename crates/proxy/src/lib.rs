@@ -17,6 +17,7 @@ pub mod runtime;
 pub mod server;
 pub mod timer;
 pub mod tls;
+mod tunnel;
 pub mod upstream;
 
 pub use runtime::{Runtime, Shared};

@@ -544,7 +544,7 @@ async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let (Some(proto), Some(client)) = (upgrade, client_upgrade) {
             let upstream_io = hyper::upgrade::on(&mut resp);
-            tokio::spawn(relay_upgraded(client, upstream_io));
+            tokio::spawn(relay_upgraded(client, upstream_io, route.tunnel_idle));
             let (mut p, _) = resp.into_parts();
             headers::strip_hop_by_hop_response(&mut p.headers);
             p.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -653,12 +653,11 @@ fn upgrade_request(parts: &http::request::Parts) -> Option<HeaderValue> {
     (!h2c).then(|| proto.clone())
 }
 
-async fn relay_upgraded(client: crate::server::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (Some(mut client), Ok(upstream)) = (client.upgraded().await, upstream.await) else {
+async fn relay_upgraded(client: crate::server::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, idle: Duration) {
+    let (Some(client), Ok(upstream)) = (client.upgraded().await, upstream.await) else {
         return;
     };
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    crate::tunnel::relay(client, hyper_util::rt::TokioIo::new(upstream), idle).await;
 }
 
 #[cfg(test)]

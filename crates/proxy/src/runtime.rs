@@ -110,6 +110,8 @@ pub struct Route {
     pub authz: portcullis_authz::RouteAuthz,
     /// Time to wait for the upstream's response head.
     pub timeout: Duration,
+    /// How long an upgraded connection may carry no data before it is closed.
+    pub tunnel_idle: Duration,
     /// Largest request body.
     pub max_body: u64,
     /// `(matched prefix, replacement)` for `rewrite.path_prefix`.
@@ -410,7 +412,12 @@ fn compile_route(
             target,
             authn,
             authz,
-            timeout: rc.timeouts.as_ref().map_or(upstream_timeout, |t| t.request.get()),
+            timeout: rc.timeouts.as_ref().and_then(|t| t.request).map_or(upstream_timeout, |d| d.get()),
+            tunnel_idle: rc
+                .timeouts
+                .as_ref()
+                .and_then(|t| t.tunnel_idle)
+                .map_or(portcullis_config::RouteTimeouts::DEFAULT_TUNNEL_IDLE, |d| d.get()),
             max_body: rc.limits.as_ref().map_or(default_max_body, |l| l.max_body_bytes.bytes()),
             rewrite,
             propagate: None,
