@@ -2,10 +2,15 @@
 //! * `sliced`: one policy for the route being called, the rest for other routes (the usual
 //!   shape: each team writes policies for its own routes) — slicing keeps the cost flat;
 //! * `all-apply`: every policy's scope matches the route (conditions differ), the worst case;
-//! * `*-distinct`: the same, but each request from another credential (two principals in
-//!   turn) and in another second, so neither of the worker's memos (the entities of the last
-//!   principal and resource, the context of the last second and client) helps: the cost of a
-//!   first request.
+//! * `*-first`: the same, but each request from a new credential and in another second, so
+//!   that nothing a worker keeps helps (the entities of its last request, the principals' parts
+//!   of the entities of its recent callers, the context of the last second and client): the
+//!   cost of a credential's first request;
+//! * `*-paths`: one credential, another resource (path and parameters) on every request, as a
+//!   client working through an API calls: the principal's part of the entities is reused, the
+//!   resource's is built;
+//! * `*-callers`: 64 credentials interleaved, each on another resource each time: a worker
+//!   serving many clients at once.
 //!
 //! `cargo bench -p portcullis-authz --bench decide` (with the binary's allocator, mimalloc).
 
@@ -21,6 +26,9 @@ use portcullis_core::{AuthnMethod, Principal, PrincipalKind};
 // The allocator of the portcullis binary: building entities allocates a good deal.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A route's path parameters, as the router hands them over.
+type Params = [(Arc<str>, Box<str>); 1];
 
 fn policies(n: usize, all_apply: bool) -> String {
     let mut text = String::from(
@@ -74,15 +82,38 @@ fn bench(c: &mut Criterion) {
             assert!(route.decide(&input).allowed, "the benchmark's request is allowed");
             let name = if all_apply { "all-apply" } else { "sliced" };
             group.bench_with_input(BenchmarkId::new(name, n), &input, |b, input| b.iter(|| route.decide(input)));
-            // Two equal principals of two credentials, in turn: every decision builds its entities.
-            let twin = Arc::new((*principal).clone());
-            let later = input.now + std::time::Duration::from_secs(1);
-            let inputs = [Input { principal: &twin, now: later, ..input }, Input { principal: &principal, ..input }];
-            let mut i = 0;
-            group.bench_function(BenchmarkId::new(format!("{name}-distinct"), n), |b| {
+            // A credential's first request: a new principal each time (made in the loop, so its
+            // allocation is timed too), in another second than the last request, so that no
+            // memo or cache of the worker helps.
+            let mut second = 0;
+            group.bench_function(BenchmarkId::new(format!("{name}-first"), n), |b| {
                 b.iter(|| {
-                    i ^= 1;
-                    route.decide(&inputs[i])
+                    second += 1;
+                    let fresh = Arc::new((*principal).clone());
+                    let now = input.now + std::time::Duration::from_secs(second);
+                    route.decide(&Input { principal: &fresh, now, ..input })
+                })
+            });
+            // One credential, another resource each time (`/orders/1`, `/orders/2`...): the
+            // usual shape of a client working through an API.
+            let paths: Vec<(String, Params)> =
+                (0..64).map(|k| (format!("/orders/{k}"), [(Arc::from("id"), Box::from(k.to_string()))])).collect();
+            let mut k = 0;
+            group.bench_function(BenchmarkId::new(format!("{name}-paths"), n), |b| {
+                b.iter(|| {
+                    k = (k + 1) % paths.len();
+                    route.decide(&Input { path: &paths[k].0, params: &paths[k].1, ..input })
+                })
+            });
+            // 64 credentials interleaved, each on another resource: a busy worker serving many
+            // clients at once.
+            let callers: Vec<Arc<Principal>> = (0..64).map(|_| Arc::new((*principal).clone())).collect();
+            let mut c = 0;
+            group.bench_function(BenchmarkId::new(format!("{name}-callers"), n), |b| {
+                b.iter(|| {
+                    c = (c + 1) % callers.len();
+                    let k = (c * 7) % paths.len();
+                    route.decide(&Input { principal: &callers[c], path: &paths[k].0, params: &paths[k].1, ..input })
                 })
             });
         }

@@ -280,8 +280,36 @@ impl Policies {
 
     /// The principal, the resource and the entities the request can see.
     fn entities(&self, slice: &Slice, input: &Input<'_>) -> Result<(EntityUid, EntityUid, Entities), String> {
-        let p: &Principal = input.principal;
-        let (principal_uid, principal, principal_parents) = self.principal_entity(p)?;
+        // The principal's part (its entity, the entity data above it, their closure) is kept
+        // per worker for its recent credentials: a caller's next request, on whatever path or
+        // route, adds only the resource's part to it.
+        let (principal_uid, base) = PRINCIPALS.with_borrow_mut(|cache| {
+            // Keyed by the principal's address: the entry holds its `Arc`, so no other
+            // principal can have that address while the entry lives.
+            let key = Arc::as_ptr(input.principal) as usize;
+            let fresh =
+                |m: &PrincipalMemo| m.generation == self.generation && Arc::ptr_eq(&m.principal, input.principal);
+            if !cache.map.get(&key).is_some_and(fresh) {
+                let (uid, principal, parents) = self.principal_entity(input.principal)?;
+                let mut seen: HashSet<EntityUid> = HashSet::new();
+                let mut entities = vec![principal];
+                self.add_entities(parents, &mut seen, &mut entities);
+                let entities = Entities::from_entities(entities, None).map_err(|e| flatten(&e))?;
+                let memo =
+                    PrincipalMemo { generation: self.generation, principal: input.principal.clone(), uid, entities };
+                if cache.map.insert(key, memo).is_none() {
+                    cache.order.push_back(key);
+                    if cache.order.len() > PRINCIPALS_KEPT
+                        && let Some(oldest) = cache.order.pop_front()
+                    {
+                        cache.map.remove(&oldest);
+                    }
+                }
+            }
+            let m = cache.map.get(&key).ok_or_else(|| "no principal entities".to_string())?;
+            Ok::<_, String>((m.uid.clone(), m.entities.clone()))
+        })?;
+
         let resource_uid = EntityUid::from_type_name_and_id(slice.resource_type.clone(), EntityId::new(input.route));
         let resource_parents = self.parents(&resource_uid);
         let resource = Entity::new_with_tags(
@@ -296,13 +324,14 @@ impl Policies {
         )
         .map_err(|e| flatten(&e))?;
 
-        // The request sees the principal, the route, and the entity data above them.
+        // The request sees the principal, the route, and the entity data above them; what the
+        // principal's part already holds is not added twice.
         let mut seen: HashSet<EntityUid> = HashSet::new();
-        let mut entities = vec![principal, resource];
-        self.add_entities(principal_parents, &mut seen, &mut entities);
+        let mut entities = vec![resource];
         self.add_entities(resource_parents, &mut seen, &mut entities);
         self.add_entities(vec![slice.action.clone()], &mut seen, &mut entities);
-        let entities = Entities::from_entities(entities, None).map_err(|e| flatten(&e))?;
+        entities.retain(|e| base.get(&e.uid()).is_none());
+        let entities = base.add_entities(entities, None).map_err(|e| flatten(&e))?;
         Ok((principal_uid, resource_uid, entities))
     }
 
@@ -427,6 +456,7 @@ impl Policies {
 
 thread_local! {
     static MEMO: RefCell<Option<Memo>> = const { RefCell::new(None) };
+    static PRINCIPALS: RefCell<PrincipalCache> = RefCell::new(PrincipalCache::default());
     static CONTEXT: RefCell<Option<(ContextKey, Context)>> = const { RefCell::new(None) };
 }
 
@@ -440,6 +470,25 @@ struct ContextKey {
     auth_method: &'static str,
     token_age: Option<u64>,
     risk: Option<i64>,
+}
+
+/// Callers whose part of the entities a worker keeps (oldest out first): a few hundred KiB.
+const PRINCIPALS_KEPT: usize = 256;
+
+/// The principals' parts of the entities, by the principal's address.
+#[derive(Default)]
+struct PrincipalCache {
+    map: std::collections::HashMap<usize, PrincipalMemo>,
+    order: std::collections::VecDeque<usize>,
+}
+
+/// A principal's part of the entities: its entity and the entity data above it, closed.
+/// Holding the principal's `Arc` keeps its address from being reused by another principal.
+struct PrincipalMemo {
+    generation: u64,
+    principal: Arc<Principal>,
+    uid: EntityUid,
+    entities: Entities,
 }
 
 /// The entities of a worker's last decision, and what they were built from. Holding the
@@ -651,6 +700,27 @@ mod tests {
             assert!(!allowed(&readers, &bob, "/orders/1"), "bob is not alice");
             assert!(allowed(&readers, &alice, "/orders/1"));
             assert!(!allowed(&readers, &alice, "/orders/secret"), "another path is another resource");
+        }
+        // One caller working through resources: the principal's part is reused, the
+        // resource's (its path parameters here) never.
+        let seven = route(
+            r#"permit(principal in Role::"reader", action, resource) when { resource.hasTag("id") && resource.getTag("id") == "7" };"#,
+            "t",
+        );
+        for _ in 0..2 {
+            assert!(allowed(&seven, &alice, "/orders/7"));
+            assert!(!allowed(&seven, &alice, "/orders/8"), "another resource's parameters");
+            assert!(!allowed(&seven, &bob, "/orders/7"), "another caller's roles");
+            assert!(allowed(&seven, &alice, "/orders/7"));
+        }
+        // Many callers interleaved, more than a worker keeps: each is judged by its own roles.
+        let callers: Vec<(Arc<Principal>, bool)> = (0..super::PRINCIPALS_KEPT + 44)
+            .map(|i| (user(&format!("u{i}"), if i % 3 == 0 { &["reader"] } else { &[] }), i % 3 == 0))
+            .collect();
+        for round in 0..2 {
+            for (p, reader) in callers.iter().rev().skip(round) {
+                assert_eq!(allowed(&seven, p, "/orders/7"), *reader);
+            }
         }
         // The same principal, and a principal equal in every field but another credential.
         let alice_again = user("alice", &["reader"]);
