@@ -154,6 +154,43 @@ routes:
     assert_eq!(count[99], "99");
 }
 
+/// A tunnel is still a connection: it holds its place under `max_connections` until it ends.
+#[test]
+fn upgraded_connections_count_against_the_connection_limit() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "server:\n  listen: {{listen}}\n  limits: {{ max_connections: 1 }}\nroutes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n",
+        up.url()
+    ));
+    let mut tunnel = TcpStream::connect(gw.addr).unwrap();
+    tunnel.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tunnel
+        .write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-protocol\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tunnel.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    // While the tunnel is open, another connection waits.
+    let mut other = TcpStream::connect(gw.addr).unwrap();
+    other.set_read_timeout(Some(Duration::from_millis(600))).unwrap();
+    other.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    assert!(other.read(&mut buf).is_err(), "served while the tunnel held the only slot");
+    tunnel.write_all(b"x").unwrap();
+    tunnel.read_exact(&mut byte).unwrap();
+    assert_eq!(byte[0], b'x', "the tunnel still relays");
+    // The tunnel ends: the slot frees and the waiting connection is served.
+    drop(tunnel);
+    other.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    let _ = other.read_to_end(&mut out);
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+}
+
 /// An upgraded connection that carries nothing either way for the route's `tunnel_idle` is
 /// closed on both sides; one that carries data stays open past that time.
 #[test]

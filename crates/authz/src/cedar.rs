@@ -330,7 +330,8 @@ impl Policies {
         let mut entities = vec![resource];
         self.add_entities(resource_parents, &mut seen, &mut entities);
         self.add_entities(vec![slice.action.clone()], &mut seen, &mut entities);
-        entities.retain(|e| base.get(&e.uid()).is_none());
+        // (Entity data only: the resource itself is never replaced by a copy in the data.)
+        entities.retain(|e| e.uid() == resource_uid || base.get(&e.uid()).is_none());
         let entities = base.add_entities(entities, None).map_err(|e| flatten(&e))?;
         Ok((principal_uid, resource_uid, entities))
     }
@@ -472,7 +473,9 @@ struct ContextKey {
     risk: Option<i64>,
 }
 
-/// Callers whose part of the entities a worker keeps (oldest out first): a few hundred KiB.
+/// Callers whose part of the entities a worker keeps (oldest out first). Each entry holds the
+/// principal (its claims, shared with the token cache) and its entity (the claims again, as
+/// tags): a few KiB for usual tokens.
 const PRINCIPALS_KEPT: usize = 256;
 
 /// The principals' parts of the entities, by the principal's address.

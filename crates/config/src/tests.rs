@@ -193,6 +193,14 @@ fn malformed_configs_get_precise_errors() {
             "no bundle for trust domain `example.org`",
         ),
         (
+            "zero upstream request timeout",
+            "routes:\n",
+            "upstreams:\n  b:\n    endpoints: [http://b:1]\n    timeouts: { request: 0s }\nroutes:\n",
+            "upstreams.b.timeouts.request",
+            14,
+            "must be longer than zero",
+        ),
+        (
             "upstream SVID without the gateway's SVID",
             "routes:\n",
             "upstreams:\n  b:\n    endpoints: [https://b:1]\n    tls:\n      svid: true\nroutes:\n",

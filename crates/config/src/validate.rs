@@ -145,6 +145,11 @@ fn upstreams(config: &Config, out: &mut Vec<Invalid>) {
         if up.endpoints.is_empty() {
             out.push(Invalid::new(at("endpoints"), "list at least one endpoint URL"));
         }
+        for (key, d) in [("timeouts.connect", up.timeouts.connect), ("timeouts.request", up.timeouts.request)] {
+            if d.get().is_zero() {
+                out.push(Invalid::new(at(key), "must be longer than zero"));
+            }
+        }
         let h = &up.health;
         if h.consecutive_failures == 0 {
             out.push(Invalid::new(at("health.consecutive_failures"), "must be at least 1"));

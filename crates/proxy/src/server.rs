@@ -52,12 +52,21 @@ impl Io for tokio::io::DuplexStream {}
 pub struct Rewind {
     prefix: Bytes,
     io: Box<dyn Io>,
+    /// Dropped with the stream: tells the connection it came from that it is done with.
+    _held: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Rewind {
     /// `io`, reading `prefix` first.
     pub fn new(prefix: Bytes, io: Box<dyn Io>) -> Self {
-        Rewind { prefix, io }
+        Rewind { prefix, io, _held: None }
+    }
+
+    /// The same stream, and a receiver that completes when the stream is dropped.
+    pub fn held(mut self) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self._held = Some(tx);
+        (self, rx)
     }
 }
 

@@ -61,7 +61,8 @@ impl Clock {
     }
 }
 
-/// An I/O object that notes on its clock every read that brings data.
+/// An I/O object that notes on its clock every read that brings data and every write that
+/// takes some.
 struct Watched<T> {
     io: T,
     clock: Clock,
@@ -80,7 +81,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, data)
+        let polled = Pin::new(&mut self.io).poll_write(cx, data);
+        // A slow receiver still taking data is not idle.
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.clock.touch();
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -608,9 +608,11 @@ struct Reply {
 
 /// What happened to the connection after a response.
 enum After {
+    /// The connection was handed over (a protocol switch); the receiver completes when its
+    /// new owner drops it.
+    Upgraded(tokio::sync::oneshot::Receiver<()>),
     KeepAlive,
     Close,
-    Upgraded,
 }
 
 /// Serves HTTP/1.1 requests on `io` until the connection closes. Returns the stream if the
@@ -680,7 +682,12 @@ pub async fn serve(
         match respond(&link, resp, &reply, upgrade).await {
             After::KeepAlive => {}
             After::Close => break,
-            After::Upgraded => return None,
+            After::Upgraded(done) => {
+                // The connection lives on as a tunnel: it keeps its place among the
+                // connections (the limit, the count, the drain) until the tunnel ends.
+                let _ = done.await;
+                return None;
+            }
         }
     }
     // Boxed: rarely needed at length, and an idle connection's task would hold its room.
@@ -803,8 +810,9 @@ async fn respond(
         let mut sh = lock(link);
         let io = std::mem::replace(&mut sh.io, Box::new(Detached));
         let rest = std::mem::take(&mut sh.buf).freeze();
-        let _ = tx.send(Rewind::new(rest, io));
-        return After::Upgraded;
+        let (stream, done) = Rewind::new(rest, io).held();
+        let _ = tx.send(stream);
+        return After::Upgraded(done);
     }
     // (An unfinished request body already made `close` true.)
     if close || !complete || framing == OutFraming::Close {
