@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde::de::{MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::{Algorithm, Error, Jwk, b64};
@@ -192,40 +192,26 @@ fn parse_header(bytes: &[u8], policy: HeaderPolicy) -> Result<Header, Error> {
 /// RFC 7519 §4 allow rejecting duplicates; accepting the last one invites confusion between
 /// two parsers).
 pub fn parse_object_no_duplicates(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
-    struct Seed;
-    impl<'de> DeserializeSeed<'de> for Seed {
-        type Value = Map<String, Value>;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(Seed)
-        }
-    }
-    impl<'de> Visitor<'de> for Seed {
+    struct Whole;
+    impl<'de> Visitor<'de> for Whole {
         type Value = Map<String, Value>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
             let mut map = Map::new();
-            while let Some(key) = access.next_key::<String>()? {
+            let mut names = crate::json::Names::default();
+            while let Some(crate::json::Name(name)) = access.next_key()? {
                 let value: Value = access.next_value()?;
-                if map.contains_key(&key) {
-                    return Err(de::Error::custom(format!("duplicate:{key}")));
-                }
+                let key = name.to_string();
+                names.add(name)?;
                 map.insert(key, value);
             }
+            names.finish()?;
             Ok(map)
         }
     }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let map = Seed.deserialize(&mut de).map_err(|e| {
-        let msg = e.to_string();
-        match msg.strip_prefix("duplicate:") {
-            Some(rest) => Error::Duplicate(rest.split(' ').next().unwrap_or("").chars().take(32).collect()),
-            None => Error::Malformed("not a JSON object"),
-        }
-    })?;
-    de.end().map_err(|_| Error::Malformed("trailing characters after the JSON object"))?;
-    Ok(map)
+    crate::json::read_object(bytes, Whole, "not a JSON object")
 }
 
 #[cfg(test)]
