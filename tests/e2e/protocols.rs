@@ -52,6 +52,21 @@ routes:
     }
 }
 
+/// Sends `request` on a new connection and reads the response head (up to its blank line,
+/// nothing after it), leaving the connection open: for protocol upgrades.
+fn send_head(gw: &Gateway, request: &[u8]) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8(head).unwrap())
+}
+
 fn tls_gateway(dir: TempDir, ca: &Ca, extra: &str, upstream: &str) -> Gateway {
     let server = ca.server();
     dir.write("server.pem", &server.cert);
@@ -162,18 +177,10 @@ fn upgraded_connections_count_against_the_connection_limit() {
         "server:\n  listen: {{listen}}\n  limits: {{ max_connections: 1 }}\nroutes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n",
         up.url()
     ));
-    let mut tunnel = TcpStream::connect(gw.addr).unwrap();
-    tunnel.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    tunnel
-        .write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-protocol\r\n\r\n")
-        .unwrap();
-    let mut head = Vec::new();
+    let (mut tunnel, head) =
+        send_head(&gw, b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-protocol\r\n\r\n");
     let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tunnel.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // While the tunnel is open, another connection waits.
     let mut other = TcpStream::connect(gw.addr).unwrap();
     other.set_read_timeout(Some(Duration::from_millis(600))).unwrap();
@@ -200,16 +207,10 @@ fn idle_upgraded_connections_are_closed() {
         "routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n    timeouts: {{ tunnel_idle: 1s }}\n",
         up.url()
     ));
-    let mut s = TcpStream::connect(gw.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-protocol\r\n\r\n").unwrap();
-    let mut head = Vec::new();
+    let (mut s, head) =
+        send_head(&gw, b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-protocol\r\n\r\n");
     let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // Busy for 2.4 s (more than twice the idle time): still relayed.
     for i in 0..6u8 {
         std::thread::sleep(Duration::from_millis(400));
@@ -230,16 +231,8 @@ fn idle_upgraded_connections_are_closed() {
 fn http1_upgrades_are_relayed() {
     let up = Upstream::start();
     let gw = Gateway::start(&format!("routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n", up.url()));
-    let mut s = TcpStream::connect(gw.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-protocol\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let (mut s, head) =
+        send_head(&gw, b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-protocol\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(head.to_ascii_lowercase().contains("upgrade: echo-protocol"), "{head}");
     s.write_all(b"ping over the upgraded connection").unwrap();
@@ -249,14 +242,6 @@ fn http1_upgrades_are_relayed() {
 
     // Never to HTTP/2 by upgrade: the upstream would then take requests the gateway never
     // sees. The request is served as plain HTTP/1.1, without the upgrade.
-    let mut s = TcpStream::connect(gw.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let (_s, head) = send_head(&gw, b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
