@@ -98,8 +98,10 @@ impl Gateway {
     fn start_with(dir: TempDir, body: &str, probe: &'static str) -> Gateway {
         let mut dir = Some(dir);
         for _ in 0..3 {
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            // Both ports held at once while chosen, so the two can never be the same.
+            let (a, b) = (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap());
+            let (addr, admin) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+            drop((a, b));
             let d = dir.take().unwrap();
             let config = d.write("portcullis.yaml", config_with(addr, admin, body));
             let mut gw = Gateway { child: None, addr, admin, config, dir: d };
