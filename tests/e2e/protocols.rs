@@ -178,7 +178,7 @@ fn upgraded_connections_count_against_the_connection_limit() {
         up.url()
     ));
     let (mut tunnel, head) =
-        send_head(&gw, b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-protocol\r\n\r\n");
+        send_head(&gw, b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
     let mut byte = [0u8; 1];
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // While the tunnel is open, another connection waits.
@@ -208,7 +208,7 @@ fn idle_upgraded_connections_are_closed() {
         up.url()
     ));
     let (mut s, head) =
-        send_head(&gw, b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-protocol\r\n\r\n");
+        send_head(&gw, b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
     let mut byte = [0u8; 1];
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // Busy for 2.4 s (more than twice the idle time): still relayed.
@@ -232,16 +232,57 @@ fn http1_upgrades_are_relayed() {
     let up = Upstream::start();
     let gw = Gateway::start(&format!("routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n", up.url()));
     let (mut s, head) =
-        send_head(&gw, b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-protocol\r\n\r\n");
+        send_head(&gw, b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("upgrade: echo-protocol"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
     s.write_all(b"ping over the upgraded connection").unwrap();
     let mut buf = [0u8; 33];
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ping over the upgraded connection");
 
+    // Of several protocols offered, only those the route allows reach the upstream (which
+    // switches to the first it is offered).
+    let (_s, head) = send_head(
+        &gw,
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tunnel/1, WebSocket\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: websocket\r\n"), "{head}");
+
+    // Any other protocol is not relayed by default: the request is served as plain HTTP,
+    // and the upstream sees no upgrade.
+    let (_s, head) =
+        send_head(&gw, b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-protocol\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
     // Never to HTTP/2 by upgrade: the upstream would then take requests the gateway never
     // sees. The request is served as plain HTTP/1.1, without the upgrade.
     let (_s, head) = send_head(&gw, b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+/// A route lists the protocols it relays; `[]` turns upgrades off.
+#[test]
+fn routes_choose_which_upgrades_they_relay() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "routes:\n  - id: custom\n    match: {{ path_prefix: /custom }}\n    upstream: {u}\n    authenticate: [none]\n    upgrades: [echo-protocol]\n  - id: off\n    match: {{ path_prefix: /off }}\n    upstream: {u}\n    authenticate: [none]\n    upgrades: []\n",
+        u = up.url()
+    ));
+    let (mut s, head) = send_head(
+        &gw,
+        b"GET /custom/upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: Echo-Protocol\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"relayed").unwrap();
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"relayed");
+    // Not in this route's list, although allowed by default elsewhere.
+    let (_s, head) =
+        send_head(&gw, b"GET /custom/upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_s, head) =
+        send_head(&gw, b"GET /off/upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }

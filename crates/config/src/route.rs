@@ -48,6 +48,17 @@ pub struct RouteConfig {
     /// Path rewriting before forwarding.
     #[serde(default)]
     pub rewrite: Option<Rewrite>,
+    /// The protocols an HTTP/1.1 client may upgrade its connection to through this route
+    /// (names from the `Upgrade` field, matched without case, versions ignored). Offers of
+    /// anything else are dropped and the request is served as plain HTTP. Default:
+    /// `[websocket]`; `[]` turns upgrades off. `h2c` is never allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrades: Option<Vec<String>>,
+}
+
+impl RouteConfig {
+    /// The upgrades a route allows when it does not say.
+    pub const DEFAULT_UPGRADES: &[&str] = &["websocket"];
 }
 
 /// What a route matches. Every condition given must hold. At most one of `path`,

@@ -80,6 +80,22 @@ fn malformed_configs_get_precise_errors() {
             18,
             "must be longer than zero",
         ),
+        (
+            "upgrade to h2c",
+            "    authenticate: [jwt]\n",
+            "    authenticate: [jwt]\n    upgrades: [websocket, h2c]\n",
+            "routes[0].upgrades[1]",
+            18,
+            "never relayed",
+        ),
+        (
+            "upgrade protocol not a token",
+            "    authenticate: [jwt]\n",
+            "    authenticate: [jwt]\n    upgrades: [\"web socket\"]\n",
+            "routes[0].upgrades[0]",
+            18,
+            "a protocol name",
+        ),
         ("none combined", "[jwt]", "[none, jwt]", "routes[0].authenticate", 17, "cannot be combined"),
         (
             "duplicate key",

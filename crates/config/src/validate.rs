@@ -215,6 +215,18 @@ fn routes(config: &Config, out: &mut Vec<Invalid>) {
             }
         }
 
+        for (j, proto) in route.upgrades.iter().flatten().enumerate() {
+            let key = at(&format!("upgrades[{j}]"));
+            if proto.is_empty() || !proto.bytes().all(is_tchar) {
+                out.push(Invalid::new(key, "a protocol name: letters, digits and `!#$%&'*+-.^_`|~` only"));
+            } else if proto.eq_ignore_ascii_case("h2c") {
+                out.push(Invalid::new(
+                    key,
+                    "`h2c` is never relayed: the upstream would take requests the gateway never sees",
+                ));
+            }
+        }
+
         if let Some(ids) = &route.issuers {
             for (j, id) in ids.iter().enumerate() {
                 if !config.issuers.iter().any(|i| &i.id == id) {
@@ -634,4 +646,9 @@ fn is_protected_header(name: &str) -> bool {
     ]
     .iter()
     .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// A character of an RFC 9110 `token` (§5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }

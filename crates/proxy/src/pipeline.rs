@@ -476,7 +476,7 @@ async fn forward(
     authority: &RequestAuthority,
 ) -> Result<Response<ResponseBody>, Problem> {
     // An HTTP/1.1 protocol upgrade (WebSocket) is relayed as a byte stream after the 101.
-    let upgrade = if present.any(headers::Present::UPGRADE) { upgrade_request(&parts) } else { None };
+    let upgrade = if present.any(headers::Present::UPGRADE) { upgrade_request(&parts, &route.upgrades) } else { None };
     let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<crate::server::OnUpgrade>());
 
     headers::strip_hop_by_hop(&mut parts.headers, present);
@@ -542,16 +542,21 @@ async fn forward(
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let (Some(proto), Some(client)) = (upgrade, client_upgrade) {
+        // The upstream must name what it switched to (RFC 9110 §7.8), and only to one of the
+        // protocols the gateway passed on.
+        let chosen = resp.headers().get(header::UPGRADE).cloned();
+        if let (Some(offered), Some(chosen), Some(client)) = (upgrade, chosen, client_upgrade)
+            && protocols(&chosen).all(|p| protocols(&offered).any(|o| o.eq_ignore_ascii_case(p)))
+        {
             let upstream_io = hyper::upgrade::on(&mut resp);
             tokio::spawn(relay_upgraded(client, upstream_io, route.tunnel_idle));
             let (mut p, _) = resp.into_parts();
             headers::strip_hop_by_hop_response(&mut p.headers);
             p.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            p.headers.insert(header::UPGRADE, proto);
+            p.headers.insert(header::UPGRADE, chosen);
             return Ok(Response::from_parts(p, ResponseBody::empty()));
         }
-        return Err(Problem::bad_gateway("the upstream switched protocols unasked"));
+        return Err(Problem::bad_gateway("the upstream switched to a protocol that was not asked for"));
     }
 
     // The lean client never passes hop-by-hop response fields on; hyper's client does.
@@ -634,8 +639,11 @@ where
     }
 }
 
-/// The protocol a client asks to upgrade to, for HTTP/1.1 upgrade requests.
-fn upgrade_request(parts: &http::request::Parts) -> Option<HeaderValue> {
+/// What an HTTP/1.1 upgrade request may pass on: the protocols it offers that the route
+/// allows, in the client's order; `None` when there are none (or this is no upgrade request),
+/// and the request is then served as plain HTTP (RFC 9110 §7.8 lets a server ignore
+/// `Upgrade`).
+fn upgrade_request(parts: &http::request::Parts, allowed: &[Box<str>]) -> Option<HeaderValue> {
     if parts.version != Version::HTTP_11 {
         return None;
     }
@@ -645,12 +653,31 @@ fn upgrade_request(parts: &http::request::Parts) -> Option<HeaderValue> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
-    let proto = parts.headers.get(header::UPGRADE).filter(|_| wants)?;
+    let offer = parts.headers.get(header::UPGRADE).filter(|_| wants)?;
     // Never to HTTP/2 (`h2c`, deprecated by RFC 9113 §3.1): a switched connection carries
-    // requests the gateway would never see, past every stage of this pipeline. The request
-    // is served as plain HTTP/1.1 instead.
-    let h2c = proto.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
-    (!h2c).then(|| proto.clone())
+    // requests the gateway would never see, past every stage of this pipeline. The config
+    // refuses it in `upgrades`; it is left out here whatever the list says.
+    let allows = |p: &str| {
+        let name = p.split_once('/').map_or(p, |(name, _)| name);
+        !name.eq_ignore_ascii_case("h2c") && allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+    };
+    let (all, kept) = protocols(offer).fold((true, Vec::new()), |(all, mut kept), p| {
+        if allows(p) {
+            kept.push(p);
+        }
+        (all && allows(p), kept)
+    });
+    match kept.len() {
+        0 => None,
+        _ if all => Some(offer.clone()),
+        _ => HeaderValue::from_str(&kept.join(", ")).ok(),
+    }
+}
+
+/// The protocols an `Upgrade` field lists (`name` or `name/version`), in order; empty when the
+/// field is not visible ASCII.
+fn protocols(field: &HeaderValue) -> impl Iterator<Item = &str> {
+    field.to_str().unwrap_or_default().split(',').map(str::trim).filter(|p| !p.is_empty())
 }
 
 async fn relay_upgraded(client: crate::server::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, idle: Duration) {
@@ -675,6 +702,25 @@ mod tests {
         assert_eq!(forward_path(&uri, Cow::Borrowed("/api"), Some(&root)), "/?x=1");
         let dotted: http::Uri = "/a/../b?q".parse().unwrap();
         assert_eq!(forward_path(&dotted, Cow::Owned("/b".into()), None), "/b?q");
+    }
+
+    #[test]
+    fn only_allowed_upgrades_are_passed_on() {
+        let allowed: Vec<Box<str>> = vec!["websocket".into(), "foo".into()];
+        let offer = |connection: &str, upgrade: &str| {
+            let req = Request::get("/").header("connection", connection).header("upgrade", upgrade).body(()).unwrap();
+            upgrade_request(&req.into_parts().0, &allowed).map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(offer("Upgrade", "WebSocket").as_deref(), Some("WebSocket"));
+        assert_eq!(offer("keep-alive, upgrade", "foo/2, websocket").as_deref(), Some("foo/2, websocket"));
+        assert_eq!(offer("upgrade", "bar, websocket, h2c").as_deref(), Some("websocket"));
+        assert_eq!(offer("upgrade", "bar, ,baz"), None);
+        assert_eq!(offer("upgrade", "h2c"), None);
+        assert_eq!(offer("keep-alive", "websocket"), None, "Connection must name `upgrade`");
+        // `h2c` is left out even if a list were to allow it.
+        let h2c: Vec<Box<str>> = vec!["h2c".into()];
+        let req = Request::get("/").header("connection", "upgrade").header("upgrade", "h2c").body(()).unwrap();
+        assert_eq!(upgrade_request(&req.into_parts().0, &h2c), None);
     }
 
     #[test]

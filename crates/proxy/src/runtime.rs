@@ -112,6 +112,8 @@ pub struct Route {
     pub timeout: Duration,
     /// How long an upgraded connection may carry no data before it is closed.
     pub tunnel_idle: Duration,
+    /// The protocols a client may upgrade to (lower case; `h2c` never among them).
+    pub upgrades: Box<[Box<str>]>,
     /// Largest request body.
     pub max_body: u64,
     /// `(matched prefix, replacement)` for `rewrite.path_prefix`.
@@ -418,6 +420,10 @@ fn compile_route(
                 .as_ref()
                 .and_then(|t| t.tunnel_idle)
                 .map_or(portcullis_config::RouteTimeouts::DEFAULT_TUNNEL_IDLE, |d| d.get()),
+            upgrades: match &rc.upgrades {
+                Some(list) => list.iter().map(|p| p.to_ascii_lowercase().into()).collect(),
+                None => RouteConfig::DEFAULT_UPGRADES.iter().map(|&p| p.into()).collect(),
+            },
             max_body: rc.limits.as_ref().map_or(default_max_body, |l| l.max_body_bytes.bytes()),
             rewrite,
             propagate: None,
