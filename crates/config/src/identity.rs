@@ -19,6 +19,7 @@ use crate::values::Duration;
 pub struct TokenServiceConfig {
     /// `iss` of every token the gateway signs, e.g. `https://gateway.internal`. The discovery
     /// document names its endpoints under this URL.
+    #[serde(serialize_with = "crate::values::serialize_url_text_redacted")]
     pub issuer: String,
     /// The signing keys.
     #[serde(default)]

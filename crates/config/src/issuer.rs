@@ -15,12 +15,18 @@ pub struct IssuerConfig {
     /// Unique name, used in logs, metrics and `routes[].issuers`.
     pub id: String,
     /// The issuer identifier; a token's `iss` must equal it exactly.
+    #[serde(serialize_with = "crate::values::serialize_url_text_redacted")]
     pub issuer: String,
     /// Signing keys from a local JWKS file (reloaded when it changes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
     /// Signing keys from a JWKS URL (HTTPS; plain HTTP only to loopback or with `allow_http`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Credentials in the URL are hidden wherever it is shown (logs, errors, config dumps).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::values::serialize_opt_url_text_redacted"
+    )]
     pub jwks_uri: Option<String>,
     /// Find `jwks_uri` in the issuer's OpenID Connect discovery document
     /// (`{issuer}/.well-known/openid-configuration`), whose `issuer` must match.
@@ -107,6 +113,8 @@ fn default_max_token() -> ByteSize {
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
     /// The introspection endpoint (HTTPS; plain HTTP only to loopback or with `allow_http`).
+    /// Credentials in the URL are hidden wherever it is shown (logs, errors, config dumps).
+    #[serde(serialize_with = "crate::values::serialize_url_text_redacted")]
     pub endpoint: String,
     /// The gateway's client id at the authorization server.
     pub client_id: String,
@@ -128,7 +136,7 @@ pub struct IntrospectionConfig {
     #[serde(default)]
     pub audiences: Vec<String>,
     /// If set, an active token's `iss` must equal this.
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::values::serialize_opt_url_text_redacted")]
     pub issuer: Option<String>,
     /// Allow plain HTTP to a non-loopback host.
     #[serde(default)]

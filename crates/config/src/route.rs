@@ -16,6 +16,7 @@ pub struct RouteConfig {
     pub matches: RouteMatch,
     /// Where requests go: a URL (`http://127.0.0.1:8080`), the name of an entry in
     /// `upstreams`, or `echo` (a built-in upstream that answers with what it received).
+    #[serde(serialize_with = "crate::values::serialize_url_text_redacted")]
     pub upstream: String,
     /// How callers authenticate; required (default deny). Several methods may be listed; a
     /// request must satisfy one. `[none]` makes the route public, visibly.

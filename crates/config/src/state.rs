@@ -11,8 +11,12 @@ pub struct StateConfig {
     #[serde(default)]
     pub backend: StateBackend,
     /// Redis address, e.g. `redis://127.0.0.1:6379` (required with `backend: redis`).
-    /// A password in the URL is redacted from config dumps.
-    #[serde(default, serialize_with = "serialize_opt_url")]
+    /// A password in the URL is hidden in config dumps and error messages.
+    #[serde(
+        default,
+        serialize_with = "crate::values::serialize_opt_url_redacted",
+        deserialize_with = "crate::values::deserialize_opt_url"
+    )]
     #[schemars(with = "Option<String>")]
     pub redis_url: Option<url::Url>,
 }
@@ -26,11 +30,4 @@ pub enum StateBackend {
     Memory,
     /// Redis, shared by every replica.
     Redis,
-}
-
-fn serialize_opt_url<S: serde::Serializer>(u: &Option<url::Url>, s: S) -> Result<S::Ok, S::Error> {
-    match u {
-        Some(u) => crate::values::serialize_url_redacted(u, s),
-        None => s.serialize_none(),
-    }
 }

@@ -357,3 +357,146 @@ fn effective_config_dump_has_no_secrets() {
     let dump = serde_json::to_string(&c).unwrap();
     assert!(!dump.contains("s3cr3t"), "{dump}");
 }
+
+/// Secret-bearing values that cannot be read are reported by key and line, and the error
+/// (as `portcullis check` prints it, and as a rejected reload logs it) shows no secret.
+#[test]
+fn errors_about_secret_bearing_values_do_not_show_them() {
+    // (what is broken, replace this, with this, expected path, expected line, message part, secret)
+    let cases: &[(&str, &str, &str, &str, usize, &str, &str)] = &[
+        (
+            "redis URL with a bad port",
+            "admin:\n",
+            "state:\n  backend: redis\n  redis_url: \"redis://:hunter2secret@127.0.0.1:6379:bad\"\nadmin:\n",
+            "state.redis_url",
+            5,
+            "not a valid URL",
+            "hunter2secret",
+        ),
+        (
+            "redis URL with a user, a password and a bad host",
+            "admin:\n",
+            "state:\n  redis_url: \"redis://app:hunter2secret@[::1/0\"\nadmin:\n",
+            "state.redis_url",
+            4,
+            "not a valid URL",
+            "hunter2secret",
+        ),
+        (
+            "redis URL without a scheme",
+            "admin:\n",
+            "state:\n  redis_url: \"//:hunter2secret@redis:6379\"\nadmin:\n",
+            "state.redis_url",
+            4,
+            "not a valid URL",
+            "hunter2secret",
+        ),
+        (
+            "HMAC secret read as a number",
+            "    jwks_file: jwks.json\n",
+            "    hmac_secret: 31415926535897932384626433832795\n",
+            "issuers[0].hmac_secret",
+            8,
+            "must be a string",
+            "31415926535897932384626433832795",
+        ),
+        (
+            "client secret read as a number",
+            "admin:\n",
+            "introspection:\n  endpoint: https://as.example/introspect\n  client_id: gw\n  client_secret: 8675309123456\nadmin:\n",
+            "introspection.client_secret",
+            6,
+            "must be a string",
+            "8675309123456",
+        ),
+        (
+            "client secret read as a float",
+            "admin:\n",
+            "introspection:\n  endpoint: https://as.example/introspect\n  client_id: gw\n  client_secret: 6.02214076e23\nadmin:\n",
+            "introspection.client_secret",
+            6,
+            "must be a string",
+            "6.02214076",
+        ),
+        (
+            "nonce secret read as a boolean",
+            "routes:\n",
+            "dpop:\n  nonce_secret: yes\nroutes:\n",
+            "dpop.nonce_secret",
+            12,
+            "must be a string",
+            "true",
+        ),
+        (
+            "secret mistyped as a mapping",
+            "routes:\n",
+            "dpop:\n  nonce_secret: { s3cr3t-nonce-key: x }\nroutes:\n",
+            "dpop.nonce_secret",
+            12,
+            "`env` or `file`",
+            "s3cr3t-nonce-key",
+        ),
+        (
+            "secret with a second source",
+            "routes:\n",
+            "dpop:\n  nonce_secret: { env: NONCE, s3cr3t-nonce-key: x }\nroutes:\n",
+            "dpop.nonce_secret",
+            12,
+            "exactly one of `env` or `file`",
+            "s3cr3t-nonce-key",
+        ),
+    ];
+    for (what, from, to, path, line, part, secret) in cases {
+        assert!(VALID.contains(from), "{what}: the base config lacks {from:?}");
+        let errors = load(&VALID.replacen(from, to, 1)).expect_err(what);
+        let e = &errors.0[0];
+        assert_eq!(&e.path, path, "{what}: {errors}");
+        assert_eq!(e.line, Some(*line), "{what}: {errors}");
+        let shown = errors.to_string();
+        assert!(shown.contains(part), "{what}: {shown}");
+        assert!(shown.contains(&format!(":{line}:")) && shown.contains(&format!("`{path}`")), "{what}: {shown}");
+        assert!(!shown.contains(secret), "{what} shows the secret: {shown}");
+        assert!(!format!("{errors:?}").contains(secret), "{what} shows the secret in Debug: {errors:?}");
+    }
+}
+
+/// A redis URL's password is hidden in errors found after parsing too.
+#[test]
+fn redis_url_errors_after_parsing_do_not_show_the_password() {
+    let text = VALID.replace("admin:\n", "state:\n  redis_url: \"http://:hunter2secret@127.0.0.1:6379\"\nadmin:\n");
+    let errors = load(&text).unwrap_err();
+    assert_eq!(errors.0[0].path, "state.redis_url", "{errors}");
+    assert_eq!(errors.0[0].line, Some(4), "{errors}");
+    assert!(!errors.to_string().contains("hunter2secret"), "{errors}");
+}
+
+/// Credentials in any configured URL are hidden in the effective config (the admin
+/// `/config` dump); the rest of each URL stays readable.
+#[test]
+fn effective_config_dump_hides_credentials_in_urls() {
+    let text = VALID
+        .replace(
+            "    jwks_file: jwks.json\n",
+            "    jwks_uri: \"https://gw:jwks-pa55word@idp.example/jwks.json\"\n",
+        )
+        .replace(
+            "admin:\n",
+            "introspection:\n  endpoint: \"https://gw:intro-pa55word@as.example/introspect\"\n  client_id: gw\n  \
+             client_secret: client-s3cret\nupstreams:\n  orders:\n    endpoints: [\"http://svc:up-pa55word@10.0.0.5:8080\"]\nadmin:\n",
+        )
+        .replace("http://127.0.0.1:18080", "\"http://route:route-pa55word@127.0.0.1:18080\"");
+    let c = load(&text).unwrap().config;
+    assert_eq!(c.issuers[0].jwks_uri.as_deref(), Some("https://gw:jwks-pa55word@idp.example/jwks.json"));
+    let dump = serde_json::to_string(&c).unwrap();
+    for secret in ["jwks-pa55word", "intro-pa55word", "up-pa55word", "route-pa55word", "client-s3cret"] {
+        assert!(!dump.contains(secret), "the dump shows {secret}: {dump}");
+    }
+    for shown in [
+        "https://gw:***@idp.example/jwks.json",
+        "https://gw:***@as.example/introspect",
+        "http://svc:***@10.0.0.5:8080",
+        "http://route:***@127.0.0.1:18080",
+    ] {
+        assert!(dump.contains(shown), "the dump lacks {shown}: {dump}");
+    }
+}

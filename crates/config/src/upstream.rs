@@ -13,6 +13,7 @@ use crate::values::Duration;
 pub struct UpstreamConfig {
     /// One or more base URLs (`http://host:port` or `https://host:port`), used in turn
     /// (round robin); an endpoint that keeps failing is ejected for a while.
+    #[serde(serialize_with = "crate::values::serialize_url_texts_redacted")]
     pub endpoints: Vec<String>,
     /// Protocol towards the upstream.
     #[serde(default)]

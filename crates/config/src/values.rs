@@ -224,24 +224,51 @@ impl<'de> Deserialize<'de> for Secret {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Secret, E> {
                 Ok(Secret::new(v))
             }
+            // YAML reads some plain scalars as numbers or booleans, which would change the
+            // secret (`0x1F`, `1e3`, `yes`); they are refused, and never echoed.
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(not_text())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+            fn visit_i128<E: de::Error>(self, _: i128) -> Result<Secret, E> {
+                Err(not_text())
+            }
+            fn visit_u128<E: de::Error>(self, _: u128) -> Result<Secret, E> {
+                Err(not_text())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+            fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Secret, E> {
+                Err(not_text())
+            }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Secret, A::Error> {
                 let key: String = map.next_key()?.ok_or_else(|| de::Error::custom("a secret needs `env` or `file`"))?;
                 let val: String = map.next_value()?;
                 let source = match key.as_str() {
                     "env" => SecretSource::Env(val),
                     "file" => SecretSource::File(PathBuf::from(val)),
-                    other => return Err(de::Error::unknown_field(other, &["env", "file"])),
+                    // An unknown key is not echoed: it may be a mistyped secret (`{s3cr3t: x}`).
+                    _ => return Err(de::Error::custom("a secret written as a mapping takes `env` or `file`")),
                 };
-                if let Some(extra) = map.next_key::<String>()? {
-                    return Err(de::Error::custom(format!(
-                        "a secret takes exactly one of `env` or `file`, found also `{extra}`"
-                    )));
+                if map.next_key::<de::IgnoredAny>()?.is_some() {
+                    return Err(de::Error::custom("a secret takes exactly one of `env` or `file`"));
                 }
                 Ok(Secret { source, value: "".into() })
             }
         }
         deserializer.deserialize_any(V)
     }
+}
+
+/// The error for a secret written as something other than text; it does not show the value.
+fn not_text<E: de::Error>() -> E {
+    E::custom("a secret must be a string: write it in quotes (the value is not shown here)")
 }
 
 impl Serialize for Secret {
@@ -279,14 +306,93 @@ impl JsonSchema for Secret {
     }
 }
 
-/// Serialises a URL with any password replaced by `<redacted>` (for config dumps).
+/// A configured URL as it may be shown in logs, error messages and config dumps: a password
+/// in it is replaced by `***`, and so is a user name given without a password (it may be a
+/// token). Everything else is kept. Text that does not parse as a URL loses everything
+/// between its scheme and its last `@`.
+///
+/// Every place that prints a configured URL prints it through this.
+#[derive(Clone, Copy, Debug)]
+pub struct RedactedUrl<'a>(pub &'a str);
+
+impl fmt::Display for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(self.0))
+    }
+}
+
+/// The marker that replaces credentials in a shown URL.
+const HIDDEN: &str = "***";
+
+/// `text` with the credentials of the URL it holds replaced (see [`RedactedUrl`]).
+pub fn redact_url(text: &str) -> Cow<'_, str> {
+    match url::Url::parse(text) {
+        Ok(u) if u.password().is_none() && u.username().is_empty() => Cow::Borrowed(text),
+        Ok(mut u) => {
+            let hidden = if u.password().is_some() {
+                u.set_password(Some(HIDDEN)).is_ok()
+            } else {
+                u.set_username(HIDDEN).is_ok()
+            };
+            if hidden { Cow::Owned(u.into()) } else { redact_unparsed(text) }
+        }
+        Err(_) => redact_unparsed(text),
+    }
+}
+
+/// Hides everything between the scheme (`…://`, if any) and the last `@`: the only safe
+/// reading of text that is not a valid URL.
+fn redact_unparsed(text: &str) -> Cow<'_, str> {
+    let start = text.find("://").map_or(0, |i| i + 3);
+    match text[start..].rfind('@') {
+        Some(at) => Cow::Owned(format!("{}{HIDDEN}{}", &text[..start], &text[start + at..])),
+        None => Cow::Borrowed(text),
+    }
+}
+
+/// Parses a configured URL. The error says what is wrong and shows the URL only with its
+/// credentials hidden.
+pub fn parse_url(text: &str) -> Result<url::Url, String> {
+    url::Url::parse(text).map_err(|e| format!("`{}` is not a valid URL: {e}", RedactedUrl(text)))
+}
+
+/// Serialises a URL with its credentials hidden (for config dumps).
 pub fn serialize_url_redacted<S: Serializer>(url: &url::Url, serializer: S) -> Result<S::Ok, S::Error> {
-    if url.password().is_some() {
-        let mut shown = url.clone();
-        let _ = shown.set_password(Some("redacted"));
-        serializer.collect_str(&shown)
-    } else {
-        serializer.collect_str(url)
+    serializer.collect_str(&RedactedUrl(url.as_str()))
+}
+
+/// Serialises an optional URL with its credentials hidden (for config dumps).
+pub fn serialize_opt_url_redacted<S: Serializer>(url: &Option<url::Url>, serializer: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => serializer.serialize_some(&RedactedUrl(u.as_str()).to_string()),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Serialises URL text with its credentials hidden (for config dumps).
+pub fn serialize_url_text_redacted<S: Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&RedactedUrl(text))
+}
+
+/// Serialises optional URL text with its credentials hidden (for config dumps).
+pub fn serialize_opt_url_text_redacted<S: Serializer>(text: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    match text {
+        Some(t) => serializer.serialize_some(&redact_url(t)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Serialises a list of URL texts with their credentials hidden (for config dumps).
+pub fn serialize_url_texts_redacted<S: Serializer>(texts: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(texts.iter().map(|t| redact_url(t)))
+}
+
+/// Deserialises an optional URL; a malformed one is an error that never shows its
+/// credentials (serde's own error would echo the whole text).
+pub fn deserialize_opt_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<url::Url>, D::Error> {
+    match Option::<String>::deserialize(deserializer)? {
+        Some(text) => parse_url(&text).map(Some).map_err(de::Error::custom),
+        None => Ok(None),
     }
 }
 
@@ -336,7 +442,26 @@ mod tests {
         }
         let w = W { u: "redis://user:pa55@127.0.0.1:6379/0".parse().unwrap() };
         let s = serde_json::to_string(&w).unwrap();
-        assert!(!s.contains("pa55"), "{s}");
-        assert!(s.contains("redacted"));
+        assert_eq!(s, r#"{"u":"redis://user:***@127.0.0.1:6379/0"}"#);
+    }
+
+    #[test]
+    fn shown_urls_hide_credentials() {
+        let shown = |s: &str| RedactedUrl(s).to_string();
+        // A password is hidden; the user name and the rest stay.
+        assert_eq!(shown("https://gw:pa55@idp.example/jwks?x=1"), "https://gw:***@idp.example/jwks?x=1");
+        assert_eq!(shown("redis://:pa55@127.0.0.1:6379"), "redis://:***@127.0.0.1:6379");
+        // `@` and `:` inside the password.
+        assert_eq!(shown("http://u:p@s:s@host/"), "http://u:***@host/");
+        // A user name alone may be a token.
+        assert_eq!(shown("https://ghp_t0ken@idp.example/"), "https://***@idp.example/");
+        // Nothing to hide: shown exactly as written.
+        assert_eq!(shown("https://idp.example/jwks"), "https://idp.example/jwks");
+        assert_eq!(shown("orders"), "orders");
+        // Not a URL: everything up to the last `@` after the scheme goes.
+        assert_eq!(shown("redis://:pa55@127.0.0.1:6379:bad"), "redis://***@127.0.0.1:6379:bad");
+        assert_eq!(shown("http://u:pa/55@host"), "http://***@host");
+        assert_eq!(shown("//:pa55@host:1"), "***@host:1");
+        assert!(!parse_url("redis://:pa55@h:1:2").unwrap_err().contains("pa55"));
     }
 }
