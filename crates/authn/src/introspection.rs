@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use portcullis_config::values::RedactedUrl;
 use portcullis_config::{ClientAuthMethod, IntrospectionConfig, Secret};
 use portcullis_core::{AuthnMethod, Principal};
 use serde_json::Value;
@@ -41,7 +42,9 @@ pub struct Introspector {
 
 impl std::fmt::Debug for Introspector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Introspector").field("endpoint", &self.endpoint.as_str()).finish_non_exhaustive()
+        f.debug_struct("Introspector")
+            .field("endpoint", &RedactedUrl(self.endpoint.as_str()).to_string())
+            .finish_non_exhaustive()
     }
 }
 
@@ -91,7 +94,8 @@ impl Introspector {
 
     async fn ask(&self, token: &str) -> Result<serde_json::Map<String, Value>, AuthnError> {
         let unavailable = |why: String| {
-            tracing::warn!(endpoint = %self.endpoint, problem = %why, "token introspection failed; denying");
+            let endpoint = RedactedUrl(self.endpoint.as_str());
+            tracing::warn!(%endpoint, problem = %why, "token introspection failed; denying");
             AuthnError::unavailable("introspection_unavailable", "the token could not be checked; try again later")
         };
         let mut req = self.client.post(self.endpoint.clone()).header(http::header::ACCEPT, "application/json");

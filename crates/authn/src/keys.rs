@@ -22,6 +22,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use portcullis_config::values::RedactedUrl;
 use portcullis_jose::{Algorithm, Jwk, VerifyingKey};
 use tokio::sync::{Notify, watch};
 use url::Url;
@@ -73,7 +74,7 @@ pub enum Lookup {
 }
 
 /// Where keys come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Source {
     /// A local JWKS file (already read).
     File,
@@ -81,6 +82,16 @@ pub enum Source {
     Uri(Url),
     /// OIDC discovery for this issuer.
     Discovery(String),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File => f.write_str("File"),
+            Source::Uri(u) => write!(f, "Uri({})", RedactedUrl(u.as_str())),
+            Source::Discovery(issuer) => write!(f, "Discovery({})", RedactedUrl(issuer)),
+        }
+    }
 }
 
 /// Fetch and cache policy.
@@ -123,8 +134,10 @@ impl std::fmt::Debug for KeyStore {
 }
 
 /// Whether `url` may be fetched: HTTPS, or HTTP to loopback (or anywhere with `allow_http`).
+/// Errors show the URL with its credentials hidden.
 pub fn check_url(url: &str, allow_http: bool) -> Result<Url, String> {
-    let u = Url::parse(url).map_err(|e| format!("`{url}` is not a valid URL: {e}"))?;
+    let u = portcullis_config::values::parse_url(url)?;
+    let url = RedactedUrl(url);
     match u.scheme() {
         "https" => Ok(u),
         "http" if allow_http || is_loopback(&u) => Ok(u),
@@ -355,14 +368,17 @@ impl Drop for KeyStore {
     }
 }
 
-/// GET a document: status 200, at most [`MAX_DOCUMENT`] bytes; also its `max-age`.
-async fn get(client: &reqwest::Client, url: Url) -> Result<(Vec<u8>, Option<Duration>), String> {
+/// GET a document: status 200, at most [`MAX_DOCUMENT`] bytes; also its `max-age`. Errors
+/// show the URL with its credentials hidden.
+async fn get(client: &reqwest::Client, target: Url) -> Result<(Vec<u8>, Option<Duration>), String> {
+    let shown = RedactedUrl(target.as_str()).to_string();
+    let url = &shown;
     let resp = client
-        .get(url.clone())
+        .get(target)
         .header(http::header::ACCEPT, "application/jwk-set+json, application/json")
         .send()
         .await
-        .map_err(|e| format!("fetching {url}: {}", short(&e)))?;
+        .map_err(|e| format!("fetching {url}: {}", short(e)))?;
     if resp.status() != reqwest::StatusCode::OK {
         return Err(format!("fetching {url}: status {}", resp.status().as_u16()));
     }
@@ -372,7 +388,7 @@ async fn get(client: &reqwest::Client, url: Url) -> Result<(Vec<u8>, Option<Dura
     }
     let mut body = Vec::new();
     let mut resp = resp;
-    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("fetching {url}: {}", short(&e)))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("fetching {url}: {}", short(e)))? {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_DOCUMENT {
             return Err(format!("fetching {url}: document too large"));
@@ -381,13 +397,14 @@ async fn get(client: &reqwest::Client, url: Url) -> Result<(Vec<u8>, Option<Dura
     Ok((body, max_age))
 }
 
-fn short(e: &reqwest::Error) -> String {
+/// What went wrong, without the URL (the caller names it, with its credentials hidden).
+fn short(e: reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {
         "cannot connect".into()
     } else {
-        e.to_string()
+        e.without_url().to_string()
     }
 }
 
@@ -459,5 +476,22 @@ mod tests {
         assert!(check_url("http://idp.example/jwks", true).is_ok());
         assert!(check_url("ftp://idp.example/jwks", true).is_err());
         assert!(check_url("not a url", true).is_err());
+    }
+
+    #[test]
+    fn url_errors_hide_credentials() {
+        for bad in [
+            "http://gw:pa55word@idp.example/jwks",
+            "ftp://gw:pa55word@idp.example/jwks",
+            "https://gw:pa55word@idp.example:99999/jwks",
+            "//gw:pa55word@idp.example/jwks",
+        ] {
+            let e = check_url(bad, false).unwrap_err();
+            assert!(!e.contains("pa55word") && e.contains("idp.example"), "{e}");
+        }
+        assert_eq!(
+            format!("{:?}", Source::Uri(Url::parse("https://gw:pa55word@idp/k").unwrap())),
+            "Uri(https://gw:***@idp/k)"
+        );
     }
 }
