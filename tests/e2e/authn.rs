@@ -38,7 +38,7 @@ impl Idp {
         self.post(path, body).await
     }
 
-    async fn post(&self, path: &str, body: Value) -> String {
+    pub async fn post(&self, path: &str, body: Value) -> String {
         let r = self.http.post(format!("{}{path}", self.url)).json(&body).send().await.unwrap();
         assert!(r.status().is_success(), "idp {path}: {}", r.status());
         r.text().await.unwrap()
@@ -384,6 +384,57 @@ async fn hmac_only_with_a_configured_secret() {
     drop(idp);
 }
 
+/// A token served from the cache is held to the same `exp` and leeway as one verified anew.
+#[tokio::test]
+async fn cached_tokens_expire_with_the_issuer_leeway() {
+    let idp = Idp::start();
+    idp.key("ec", "ES256").await;
+    let up = Upstream::start();
+    // Caches are per worker: one worker makes "cached" deterministic.
+    let gw = Gateway::start(&format!(
+        "server:\n  listen: {{listen}}\n  workers: 1\n{}\nroutes:\n  - id: r\n    upstream: {}\n    authenticate: [jwt]\n",
+        issuer_yaml(&idp, "    leeway: 1s\n"),
+        up.url()
+    ));
+    let exp = now() + 2;
+    let token = idp.token("ec", json!({"exp": exp})).await;
+    let get = || client().get(gw.url("/x")).bearer_auth(&token).send();
+    assert_eq!(get().await.unwrap().status(), 200, "valid, and now cached");
+    assert_eq!(get().await.unwrap().status(), 200);
+    while now() <= exp + 1 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let p = problem(get().await.unwrap(), 401).await;
+    assert_eq!(p["type"], "urn:portcullis:problem:token-expired", "{p}");
+}
+
+/// RFC 7517 §4.5 asks key sets for distinct `kid`s but does not require them: when keys share
+/// one, the signature decides which of them verifies the token.
+#[tokio::test]
+async fn keys_that_share_a_kid_are_each_tried() {
+    let f = Fixture::new("", "").await;
+    for name in ["twin-a", "twin-b"] {
+        f.idp.post("/admin/keys", json!({"kid": name, "alg": "ES256", "publish_kid": "twin"})).await;
+    }
+    f.idp.unpublished_key("stranger", "ES256").await;
+    let signed_by = |key: &str| f.idp.mint(json!({"kid": key, "header": {"kid": "twin"}, "claims": f.idp.claims()}));
+    assert_eq!(f.get(&signed_by("twin-a").await).await.status(), 200);
+    assert_eq!(f.get(&signed_by("twin-b").await).await.status(), 200);
+    f.refused(&signed_by("stranger").await, "signature_invalid").await;
+}
+
+/// Any JSON is a JOSE header (RFC 7515 §4), whitespace included.
+#[tokio::test]
+async fn a_header_with_json_whitespace_is_still_a_jwt() {
+    let f = Fixture::new("", "").await;
+    let spaced = f
+        .idp
+        .mint(json!({"kid": "ec", "attack": "raw", "raw_header": "{ \"alg\": \"ES256\",\n \"kid\": \"ec\" }", "claims": f.idp.claims()}))
+        .await;
+    assert!(!spaced.starts_with("eyJ"), "{spaced}");
+    assert_eq!(f.get(&spaced).await.status(), 200);
+}
+
 #[tokio::test]
 async fn key_rotation_and_removal_without_restart() {
     let f = Fixture::new("    keys: { min_cache: 1s, max_cache: 1s, refetch_interval: 1s }\n", "").await;
@@ -446,6 +497,9 @@ async fn stale_keys_serve_while_the_idp_is_down_then_fail_closed() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert_eq!(p["type"], "urn:portcullis:problem:keys-unavailable");
+    // A token verified before the outage is refused too: the cache never outlives the keys.
+    let r = f.get(&token).await;
+    assert_eq!(problem(r, 503).await["type"], "urn:portcullis:problem:keys-unavailable", "a cached token failed open");
     // Back up: served again.
     f.idp.mode("ok").await;
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -209,7 +209,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/jwks.json":
             with LOCK:
                 STATE["stats"]["jwks"] += 1
-                keys = [public_jwk(k, STATE["keys"][k][0], STATE["keys"][k][1]) for k in STATE["published"]]
+                aliases = STATE.setdefault("aliases", {})
+                keys = [public_jwk(aliases.get(k, k), STATE["keys"][k][0], STATE["keys"][k][1]) for k in STATE["published"]]
                 age = STATE["max_age"]
             return self.send_json({"keys": keys}, extra={"Cache-Control": "max-age=%d" % age})
         self.send_json({"error": "not found"}, 404)
@@ -220,6 +221,8 @@ class Handler(BaseHTTPRequestHandler):
             key = new_key(req["alg"])
             with LOCK:
                 STATE["keys"][req["kid"]] = (req["alg"], key)
+                if "publish_kid" in req:  # published under another kid (to make sets that repeat one)
+                    STATE.setdefault("aliases", {})[req["kid"]] = req["publish_kid"]
                 if req.get("publish", True):
                     STATE["published"].append(req["kid"])
             return self.send_json(public_jwk(req["kid"], req["alg"], key))

@@ -15,7 +15,9 @@
 //! cached too (negative caching), and those are not worth keeping whole.
 //!
 //! An entry is used only if its owner (the issuer or introspection endpoint of the *current*
-//! config) is one the route accepts, its key has not been retired, and it has not expired.
+//! config) is one the route accepts, its key is still in its set and the set within its
+//! `stale_for` allowance (else verification would fail closed too), and the token has not
+//! expired (`exp` plus the issuer's leeway, as verification judges it).
 
 use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
@@ -101,7 +103,7 @@ impl<K: Hash + Eq + Clone, O, S: BuildHasher> Cache<K, O, S> {
         Q: Hash + Eq + ?Sized,
     {
         let e = self.map.get(key)?;
-        if now > e.until || e.key.as_ref().is_some_and(|k| k.is_retired()) {
+        if now > e.until || e.key.as_ref().is_some_and(|k| !k.usable_at(now)) {
             self.map.remove(key);
             return None;
         }

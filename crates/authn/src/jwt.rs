@@ -118,33 +118,64 @@ impl Issuer {
                 format!("algorithm {alg} is not accepted from this issuer"),
             ));
         }
-        let key = if alg.is_symmetric() {
-            self.hmac.clone().ok_or_else(|| AuthnError::invalid("alg_not_allowed", "no shared secret for HMAC"))?
+        let keys = if alg.is_symmetric() {
+            Lookup::Found(
+                self.hmac.clone().ok_or_else(|| AuthnError::invalid("alg_not_allowed", "no shared secret for HMAC"))?,
+            )
         } else {
             self.key(jws.header.kid.as_deref(), alg).await?
         };
-        key.verifier.verify(alg, jws.signing_input(), &jws.signature)?;
+        let verify = |k: &Key| k.verifier.verify(alg, jws.signing_input(), &jws.signature);
+        let key = match keys {
+            Lookup::Several(keys) => {
+                let mut last = None;
+                let found = keys.into_iter().find(|k| match verify(k) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        last = Some(e);
+                        false
+                    }
+                });
+                match (found, last) {
+                    (Some(k), _) => k,
+                    (None, Some(e)) => return Err(e.into()),
+                    (None, None) => return Err(AuthnError::invalid("key_unknown", "no signing key fits the token")),
+                }
+            }
+            Lookup::Found(k) => {
+                verify(&k)?;
+                k
+            }
+            _ => return Err(AuthnError::invalid("key_unknown", "no signing key fits the token")),
+        };
         self.check_type(jws.header.typ.as_deref())?;
         // The clock is read after the key is found: finding it may have waited for a refetch.
         let principal = self.check_claims(claims, unix_now())?;
         Ok((principal, key))
     }
 
-    async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<Key>, AuthnError> {
+    /// The key (`Found`) or keys (`Several`) to verify with.
+    async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<Lookup, AuthnError> {
         let store =
             self.store.as_ref().ok_or_else(|| AuthnError::invalid("key_unknown", "this issuer has no signing keys"))?;
         match store.lookup(kid, alg) {
-            Lookup::Found(k) => Ok(k),
+            found @ (Lookup::Found(_) | Lookup::Several(_)) => Ok(found),
             Lookup::Ambiguous => Err(AuthnError::invalid("key_ambiguous", "the token has no kid and several keys fit")),
             Lookup::Unavailable => {
                 Err(AuthnError::unavailable("keys_unavailable", "the issuer's signing keys are not available"))
             }
             Lookup::Unknown => {
-                if kid.is_some()
-                    && store.refetch_unknown_kid(REFETCH_WAIT).await
-                    && let Lookup::Found(k) = store.lookup(kid, alg)
-                {
-                    return Ok(k);
+                if kid.is_some() && store.refetch_unknown_kid(REFETCH_WAIT).await {
+                    match store.lookup(kid, alg) {
+                        found @ (Lookup::Found(_) | Lookup::Several(_)) => return Ok(found),
+                        Lookup::Unavailable => {
+                            return Err(AuthnError::unavailable(
+                                "keys_unavailable",
+                                "the issuer's signing keys are not available",
+                            ));
+                        }
+                        Lookup::Unknown | Lookup::Ambiguous => {}
+                    }
                 }
                 Err(AuthnError::invalid("key_unknown", "no signing key of this issuer fits the token"))
             }
@@ -159,6 +190,13 @@ impl Issuer {
             (Some(allowed), None) => allowed.is_empty(),
         };
         if ok { Ok(()) } else { Err(AuthnError::invalid("typ_not_allowed", "the token type (typ) is not accepted")) }
+    }
+
+    /// Until when (seconds since the epoch) a token verified now may be served from the
+    /// cache: its `exp` plus the issuer's leeway, exactly as long as verification would
+    /// accept it.
+    pub(crate) fn cacheable_until(&self, expires_at: Option<u64>) -> u64 {
+        expires_at.map_or(0, |exp| exp.saturating_add(self.leeway))
     }
 
     /// The claim rules, at time `now`. The principal returned has no `claims` yet.

@@ -30,7 +30,9 @@ use url::Url;
 /// Largest key set or discovery document accepted.
 const MAX_DOCUMENT: usize = 1024 * 1024;
 
-/// A key and its verifier. `retired` turns true when the key leaves its set.
+/// A key and its verifier. `retired` turns true when the key leaves its set; `usable_until`
+/// follows the set's `stale_for` deadline, so that tokens it verified stop being accepted
+/// from the cache when the set itself may no longer be used.
 #[derive(Debug)]
 pub struct Key {
     /// The JWK.
@@ -38,17 +40,25 @@ pub struct Key {
     /// Its verifier.
     pub verifier: VerifyingKey,
     retired: AtomicBool,
+    /// Seconds since the epoch; `u64::MAX` for keys that never go stale (files, secrets).
+    usable_until: AtomicU64,
 }
 
 impl Key {
     /// A usable key.
     pub fn new(jwk: Jwk, verifier: VerifyingKey) -> Arc<Key> {
-        Arc::new(Key { jwk, verifier, retired: AtomicBool::new(false) })
+        Arc::new(Key { jwk, verifier, retired: AtomicBool::new(false), usable_until: AtomicU64::new(u64::MAX) })
     }
 
     /// Whether the key left its set (tokens it verified are no longer accepted).
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
+    }
+
+    /// Whether tokens this key verified may still be accepted at `now` (seconds since the
+    /// epoch): the key is in its set and the set is within its `stale_for` allowance.
+    pub fn usable_at(&self, now: u64) -> bool {
+        !self.is_retired() && now < self.usable_until.load(Ordering::Acquire)
     }
 }
 
@@ -67,6 +77,9 @@ pub enum Lookup {
     Found(Arc<Key>),
     /// No key fits (unknown `kid`, or none of the right type).
     Unknown,
+    /// Several keys of the set share the token's `kid` and fit its `alg` (RFC 7517 §4.5
+    /// asks sets not to do this, but allows it): the signature decides among them.
+    Several(Vec<Arc<Key>>),
     /// Several keys fit a token without `kid`.
     Ambiguous,
     /// There are no usable keys: never fetched, or stale for too long.
@@ -241,13 +254,14 @@ impl KeyStore {
         }
         let fits = |k: &&Arc<Key>| k.jwk.fits(alg) && k.verifier.supports(alg);
         match kid {
-            Some(kid) => set
-                .keys
-                .iter()
-                .filter(|k| k.jwk.kid.as_deref() == Some(kid))
-                .find(fits)
-                .cloned()
-                .map_or(Lookup::Unknown, Lookup::Found),
+            Some(kid) => {
+                let mut fitting = set.keys.iter().filter(|k| k.jwk.kid.as_deref() == Some(kid)).filter(fits);
+                match (fitting.next(), fitting.next()) {
+                    (Some(k), None) => Lookup::Found(k.clone()),
+                    (Some(a), Some(b)) => Lookup::Several([a, b].into_iter().chain(fitting).cloned().collect()),
+                    (None, _) => Lookup::Unknown,
+                }
+            }
             None => {
                 let mut fitting = set.keys.iter().filter(fits);
                 match (fitting.next(), fitting.next()) {
@@ -329,6 +343,11 @@ impl KeyStore {
         }
         let now = Instant::now();
         let count = keys.len();
+        // Floored to the second: the cache never outlives the set.
+        let usable_until = crate::jwt::unix_now().saturating_add((fresh + self.policy.stale_for).as_secs());
+        for k in &keys {
+            k.usable_until.store(usable_until, Ordering::Release);
+        }
         self.set.store(Some(Arc::new(KeySet {
             keys,
             fresh_until: now + fresh,

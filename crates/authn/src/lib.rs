@@ -450,7 +450,7 @@ impl Authenticator {
                     let (principal, key) = issuer.verify_parsed(&jws, &claims).await?;
                     drop(claims);
                     let principal = Arc::new(jwt::with_claims(principal, jws.payload));
-                    let until = principal.expires_at.unwrap_or(0).saturating_add(60);
+                    let until = issuer.cacheable_until(principal.expires_at);
                     let entry =
                         Entry { principal: Some(principal.clone()), owner: issuer.clone(), key: Some(key), until };
                     VERIFIED.with(|c| c.borrow_mut().insert(Arc::from(token), entry));
@@ -469,7 +469,37 @@ impl Authenticator {
     }
 }
 
-/// Three segments, a JSON header: worth treating as a JWT.
+/// Three segments, a JSON object for a header: worth treating as a JWT.
 fn looks_like_jwt(token: &str) -> bool {
-    token.starts_with("eyJ") && token.bytes().filter(|b| *b == b'.').count() == 2
+    if token.bytes().filter(|b| *b == b'.').count() != 2 {
+        return false;
+    }
+    // `{"` encodes as `eyJ`; a header that starts with JSON whitespace is a JWT too.
+    if token.starts_with("eyJ") {
+        return true;
+    }
+    let header = token.split('.').next().unwrap_or_default();
+    // A prefix of whole 4-character groups decodes on its own (`get`: never split a character).
+    let start = header.get(..header.len().min(64) / 4 * 4).unwrap_or_default();
+    portcullis_jose::b64::decode(start)
+        .is_some_and(|bytes| bytes.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) == Some(&b'{'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_jwt;
+
+    #[test]
+    fn what_is_taken_for_a_jwt() {
+        let b64 = portcullis_jose::b64::encode;
+        assert!(looks_like_jwt("eyJhbGciOiJFUzI1NiJ9.e30.c2ln"));
+        assert!(looks_like_jwt(&format!("{}.e30.c2ln", b64(b" {\"alg\":\"ES256\"}"))));
+        assert!(looks_like_jwt(&format!("{}.e30.c2ln", b64(b"\r\n\t {\"alg\":\"ES256\"}"))));
+        assert!(!looks_like_jwt(&format!("{}.e30.c2ln", b64(b"[\"alg\"]"))));
+        assert!(!looks_like_jwt("eyJhbGciOiJFUzI1NiJ9.e30"), "two segments");
+        assert!(!looks_like_jwt("opaque-token-value"));
+        // Never split a character, whatever comes in.
+        assert!(!looks_like_jwt("ééééééééééééééééééééééééééééééééé.a.b"));
+        assert!(!looks_like_jwt(".."));
+    }
 }
