@@ -1,5 +1,6 @@
 //! The process: config check, hot reload (under load, and of an invalid config), draining
-//! on SIGTERM, and the CLI's other commands.
+//! on SIGTERM, the admin API's metrics as real scrapers parse them, the process log, and the
+//! CLI's other commands.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Gateway, TempDir, admin_get, client, run_cli};
+use crate::harness::{Gateway, TempDir, admin_get, client, free_port, run_cli};
 use crate::upstream::Upstream;
 
 fn routes(up: &str, extra_route: bool) -> String {
@@ -227,4 +228,140 @@ fn schema_and_version() {
     let (code, out, _) = run_cli(&["version"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("portcullis "), "{out}");
+}
+
+/// Parses metrics text with Python's prometheus_client, the reference parser of each format
+/// (`text` for the Prometheus text format 0.0.4, `openmetrics`), and returns its families as
+/// `{name: {"type": ..., "samples": [[name, labels, value]...]}}`.
+fn parse_metrics(format: &str, body: &str) -> Value {
+    use std::io::Write;
+    const SCRIPT: &str = r#"
+import json, sys
+if sys.argv[1] == "text":
+    from prometheus_client.parser import text_string_to_metric_families
+else:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+families = {}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    assert f.name not in families, "family %s split in two" % f.name
+    families[f.name] = {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
+print(json.dumps(families))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SCRIPT, format])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the {format} parser refused:\n{}\n{body}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The value of the sample `name` with exactly `labels` in a parsed family.
+fn sample(families: &Value, family: &str, name: &str, labels: Value) -> Option<f64> {
+    families[family]["samples"].as_array()?.iter().find(|s| s[0] == name && s[1] == labels).and_then(|s| s[2].as_f64())
+}
+
+/// What every scraper must find, whichever format: the request counter typed as a counter
+/// with one series per route and status, and the reload counter before any reload.
+fn assert_scraped(families: &Value, body: &str) {
+    let requests = &families["portcullis_requests"];
+    assert_eq!(requests["type"], "counter", "{body}");
+    let count = |route: &str, code: &str| {
+        sample(
+            families,
+            "portcullis_requests",
+            "portcullis_requests_total",
+            serde_json::json!({"route": route, "code": code}),
+        )
+    };
+    assert_eq!(count("hello", "200"), Some(3.0), "{body}");
+    assert_eq!(count("down", "502"), Some(2.0), "{body}");
+    assert_eq!(requests["samples"].as_array().unwrap().len(), 2, "{body}");
+    for result in ["success", "failure"] {
+        let reloads = sample(
+            families,
+            "portcullis_config_reloads",
+            "portcullis_config_reloads_total",
+            serde_json::json!({ "result": result }),
+        );
+        assert_eq!(reloads, Some(0.0), "{body}");
+    }
+    assert_eq!(families["portcullis_request_duration_seconds"]["type"], "histogram", "{body}");
+    let observed = sample(
+        families,
+        "portcullis_request_duration_seconds",
+        "portcullis_request_duration_seconds_count",
+        serde_json::json!({"route": "hello"}),
+    );
+    assert_eq!(observed, Some(3.0), "{body}");
+    assert_eq!(families["portcullis_config_generation"]["type"], "gauge", "{body}");
+    for (name, family) in families.as_object().unwrap() {
+        assert_ne!(family["type"], "unknown", "{name} has no type:\n{body}");
+        assert_ne!(family["type"], "untyped", "{name} has no type:\n{body}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_unless_openmetrics_is_asked_for() {
+    let closed = free_port();
+    let gw = Gateway::start(&format!(
+        "routes:\n  - id: hello\n    match: {{ path: /hello }}\n    upstream: echo\n    authenticate: [none]\n\
+         \x20 - id: down\n    match: {{ path: /down }}\n    upstream: http://127.0.0.1:{closed}\n    authenticate: [none]\n"
+    ));
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(c.get(gw.url("/hello")).send().await.unwrap().status(), 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(c.get(gw.url("/down")).send().await.unwrap().status(), 502);
+    }
+    gw.wait_metric("the requests counted", |g| {
+        g.metric("portcullis_requests_total{route=\"down\",code=\"502\"}") == 2.0
+    });
+    let metrics = format!("http://{}/metrics", gw.admin);
+    let scrape = |accept: Option<&'static str>| {
+        let (c, metrics) = (c.clone(), metrics.clone());
+        async move {
+            let mut req = c.get(&metrics);
+            if let Some(a) = accept {
+                req = req.header("accept", a);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+            (ct, r.text().await.unwrap())
+        }
+    };
+
+    // No preference (a plain curl, a text/plain scraper): the Prometheus text format.
+    let (_, plain) = admin_get(gw.admin, "/metrics").unwrap();
+    for accept in [
+        None,
+        Some("*/*"),
+        Some("text/plain"),
+        Some("text/plain;version=0.0.4;q=0.9,application/openmetrics-text;q=0.5"),
+    ] {
+        let (ct, body) = scrape(accept).await;
+        assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8", "for {accept:?}");
+        assert!(!body.contains("# EOF") && !body.contains("# UNIT"), "{body}");
+        assert_scraped(&parse_metrics("text", &body), &body);
+    }
+    assert!(plain.contains("# TYPE portcullis_requests_total counter\n"), "{plain}");
+    assert_scraped(&parse_metrics("text", &plain), &plain);
+
+    // OpenMetrics for those that ask for it, Prometheus's own scraper among them.
+    for accept in [
+        "application/openmetrics-text",
+        "application/openmetrics-text; version=1.0.0",
+        "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    ] {
+        let (ct, body) = scrape(Some(accept)).await;
+        assert_eq!(ct, "application/openmetrics-text; version=1.0.0; charset=utf-8", "for {accept}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert_scraped(&parse_metrics("openmetrics", &body), &body);
+    }
 }

@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` and `/config`, and the token
-//! service's endpoints when `token_service.serve_on` lists `admin`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` (the Prometheus text format, or
+//! OpenMetrics when the `Accept` header prefers it) and `/config`, and the token service's
+//! endpoints when `token_service.serve_on` lists `admin`.
 //!
 //! A handful of endpoints do not need a web framework; hyper's HTTP/1 server and a match on
 //! the path are the whole router.
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, VARY};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -22,7 +23,7 @@ use portcullis_identity::{Caller, Endpoint};
 use portcullis_proxy::Runtime;
 use portcullis_proxy::body::ResponseBody;
 use portcullis_proxy::pipeline::token_service;
-use portcullis_telemetry::Metrics;
+use portcullis_telemetry::{Exposition, Metrics};
 use tokio::net::TcpListener;
 
 /// What the admin endpoints read.
@@ -87,7 +88,12 @@ async fn respond(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -
             }
         }
         "/metrics" => {
-            text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.metrics.encode())
+            // The Prometheus text format unless the scraper asks for OpenMetrics.
+            let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+            let format = Exposition::negotiate(accept);
+            let mut r = text(StatusCode::OK, format.content_type(), state.metrics.encode(format));
+            r.headers_mut().insert(VARY, HeaderValue::from_static("accept"));
+            r
         }
         "/config" => {
             let rt = state.runtime.load();

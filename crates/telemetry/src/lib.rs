@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 mod access_log;
+mod exposition;
 mod histogram;
 mod logging;
 mod metrics;
 
 pub use access_log::{AccessLog, AccessRecord};
+pub use exposition::{Exposition, PrometheusText};
 pub use histogram::AtomicHistogram;
 pub use logging::init_logging;
 pub use metrics::{Metrics, RouteMetrics, UpstreamErrorKind};

@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::exposition::{Exposition, PrometheusText};
 use crate::histogram::AtomicHistogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -119,6 +120,11 @@ impl Metrics {
         registry.register("upstream_errors", "Failed upstream requests by route and kind", m.upstream_errors.clone());
         registry.register("upstream_ejections", "Endpoints ejected by passive health checks", m.ejections.clone());
         registry.register("config_reloads", "Config reload attempts by result", m.reloads.clone());
+        // Both results are exported from the start (at 0), so that rates and alerts on
+        // failures have a series before the first reload.
+        for result in [ReloadResult::success, ReloadResult::failure] {
+            let _ = m.reloads.get_or_create(&ResultLabel { result });
+        }
         registry.register("config_generation", "Generation of the config being served", m.config_generation.clone());
         registry.register("connections_active", "Client connections open now", m.connections_active.clone());
         registry.register("connections", "Client connections accepted", m.connections_total.clone());
@@ -156,11 +162,20 @@ impl Metrics {
         self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    /// Every metric, in `format`.
+    pub fn encode(&self, format: Exposition) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        match format {
+            Exposition::OpenMetrics => {
+                let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+            }
+            Exposition::Prometheus => {
+                let mut text = PrometheusText::new(&mut out);
+                let _ = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry);
+                text.finish();
+            }
+        }
         out
     }
 }
@@ -215,11 +230,60 @@ mod tests {
         // A second handle for the same route (after a reload) shares the counters.
         m.route("orders").request(200, Duration::from_millis(1));
         m.reload(false);
-        let text = m.encode();
+        let text = m.encode(Exposition::Prometheus);
         assert!(text.contains(r#"portcullis_requests_total{route="orders",code="200"} 3"#), "{text}");
         assert!(text.contains(r#"portcullis_requests_total{route="orders",code="404"} 1"#), "{text}");
         assert!(text.contains(r#"portcullis_upstream_errors_total{route="orders",kind="timeout"} 1"#), "{text}");
         assert!(text.contains(r#"portcullis_config_reloads_total{result="failure"} 1"#), "{text}");
         assert!(text.contains(r#"portcullis_request_duration_seconds_count{route="orders"} 5"#), "{text}");
+    }
+
+    #[test]
+    fn reload_results_are_exported_before_the_first_reload() {
+        let m = Metrics::new();
+        for format in [Exposition::Prometheus, Exposition::OpenMetrics] {
+            let text = m.encode(format);
+            assert!(text.contains("portcullis_config_reloads_total{result=\"success\"} 0\n"), "{text}");
+            assert!(text.contains("portcullis_config_reloads_total{result=\"failure\"} 0\n"), "{text}");
+        }
+    }
+
+    #[test]
+    fn text_format_types_the_series_it_exports() {
+        let m = Metrics::new();
+        let r = m.route("orders");
+        r.request(200, Duration::from_millis(2));
+        r.upstream(Duration::from_millis(1));
+        m.config_generation.set(1);
+        let text = m.encode(Exposition::Prometheus);
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT") && !text.contains("_created"), "{text}");
+        // Every sample belongs to the family the last `# TYPE` named.
+        let (mut family, mut help) = (("", ""), "");
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                help = rest.split_once(' ').unwrap().0;
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert_eq!(help, name, "HELP and TYPE name the same family:\n{text}");
+                family = (name, kind);
+                continue;
+            }
+            let name = line.split(['{', ' ']).next().unwrap();
+            let allowed: &[&str] = match family.1 {
+                "counter" | "gauge" => &[""],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                other => panic!("unexpected type {other}: {text}"),
+            };
+            assert!(allowed.iter().any(|s| format!("{}{s}", family.0) == name), "{name} outside {family:?}:\n{text}");
+        }
+        assert!(text.contains("# TYPE portcullis_requests_total counter\n"), "{text}");
+        assert!(text.contains("# HELP portcullis_requests_total Requests by route and response status.\n"), "{text}");
+        assert!(text.contains("# TYPE portcullis_request_duration_seconds histogram\n"), "{text}");
+        assert!(text.contains("# TYPE portcullis_config_generation gauge\nportcullis_config_generation 1\n"), "{text}");
+        // The OpenMetrics spelling, on request.
+        let open = m.encode(Exposition::OpenMetrics);
+        assert!(open.contains("# TYPE portcullis_requests counter\n") && open.ends_with("# EOF\n"), "{open}");
     }
 }
