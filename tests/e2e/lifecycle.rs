@@ -365,3 +365,40 @@ async fn metrics_are_prometheus_text_unless_openmetrics_is_asked_for() {
         assert_scraped(&parse_metrics("openmetrics", &body), &body);
     }
 }
+
+/// With `log.level: trace` and the log written into the config's folder (which the reload
+/// watch observes), a log line must not cause another: the log stays quiet while nothing
+/// happens, and the trace level still reaches the gateway's own logging.
+#[tokio::test]
+async fn trace_logging_next_to_the_config_does_not_feed_itself() {
+    let closed = free_port();
+    let gw = Gateway::start(&format!(
+        "log:\n  level: trace\nroutes:\n  - id: down\n    match: {{ path: /down }}\n    upstream: http://127.0.0.1:{closed}\n    authenticate: [none]\n"
+    ));
+    // The harness writes the process log beside the config file.
+    assert_eq!(gw.config.parent(), Some(gw.dir.path()));
+    let c = client();
+    // A failed request is logged at debug.
+    assert_eq!(c.get(gw.url("/down")).send().await.unwrap().status(), 502);
+    assert_eq!(c.get(gw.url("/nowhere")).send().await.unwrap().status(), 404);
+    let size = || std::fs::metadata(gw.dir.path().join("stderr.log")).map(|m| m.len()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let settled = size();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = size();
+    assert!(later - settled < 16 * 1024, "the idle log grew {} bytes in 2 s (from {settled})", later - settled);
+    assert!(later < 1024 * 1024, "the log is {later} bytes");
+    let log = gw.stderr();
+    let own_detail = log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|l| {
+        matches!(l["level"].as_str(), Some("DEBUG" | "TRACE"))
+            && l["target"].as_str().is_some_and(|t| t.starts_with("portcullis"))
+    });
+    assert!(own_detail, "no debug or trace line of the gateway's own:\n{log}");
+    for noisy in ["notify", "inotify", "mio", "hyper", "h2", "rustls", "tokio"] {
+        let flooding = log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|l| {
+            matches!(l["level"].as_str(), Some("DEBUG" | "TRACE"))
+                && l["target"].as_str().is_some_and(|t| t == noisy || t.starts_with(&format!("{noisy}::")))
+        });
+        assert!(!flooding, "{noisy} logs below info:\n{log}");
+    }
+}
