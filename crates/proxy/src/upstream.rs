@@ -306,21 +306,29 @@ impl Upstream {
     }
 }
 
+/// Reads an endpoint URL. Messages show the URL with any credentials in it masked: a
+/// config error is printed, and a password must never be.
 fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
-    let uri: Uri = url.parse().map_err(|_| format!("`{url}` is not a valid URL"))?;
+    let shown = redact_userinfo(url);
+    let uri: Uri = url.parse().map_err(|_| format!("`{shown}` is not a valid URL"))?;
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::HTTP,
         Some("https") => Scheme::HTTPS,
-        _ => return Err(format!("`{url}`: use an http:// or https:// URL")),
+        _ => return Err(format!("`{shown}`: use an http:// or https:// URL")),
     };
-    let authority = uri.authority().cloned().ok_or_else(|| format!("`{url}` has no host"))?;
+    let authority = uri.authority().cloned().ok_or_else(|| format!("`{shown}` has no host"))?;
     if authority.as_str().contains('@') {
-        return Err(format!("`{url}`: credentials in upstream URLs are not supported"));
+        return Err(format!("`{shown}`: credentials in upstream URLs are not supported"));
+    }
+    // `Authority` keeps a port it cannot read as a number (the default port would be used).
+    let has_port = authority.as_str().rsplit_once(':').is_some_and(|(_, p)| !p.contains(']'));
+    if has_port && authority.port_u16().is_none_or(|p| p == 0) {
+        return Err(format!("`{shown}`: the port must be a number from 1 to 65535"));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("`{url}`: give only scheme, host and port; use `rewrite` to change paths"));
+        return Err(format!("`{shown}`: give only scheme, host and port; use `rewrite` to change paths"));
     }
-    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| format!("`{url}` has an invalid host"))?;
+    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| format!("`{shown}` has an invalid host"))?;
     Ok(Endpoint {
         scheme,
         authority,
@@ -330,6 +338,16 @@ fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
         ejections: AtomicU32::new(0),
         ejected_until: AtomicU64::new(0),
     })
+}
+
+/// `url` with the user information of its authority (`user:password@`) replaced by `***`.
+fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
+    }
 }
 
 #[cfg(test)]
@@ -395,8 +413,24 @@ mod tests {
             ("http://127.0.0.1:1/base", "rewrite"),
             ("http://user:pw@h:1", "credentials"),
             ("not a url", "not a valid URL"),
+            ("http://127.0.0.1:99999", "1 to 65535"),
+            ("http://127.0.0.1:0", "1 to 65535"),
+            ("http://[::1]:70000", "1 to 65535"),
         ] {
             assert!(parse_endpoint(url).err().unwrap().contains(msg), "{url}");
+        }
+        for url in ["http://127.0.0.1:8080", "http://[::1]:1", "http://[::1]", "https://example.com"] {
+            assert!(parse_endpoint(url).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn endpoint_errors_never_show_a_password() {
+        for url in
+            ["http://user:hunter2@h:1", "http://user:hunter2@h:1/base", "ftp://u:hunter2@h", "http://u:hunter2@h:x y"]
+        {
+            let msg = parse_endpoint(url).err().unwrap();
+            assert!(!msg.contains("hunter2") && msg.contains("***@h"), "{msg}");
         }
     }
 }
