@@ -552,3 +552,182 @@ async fn an_absolute_target_is_the_host_the_upstream_sees() {
     let v: Value = h2.get(gw.url("/y")).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["headers"]["host"], gw.addr.to_string());
 }
+
+/// Sends raw bytes and half-closes, returns the whole response ("" when the gateway closed
+/// without answering).
+fn raw_exchange(gw: &Gateway, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client's broken request body is the client's fault: `400` (and the connection closed)
+/// for a malformed one, no answer for one the client abandoned, and neither counts against
+/// the upstream's health or in its error metrics, so no client can eject healthy endpoints.
+#[tokio::test]
+async fn a_broken_request_body_never_counts_against_the_upstream() {
+    let (a, b) = two_upstreams();
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  pool:
+    endpoints: [{a}, {b}]
+    health: {{ consecutive_failures: 2, ejection_time: 30s }}
+routes:
+  - id: r
+    upstream: pool
+    authenticate: [none]
+"#,
+        a = a.url(),
+        b = b.url()
+    ));
+    let head = "POST /count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n";
+    let broken = [
+        "3g\r\nxyz\r\n0\r\n\r\n",                // not a hexadecimal size
+        "10000000000000003\r\nxyz\r\n0\r\n\r\n", // a size past any limit
+        "3\nxyz\r\n0\r\n\r\n",                   // a bare LF
+        "0\r\nX-T: 1\n\n",                       // a malformed trailer section
+    ];
+    for round in 0..3 {
+        for tail in broken {
+            let resp = raw_exchange(&gw, format!("{head}{tail}").as_bytes());
+            assert!(resp.starts_with("HTTP/1.1 400 "), "round {round}, {tail:?}: {resp}");
+            let lower = resp.to_ascii_lowercase();
+            assert!(lower.contains("content-type: application/problem+json"), "{resp}");
+            assert!(lower.contains("connection: close\r\n"), "{resp}");
+            assert!(resp.contains("malformed-body"), "{resp}");
+        }
+        // A client that stops mid-body and goes away gets no answer.
+        let resp = raw_exchange(&gw, b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly a part");
+        assert_eq!(resp, "", "nobody is left to answer");
+    }
+    let r = client().get(gw.url("/after")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(gw.metric("portcullis_upstream_ejections_total{upstream=\"pool\"}"), 0.0, "{}", gw.metrics());
+    assert_eq!(gw.metric("portcullis_upstream_errors_total{route=\"r\",kind=\"protocol\"}"), 0.0);
+    // Both endpoints still take requests in turn.
+    let before = (a.count(), b.count());
+    for _ in 0..4 {
+        assert_eq!(client().get(gw.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!((a.count() - before.0, b.count() - before.1), (2, 2));
+}
+
+/// Of a request's trailers only integrity checks of the body reach the upstream: nothing a
+/// stage judged in the head (hosts, credentials, connection options) can be sent again
+/// after it.
+#[test]
+fn request_trailers_carry_only_integrity_checks() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!("routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n", up.url()));
+    let trailers = [
+        "X-Forwarded-Host: evil.example",
+        "X-Forwarded-Proto: https",
+        "X-Forwarded-For: 6.6.6.6",
+        "Forwarded: for=6.6.6.6",
+        "Keep-Alive: timeout=5",
+        "Upgrade: websocket",
+        "Proxy-Connection: keep-alive",
+        "Proxy-Authorization: Basic c2VjcmV0",
+        "X-Api-Key: forged-key",
+        "Host: other.example",
+        "X-Custom: 1",
+        "Content-Digest: sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:",
+        "X-Checksum: abc",
+    ]
+    .join("\r\n");
+    let (status, resp) = raw_request(
+        &gw,
+        &format!(
+            "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n{trailers}\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 200, "{resp}");
+    let body = resp.split_once("\r\n\r\n").unwrap().1;
+    let v: Value = serde_json::from_str(body).unwrap();
+    let got = v["trailers"].as_object().cloned().unwrap_or_default();
+    let mut names: Vec<&str> = got.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(names, ["content-digest", "x-checksum"], "{v}");
+}
+
+/// What an upstream sends must be HTTP/1.1 the gateway can pass on faithfully; otherwise
+/// `502`.
+#[tokio::test]
+async fn upstream_responses_the_gateway_cannot_pass_on_are_502() {
+    let big = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok", "a".repeat(65_600));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a status above 599", b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok".to_vec()),
+        ("a status below 100", b"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok".to_vec()),
+        ("a head over 64 KiB", big.into_bytes()),
+        ("a coding other than chunked", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b\x08\x00".to_vec()),
+        (
+            "chunked then gzip",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+        ),
+    ];
+    for (what, answer) in cases {
+        let up = crate::upstream::RawUpstream::start(answer);
+        let gw = Gateway::start(&format!("routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n", up.url()));
+        let r = client().get(gw.url("/")).send().await.unwrap();
+        assert_eq!(r.status(), 502, "{what}");
+        problem(r, 502).await;
+    }
+    // A valid answer through the same upstream passes (the refusals are not a bad fixture).
+    let up = crate::upstream::RawUpstream::start(b"HTTP/1.1 299 Fine\r\nContent-Length: 2\r\n\r\nok".to_vec());
+    let gw = Gateway::start(&format!("routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n", up.url()));
+    let r = client().get(gw.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 299);
+    assert_eq!(r.text().await.unwrap(), "ok");
+}
+
+/// An HTTP/2 client's cookies, which it may split over several fields, reach an HTTP/1.1
+/// upstream as one field (RFC 9113 §8.2.3).
+#[tokio::test]
+async fn http2_cookies_are_one_field_upstream() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!("routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n", up.url()));
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let r = h2.get(gw.url("/c")).header("cookie", "a=1").header("cookie", "b=2; c=3").send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["header_values"]["cookie"], serde_json::json!(["a=1; b=2; c=3"]), "{v}");
+}
+
+/// An upstream URL the gateway could not use as written is a config error naming its key,
+/// and a password in one is never printed.
+#[test]
+fn upstream_urls_are_checked_and_never_echo_a_password() {
+    let dir = crate::harness::TempDir::new("endpoints");
+    let config = dir.write(
+        "portcullis.yaml",
+        r#"
+server:
+  listen: 127.0.0.1:0
+upstreams:
+  ports:
+    endpoints: [http://127.0.0.1:99999]
+  secret:
+    endpoints: ["http://svc:s3cret-pw@127.0.0.1:8080"]
+routes:
+  - id: a
+    match: { path_prefix: /a }
+    upstream: ports
+    authenticate: [none]
+  - id: b
+    match: { path_prefix: /b }
+    upstream: secret
+    authenticate: [none]
+"#,
+    );
+    let (code, out, err) = crate::harness::run_cli(&["check", "--config", config.to_str().unwrap()]);
+    let all = format!("{out}{err}");
+    assert_eq!(code, 1, "{all}");
+    assert!(all.contains("upstreams.ports.endpoints[0]") && all.contains("65535"), "{all}");
+    assert!(all.contains("upstreams.secret.endpoints[0]") && all.contains("credentials"), "{all}");
+    assert!(!all.contains("s3cret-pw"), "the password was printed: {all}");
+}

@@ -126,3 +126,40 @@ fn next(s: &mut u64) -> u64 {
     *s ^= *s << 17;
     *s
 }
+
+/// A request target longer than the head limit is `414` however the head arrives (whole in
+/// one read, or in pieces); a target with user information or of another scheme is `400`.
+#[tokio::test]
+async fn long_and_unusable_targets_are_refused() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "server:\n  listen: {{listen}}\n  limits: {{ max_header_bytes: 1KiB }}\nroutes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n",
+        up.url()
+    ));
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(2000));
+    let resp = send_raw(&gw, long.as_bytes());
+    assert_eq!(status(&resp), 414, "whole: {resp}");
+    // In pieces: the limit is passed before the head is complete.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&long.as_bytes()[..1500]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = s.write_all(&long.as_bytes()[1500..]);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert_eq!(status(&String::from_utf8_lossy(&out)), 414, "in pieces");
+    // Many fields past the limit are still 431.
+    let fields = format!("GET / HTTP/1.1\r\nHost: x\r\nX-A: {}\r\n\r\n", "a".repeat(2000));
+    assert_eq!(status(&send_raw(&gw, fields.as_bytes())), 431);
+
+    let before = up.count();
+    for target in ["http://user:pw@x/", "http://user@x/", "ftp://x/file", "ws://x/"] {
+        let resp = send_raw(&gw, format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        assert_eq!(status(&resp), 400, "{target}: {resp}");
+        assert!(resp.to_ascii_lowercase().contains("application/problem+json"), "{resp}");
+        assert!(!resp.contains("pw@"), "{resp}");
+    }
+    assert_eq!(up.count(), before, "none reached the upstream");
+    let resp = send_raw(&gw, b"GET https://x/ok HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status(&resp), 200, "{resp}");
+}

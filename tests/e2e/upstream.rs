@@ -7,7 +7,10 @@
 //! - `/count`: reads the whole body and answers `{"bytes": n}`;
 //! - `/upgrade`: accepts an HTTP/1.1 upgrade and echoes bytes;
 //! - `/drop`: closes the connection without answering;
-//! - anything else: a JSON description of the request as received (trailers included).
+//! - anything else: a JSON description of the request as received (trailers included;
+//!   `headers` holds one value per name, `header_values` every field in order).
+//!
+//! [`RawUpstream`] answers every request with the same bytes, whatever they are, and closes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -142,8 +145,12 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, std::io::E
     }
     // Describe the request.
     let mut headers = serde_json::Map::new();
+    let mut header_values = serde_json::Map::new();
     for (k, v) in req.headers() {
-        headers.insert(k.as_str().to_string(), json!(String::from_utf8_lossy(v.as_bytes())));
+        let v = json!(String::from_utf8_lossy(v.as_bytes()));
+        headers.insert(k.as_str().to_string(), v.clone());
+        let all = header_values.entry(k.as_str()).or_insert_with(|| json!([]));
+        all.as_array_mut().unwrap().push(v);
     }
     let mut doc = json!({
         "method": req.method().as_str(),
@@ -151,6 +158,7 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, std::io::E
         "path": path,
         "version": format!("{:?}", req.version()),
         "headers": headers,
+        "header_values": header_values,
     });
     if let Ok(body) = req.into_body().collect().await
         && let Some(trailers) = body.trailers()
@@ -167,4 +175,41 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, std::io::E
     r.headers_mut().insert("keep-alive", "timeout=60".parse().unwrap());
     r.headers_mut().insert("x-upstream", "yes".parse().unwrap());
     Ok(r)
+}
+
+/// An upstream that answers every request with the same bytes (which need not be valid
+/// HTTP) once it has read the request head, then closes the connection.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+}
+
+impl RawUpstream {
+    pub fn start(answer: Vec<u8>) -> RawUpstream {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let answer = answer.clone();
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s.write_all(&answer);
+                });
+            }
+        });
+        RawUpstream { addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
 }

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName};
+use http::header::HeaderName;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Limited;
 use hyper::body::Incoming;
@@ -19,9 +19,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of a request sent upstream.
 #[derive(Debug)]
 pub enum RequestBody {
-    /// The client's body, streamed, cut off past the route's size limit; its trailers lose
-    /// the fields the gateway vouches for (the identity headers it sets, credentials): a
-    /// service that merges trailers into headers must not see a client's version of them.
+    /// The client's body, streamed, cut off past the route's size limit; of its trailers
+    /// only the integrity checks pass ([`request_trailer_allowed`]), and never a field the
+    /// gateway vouches for (the identity headers it sets).
     Client(Limited<ClientBody>, Arc<[HeaderName]>),
     /// No body.
     Empty,
@@ -45,7 +45,10 @@ impl Body for ClientBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ClientBody::Http1(b) => Pin::new(b).poll_frame(cx),
-            ClientBody::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            // A stream the client reset or broke: it is gone, and so is its answer.
+            ClientBody::Http2(b) => {
+                Pin::new(b).poll_frame(cx).map_err(|e| ClientBodyError::new(ClientBodyErrorKind::Aborted, e).into())
+            }
             ClientBody::Empty => Poll::Ready(None),
         }
     }
@@ -67,22 +70,72 @@ impl Body for ClientBody {
     }
 }
 
-/// Fields never passed on in request trailers (RFC 9110 §6.5.1: a trailer must not carry
-/// what framing, routing or authentication depend on).
-static TRAILER_DENIED: [HeaderName; 12] = [
-    header::AUTHORIZATION,
-    header::PROXY_AUTHORIZATION,
-    header::COOKIE,
-    header::HOST,
-    header::CONTENT_LENGTH,
-    header::TRANSFER_ENCODING,
-    header::CONNECTION,
-    header::TE,
-    header::FORWARDED,
-    HeaderName::from_static("dpop"),
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-request-id"),
-];
+/// Whether a request trailer field may be passed on. Request trailers are all but unused
+/// (gRPC sends trailers in responses only), and anything a client puts there arrives after
+/// every stage has judged the head: a service that merges trailers into headers would read
+/// a forwarded host, a hop-by-hop field or a credential no stage ever saw (RFC 9110 §6.5.1).
+/// So only integrity checks of the body pass: `Content-Digest`, `Repr-Digest` (RFC 9530),
+/// `Digest`, `Content-MD5`, and `x-` fields naming a checksum (`X-Checksum`,
+/// `X-Amz-Checksum-Crc32`...). Every other request trailer is dropped.
+pub fn request_trailer_allowed(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    matches!(n, "content-digest" | "repr-digest" | "digest" | "content-md5")
+        || (n.starts_with("x-") && n.contains("checksum"))
+}
+
+/// The client's request body failed (its framing was broken, or the client went away): the
+/// client's fault, never the upstream's. Carried in the body's error so that whoever sends
+/// the body on can tell it from a failure of the upstream.
+#[derive(Debug)]
+pub struct ClientBodyError {
+    /// What went wrong.
+    pub kind: ClientBodyErrorKind,
+    source: BoxError,
+}
+
+/// How a client's request body failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientBodyErrorKind {
+    /// The body's framing is broken (a bad chunk size, a malformed trailer section...):
+    /// `400`, then the connection closes (RFC 9112 §7.1).
+    Malformed,
+    /// The client stopped sending mid-body (closed, reset): nobody is left to answer.
+    Aborted,
+}
+
+impl ClientBodyError {
+    /// A body error of this kind, wrapping what the codec said.
+    pub fn new(kind: ClientBodyErrorKind, source: impl Into<BoxError>) -> Self {
+        ClientBodyError { kind, source: source.into() }
+    }
+}
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            ClientBodyErrorKind::Malformed => write!(f, "malformed request body: {}", self.source),
+            ClientBodyErrorKind::Aborted => write!(f, "request body aborted: {}", self.source),
+        }
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+/// How the client's body failed, if `err` (or anything it wraps) says it did.
+pub fn client_body_error(err: &(dyn std::error::Error + 'static)) -> Option<ClientBodyErrorKind> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<ClientBodyError>() {
+            return Some(c.kind);
+        }
+        cur = e.source();
+    }
+    None
+}
 
 impl Body for RequestBody {
     type Data = Bytes;
@@ -95,7 +148,9 @@ impl Body for RequestBody {
                 if let Poll::Ready(Some(Ok(frame))) = &mut polled
                     && let Some(trailers) = frame.trailers_mut()
                 {
-                    for name in &TRAILER_DENIED {
+                    let dropped: Vec<HeaderName> =
+                        trailers.keys().filter(|n| !request_trailer_allowed(n)).cloned().collect();
+                    for name in &dropped {
                         trailers.remove(name);
                     }
                     crate::headers::strip_identity(trailers, identity);

@@ -532,6 +532,14 @@ async fn forward(
                     Problem::gateway_timeout()
                 }
                 Failure::BodyTooLarge => body_too_large(),
+                // The client's own body failed: not the upstream's error (RFC 9112 §7.1: a
+                // malformed body is 400; a client that went away gets no answer at all).
+                Failure::ClientBody(crate::body::ClientBodyErrorKind::Malformed) => {
+                    Problem::bad_request("malformed_body", "the request body's framing is not valid")
+                }
+                Failure::ClientBody(crate::body::ClientBodyErrorKind::Aborted) => {
+                    Problem::bad_request("incomplete_body", "the request body ended before it was complete")
+                }
                 Failure::Protocol(e) => {
                     route.metrics.upstream_error(UpstreamErrorKind::protocol);
                     tracing::debug!(route = %route.id, error = %e, "upstream exchange failed");

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_config::{Invalid, SpiffeConfig, UpstreamConfig, UpstreamProtocol};
 use portcullis_telemetry::Counter;
 
-use crate::body::{BoxError, RequestBody, ResponseBody, is_body_too_large};
+use crate::body::{BoxError, ClientBodyErrorKind, RequestBody, ResponseBody, client_body_error, is_body_too_large};
 use crate::headers::Added;
 
 pub mod h1;
@@ -30,6 +30,9 @@ pub enum Failure {
     Timeout,
     /// The client's body went over the route's size limit.
     BodyTooLarge,
+    /// The client's body failed while it was sent (malformed, or the client went away):
+    /// the client's fault, so it never counts against the endpoint's health.
+    ClientBody(ClientBodyErrorKind),
     /// The exchange broke after sending began.
     Protocol(BoxError),
 }
@@ -262,6 +265,10 @@ impl Upstream {
                     Ok(Ok(resp)) => Ok(resp.map(ResponseBody::Lean)),
                     Ok(Err(h1::Error::Connect(_))) => Err(Failure::Connect),
                     Ok(Err(h1::Error::BodyTooLarge)) => return Err(Failure::BodyTooLarge),
+                    Ok(Err(h1::Error::ClientBody(kind, e))) => {
+                        tracing::debug!(upstream = %self.name, error = %e, "the client's request body failed");
+                        return Err(Failure::ClientBody(kind));
+                    }
                     Ok(Err(h1::Error::Stale)) => Err(Failure::Protocol("stale upstream connection".into())),
                     Ok(Err(h1::Error::Protocol(e))) => Err(Failure::Protocol(e)),
                 }
@@ -293,7 +300,10 @@ impl Upstream {
                     Ok(Ok(resp)) => Ok(resp.map(ResponseBody::Upstream)),
                     Ok(Err(e)) if is_body_too_large(&e) => return Err(Failure::BodyTooLarge),
                     Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
-                    Ok(Err(e)) => Err(Failure::Protocol(e.into())),
+                    Ok(Err(e)) => match client_body_error(&e) {
+                        Some(kind) => return Err(Failure::ClientBody(kind)),
+                        None => Err(Failure::Protocol(e.into())),
+                    },
                 }
             }
         };

@@ -34,10 +34,10 @@ use portcullis_core::Problem;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{Io, Rewind};
-use crate::body::{BoxError, ClientBody, ResponseBody};
+use crate::body::{BoxError, ClientBody, ClientBodyError, ClientBodyErrorKind, ResponseBody};
 use crate::pipeline::{self, ConnInfo};
 use crate::runtime::Runtime;
-use crate::upstream::h1::{Decoded, Framing, LengthError, content_length, decode};
+use crate::upstream::h1::{ClosedEarly, Decoded, Framing, LengthError, content_length, decode};
 
 /// How the codec treats a connection's requests.
 #[derive(Clone, Copy, Debug)]
@@ -160,6 +160,14 @@ impl Shared {
         Poll::Ready(Ok(()))
     }
 
+    /// The client stopped sending in the middle of a request body (closed its side, or the
+    /// connection failed): it is not waiting for an answer, so the connection is dropped at
+    /// once and whatever response comes for the request is not written.
+    fn client_gone(&mut self, e: impl Into<BoxError>) -> BoxError {
+        self.io = Box::new(Detached);
+        aborted(e)
+    }
+
     /// Reads more into `buf`; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() == 0 {
@@ -206,16 +214,25 @@ impl http_body::Body for Body {
         }
         let mut guard = lock(&this.link);
         let sh = &mut *guard;
+        // Every failure here is the client's (a broken body, or a client that went away),
+        // and says so: the upstream the body is being sent to is not to blame for it.
         if sh.body_cut {
             this.framing = Framing::Done;
-            return Poll::Ready(Some(Err("the client connection is closing".into())));
+            return Poll::Ready(Some(Err(aborted("the client connection is closing"))));
         }
-        ready!(sh.poll_continue(cx))?;
+        if let Err(e) = ready!(sh.poll_continue(cx)) {
+            this.framing = Framing::Done;
+            return Poll::Ready(Some(Err(sh.client_gone(e))));
+        }
         let mut eof = false;
         loop {
             match decode(&mut this.framing, &mut sh.buf, eof) {
                 Ok(Decoded::NeedMore) => match sh.poll_fill(cx) {
-                    Poll::Ready(read) => eof = read? == 0,
+                    Poll::Ready(Ok(n)) => eof = n == 0,
+                    Poll::Ready(Err(e)) => {
+                        this.framing = Framing::Done;
+                        return Poll::Ready(Some(Err(sh.client_gone(e))));
+                    }
                     Poll::Pending => {
                         if !sh.body_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                             sh.body_waker = Some(cx.waker().clone());
@@ -242,7 +259,10 @@ impl http_body::Body for Body {
                     // The connection cannot be read past a broken body: it is closed after
                     // the response (`body_done` stays false).
                     this.framing = Framing::Done;
-                    return Poll::Ready(Some(Err(e)));
+                    if e.is::<ClosedEarly>() {
+                        return Poll::Ready(Some(Err(sh.client_gone(e))));
+                    }
+                    return Poll::Ready(Some(Err(ClientBodyError::new(ClientBodyErrorKind::Malformed, e).into())));
                 }
             }
         }
@@ -275,6 +295,10 @@ pub struct Head {
     pub upgrade: bool,
 }
 
+fn aborted(e: impl Into<BoxError>) -> BoxError {
+    ClientBodyError::new(ClientBodyErrorKind::Aborted, e).into()
+}
+
 fn malformed(detail: &'static str) -> Problem {
     Problem::bad_request("malformed_request", detail)
 }
@@ -295,6 +319,22 @@ fn oversized(buf: &[u8], max_head: usize) -> Problem {
     } else {
         Problem::new(StatusCode::URI_TOO_LONG, "uri_too_long", "the request target is longer than this gateway accepts")
     }
+}
+
+/// An absolute-form target (RFC 9112 §3.2.2) names an `http` or `https` resource, without
+/// user information (RFC 9110 §4.2.4: a recipient should treat a URI with userinfo as an
+/// error; it may be a phishing attempt, and the credentials would travel in the clear).
+fn check_absolute_form(uri: &Uri) -> Result<(), Problem> {
+    if let Some(scheme) = uri.scheme_str()
+        && !scheme.eq_ignore_ascii_case("http")
+        && !scheme.eq_ignore_ascii_case("https")
+    {
+        return Err(Problem::bad_request("bad_target", "only http and https targets are served"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(Problem::bad_request("bad_target", "a request target may not carry user information"));
+    }
+    Ok(())
 }
 
 /// What the framing and connection fields of a request head said.
@@ -413,7 +453,12 @@ fn parse_with(buf: &mut BytesMut, settings: &Settings, fields: &mut Offsets) -> 
             }
             Err(_) => return Err(malformed("the request head is not valid HTTP/1.1")),
         };
-        if head_len > settings.max_head || req.headers.len() > settings.max_headers {
+        // Judged as for a head still arriving, so that the answer (`414` for a request line
+        // that long, else `431`) does not depend on how the bytes were split.
+        if head_len > settings.max_head {
+            return Err(oversized(&bytes[..head_len], settings.max_head));
+        }
+        if req.headers.len() > settings.max_headers {
             return Err(head_too_large());
         }
         let base = bytes.as_ptr() as usize;
@@ -432,6 +477,7 @@ fn parse_with(buf: &mut BytesMut, settings: &Settings, fields: &mut Offsets) -> 
     let head = buf.split_to(head_len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.1))
         .map_err(|_| malformed("the request target is not valid"))?;
+    check_absolute_form(&uri)?;
 
     let mut headers = HeaderMap::with_capacity(fields.len());
     let mut facts = Facts::default();

@@ -9,8 +9,8 @@
 //! pool when the message is complete. No task, channel or lock sits in between.
 //!
 //! Parsing uses `httparse` (hyper's parser). Message framing follows RFC 9112 §6.3:
-//! `Transfer-Encoding` over `Content-Length` (and then the connection is not reused),
-//! differing lengths are an error, no body for `HEAD`, 1xx, 204 and 304, otherwise
+//! `Transfer-Encoding` over `Content-Length` (and then the connection is not reused), a
+//! final transfer coding other than `chunked` and differing lengths are errors, no body for `HEAD`, 1xx, 204 and 304, otherwise
 //! read-until-close. A connection is reused only after a complete, unambiguous exchange.
 //! TLS, HTTP/2 and protocol upgrades use hyper's client instead.
 
@@ -22,7 +22,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue};
+use http::header::{CONTENT_LENGTH, COOKIE, HOST, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -30,7 +30,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::body::{BoxError, RequestBody, is_body_too_large};
+use crate::body::{BoxError, ClientBodyErrorKind, RequestBody, client_body_error, is_body_too_large};
 use crate::headers::Added;
 
 /// Largest response head accepted from an upstream.
@@ -52,6 +52,9 @@ pub enum Error {
     /// A reused connection was closed by the upstream before it answered: safe to retry
     /// a request that had no body.
     Stale,
+    /// The client's request body failed (malformed, or the client went away) while it was
+    /// being sent: the client's fault, not the upstream's.
+    ClientBody(ClientBodyErrorKind, BoxError),
     /// The upstream broke the exchange or sent something that is not HTTP/1.1.
     Protocol(BoxError),
 }
@@ -240,11 +243,28 @@ fn encode_head(
     out.push(b' ');
     out.extend_from_slice(path.as_str().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut cookie = false;
     for (name, value) in headers {
         if (chunked && name == CONTENT_LENGTH) || (host.is_some() && name == HOST) {
             continue;
         }
+        if name == COOKIE {
+            cookie = true;
+            continue;
+        }
         line(out, name, value);
+    }
+    // An HTTP/2 client may split its cookies over several fields; HTTP/1.1 has one, the
+    // pairs joined with "; " (RFC 9113 §8.2.3, RFC 6265 §5.4).
+    let mut cookies = headers.get_all(COOKIE).iter();
+    if let Some(first) = cookies.next().filter(|_| cookie) {
+        out.extend_from_slice(b"cookie: ");
+        out.extend_from_slice(first.as_bytes());
+        for more in cookies {
+            out.extend_from_slice(b"; ");
+            out.extend_from_slice(more.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
     }
     for (name, value) in added.iter() {
         line(out, name, value);
@@ -279,7 +299,11 @@ where
             None if chunked => (Bytes::from_static(b"0\r\n\r\n").chain(Bytes::new()).chain(Bytes::new()), true),
             None => return Ok(true),
             Some(Err(e)) if is_body_too_large(e.as_ref()) => return Err(Error::BodyTooLarge),
-            Some(Err(e)) => return Err(protocol(e)),
+            // The body is the client's: whatever broke it, the upstream is not to blame.
+            Some(Err(e)) => {
+                let kind = client_body_error(e.as_ref()).unwrap_or(ClientBodyErrorKind::Aborted);
+                return Err(Error::ClientBody(kind, e));
+            }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if data.is_empty() => continue,
                 Ok(data) if chunked => {
@@ -368,7 +392,15 @@ fn parse_head(buf: &mut BytesMut, at: &mut FieldOffsets, method: &Method) -> Res
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(protocol(format!("invalid upstream response: {e}"))),
     };
+    // The limit holds however the head arrived (in pieces, or whole in one read).
+    if head_len > MAX_HEAD {
+        return Err(protocol("upstream response head too large"));
+    }
+    // Status codes are 100-599 (RFC 9110 §15); httparse takes any three digits.
     let code = res.code.unwrap_or(0);
+    if !(100..=599).contains(&code) {
+        return Err(protocol("invalid upstream status"));
+    }
     let status = StatusCode::from_u16(code).map_err(|_| protocol("invalid upstream status"))?;
     let version = if res.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     if status.is_informational() {
@@ -582,8 +614,12 @@ impl Facts {
             return Ok((Framing::Length(0), true));
         }
         if self.te {
-            let unambiguous = self.chunked && self.length.is_none();
-            return Ok((if self.chunked { Framing::Chunked(Chunk::Size) } else { Framing::Eof }, unambiguous));
+            // A final coding other than chunked (`gzip`) would be read to the close and passed
+            // on as if it were the content, its coding unsaid: refused instead.
+            if !self.chunked {
+                return Err(protocol("unsupported transfer coding"));
+            }
+            return Ok((Framing::Chunked(Chunk::Size), self.length.is_none()));
         }
         Ok((self.length.map_or(Framing::Eof, Framing::Length), true))
     }
@@ -650,8 +686,21 @@ fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
     tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
 }
 
+/// The peer closed the connection in the middle of a body (rather than sending a broken
+/// one): for a request body, a client that went away.
+#[derive(Debug)]
+pub struct ClosedEarly;
+
+impl std::fmt::Display for ClosedEarly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the connection closed in the middle of the body")
+    }
+}
+
+impl std::error::Error for ClosedEarly {}
+
 fn closed_early() -> BoxError {
-    "the connection closed in the middle of the body".into()
+    ClosedEarly.into()
 }
 
 /// What the decoder made of the buffered bytes.
