@@ -187,13 +187,21 @@ routes:
         up = up.url()
     ));
     let c = client();
-    let r = c.get(gw.url("/orders/1")).header("x-api-key", &key).send().await.unwrap();
+    let r = c.get(gw.url("/orders/1")).header("x-api-key", &key).header("x_api_key", &key).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let seen: Value = r.json().await.unwrap();
     assert!(seen["headers"].get("x-api-key").is_none(), "the key never reaches the upstream");
+    assert!(seen["headers"].get("x_api_key").is_none(), "nor under the spelling with `_`: {seen}");
+    // Two keys at once are ambiguous, as two `Authorization` headers are.
+    let r = c.get(gw.url("/orders/1")).header("x-api-key", &key).header("x-api-key", "pk_other").send().await.unwrap();
+    assert_eq!(problem(r, 400).await["type"], "urn:portcullis:problem:credential-ambiguous");
 
+    // Refusals carry the Bearer challenge the contract promises, and the key's.
     let r = c.get(gw.url("/orders/1")).send().await.unwrap();
-    assert_eq!(r.headers()["www-authenticate"], "ApiKey header=\"x-api-key\"");
+    let challenges: Vec<_> =
+        r.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert!(challenges[0].starts_with("Bearer error=\"invalid_token\""), "{challenges:?}");
+    assert_eq!(challenges[1], "ApiKey header=\"x-api-key\"");
     problem(r, 401).await;
     let p = problem(c.get(gw.url("/orders/1")).header("x-api-key", "pk_wrong").send().await.unwrap(), 401).await;
     assert_eq!(p["type"], "urn:portcullis:problem:api-key-unknown");

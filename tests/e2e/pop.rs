@@ -349,7 +349,8 @@ async fn certificate_bound_tokens_and_mtls_principals() {
     assert_eq!(as_alice.get(url("/certs/1")).send().await.unwrap().status(), 200);
     problem(as_bob.get(url("/certs/1")).send().await.unwrap(), 403).await;
     let r = anonymous.get(url("/certs/1")).send().await.unwrap();
-    assert!(r.headers().get("www-authenticate").is_none());
+    // A 401 carries a challenge (RFC 9110 §11.6.1), even where only certificates are taken.
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer error=\"invalid_token\""));
     problem(r, 401).await;
     std::thread::sleep(std::time::Duration::from_millis(200));
     let log = gw.access_log();

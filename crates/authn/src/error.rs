@@ -89,10 +89,10 @@ impl AuthnError {
         let token_challenge = |error: &'static str, description: Cow<'static, str>| {
             if schemes.dpop_algs.is_some() && (schemes.dpop_request || !schemes.bearer) {
                 Some(dpop(error, Some(description)))
-            } else if schemes.bearer {
-                Some(Challenge { description: Some(description), ..Challenge::new(ChallengeScheme::Bearer, error) })
             } else {
-                None
+                // Also on routes that take only API keys or certificates: a 401 carries at least
+                // one challenge (RFC 9110 §11.6.1), and clients look for the Bearer one.
+                Some(Challenge { description: Some(description), ..Challenge::new(ChallengeScheme::Bearer, error) })
             }
         };
         let api_key_challenge = |p: Problem| match schemes.api_key_header {
@@ -110,7 +110,7 @@ impl AuthnError {
         match self {
             AuthnError::Missing => {
                 let mut p = Problem::new(StatusCode::UNAUTHORIZED, code, "this route needs a credential");
-                if schemes.bearer {
+                if schemes.bearer || schemes.dpop_algs.is_none() {
                     p = p.challenge(Challenge {
                         description: Some("missing credential".into()),
                         ..Challenge::new(ChallengeScheme::Bearer, "invalid_token")

@@ -16,6 +16,13 @@ pub struct Locations {
     pub query: Option<String>,
 }
 
+/// `name` spelt with `_` for `-`, if it has a `-`: many servers (CGI and WSGI among them) read
+/// both spellings as one header, so a credential header is removed in both.
+pub fn underscored(name: &HeaderName) -> Option<HeaderName> {
+    let s = name.as_str();
+    s.contains('-').then(|| HeaderName::from_bytes(s.replace('-', "_").as_bytes()).ok()).flatten()
+}
+
 /// What the `Authorization` header holds.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Authorization<'a> {

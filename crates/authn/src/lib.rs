@@ -327,10 +327,14 @@ impl Authenticator {
         if self.dpop.is_some() && matches!(authorization, extract::Authorization::Bearer(_)) {
             return Err(AuthnError::invalid("dpop_required", "this route requires a DPoP-bound token and its proof"));
         }
-        if let Some(keys) = &self.api_keys
-            && let Some(v) = parts.headers.get(&keys.header)
-        {
-            return keys.check(v.as_bytes());
+        if let Some(keys) = &self.api_keys {
+            let mut presented = parts.headers.get_all(&keys.header).iter();
+            if let Some(v) = presented.next() {
+                if presented.next().is_some() {
+                    return Err(AuthnError::bad_request("credential_ambiguous", "more than one API-key header"));
+                }
+                return keys.check(v.as_bytes());
+            }
         }
         if self.mtls
             && let Some(cert) = cx.client_cert
@@ -411,9 +415,15 @@ impl Authenticator {
     pub fn scrub(&self, parts: &mut http::request::Parts) {
         if let Some(k) = &self.api_keys {
             parts.headers.remove(&k.header);
+            if let Some(u) = &k.underscored {
+                parts.headers.remove(u);
+            }
         }
         if let Some(h) = &self.locations.header {
             parts.headers.remove(h);
+            if let Some(u) = extract::underscored(h) {
+                parts.headers.remove(u);
+            }
         }
         if let Some(name) = &self.locations.cookie {
             extract::remove_cookie(&mut parts.headers, name);
