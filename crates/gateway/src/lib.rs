@@ -134,7 +134,10 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
         // "not ready" while connections drain.
         tokio::spawn(admin::serve(l, admin_state.clone()));
     }
-    tracing::info!(%listen, admin = ?admin_addr, routes, workers, "portcullis serving");
+    match admin_addr {
+        Some(admin) => tracing::info!(%listen, %admin, routes, workers, "portcullis serving"),
+        None => tracing::info!(%listen, routes, workers, "portcullis serving"),
+    }
 
     let mut reloader = Reloader {
         path,

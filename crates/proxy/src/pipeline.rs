@@ -115,7 +115,7 @@ pub async fn handle(rt: Arc<Runtime>, conn: Arc<ConnInfo>, req: Request<ClientBo
         Err(problem) => {
             ctx.reason = Some(problem.code);
             if problem.status.is_server_error() {
-                tracing::debug!(request_id = ?ctx.request_id, %problem, "request failed");
+                tracing::debug!(request_id = ctx.request_id.to_str().unwrap_or_default(), %problem, "request failed");
             }
             let mut resp = problem.to_response(ctx.request_id.to_str().ok()).map(ResponseBody::full);
             if unread_body {
@@ -341,6 +341,11 @@ impl RequestAuthority {
             return Err(Problem::bad_request("bad_host", "more than one Host header"));
         }
         if let Some(a) = parts.uri.authority() {
+            // User information has no place in a request's authority (RFC 9110 §4.2.4); it
+            // would reach routing and the forwarded host.
+            if a.as_str().contains('@') {
+                return Err(Problem::bad_request("bad_host", "the request's authority carries user information"));
+            }
             return Ok(Self::Uri(a.clone()));
         }
         match host {
@@ -729,6 +734,17 @@ mod tests {
         let h2c: Vec<Box<str>> = vec!["h2c".into()];
         let req = Request::get("/").header("connection", "upgrade").header("upgrade", "h2c").body(()).unwrap();
         assert_eq!(upgrade_request(&req.into_parts().0, &h2c), None);
+    }
+
+    #[test]
+    fn an_authority_with_user_information_is_refused() {
+        // As HTTP/2's `:authority` arrives: in the request's URI.
+        let parts = |uri: &str| Request::get(uri).version(Version::HTTP_2).body(()).unwrap().into_parts().0;
+        let err = RequestAuthority::of(&parts("http://user:pw@api.example/x")).err().expect("refused");
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(!err.to_string().contains("pw"), "{err}");
+        assert!(RequestAuthority::of(&parts("http://user@api.example/x")).is_err());
+        assert!(RequestAuthority::of(&parts("http://api.example/x")).is_ok());
     }
 
     #[test]
