@@ -609,7 +609,9 @@ routes:
     assert_eq!(r.status(), 200);
     assert_eq!(gw.metric("portcullis_upstream_ejections_total{upstream=\"pool\"}"), 0.0, "{}", gw.metrics());
     assert_eq!(gw.metric("portcullis_upstream_errors_total{route=\"r\",kind=\"protocol\"}"), 0.0);
-    // Both endpoints still take requests in turn.
+    // Both endpoints still take requests in turn. (The upstreams may still be finishing
+    // with the broken requests' connections: let them settle before counting.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = (a.count(), b.count());
     for _ in 0..4 {
         assert_eq!(client().get(gw.url("/x")).send().await.unwrap().status(), 200);
@@ -730,4 +732,67 @@ routes:
     assert!(all.contains("upstreams.ports.endpoints[0]") && all.contains("65535"), "{all}");
     assert!(all.contains("upstreams.secret.endpoints[0]") && all.contains("credentials"), "{all}");
     assert!(!all.contains("s3cret-pw"), "the password was printed: {all}");
+}
+
+/// The route's request timeout is the upstream's: an upload slower than it, but steady, is
+/// forwarded; a client that stops sending its body for longer than `header_read_timeout`
+/// gets `408`; neither counts against the upstream's health.
+#[test]
+fn slow_uploads_are_the_clients_time_not_the_upstreams() {
+    let (a, b) = two_upstreams();
+    let gw = Gateway::start(&format!(
+        r#"
+server:
+  listen: {{listen}}
+  limits: {{ header_read_timeout: 1s }}
+upstreams:
+  pool:
+    endpoints: [{a}, {b}]
+    health: {{ consecutive_failures: 1, ejection_time: 30s }}
+routes:
+  - id: r
+    upstream: pool
+    authenticate: [none]
+    timeouts: {{ request: 1s }}
+"#,
+        a = a.url(),
+        b = b.url()
+    ));
+    // 2.4 s of upload, 24 bytes at a time every 400 ms: longer than the request timeout,
+    // never silent for the idle limit.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 144\r\nConnection: close\r\n\r\n").unwrap();
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(400));
+        s.write_all(&[b'u'; 24]).unwrap();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200 "), "a steady upload outlasting the request timeout: {out}");
+    assert!(out.contains("\"bytes\":144"), "{out}");
+
+    // A part of the body, then silence.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nthe first part").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let took = started.elapsed();
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+    assert!(out.to_ascii_lowercase().contains("application/problem+json"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("connection: close\r\n"), "{out}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "answered after {took:?}");
+
+    assert_eq!(gw.metric("portcullis_upstream_ejections_total{upstream=\"pool\"}"), 0.0, "{}", gw.metrics());
+    assert_eq!(gw.metric("portcullis_upstream_errors_total{route=\"r\",kind=\"timeout\"}"), 0.0);
+    // Both endpoints still take requests in turn (once the upstreams settled).
+    std::thread::sleep(Duration::from_millis(300));
+    let before = (a.count(), b.count());
+    for _ in 0..4 {
+        let r = raw_exchange(&gw, b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+    }
+    assert_eq!((a.count() - before.0, b.count() - before.1), (2, 2));
 }

@@ -101,6 +101,9 @@ pub enum ClientBodyErrorKind {
     Malformed,
     /// The client stopped sending mid-body (closed, reset): nobody is left to answer.
     Aborted,
+    /// The client sent nothing of its body for longer than the server's
+    /// `header_read_timeout`: `408`, then the connection closes.
+    Stalled,
 }
 
 impl ClientBodyError {
@@ -115,6 +118,7 @@ impl std::fmt::Display for ClientBodyError {
         match self.kind {
             ClientBodyErrorKind::Malformed => write!(f, "malformed request body: {}", self.source),
             ClientBodyErrorKind::Aborted => write!(f, "request body aborted: {}", self.source),
+            ClientBodyErrorKind::Stalled => write!(f, "request body stalled: {}", self.source),
         }
     }
 }

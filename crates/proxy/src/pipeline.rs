@@ -545,6 +545,11 @@ async fn forward(
                 Failure::ClientBody(crate::body::ClientBodyErrorKind::Aborted) => {
                     Problem::bad_request("incomplete_body", "the request body ended before it was complete")
                 }
+                Failure::ClientBody(crate::body::ClientBodyErrorKind::Stalled) => Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body stopped arriving before it was complete",
+                ),
                 Failure::Protocol(e) => {
                     route.metrics.upstream_error(UpstreamErrorKind::protocol);
                     tracing::debug!(route = %route.id, error = %e, "upstream exchange failed");

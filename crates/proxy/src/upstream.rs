@@ -258,19 +258,30 @@ impl Upstream {
             (Some(pool), false) => {
                 // Boxed: the futures that wait on this one stay small, so creating them (on
                 // every request) copies less.
-                let exchange =
-                    Box::pin(h1::send(pool, &ep.authority, self.connect_timeout, head, body, added, host, path));
-                match crate::timer::timeout(timeout, exchange).await {
-                    Err(_) => Err(Failure::Timeout),
-                    Ok(Ok(resp)) => Ok(resp.map(ResponseBody::Lean)),
-                    Ok(Err(h1::Error::Connect(_))) => Err(Failure::Connect),
-                    Ok(Err(h1::Error::BodyTooLarge)) => return Err(Failure::BodyTooLarge),
-                    Ok(Err(h1::Error::ClientBody(kind, e))) => {
+                // The timeout bounds the upstream's part only (see `h1::send`): a slow
+                // upload is the client's, and never counts against the endpoint.
+                let exchange = Box::pin(h1::send(
+                    pool,
+                    &ep.authority,
+                    self.connect_timeout,
+                    timeout,
+                    head,
+                    body,
+                    added,
+                    host,
+                    path,
+                ));
+                match exchange.await {
+                    Err(h1::Error::Timeout) => Err(Failure::Timeout),
+                    Ok(resp) => Ok(resp.map(ResponseBody::Lean)),
+                    Err(h1::Error::Connect(_)) => Err(Failure::Connect),
+                    Err(h1::Error::BodyTooLarge) => return Err(Failure::BodyTooLarge),
+                    Err(h1::Error::ClientBody(kind, e)) => {
                         tracing::debug!(upstream = %self.name, error = %e, "the client's request body failed");
                         return Err(Failure::ClientBody(kind));
                     }
-                    Ok(Err(h1::Error::Stale)) => Err(Failure::Protocol("stale upstream connection".into())),
-                    Ok(Err(h1::Error::Protocol(e))) => Err(Failure::Protocol(e)),
+                    Err(h1::Error::Stale) => Err(Failure::Protocol("stale upstream connection".into())),
+                    Err(h1::Error::Protocol(e)) => Err(Failure::Protocol(e)),
                 }
             }
             _ => {

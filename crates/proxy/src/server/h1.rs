@@ -195,6 +195,10 @@ impl Shared {
 pub struct Body {
     link: Link,
     framing: Framing,
+    /// How long the client may send nothing while its body is awaited.
+    idle: Duration,
+    /// Armed while the body waits for the client; disarmed by every byte that comes.
+    stall: Option<crate::timer::Sleep>,
 }
 
 impl std::fmt::Debug for Body {
@@ -228,7 +232,6 @@ impl http_body::Body for Body {
         loop {
             match decode(&mut this.framing, &mut sh.buf, eof) {
                 Ok(Decoded::NeedMore) => match sh.poll_fill(cx) {
-                    Poll::Ready(Ok(n)) => eof = n == 0,
                     Poll::Ready(Err(e)) => {
                         this.framing = Framing::Done;
                         return Poll::Ready(Some(Err(sh.client_gone(e))));
@@ -237,7 +240,25 @@ impl http_body::Body for Body {
                         if !sh.body_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                             sh.body_waker = Some(cx.waker().clone());
                         }
+                        // Only the client's silence counts: while the reader is busy
+                        // elsewhere (an upstream slow to take the bytes), nothing is armed.
+                        let idle = this.idle;
+                        let stall =
+                            this.stall.get_or_insert_with(|| crate::timer::Sleep::until(crate::timer::deadline(idle)));
+                        if Pin::new(stall).poll(cx).is_ready() {
+                            this.framing = Framing::Done;
+                            this.stall = None;
+                            return Poll::Ready(Some(Err(ClientBodyError::new(
+                                ClientBodyErrorKind::Stalled,
+                                "no part of the body arrived in time",
+                            )
+                            .into())));
+                        }
                         return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        this.stall = None;
+                        eof = n == 0;
                     }
                 },
                 Ok(Decoded::Data(data)) => {
@@ -711,7 +732,11 @@ pub async fn serve(
             sh.body_cut = false;
             sh.body_waker = None;
             sh.cont = expect_continue.then_some(0);
-            if sh.body_done { ClientBody::Empty } else { ClientBody::Http1(Body { link: link.clone(), framing }) }
+            if sh.body_done {
+                ClientBody::Empty
+            } else {
+                ClientBody::Http1(Body { link: link.clone(), framing, idle: settings.header_read_timeout, stall: None })
+            }
         };
         // Not boxed: moving a request's future into a box copied its whole state (~6 KiB)
         // on every request; held inline it costs an idle connection that much memory instead.

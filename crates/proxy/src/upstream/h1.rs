@@ -55,6 +55,9 @@ pub enum Error {
     /// The client's request body failed (malformed, or the client went away) while it was
     /// being sent: the client's fault, not the upstream's.
     ClientBody(ClientBodyErrorKind, BoxError),
+    /// The upstream did not take a part of the request, or did not answer once it had it
+    /// all, within the request timeout.
+    Timeout,
     /// The upstream broke the exchange or sent something that is not HTTP/1.1.
     Protocol(BoxError),
 }
@@ -151,7 +154,10 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, 
 }
 
 /// Sends a request (its head `parts`, borrowed, and its body) to `authority` (requesting `path`)
-/// and returns once the response head is in.
+/// and returns once the response head is in. `timeout` bounds what the upstream is waited
+/// for: taking the head, taking each part of the body, and answering once it has the whole
+/// request. Time spent waiting for the client's body is the client's, bounded by its own
+/// idle limit.
 /// A request without a body that hits a connection the upstream had just closed is sent
 /// again on a fresh one.
 #[allow(clippy::too_many_arguments)] // Borrowed inputs; a struct of them would be built per request.
@@ -159,6 +165,7 @@ pub async fn send(
     pool: &Arc<IdlePool>,
     authority: &Authority,
     connect_timeout: Duration,
+    timeout: Duration,
     parts: &http::request::Parts,
     body: RequestBody,
     added: &Added,
@@ -172,10 +179,11 @@ pub async fn send(
     };
     // Boxed: the exchange's state is large, and every future that contains it would otherwise
     // copy it when created (measured: a third of the memcpy per request).
-    match Box::pin(exchange(conn, &parts.method, path, &parts.headers, added, host, body)).await {
+    match Box::pin(exchange(conn, &parts.method, path, &parts.headers, added, host, body, timeout)).await {
         Err(Error::Stale) if retryable => {
             let conn = connect(authority, connect_timeout).await?;
-            Box::pin(exchange(conn, &parts.method, path, &parts.headers, added, host, RequestBody::Empty)).await
+            Box::pin(exchange(conn, &parts.method, path, &parts.headers, added, host, RequestBody::Empty, timeout))
+                .await
         }
         Err(Error::Stale) => Err(protocol("the upstream closed the connection before answering")),
         other => other,
@@ -196,6 +204,7 @@ fn is_idempotent(m: &Method) -> bool {
 
 type Exchange = (Response<RawHead>, Box<Conn>, Framing, bool);
 
+#[allow(clippy::too_many_arguments)] // Borrowed inputs, as `send`'s.
 async fn exchange(
     mut conn: Box<Conn>,
     method: &Method,
@@ -204,19 +213,23 @@ async fn exchange(
     added: &Added,
     host: Option<&HeaderValue>,
     mut body: RequestBody,
+    timeout: Duration,
 ) -> Result<Exchange, Error> {
     let has_body = !body.is_end_stream();
     let chunked = has_body && !headers.contains_key(CONTENT_LENGTH);
     encode_head(&mut conn.out, method, path, (headers, added, host), chunked);
-    let write = conn.io.write_all(&conn.out).await;
-    if let Err(e) = write {
-        return Err(if conn.reused { Error::Stale } else { protocol(e) });
+    let Conn { io, out, .. } = &mut *conn;
+    match crate::timer::timeout(timeout, io.write_all(out)).await {
+        Err(_) => return Err(Error::Timeout),
+        Ok(Err(e)) => return Err(if conn.reused { Error::Stale } else { protocol(e) }),
+        Ok(Ok(())) => {}
     }
     let mut complete = true;
     if has_body {
-        complete = send_body(&mut conn, &mut body, chunked).await?;
+        complete = send_body(&mut conn, &mut body, chunked, timeout).await?;
     }
-    let (resp, framing, keep_alive) = read_head(&mut conn, method).await?;
+    let (resp, framing, keep_alive) =
+        crate::timer::timeout(timeout, read_head(&mut conn, method)).await.map_err(|_| Error::Timeout)??;
     let reusable = complete && keep_alive && !matches!(framing, Framing::Eof);
     Ok((resp, conn, framing, reusable))
 }
@@ -256,8 +269,9 @@ fn encode_head(
     }
     // An HTTP/2 client may split its cookies over several fields; HTTP/1.1 has one, the
     // pairs joined with "; " (RFC 9113 §8.2.3, RFC 6265 §5.4).
-    let mut cookies = headers.get_all(COOKIE).iter();
-    if let Some(first) = cookies.next().filter(|_| cookie) {
+    // (Looked up only when there is one: most requests carry no cookie.)
+    let mut cookies = cookie.then(|| headers.get_all(COOKIE).iter()).into_iter().flatten();
+    if let Some(first) = cookies.next() {
         out.extend_from_slice(b"cookie: ");
         out.extend_from_slice(first.as_bytes());
         for more in cookies {
@@ -280,7 +294,8 @@ fn encode_head(
 
 /// Streams the client's body upstream. Returns false when the upstream started answering
 /// before the body was all sent (the rest is dropped, and so is the connection afterwards).
-async fn send_body<B>(conn: &mut Conn, body: &mut B, chunked: bool) -> Result<bool, Error>
+/// `timeout`: how long the upstream may take to accept each part.
+async fn send_body<B>(conn: &mut Conn, body: &mut B, chunked: bool, timeout: Duration) -> Result<bool, Error>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
@@ -328,10 +343,17 @@ where
                 },
             },
         };
-        tokio::select! {
-            biased;
-            w = wr.write_all_buf(&mut out) => w.map_err(protocol)?,
-            r = rd.read_buf(buf) => return early_answer(r),
+        let step = crate::timer::timeout(timeout, async {
+            tokio::select! {
+                biased;
+                w = wr.write_all_buf(&mut out) => Ok(w),
+                r = rd.read_buf(buf) => Err(r),
+            }
+        });
+        match step.await {
+            Err(_) => return Err(Error::Timeout),
+            Ok(Ok(w)) => w.map_err(protocol)?,
+            Ok(Err(r)) => return early_answer(r),
         }
         if last {
             return Ok(true);
