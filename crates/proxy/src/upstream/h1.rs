@@ -219,7 +219,13 @@ async fn exchange(
     let chunked = has_body && !headers.contains_key(CONTENT_LENGTH);
     encode_head(&mut conn.out, method, path, (headers, added, host), chunked);
     let Conn { io, out, .. } = &mut *conn;
-    match crate::timer::timeout(timeout, io.write_all(out)).await {
+    // A head almost always goes out in one write: the timer is set only if it does not.
+    let mut write = std::pin::pin!(io.write_all(out));
+    let written = match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        Poll::Ready(w) => Ok(w),
+        Poll::Pending => crate::timer::timeout(timeout, write).await,
+    };
+    match written {
         Err(_) => return Err(Error::Timeout),
         Ok(Err(e)) => return Err(if conn.reused { Error::Stale } else { protocol(e) }),
         Ok(Ok(())) => {}
