@@ -133,6 +133,11 @@ struct Shared {
     body_cut: bool,
     /// The task waiting in the body's read, woken when the body is cut.
     body_waker: Option<std::task::Waker>,
+    /// How long the client may send nothing while its body is awaited.
+    body_idle: Duration,
+    /// Armed while the body waits for the client; disarmed by every byte that comes. (Kept
+    /// here rather than in the body, which request futures hold and move.)
+    body_stall: Option<crate::timer::Sleep>,
 }
 
 type Link = Arc<Mutex<Shared>>;
@@ -195,10 +200,6 @@ impl Shared {
 pub struct Body {
     link: Link,
     framing: Framing,
-    /// How long the client may send nothing while its body is awaited.
-    idle: Duration,
-    /// Armed while the body waits for the client; disarmed by every byte that comes.
-    stall: Option<crate::timer::Sleep>,
 }
 
 impl std::fmt::Debug for Body {
@@ -242,12 +243,13 @@ impl http_body::Body for Body {
                         }
                         // Only the client's silence counts: while the reader is busy
                         // elsewhere (an upstream slow to take the bytes), nothing is armed.
-                        let idle = this.idle;
-                        let stall =
-                            this.stall.get_or_insert_with(|| crate::timer::Sleep::until(crate::timer::deadline(idle)));
+                        let idle = sh.body_idle;
+                        let stall = sh
+                            .body_stall
+                            .get_or_insert_with(|| crate::timer::Sleep::until(crate::timer::deadline(idle)));
                         if Pin::new(stall).poll(cx).is_ready() {
                             this.framing = Framing::Done;
-                            this.stall = None;
+                            sh.body_stall = None;
                             return Poll::Ready(Some(Err(ClientBodyError::new(
                                 ClientBodyErrorKind::Stalled,
                                 "no part of the body arrived in time",
@@ -257,7 +259,7 @@ impl http_body::Body for Body {
                         return Poll::Pending;
                     }
                     Poll::Ready(Ok(n)) => {
-                        this.stall = None;
+                        sh.body_stall = None;
                         eof = n == 0;
                     }
                 },
@@ -697,6 +699,8 @@ pub async fn serve(
         body_done: true,
         body_cut: false,
         body_waker: None,
+        body_idle: settings.header_read_timeout,
+        body_stall: None,
     }));
     let mut first = true;
     loop {
@@ -731,12 +735,9 @@ pub async fn serve(
             sh.body_done = matches!(framing, Framing::Length(0));
             sh.body_cut = false;
             sh.body_waker = None;
+            sh.body_stall = None;
             sh.cont = expect_continue.then_some(0);
-            if sh.body_done {
-                ClientBody::Empty
-            } else {
-                ClientBody::Http1(Body { link: link.clone(), framing, idle: settings.header_read_timeout, stall: None })
-            }
+            if sh.body_done { ClientBody::Empty } else { ClientBody::Http1(Body { link: link.clone(), framing }) }
         };
         // Not boxed: moving a request's future into a box copied its whole state (~6 KiB)
         // on every request; held inline it costs an idle connection that much memory instead.

@@ -155,6 +155,8 @@ fn link_with(input: &[u8]) -> (Link, tokio::io::DuplexStream) {
         body_done: false,
         body_cut: false,
         body_waker: None,
+        body_idle: Duration::from_secs(5),
+        body_stall: None,
     }));
     (link, theirs)
 }
@@ -163,12 +165,7 @@ fn link_with(input: &[u8]) -> (Link, tokio::io::DuplexStream) {
 async fn a_chunked_body_is_decoded_with_its_trailers_and_no_more() {
     use http_body_util::BodyExt;
     let (link, _client) = link_with(b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nx-t: 1\r\n\r\nGET / HTTP/1.1\r\n");
-    let mut body = Body {
-        link: link.clone(),
-        framing: Framing::Chunked(crate::upstream::h1::Chunk::Size),
-        idle: Duration::from_secs(5),
-        stall: None,
-    };
+    let mut body = Body { link: link.clone(), framing: Framing::Chunked(crate::upstream::h1::Chunk::Size) };
     let mut data = Vec::new();
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
@@ -191,7 +188,7 @@ async fn continue_is_sent_when_the_body_is_first_read_and_never_after_a_response
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (link, mut client) = link_with(b"");
     lock(&link).cont = Some(0);
-    let body = Body { link: link.clone(), framing: Framing::Length(2), idle: Duration::from_secs(5), stall: None };
+    let body = Body { link: link.clone(), framing: Framing::Length(2) };
     let reader = tokio::spawn(async move { body.collect().await.unwrap().to_bytes() });
     let mut got = vec![0u8; CONTINUE.len()];
     client.read_exact(&mut got).await.unwrap();
@@ -300,7 +297,7 @@ fn chunk_lines_are_strict() {
 async fn a_closing_connection_cuts_off_a_body_still_being_read() {
     use http_body_util::BodyExt;
     let (link, client) = link_with(b"");
-    let mut body = Body { link: link.clone(), framing: Framing::Length(5), idle: Duration::from_secs(5), stall: None };
+    let mut body = Body { link: link.clone(), framing: Framing::Length(5) };
     let reader = tokio::spawn(async move { body.frame().await.map(|f| f.is_err()) });
     tokio::task::yield_now().await;
     close(&link).await;
