@@ -796,3 +796,37 @@ routes:
     }
     assert_eq!((a.count() - before.0, b.count() - before.1), (2, 2));
 }
+
+/// An HTTP/2 client is held to the same idle limit on its request body: a stream that sends a
+/// part of its body and then nothing gets `408` instead of holding an upstream connection,
+/// and a steady one outlasting the route's request timeout is forwarded.
+#[tokio::test]
+async fn http2_uploads_have_the_same_idle_limit() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "server:\n  listen: {{listen}}\n  limits: {{ header_read_timeout: 1s }}\nroutes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n    timeouts: {{ request: 1s }}\n",
+        up.url()
+    ));
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let parts = |pause_ms: u64, count: usize| {
+        futures_util::stream::unfold(0usize, move |i| async move {
+            if i == count {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"0123456789")), i + 1))
+        })
+    };
+    // Steady: a part every 400 ms for 2 s.
+    let r = h2.post(gw.url("/count")).body(reqwest::Body::wrap_stream(parts(400, 5))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["bytes"], 50);
+    // One part, then silence for longer than the idle limit.
+    let stalled = futures_util::StreamExt::chain(parts(0, 1), parts(5_000, 1));
+    let started = Instant::now();
+    let r = h2.post(gw.url("/count")).body(reqwest::Body::wrap_stream(stalled)).send().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(problem(r, 408).await["type"], "urn:portcullis:problem:body-timeout");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "answered after {took:?}");
+    assert_eq!(gw.metric("portcullis_upstream_errors_total{route=\"r\",kind=\"timeout\"}"), 0.0);
+}

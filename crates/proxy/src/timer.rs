@@ -232,6 +232,12 @@ impl Future for Sleep {
     }
 }
 
+impl std::fmt::Debug for Sleep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sleep")
+    }
+}
+
 impl Drop for Sleep {
     fn drop(&mut self) {
         if let Inner::Coarse { id: Some(id), .. } = self.inner {
