@@ -128,8 +128,10 @@ impl Fixture {
             idp.key(kid, alg).await;
         }
         let up = Upstream::start();
+        // One worker: its verified-token cache is the one every request meets, so tests of
+        // what the cache does cannot pass by landing on another worker's empty one.
         let gw = Gateway::start(&format!(
-            "{}\nroutes:\n  - id: orders\n    match: {{ path_prefix: /orders }}\n    upstream: {}\n    authenticate: [jwt]\n    authorize: {{ scopes: [orders.read] }}\n{route_extra}",
+            "server:\n  listen: {{listen}}\n  workers: 1\n{}\nroutes:\n  - id: orders\n    match: {{ path_prefix: /orders }}\n    upstream: {}\n    authenticate: [jwt]\n    authorize: {{ scopes: [orders.read] }}\n{route_extra}",
             issuer_yaml(&idp, issuer_extra),
             up.url()
         ));

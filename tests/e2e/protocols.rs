@@ -286,3 +286,17 @@ fn routes_choose_which_upgrades_they_relay() {
         send_head(&gw, b"GET /off/upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
+
+/// A `101` must name what the upstream switched to, and only what it was offered.
+#[test]
+fn an_upstream_switching_to_what_it_was_not_offered_is_refused() {
+    for (what, upgrade) in [("nothing", ""), ("another protocol", "tunnel"), ("an offer and more", "websocket, tunnel")] {
+        let up = crate::upstream::RawUpstream::start(
+            format!("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {upgrade}\r\n\r\n").into_bytes(),
+        );
+        let gw = Gateway::start(&format!("routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n", up.url()));
+        let (_s, head) =
+            send_head(&gw, b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 502"), "switched to {what}: {head}");
+    }
+}

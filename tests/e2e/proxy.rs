@@ -671,6 +671,20 @@ async fn upstream_responses_the_gateway_cannot_pass_on_are_502() {
             "chunked then gzip",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
         ),
+        // Chunked framing around gzip: re-framed, the gzip would go on unsaid.
+        (
+            "gzip then chunked",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "gzip, then chunked in a second field",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        (
+            "chunked twice",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+        ),
     ];
     for (what, answer) in cases {
         let up = crate::upstream::RawUpstream::start(answer);

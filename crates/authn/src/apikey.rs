@@ -20,9 +20,6 @@ use crate::cache::{Digest, digest};
 pub struct ApiKeys {
     /// The header keys come in.
     pub header: HeaderName,
-    /// The same name with `_` for `-` (`x_api_key`), which some servers and frameworks take
-    /// for the header itself: removed before forwarding too.
-    pub underscored: Option<HeaderName>,
     /// Buckets by the first eight bytes of the digest.
     by_prefix: HashMap<u64, Vec<(Digest, Arc<Principal>)>>,
 }
@@ -81,8 +78,7 @@ impl ApiKeys {
                 by_prefix.entry(prefix(&d)).or_default().push((d, p.clone()));
             }
         }
-        let underscored = crate::extract::underscored(&header);
-        Ok(ApiKeys { header, underscored, by_prefix })
+        Ok(ApiKeys { header, by_prefix })
     }
 
     /// The consumer a presented key belongs to.

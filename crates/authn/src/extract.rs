@@ -16,11 +16,24 @@ pub struct Locations {
     pub query: Option<String>,
 }
 
-/// `name` spelt with `_` for `-`, if it has a `-`: many servers (CGI and WSGI among them) read
-/// both spellings as one header, so a credential header is removed in both.
-pub fn underscored(name: &HeaderName) -> Option<HeaderName> {
-    let s = name.as_str();
-    s.contains('-').then(|| HeaderName::from_bytes(s.replace('-', "_").as_bytes()).ok()).flatten()
+/// Removes `name` in every spelling that treats `-` and `_` alike (`x_api_key`, `x-api_key`):
+/// many servers (CGI and WSGI among them) read them all as one header, so a credential
+/// header must not reach the upstream in any of them.
+pub fn remove_every_spelling(headers: &mut HeaderMap, name: &HeaderName) {
+    headers.remove(name);
+    let wanted = name.as_str().as_bytes();
+    if !wanted.iter().any(|&b| b == b'-' || b == b'_') {
+        return;
+    }
+    let same = |k: &HeaderName| {
+        let k = k.as_str().as_bytes();
+        k.len() == wanted.len()
+            && k.iter().zip(wanted).all(|(&a, &b)| a == b || (matches!(a, b'-' | b'_') && matches!(b, b'-' | b'_')))
+    };
+    let others: Vec<HeaderName> = headers.keys().filter(|k| same(k)).cloned().collect();
+    for k in others {
+        headers.remove(k);
+    }
 }
 
 /// What the `Authorization` header holds.

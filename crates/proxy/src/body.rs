@@ -32,8 +32,8 @@ pub enum RequestBody {
 pub enum ClientBody {
     /// Read from an HTTP/1.1 connection by the gateway's codec.
     Http1(crate::server::h1::Body),
-    /// An HTTP/2 stream's data (hyper), with its idle limit; boxed, as it is the larger.
-    Http2(Box<Http2Body>),
+    /// An HTTP/2 stream's data (hyper).
+    Http2(Incoming),
     /// No body.
     Empty,
 }
@@ -45,7 +45,10 @@ impl Body for ClientBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ClientBody::Http1(b) => Pin::new(b).poll_frame(cx),
-            ClientBody::Http2(b) => Pin::new(&mut **b).poll_frame(cx),
+            // A stream the client reset or broke: it is gone, and so is its answer.
+            ClientBody::Http2(b) => {
+                Pin::new(b).poll_frame(cx).map_err(|e| ClientBodyError::new(ClientBodyErrorKind::Aborted, e).into())
+            }
             ClientBody::Empty => Poll::Ready(None),
         }
     }
@@ -53,7 +56,7 @@ impl Body for ClientBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ClientBody::Http1(b) => b.is_end_stream(),
-            ClientBody::Http2(b) => b.inner.is_end_stream(),
+            ClientBody::Http2(b) => b.is_end_stream(),
             ClientBody::Empty => true,
         }
     }
@@ -61,52 +64,8 @@ impl Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ClientBody::Http1(b) => b.size_hint(),
-            ClientBody::Http2(b) => b.inner.size_hint(),
+            ClientBody::Http2(b) => b.size_hint(),
             ClientBody::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
-
-/// An HTTP/2 request body, held to the same idle limit as an HTTP/1.1 one: a client that
-/// sends nothing of a body it is in the middle of for `idle` gets `408`
-/// ([`ClientBodyErrorKind::Stalled`]), rather than holding an upstream connection open.
-#[derive(Debug)]
-pub struct Http2Body {
-    inner: Incoming,
-    idle: std::time::Duration,
-    /// Armed while the body waits for the client; disarmed by every frame that comes.
-    stall: Option<crate::timer::Sleep>,
-}
-
-impl Http2Body {
-    /// The body of a stream, allowed to be silent for `idle` at most.
-    pub fn new(inner: Incoming, idle: std::time::Duration) -> Self {
-        Http2Body { inner, idle, stall: None }
-    }
-}
-
-impl Body for Http2Body {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => {
-                let idle = this.idle;
-                let stall = this.stall.get_or_insert_with(|| crate::timer::Sleep::until(crate::timer::deadline(idle)));
-                if Pin::new(stall).poll(cx).is_ready() {
-                    this.stall = None;
-                    let e = ClientBodyError::new(ClientBodyErrorKind::Stalled, "no part of the body arrived in time");
-                    return Poll::Ready(Some(Err(e.into())));
-                }
-                Poll::Pending
-            }
-            Poll::Ready(frame) => {
-                this.stall = None;
-                // A stream the client reset or broke: it is gone, and so is its answer.
-                Poll::Ready(frame.map(|f| f.map_err(|e| ClientBodyError::new(ClientBodyErrorKind::Aborted, e).into())))
-            }
         }
     }
 }

@@ -519,7 +519,8 @@ async fn forward(
     // Boxed: each enclosing future (this one, the pipeline's, the connection's) would
     // otherwise hold the exchange's ~3 KiB state and copy it when created, on every request
     // (measured: a fifth of the memcpy per request); one move into a box is cheaper.
-    let result = Box::pin(upstream.send(&mut parts, body, &added, path, route.timeout, upgrade.is_some())).await;
+    let waits = crate::upstream::Waits { upstream: route.timeout, client_idle: rt.h1.header_read_timeout };
+    let result = Box::pin(upstream.send(&mut parts, body, &added, path, waits, upgrade.is_some())).await;
     let took = started.elapsed();
     ctx.upstream_elapsed = Some(took);
     route.metrics.upstream(took);
@@ -564,6 +565,7 @@ async fn forward(
         // protocols the gateway passed on.
         let chosen = resp.headers().get(header::UPGRADE).cloned();
         if let (Some(offered), Some(chosen), Some(client)) = (upgrade, chosen, client_upgrade)
+            && protocols(&chosen).next().is_some()
             && protocols(&chosen).all(|p| protocols(&offered).any(|o| o.eq_ignore_ascii_case(p)))
         {
             let upstream_io = hyper::upgrade::on(&mut resp);

@@ -142,19 +142,11 @@ pub async fn serve(io: Box<dyn Io>, h2: bool, rt: &Runtime, info: Arc<ConnInfo>,
 
 async fn serve_h2(io: Rewind, rt: &Runtime, info: Arc<ConnInfo>, runtime: Arc<ArcSwap<Runtime>>) {
     let Some(builder) = &rt.h2 else { return };
-    let idle = rt.h1.header_read_timeout;
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let rt = runtime.load_full();
         let info = info.clone();
-        let req = req.map(|b| {
-            if http_body::Body::is_end_stream(&b) {
-                ClientBody::Empty
-            } else {
-                ClientBody::Http2(Box::new(crate::body::Http2Body::new(b, idle)))
-            }
-        });
         async move {
-            let resp = pipeline::handle(rt, info, req).await;
+            let resp = pipeline::handle(rt, info, req.map(ClientBody::Http2)).await;
             Ok::<_, Infallible>(crate::body::materialize_head(resp))
         }
     });

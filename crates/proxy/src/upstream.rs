@@ -214,7 +214,7 @@ impl Upstream {
         tracing::warn!(upstream = %self.name, endpoint = %ep.authority, seconds = period.as_secs(), "endpoint ejected after consecutive failures");
     }
 
-    /// Sends a request and waits for the response head. The request's head stays the
+    /// Sends a request and waits for the response head (see [`Waits`]). The request's head stays the
     /// caller's (borrowed, not moved through every layer); `path` is the path and query to
     /// request; `upgrade` asks for an HTTP/1.1 protocol upgrade. A request without a body is
     /// retried once on another endpoint when the first could not be connected to.
@@ -224,16 +224,16 @@ impl Upstream {
         body: RequestBody,
         added: &Added,
         path: PathAndQuery,
-        timeout: Duration,
+        waits: Waits,
         upgrade: bool,
     ) -> Result<Response<ResponseBody>, Failure> {
         let retry = self.endpoints.len() > 1 && body.is_end_stream();
         head.version = Version::HTTP_11;
         let first = self.pick(None);
-        match self.send_to(first, head, body, added, &path, timeout, upgrade, retry).await {
+        match self.send_to(first, head, body, added, &path, waits, upgrade, retry).await {
             Err(Failure::Connect) if retry => {
                 let second = self.pick(Some(first));
-                self.send_to(second, head, RequestBody::Empty, added, &path, timeout, upgrade, false).await
+                self.send_to(second, head, RequestBody::Empty, added, &path, waits, upgrade, false).await
             }
             result => result,
         }
@@ -248,10 +248,11 @@ impl Upstream {
         body: RequestBody,
         added: &Added,
         path: &PathAndQuery,
-        timeout: Duration,
+        waits: Waits,
         upgrade: bool,
         keep: bool,
     ) -> Result<Response<ResponseBody>, Failure> {
+        let timeout = waits.upstream;
         let ep = &self.endpoints[i];
         let host = (!self.preserve_host).then_some(&ep.host);
         let result = match (&ep.lean, upgrade) {
@@ -260,17 +261,8 @@ impl Upstream {
                 // every request) copies less.
                 // The timeout bounds the upstream's part only (see `h1::send`): a slow
                 // upload is the client's, and never counts against the endpoint.
-                let exchange = Box::pin(h1::send(
-                    pool,
-                    &ep.authority,
-                    self.connect_timeout,
-                    timeout,
-                    head,
-                    body,
-                    added,
-                    host,
-                    path,
-                ));
+                let exchange =
+                    Box::pin(h1::send(pool, &ep.authority, self.connect_timeout, waits, head, body, added, host, path));
                 match exchange.await {
                     Err(h1::Error::Timeout) => Err(Failure::Timeout),
                     Ok(resp) => Ok(resp.map(ResponseBody::Lean)),
@@ -327,6 +319,16 @@ impl Upstream {
     }
 }
 
+/// How long an exchange waits, and for whom.
+#[derive(Clone, Copy, Debug)]
+pub struct Waits {
+    /// For the upstream: to take the head, each part of the body, and then to answer.
+    pub upstream: Duration,
+    /// For the client: the longest pause within its request body (HTTP/1.1 upstreams; a
+    /// stalled body is the client's failure, never the upstream's).
+    pub client_idle: Duration,
+}
+
 /// Reads an endpoint URL. Messages show the URL with any credentials in it masked: a
 /// config error is printed, and a password must never be.
 fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
@@ -363,12 +365,8 @@ fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
 
 /// `url` with the user information of its authority (`user:password@`) replaced by `***`.
 fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
-    match url[start..end].rfind('@') {
-        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
-        None => url.into(),
-    }
+    // The config's own masking: it also finds a password with `/` or `?` in it.
+    portcullis_config::values::redact_url(url)
 }
 
 #[cfg(test)]
@@ -453,5 +451,8 @@ mod tests {
             let msg = parse_endpoint(url).err().unwrap();
             assert!(!msg.contains("hunter2") && msg.contains("***@h"), "{msg}");
         }
+        // A password with `/` in it ends the authority early for a naive reader.
+        let msg = parse_endpoint("http://svc:hun/ter2@10.0.0.1:8080").err().unwrap();
+        assert!(!msg.contains("ter2") && !msg.contains("hun/"), "{msg}");
     }
 }

@@ -165,7 +165,7 @@ pub async fn send(
     pool: &Arc<IdlePool>,
     authority: &Authority,
     connect_timeout: Duration,
-    timeout: Duration,
+    waits: crate::upstream::Waits,
     parts: &http::request::Parts,
     body: RequestBody,
     added: &Added,
@@ -179,11 +179,10 @@ pub async fn send(
     };
     // Boxed: the exchange's state is large, and every future that contains it would otherwise
     // copy it when created (measured: a third of the memcpy per request).
-    match Box::pin(exchange(conn, &parts.method, path, &parts.headers, added, host, body, timeout)).await {
+    match Box::pin(exchange(conn, &parts.method, path, &parts.headers, added, host, body, waits)).await {
         Err(Error::Stale) if retryable => {
             let conn = connect(authority, connect_timeout).await?;
-            Box::pin(exchange(conn, &parts.method, path, &parts.headers, added, host, RequestBody::Empty, timeout))
-                .await
+            Box::pin(exchange(conn, &parts.method, path, &parts.headers, added, host, RequestBody::Empty, waits)).await
         }
         Err(Error::Stale) => Err(protocol("the upstream closed the connection before answering")),
         other => other,
@@ -213,8 +212,9 @@ async fn exchange(
     added: &Added,
     host: Option<&HeaderValue>,
     mut body: RequestBody,
-    timeout: Duration,
+    waits: crate::upstream::Waits,
 ) -> Result<Exchange, Error> {
+    let timeout = waits.upstream;
     let has_body = !body.is_end_stream();
     let chunked = has_body && !headers.contains_key(CONTENT_LENGTH);
     encode_head(&mut conn.out, method, path, (headers, added, host), chunked);
@@ -232,7 +232,7 @@ async fn exchange(
     }
     let mut complete = true;
     if has_body {
-        complete = send_body(&mut conn, &mut body, chunked, timeout).await?;
+        complete = send_body(&mut conn, &mut body, chunked, waits).await?;
     }
     let (resp, framing, keep_alive) =
         crate::timer::timeout(timeout, read_head(&mut conn, method)).await.map_err(|_| Error::Timeout)??;
@@ -300,8 +300,16 @@ fn encode_head(
 
 /// Streams the client's body upstream. Returns false when the upstream started answering
 /// before the body was all sent (the rest is dropped, and so is the connection afterwards).
-/// `timeout`: how long the upstream may take to accept each part.
-async fn send_body<B>(conn: &mut Conn, body: &mut B, chunked: bool, timeout: Duration) -> Result<bool, Error>
+/// `waits`: how long the upstream may take to accept each part, and the longest the client
+/// may pause (the HTTP/1.1 codec enforces the same; HTTP/2 clients' bodies get it here, and
+/// only here, where nothing else is being relayed meanwhile: a gRPC stream relayed by hyper
+/// may stay quiet for as long as it likes).
+async fn send_body<B>(
+    conn: &mut Conn,
+    body: &mut B,
+    chunked: bool,
+    waits: crate::upstream::Waits,
+) -> Result<bool, Error>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
@@ -312,7 +320,13 @@ where
         // early answer (such as the upstream refusing the body) ends the upload.
         let frame = tokio::select! {
             biased;
-            f = body.frame() => f,
+            f = crate::timer::timeout(waits.client_idle, body.frame()) => match f {
+                Ok(f) => f,
+                Err(_) => {
+                    let e = "no part of the body arrived in time".into();
+                    return Err(Error::ClientBody(ClientBodyErrorKind::Stalled, e));
+                }
+            },
             r = rd.read_buf(buf) => return early_answer(r),
         };
         // What to write, and whether it ends the body.
@@ -349,7 +363,7 @@ where
                 },
             },
         };
-        let step = crate::timer::timeout(timeout, async {
+        let step = crate::timer::timeout(waits.upstream, async {
             tokio::select! {
                 biased;
                 w = wr.write_all_buf(&mut out) => Ok(w),
@@ -601,6 +615,8 @@ struct Facts {
     length: Option<u64>,
     te: bool,
     chunked: bool,
+    /// Transfer codings other than one `chunked` (`gzip`, or `chunked` twice) were listed.
+    other_coding: bool,
     close: bool,
     /// Fields named in `Connection` options (RFC 9110 §7.6.1), to be removed.
     named: Vec<HeaderName>,
@@ -621,11 +637,17 @@ impl Facts {
         }
     }
 
+    /// Over all `Transfer-Encoding` fields: the gateway relays only bodies whose one coding
+    /// is `chunked`. `gzip, chunked` is chunked framing (RFC 9112 §6.3) around gzip, which
+    /// would be passed on with its coding unsaid once the framing is redone: refused too.
     fn transfer_encoding(&mut self, raw: &[u8]) {
         self.te = true;
-        // Only the last coding counts (RFC 9112 §6.3): `gzip, chunked` is chunked.
-        if let Some(last) = raw.split(|&b| b == b',').map(|t| t.trim_ascii()).rfind(|t| !t.is_empty()) {
-            self.chunked = last.eq_ignore_ascii_case(b"chunked");
+        for coding in raw.split(|&b| b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty()) {
+            if coding.eq_ignore_ascii_case(b"chunked") && !self.chunked {
+                self.chunked = true;
+            } else {
+                self.other_coding = true;
+            }
         }
     }
 
@@ -644,7 +666,7 @@ impl Facts {
         if self.te {
             // A final coding other than chunked (`gzip`) would be read to the close and passed
             // on as if it were the content, its coding unsaid: refused instead.
-            if !self.chunked {
+            if !self.chunked || self.other_coding {
                 return Err(protocol("unsupported transfer coding"));
             }
             return Ok((Framing::Chunked(Chunk::Size), self.length.is_none()));

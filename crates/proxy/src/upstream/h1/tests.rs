@@ -18,6 +18,9 @@ enum Step {
 }
 use Step::{Answer, AnswerAndClose};
 
+const WAITS: crate::upstream::Waits =
+    crate::upstream::Waits { upstream: Duration::from_secs(10), client_idle: Duration::from_secs(10) };
+
 /// A server that answers each request on each connection with the next scripted step, and
 /// records the raw requests.
 struct Script {
@@ -103,18 +106,9 @@ async fn call(
     *req.method_mut() = method;
     let (head, req_body) = req.into_parts();
     // The fields as a map, as an HTTP/2 client would get them.
-    let resp = send(
-        pool,
-        &script.authority,
-        Duration::from_secs(2),
-        Duration::from_secs(10),
-        &head,
-        req_body,
-        &Added::default(),
-        None,
-        &path,
-    )
-    .await?;
+    let resp =
+        send(pool, &script.authority, Duration::from_secs(2), WAITS, &head, req_body, &Added::default(), None, &path)
+            .await?;
     let (mut parts, mut body) = resp.into_parts();
     if let Some(head) = body.take_head() {
         head.append_to(&mut parts.headers);
@@ -283,19 +277,9 @@ async fn a_stale_pooled_connection_is_retried_for_safe_requests() {
     for _ in 0..3 {
         let (req, path) = get("/");
         let (head, req_body) = req.into_parts();
-        let r = send(
-            &p,
-            &authority,
-            Duration::from_secs(2),
-            Duration::from_secs(10),
-            &head,
-            req_body,
-            &Added::default(),
-            None,
-            &path,
-        )
-        .await
-        .unwrap();
+        let r = send(&p, &authority, Duration::from_secs(2), WAITS, &head, req_body, &Added::default(), None, &path)
+            .await
+            .unwrap();
         assert_eq!(body(r).await.0, b"ok");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -348,7 +332,7 @@ async fn chunked_uploads_reach_the_upstream_intact() {
         Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"abc"))),
         Ok(Frame::data(Bytes::from_static(b"defg"))),
     ]));
-    assert!(send_body(&mut conn, &mut body, true, Duration::from_secs(10)).await.unwrap());
+    assert!(send_body(&mut conn, &mut body, true, WAITS).await.unwrap());
     let (resp, _, _) = read_head(&mut conn, &Method::POST).await.unwrap();
     assert_eq!(resp.status(), 200);
     let seen = s.requests.lock().unwrap()[0].clone();
@@ -376,13 +360,10 @@ async fn an_early_answer_stops_the_upload() {
         true,
     );
     conn.io.write_all(&conn.out).await.unwrap();
-    let sent_all = tokio::time::timeout(
-        Duration::from_secs(3),
-        send_body(&mut conn, &mut EndlessBody, true, Duration::from_secs(10)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let sent_all = tokio::time::timeout(Duration::from_secs(3), send_body(&mut conn, &mut EndlessBody, true, WAITS))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!sent_all, "the early answer stopped the upload");
     let (resp, _, reusable) = read_head(&mut conn, &Method::POST).await.unwrap();
     assert_eq!(resp.status(), 413);
@@ -422,19 +403,9 @@ async fn response_fields_pass_on_as_they_came_and_the_gateways_win() {
     let p = pool();
     let (req, path) = get("/");
     let (head, req_body) = req.into_parts();
-    let resp = send(
-        &p,
-        &s.authority,
-        Duration::from_secs(2),
-        Duration::from_secs(10),
-        &head,
-        req_body,
-        &Added::default(),
-        None,
-        &path,
-    )
-    .await
-    .unwrap();
+    let resp = send(&p, &s.authority, Duration::from_secs(2), WAITS, &head, req_body, &Added::default(), None, &path)
+        .await
+        .unwrap();
     let (mut parts, mut lean) = resp.into_parts();
     let head = lean.take_head().expect("the head's fields");
     assert!(lean.take_head().is_none(), "taken once");
