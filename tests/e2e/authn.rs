@@ -437,6 +437,33 @@ async fn a_header_with_json_whitespace_is_still_a_jwt() {
     assert_eq!(f.get(&spaced).await.status(), 200);
 }
 
+/// Where a route takes JWTs and opaque tokens, an opaque token that merely looks like a JWT
+/// (three parts, the first decoding to `{`) is still introspected, not refused as a bad JWT.
+#[tokio::test]
+async fn an_opaque_token_shaped_like_a_jwt_is_still_introspected() {
+    let idp = Idp::start();
+    idp.key("ec", "ES256").await;
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "{}\nintrospection:\n  endpoint: {url}/introspect\n  client_id: gateway\n  client_secret: s3cret\nroutes:\n  - id: r\n    upstream: {}\n    authenticate: [jwt, introspection]\n",
+        issuer_yaml(&idp, ""),
+        up.url(),
+        url = idp.url
+    ));
+    // " {op" in base64url, then two more parts: not a JWS.
+    let opaque = format!("{}.not-a-payload.not-a-signature", "IHtvcA");
+    idp.post("/admin/opaque", json!({"token": opaque, "claims": {"sub": "svc", "exp": now() + 600}})).await;
+    let r = client().get(gw.url("/x")).bearer_auth(&opaque).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    // A JWT still goes the JWT way, and a token the server does not know is refused.
+    assert_eq!(
+        client().get(gw.url("/x")).bearer_auth(idp.token("ec", json!({})).await).send().await.unwrap().status(),
+        200
+    );
+    let unknown = format!("{}.other.token", "IHtvcA");
+    assert_eq!(client().get(gw.url("/x")).bearer_auth(&unknown).send().await.unwrap().status(), 401);
+}
+
 #[tokio::test]
 async fn key_rotation_and_removal_without_restart() {
     let f = Fixture::new("    keys: { min_cache: 1s, max_cache: 1s, refetch_interval: 1s }\n", "").await;

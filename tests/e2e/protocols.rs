@@ -290,9 +290,11 @@ fn routes_choose_which_upgrades_they_relay() {
 /// A `101` must name what the upstream switched to, and only what it was offered.
 #[test]
 fn an_upstream_switching_to_what_it_was_not_offered_is_refused() {
-    for (what, upgrade) in [("nothing", ""), ("another protocol", "tunnel"), ("an offer and more", "websocket, tunnel")] {
+    for (what, upgrade) in [("nothing", ""), ("another protocol", "tunnel"), ("an offer and more", "websocket, tunnel")]
+    {
         let up = crate::upstream::RawUpstream::start(
-            format!("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {upgrade}\r\n\r\n").into_bytes(),
+            format!("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {upgrade}\r\n\r\n")
+                .into_bytes(),
         );
         let gw = Gateway::start(&format!("routes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n", up.url()));
         let (_s, head) =

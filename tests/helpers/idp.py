@@ -216,7 +216,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json({"error": "not found"}, 404)
 
     def do_POST(self):
-        req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        self.raw_body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        req = json.loads(self.raw_body or b"{}") if self.path != "/introspect" else {}
         if self.path == "/admin/keys":
             key = new_key(req["alg"])
             with LOCK:
@@ -242,6 +243,19 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json({"x5t#S256": b64(cert.fingerprint(hashes.SHA256()))})
         if self.path == "/dpop/holder":
             return self.send_json(dpop_holder(req))
+        if self.path == "/introspect":
+            # RFC 7662, for tokens this IdP was told are active (`/admin/opaque`); form-encoded.
+            from urllib.parse import parse_qs
+
+            form = parse_qs(self.raw_body.decode())
+            token = form.get("token", [""])[0]
+            with LOCK:
+                claims = STATE.setdefault("opaque", {}).get(token)
+            return self.send_json({"active": True, **claims} if claims else {"active": False})
+        if self.path == "/admin/opaque":
+            with LOCK:
+                STATE.setdefault("opaque", {})[req["token"]] = req["claims"]
+            return self.send_json({})
         if self.path in ("/mint", "/dpop/proof"):
             token = mint(req) if self.path == "/mint" else dpop_proof(req)
             body = token.encode()
