@@ -681,15 +681,10 @@ fn upgrade_request(parts: &http::request::Parts, allowed: &[Box<str>]) -> Option
         let name = p.split_once('/').map_or(p, |(name, _)| name);
         !name.eq_ignore_ascii_case("h2c") && allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
     };
-    let (all, kept) = protocols(offer).fold((true, Vec::new()), |(all, mut kept), p| {
-        if allows(p) {
-            kept.push(p);
-        }
-        (all && allows(p), kept)
-    });
+    let kept: Vec<&str> = protocols(offer).filter(|p| allows(p)).collect();
     match kept.len() {
         0 => None,
-        _ if all => Some(offer.clone()),
+        n if n == protocols(offer).count() => Some(offer.clone()),
         _ => HeaderValue::from_str(&kept.join(", ")).ok(),
     }
 }
