@@ -464,6 +464,37 @@ async fn an_opaque_token_shaped_like_a_jwt_is_still_introspected() {
     assert_eq!(client().get(gw.url("/x")).bearer_auth(&unknown).send().await.unwrap().status(), 401);
 }
 
+/// The `b64token` grammar (RFC 6750 §2.1) holds for every token that the verified-token cache
+/// does not hold, opaque ones too: one outside it is refused before anyone is asked about it,
+/// even when the introspection endpoint would call it active, and a JWT one character away
+/// from a cached one is refused as well.
+#[tokio::test]
+async fn tokens_outside_the_b64token_grammar_are_refused_before_introspection() {
+    let idp = Idp::start();
+    idp.key("ec", "ES256").await;
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "server:\n  listen: {{listen}}\n  workers: 1\n{}\nintrospection:\n  endpoint: {url}/introspect\n  client_id: gateway\n  client_secret: s3cret\nroutes:\n  - id: r\n    upstream: {}\n    authenticate: [jwt, introspection]\n",
+        issuer_yaml(&idp, ""),
+        up.url(),
+        url = idp.url
+    ));
+    let get = |token: String| client().get(gw.url("/x")).bearer_auth(token).send();
+    let good = "opaque-token.value~1";
+    let bad = ["opaque,token", "opaque!token", "opaque token", "opaque\"token", "opaque\ttoken", "opaque=token"];
+    for t in std::iter::once(good).chain(bad) {
+        idp.post("/admin/opaque", json!({"token": t, "claims": {"sub": "svc", "exp": now() + 600}})).await;
+    }
+    assert_eq!(get(good.into()).await.unwrap().status(), 200, "the endpoint is asked about a good token");
+    let jwt = idp.token("ec", json!({})).await;
+    assert_eq!(get(jwt.clone()).await.unwrap().status(), 200);
+    assert_eq!(get(jwt.clone()).await.unwrap().status(), 200, "now from the cache");
+    for t in bad.into_iter().map(String::from).chain([format!("{jwt}!"), format!("%{jwt}")]) {
+        let p = problem(get(t.clone()).await.unwrap(), 401).await;
+        assert_eq!(p["type"], "urn:portcullis:problem:token-malformed", "{t:?}: {p}");
+    }
+}
+
 #[tokio::test]
 async fn key_rotation_and_removal_without_restart() {
     let f = Fixture::new("    keys: { min_cache: 1s, max_cache: 1s, refetch_interval: 1s }\n", "").await;

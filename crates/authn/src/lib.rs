@@ -442,6 +442,8 @@ impl Authenticator {
                 return Ok(p);
             }
         }
+        // Checked here rather than where the token was found: a cached token passed it.
+        let token = extract::b64token(token)?;
         let jws = if self.issuers.is_empty() || !looks_like_jwt(token) {
             None
         } else {
