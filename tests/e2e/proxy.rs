@@ -843,3 +843,51 @@ async fn http2_uploads_have_the_same_idle_limit() {
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "answered after {took:?}");
     assert_eq!(gw.metric("portcullis_upstream_errors_total{route=\"r\",kind=\"timeout\"}"), 0.0);
 }
+
+/// An upstream that stops sending in the middle of its response body is cut off after the
+/// route's request timeout (the client sees the message end short, and the connection to it
+/// closes or the stream is reset), over the lean HTTP/1.1 client and hyper's h2c client
+/// alike; a body that keeps coming, however long in all, is passed on whole.
+#[tokio::test]
+async fn a_response_body_that_stalls_is_cut_off_and_a_steady_one_is_not() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  h2:
+    endpoints: [{u}]
+    protocol: http2
+routes:
+  - id: h1
+    match: {{ path_prefix: /h1 }}
+    upstream: {u}
+    authenticate: [none]
+    timeouts: {{ request: 1s }}
+  - id: h2
+    match: {{ path_prefix: /h2 }}
+    upstream: h2
+    authenticate: [none]
+    timeouts: {{ request: 1s }}
+"#,
+        u = up.url()
+    ));
+    let h1 = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().timeout(Duration::from_secs(20)).build().unwrap();
+    for (client, prefix) in [(&h1, "/h1"), (&h1, "/h2"), (&h2, "/h1")] {
+        // 6 parts, 400 ms apart: 2.4 s in all, never silent for the second the route allows.
+        let r = client.get(gw.url(&format!("{prefix}/trickle?parts=6&ms=400"))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().len(), 60, "{prefix}: a steady body outlasting the timeout");
+
+        let started = Instant::now();
+        let r = client.get(gw.url(&format!("{prefix}/stall"))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "the head came in time");
+        let body = r.bytes().await;
+        let took = started.elapsed();
+        assert!(body.is_err(), "{prefix}: a body cut short is not a whole body: {body:?}");
+        assert!(took >= Duration::from_millis(900), "{prefix}: cut off too early ({took:?})");
+        assert!(took < Duration::from_secs(8), "{prefix}: cut off by the gateway, not the client ({took:?})");
+        // The gateway and the upstream are both fine afterwards.
+        assert_eq!(client.get(gw.url(&format!("{prefix}/x"))).send().await.unwrap().status(), 200);
+    }
+}

@@ -5,6 +5,8 @@
 //! - `/status/N`: answers with status N;
 //! - `/bytes/N`: streams N bytes (never held in memory at once);
 //! - `/count`: reads the whole body and answers `{"bytes": n}`;
+//! - `/trickle?parts=N&ms=M`: a body of N parts of 10 bytes, one every M milliseconds;
+//! - `/stall`: a head announcing 1,000 bytes, 10 of them, then nothing (the connection open);
 //! - `/upgrade`: accepts an HTTP/1.1 upgrade and echoes bytes;
 //! - `/drop`: closes the connection without answering;
 //! - anything else: a JSON description of the request as received (trailers included;
@@ -112,6 +114,27 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, std::io::E
         }));
         let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
         r.headers_mut().insert("content-length", total.into());
+        return Ok(r);
+    }
+    if path.ends_with("/trickle") {
+        let (parts, ms) = (query(&req, "parts").unwrap_or(3), query(&req, "ms").unwrap_or(100));
+        let stream = futures_util::stream::unfold(0, move |i| async move {
+            if i == parts {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Some((Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"0123456789"))), i + 1))
+        });
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        r.headers_mut().insert("content-length", (10 * parts).into());
+        return Ok(r);
+    }
+    if path.ends_with("/stall") {
+        let first =
+            futures_util::stream::iter([Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"0123456789")))]);
+        let stream = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        r.headers_mut().insert("content-length", 1000.into());
         return Ok(r);
     }
     if path.ends_with("/count") {

@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use std::sync::Arc;
 
@@ -180,11 +181,68 @@ impl Body for RequestBody {
     }
 }
 
+/// The upstream sent no part of its response body for this long (the route's upstream
+/// timeout): the response is cut off, and the connection to the upstream closed.
+#[derive(Debug)]
+pub struct BodyStalled(pub Duration);
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the upstream sent no part of its response body for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for BodyStalled {}
+
+/// An upstream's response body from hyper's client, held to the longest pause between two
+/// of its parts (as the lean client's is).
+#[derive(Debug)]
+pub struct UpstreamBody {
+    body: Incoming,
+    idle: Duration,
+    stall: Option<crate::timer::Sleep>,
+}
+
+impl UpstreamBody {
+    /// `body`, which may pause for at most `idle` between two parts.
+    pub fn new(body: Incoming, idle: Duration) -> Self {
+        UpstreamBody { body, idle, stall: None }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Pending => match crate::timer::poll_stalled(&mut this.stall, this.idle, cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(this.idle).into()))),
+                Poll::Pending => Poll::Pending,
+            },
+            polled => {
+                this.stall = None;
+                polled.map_err(Into::into)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// The body of a response sent to the client.
 #[derive(Debug)]
 pub enum ResponseBody {
-    /// The upstream's body, streamed (hyper's client).
-    Upstream(Incoming),
+    /// The upstream's body, streamed (hyper's client); boxed, as it is the rarer path and
+    /// carries a timer.
+    Upstream(Box<UpstreamBody>),
     /// The upstream's body, streamed (the lean HTTP/1.1 client).
     Lean(crate::upstream::h1::LeanBody),
     /// A body the gateway made (problem details, echo, admin).
@@ -212,7 +270,7 @@ impl Body for ResponseBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Upstream(b) => Pin::new(&mut **b).poll_frame(cx),
             ResponseBody::Lean(b) => Pin::new(b).poll_frame(cx),
             ResponseBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
             #[cfg(test)]

@@ -253,6 +253,13 @@ impl Drop for Sleep {
     }
 }
 
+/// Polls the stall timer of a stream that must keep moving, now that it waits: armed at its
+/// first wait since it last moved (`*stall` is `None` then; whoever sees it move sets it so),
+/// and `Ready` once it has waited `idle`. A stream that never waits costs nothing.
+pub fn poll_stalled(stall: &mut Option<Sleep>, idle: Duration, cx: &mut Context<'_>) -> Poll<()> {
+    Pin::new(stall.get_or_insert_with(|| Sleep::until(deadline(idle)))).poll(cx)
+}
+
 /// The error of [`timeout`]: the deadline passed first.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Elapsed;

@@ -16,7 +16,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_config::{Invalid, SpiffeConfig, UpstreamConfig, UpstreamProtocol};
 use portcullis_telemetry::Counter;
 
-use crate::body::{BoxError, ClientBodyErrorKind, RequestBody, ResponseBody, client_body_error, is_body_too_large};
+use crate::body::{
+    BoxError, ClientBodyErrorKind, RequestBody, ResponseBody, UpstreamBody, client_body_error, is_body_too_large,
+};
 use crate::headers::Added;
 
 pub mod h1;
@@ -300,7 +302,7 @@ impl Upstream {
                 let client = &self.clients[crate::listener::worker_slot().min(self.clients.len() - 1)];
                 match crate::timer::timeout(timeout, client.request(req)).await {
                     Err(_) => Err(Failure::Timeout),
-                    Ok(Ok(resp)) => Ok(resp.map(ResponseBody::Upstream)),
+                    Ok(Ok(resp)) => Ok(resp.map(|b| ResponseBody::Upstream(Box::new(UpstreamBody::new(b, timeout))))),
                     Ok(Err(e)) if is_body_too_large(&e) => return Err(Failure::BodyTooLarge),
                     Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
                     Ok(Err(e)) => match client_body_error(&e) {
@@ -322,7 +324,8 @@ impl Upstream {
 /// How long an exchange waits, and for whom.
 #[derive(Clone, Copy, Debug)]
 pub struct Waits {
-    /// For the upstream: to take the head, each part of the body, and then to answer.
+    /// For the upstream: to take the head, each part of the body, and then to answer; then
+    /// the longest pause between two parts of its response body.
     pub upstream: Duration,
     /// For the client: the longest pause within its request body (HTTP/1.1 upstreams; a
     /// stalled body is the client's failure, never the upstream's).

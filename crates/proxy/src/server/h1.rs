@@ -243,11 +243,7 @@ impl http_body::Body for Body {
                         }
                         // Only the client's silence counts: while the reader is busy
                         // elsewhere (an upstream slow to take the bytes), nothing is armed.
-                        let idle = sh.body_idle;
-                        let stall = sh
-                            .body_stall
-                            .get_or_insert_with(|| crate::timer::Sleep::until(crate::timer::deadline(idle)));
-                        if Pin::new(stall).poll(cx).is_ready() {
+                        if crate::timer::poll_stalled(&mut sh.body_stall, sh.body_idle, cx).is_ready() {
                             this.framing = Framing::Done;
                             sh.body_stall = None;
                             return Poll::Ready(Some(Err(ClientBodyError::new(

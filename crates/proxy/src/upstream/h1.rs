@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -78,6 +78,11 @@ pub struct Conn {
     fields: FieldOffsets,
     idle_since: Instant,
     reused: bool,
+    /// The longest pause within a response body: the route's upstream timeout (set by
+    /// [`send`] for each exchange).
+    body_idle: Duration,
+    /// Armed while the response body waits for the upstream (see `timer::poll_stalled`).
+    body_stall: Option<crate::timer::Sleep>,
 }
 
 /// Idle connections to one endpoint, one list per worker (index: worker slot), most
@@ -150,6 +155,9 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, 
         fields: Vec::with_capacity(32),
         idle_since: crate::timer::now(),
         reused: false,
+        // Set for each exchange, when its body is handed out.
+        body_idle: Duration::ZERO,
+        body_stall: None,
     }))
 }
 
@@ -187,7 +195,8 @@ pub async fn send(
         Err(Error::Stale) => Err(protocol("the upstream closed the connection before answering")),
         other => other,
     }
-    .map(|(resp, conn, framing, reusable)| {
+    .map(|(resp, mut conn, framing, reusable)| {
+        conn.body_idle = waits.upstream;
         let (parts, head) = resp.into_parts();
         let mut body = LeanBody { conn: Some(conn), framing, reusable, pool: pool.clone(), head: Some(head) };
         if matches!(body.framing, Framing::Length(0)) {
@@ -843,9 +852,21 @@ impl Body for LeanBody {
             };
             let was_eof_framed = matches!(this.framing, Framing::Eof);
             match decode(&mut this.framing, &mut conn.buf, eof) {
-                Ok(Decoded::NeedMore) => {
-                    eof = ready!(poll_fill(conn, cx))? == 0;
-                }
+                Ok(Decoded::NeedMore) => match poll_fill(conn, cx) {
+                    Poll::Ready(read) => {
+                        conn.body_stall = None;
+                        eof = read? == 0;
+                    }
+                    Poll::Pending => {
+                        if crate::timer::poll_stalled(&mut conn.body_stall, conn.body_idle, cx).is_ready() {
+                            let idle = conn.body_idle;
+                            this.conn = None;
+                            this.framing = Framing::Done;
+                            return Poll::Ready(Some(Err(crate::body::BodyStalled(idle).into())));
+                        }
+                        return Poll::Pending;
+                    }
+                },
                 Ok(Decoded::Data(data)) => {
                     // The last bytes: hand the connection back now, since a body that reports
                     // its end is not polled again.
