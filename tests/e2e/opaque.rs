@@ -216,6 +216,9 @@ routes:
     assert_eq!(p["type"], "urn:portcullis:problem:api-key-unknown");
     // A valid key without the scope.
     problem(c.get(gw.url("/orders/1")).header("x-api-key", "pk_someone_else").send().await.unwrap(), 403).await;
+    // A route that takes no bearer token still refuses one outside the RFC 6750 grammar.
+    let r = c.get(gw.url("/orders/1")).header("x-api-key", &key).header("authorization", "Bearer a\"b,c").send();
+    assert_eq!(problem(r.await.unwrap(), 401).await["type"], "urn:portcullis:problem:token-malformed");
 
     let config = std::fs::read_to_string(&gw.config).unwrap();
     assert!(!config.contains(&key), "only hashes are stored");

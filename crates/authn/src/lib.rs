@@ -305,6 +305,13 @@ impl Authenticator {
 
     async fn run(&self, parts: &http::request::Parts, cx: &Context<'_>) -> Result<Arc<Principal>, AuthnError> {
         let authorization = extract::authorization(&parts.headers)?;
+        // A route that takes bearer tokens checks one's grammar in `token` (past the cache);
+        // any other refuses one outside it here, as it may be passed on as it came.
+        if !self.bearer
+            && let extract::Authorization::Bearer(token) = authorization
+        {
+            extract::b64token(token)?;
+        }
         if let (Some(dpop), extract::Authorization::Other(scheme, token)) = (&self.dpop, &authorization)
             && scheme.eq_ignore_ascii_case("dpop")
         {

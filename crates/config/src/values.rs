@@ -34,6 +34,9 @@ impl Duration {
     }
 }
 
+/// The longest duration a config may give.
+const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(100 * 366 * 86_400);
+
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
@@ -43,9 +46,13 @@ impl<'de> Deserialize<'de> for Duration {
                 f.write_str("a duration such as `250ms`, `10s` or `5m`")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-                humantime::parse_duration(v.trim())
-                    .map(Duration)
-                    .map_err(|e| E::custom(format!("invalid duration `{v}`: {e} (write e.g. `250ms`, `10s`, `5m`)")))
+                let d = humantime::parse_duration(v.trim())
+                    .map_err(|e| E::custom(format!("invalid duration `{v}`: {e} (write e.g. `250ms`, `10s`, `5m`)")))?;
+                // Deadlines are computed as now + duration: bounded, they cannot overflow.
+                if d > MAX_DURATION {
+                    return Err(E::custom(format!("invalid duration `{v}`: longer than 100 years")));
+                }
+                Ok(Duration(d))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
                 Err(E::custom(format!("a duration needs a unit: write `{v}s` or `{v}ms`")))
@@ -410,6 +417,9 @@ mod tests {
         assert_eq!(yaml::<Duration>("1m 30s").unwrap(), Duration::from_secs(90));
         assert!(yaml::<Duration>("10").unwrap_err().contains("needs a unit"));
         assert!(yaml::<Duration>("ten").unwrap_err().contains("invalid duration"));
+        assert_eq!(yaml::<Duration>("100y").unwrap(), Duration::from_secs(3_155_760_000));
+        assert!(yaml::<Duration>("101y").unwrap_err().contains("longer than 100 years"));
+        assert!(yaml::<Duration>("300000000000y").unwrap_err().contains("invalid duration"));
     }
 
     #[test]

@@ -130,6 +130,8 @@ impl IdlePool {
     }
 
     fn checkin(&self, mut conn: Box<Conn>) {
+        // A body ends only after a read that made progress, which disarms its stall timer.
+        debug_assert!(conn.body_stall.is_none(), "a connection went idle with its stall timer armed");
         conn.idle_since = crate::timer::now();
         let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.max_idle {
