@@ -170,6 +170,14 @@ routes:
     let (uri, serial) = seen(r.json().await.unwrap());
     assert_eq!(uri, "spiffe://example.org/gateway", "the upstream saw the gateway's SVID");
 
+    // An HTTP/2 client's cookies, split over several fields, reach this HTTPS upstream (HTTP/1.1,
+    // through hyper's client rather than the lean one) as one field (RFC 9113 §8.2.3).
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let r = h2.get(gw.url("/backend/c")).header("cookie", "a=1").header("cookie", "b=2; c=3").send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["cookies"], serde_json::json!(["a=1; b=2; c=3"]), "{v}");
+
     // An upstream with another SPIFFE ID is not the one configured: 502, nothing forwarded.
     let r = client().get(gw.url("/wrong/x")).send().await.unwrap();
     problem(r, 502).await;

@@ -4,7 +4,7 @@ tests (Python's ssl module: an implementation independent of the gateway's rustl
     tls_upstream.py CERT KEY CLIENT_CA    starts on a free loopback port and prints it
 
 Every request is answered with JSON describing the client certificate the gateway
-presented: {"uris": [...], "serial": "..."}. The certificate and key are read again for
+presented and the request's cookie fields: {"uris": [...], "serial": "...", "cookies": [...]}. The certificate and key are read again for
 each new connection, so a test can rotate them on disk.
 """
 
@@ -23,7 +23,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         peer = self.connection.getpeercert() or {}
         uris = [v for (k, v) in peer.get("subjectAltName", ()) if k == "URI"]
-        body = json.dumps({"uris": uris, "serial": peer.get("serialNumber"), "path": self.path}).encode()
+        cookies = self.headers.get_all("Cookie") or []
+        body = json.dumps({"uris": uris, "serial": peer.get("serialNumber"), "path": self.path,
+                           "cookies": cookies}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

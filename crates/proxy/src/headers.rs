@@ -167,6 +167,24 @@ pub fn strip_credentials(headers: &mut HeaderMap, present: Present) {
     }
 }
 
+/// Joins the `Cookie` fields that an HTTP/2 client may have split into the one field HTTP/1.1
+/// allows, the pairs separated by "; " (RFC 9113 §8.2.3, RFC 6265 §5.4). One field is as valid
+/// over HTTP/2, so this is right whichever version the upstream turns out to speak. (The lean
+/// HTTP/1.1 client joins them as it writes the head, without this map work.)
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let Some(first) = values.next() else { return };
+    let mut joined: Option<Vec<u8>> = None;
+    for more in values {
+        let j = joined.get_or_insert_with(|| first.as_bytes().to_vec());
+        j.extend_from_slice(b"; ");
+        j.extend_from_slice(more.as_bytes());
+    }
+    if let Some(Ok(v)) = joined.map(HeaderValue::from_maybe_shared) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Removes the identity headers the gateway sets (on any route) from what a client sent,
 /// including spellings with `_` for `-`, which CGI-style servers read as the same header.
 pub fn strip_identity(headers: &mut HeaderMap, names: &[HeaderName]) {

@@ -291,6 +291,7 @@ impl Upstream {
                 }
                 *req.version_mut() = Version::HTTP_11;
                 added.insert_into(req.headers_mut());
+                crate::headers::join_cookies(req.headers_mut());
                 if let Some(h) = host {
                     req.headers_mut().insert(http::header::HOST, h.clone());
                 }
