@@ -437,19 +437,26 @@ async fn a_header_with_json_whitespace_is_still_a_jwt() {
     assert_eq!(f.get(&spaced).await.status(), 200);
 }
 
-/// Where a route takes JWTs and opaque tokens, an opaque token that merely looks like a JWT
-/// (three parts, the first decoding to `{`) is still introspected, not refused as a bad JWT.
-#[tokio::test]
-async fn an_opaque_token_shaped_like_a_jwt_is_still_introspected() {
+/// A gateway (`server` is its server section, if any) with one route that takes JWTs of the
+/// IdP (key `ec`) and opaque tokens it introspects.
+async fn jwt_or_introspection(server: &str) -> (Idp, Upstream, Gateway) {
     let idp = Idp::start();
     idp.key("ec", "ES256").await;
     let up = Upstream::start();
     let gw = Gateway::start(&format!(
-        "{}\nintrospection:\n  endpoint: {url}/introspect\n  client_id: gateway\n  client_secret: s3cret\nroutes:\n  - id: r\n    upstream: {}\n    authenticate: [jwt, introspection]\n",
+        "{server}{}\nintrospection:\n  endpoint: {url}/introspect\n  client_id: gateway\n  client_secret: s3cret\nroutes:\n  - id: r\n    upstream: {}\n    authenticate: [jwt, introspection]\n",
         issuer_yaml(&idp, ""),
         up.url(),
         url = idp.url
     ));
+    (idp, up, gw)
+}
+
+/// Where a route takes JWTs and opaque tokens, an opaque token that merely looks like a JWT
+/// (three parts, the first decoding to `{`) is still introspected, not refused as a bad JWT.
+#[tokio::test]
+async fn an_opaque_token_shaped_like_a_jwt_is_still_introspected() {
+    let (idp, _up, gw) = jwt_or_introspection("").await;
     // " {op" in base64url, then two more parts: not a JWS.
     let opaque = format!("{}.not-a-payload.not-a-signature", "IHtvcA");
     idp.post("/admin/opaque", json!({"token": opaque, "claims": {"sub": "svc", "exp": now() + 600}})).await;
@@ -470,15 +477,8 @@ async fn an_opaque_token_shaped_like_a_jwt_is_still_introspected() {
 /// from a cached one is refused as well.
 #[tokio::test]
 async fn tokens_outside_the_b64token_grammar_are_refused_before_introspection() {
-    let idp = Idp::start();
-    idp.key("ec", "ES256").await;
-    let up = Upstream::start();
-    let gw = Gateway::start(&format!(
-        "server:\n  listen: {{listen}}\n  workers: 1\n{}\nintrospection:\n  endpoint: {url}/introspect\n  client_id: gateway\n  client_secret: s3cret\nroutes:\n  - id: r\n    upstream: {}\n    authenticate: [jwt, introspection]\n",
-        issuer_yaml(&idp, ""),
-        up.url(),
-        url = idp.url
-    ));
+    // One worker: the token next to a cached one meets the cache that holds it.
+    let (idp, _up, gw) = jwt_or_introspection("server:\n  listen: {listen}\n  workers: 1\n").await;
     let get = |token: String| client().get(gw.url("/x")).bearer_auth(token).send();
     let good = "opaque-token.value~1";
     let bad = ["opaque,token", "opaque!token", "opaque token", "opaque\"token", "opaque\ttoken", "opaque=token"];
