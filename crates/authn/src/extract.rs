@@ -74,8 +74,8 @@ pub fn authorization(headers: &HeaderMap) -> Result<Authorization<'_>, AuthnErro
 }
 
 /// The common case, `Bearer <token>` with ASCII after the scheme: the same answer as the
-/// general path in [`authorization`] or none (then the general path decides), in one
-/// word-at-a-time pass instead of `HeaderValue::to_str`'s byte-at-a-time one. This runs on
+/// general path in [`authorization`] or none (then the general path decides), in
+/// word-at-a-time passes instead of `HeaderValue::to_str`'s byte-at-a-time one. This runs on
 /// every request, over a token of hundreds of bytes.
 fn bearer_fast(value: &[u8]) -> Option<&str> {
     let (scheme, rest) = value.split_at_checked(7)?;
