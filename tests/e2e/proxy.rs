@@ -812,14 +812,37 @@ routes:
 
 /// An HTTP/2 client is held to the same idle limit on its request body: a stream that sends a
 /// part of its body and then nothing gets `408` instead of holding an upstream connection,
-/// and a steady one outlasting the route's request timeout is forwarded.
+/// and a steady one outlasting the route's request timeout is forwarded. Both hold towards
+/// an HTTP/1.1 upstream (the lean client) and an h2c one (hyper's client), from HTTP/1.1 and
+/// HTTP/2 clients, and neither counts against the upstream.
 #[tokio::test]
 async fn http2_uploads_have_the_same_idle_limit() {
     let up = Upstream::start();
     let gw = Gateway::start(&format!(
-        "server:\n  listen: {{listen}}\n  limits: {{ header_read_timeout: 1s }}\nroutes:\n  - id: r\n    upstream: {}\n    authenticate: [none]\n    timeouts: {{ request: 1s }}\n",
-        up.url()
+        r#"
+server:
+  listen: {{listen}}
+  limits: {{ header_read_timeout: 1s }}
+upstreams:
+  h2c:
+    endpoints: [{u}]
+    protocol: http2
+    health: {{ consecutive_failures: 1 }}
+routes:
+  - id: r
+    match: {{ path_prefix: /lean }}
+    upstream: {u}
+    authenticate: [none]
+    timeouts: {{ request: 1s }}
+  - id: h2c
+    match: {{ path_prefix: /h2c }}
+    upstream: h2c
+    authenticate: [none]
+    timeouts: {{ request: 1s }}
+"#,
+        u = up.url()
     ));
+    let h1 = reqwest::Client::new();
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let parts = |pause_ms: u64, count: usize| {
         futures_util::stream::unfold(0usize, move |i| async move {
@@ -830,18 +853,28 @@ async fn http2_uploads_have_the_same_idle_limit() {
             Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"0123456789")), i + 1))
         })
     };
-    // Steady: a part every 400 ms for 2 s.
-    let r = h2.post(gw.url("/count")).body(reqwest::Body::wrap_stream(parts(400, 5))).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["bytes"], 50);
-    // One part, then silence for longer than the idle limit.
-    let stalled = futures_util::StreamExt::chain(parts(0, 1), parts(5_000, 1));
-    let started = Instant::now();
-    let r = h2.post(gw.url("/count")).body(reqwest::Body::wrap_stream(stalled)).send().await.unwrap();
-    let took = started.elapsed();
-    assert_eq!(problem(r, 408).await["type"], "urn:portcullis:problem:body-timeout");
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "answered after {took:?}");
-    assert_eq!(gw.metric("portcullis_upstream_errors_total{route=\"r\",kind=\"timeout\"}"), 0.0);
+    for (client, prefix) in [(&h2, "/lean"), (&h2, "/h2c"), (&h1, "/h2c")] {
+        // Steady: a part every 400 ms for 2 s.
+        let body = reqwest::Body::wrap_stream(parts(400, 5));
+        let r = client.post(gw.url(&format!("{prefix}/count"))).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{prefix}");
+        assert_eq!(r.json::<Value>().await.unwrap()["bytes"], 50);
+        // One part, then silence for longer than the idle limit.
+        let stalled = futures_util::StreamExt::chain(parts(0, 1), parts(5_000, 1));
+        let started = Instant::now();
+        let r = client.post(gw.url(&format!("{prefix}/count"))).body(reqwest::Body::wrap_stream(stalled)).send();
+        let r = r.await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status(), 408, "{prefix}");
+        assert_eq!(problem(r, 408).await["type"], "urn:portcullis:problem:body-timeout");
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "answered after {took:?}");
+    }
+    for route in ["r", "h2c"] {
+        let errors = gw.metric(&format!("portcullis_upstream_errors_total{{route=\"{route}\",kind=\"timeout\"}}"));
+        assert_eq!(errors, 0.0, "{route}: {}", gw.metrics());
+    }
+    // One failure would have ejected it.
+    assert_eq!(gw.metric("portcullis_upstream_ejections_total{upstream=\"h2c\"}"), 0.0, "{}", gw.metrics());
 }
 
 /// An upstream that stops sending in the middle of its response body is cut off after the

@@ -237,6 +237,128 @@ impl Body for UpstreamBody {
     }
 }
 
+/// Whose turn it is in an exchange through hyper's client, for the upstream's timeout: the
+/// upstream's (to take the head or a part of the body, or to answer once it has the whole
+/// body), since when; or the client's (to send the next part of its body), which the upstream
+/// is not timed for. Also how the upload failed, if it did: over HTTP/2 hyper reports a body
+/// error as a reset stream, and the client's fault must not be taken for the upstream's.
+#[derive(Debug)]
+pub struct Turn(std::sync::Mutex<TurnState>);
+
+#[derive(Debug)]
+struct TurnState {
+    client: bool,
+    since: std::time::Instant,
+    failed: Option<UploadFailure>,
+}
+
+/// How a request body failed on its way through hyper's client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadFailure {
+    /// The client's body failed ([`ClientBodyError`]).
+    Client(ClientBodyErrorKind),
+    /// The body went past the route's size limit.
+    TooLarge,
+}
+
+impl Turn {
+    /// The upstream's turn, from now.
+    pub fn new() -> Self {
+        Turn(std::sync::Mutex::new(TurnState { client: false, since: crate::timer::now(), failed: None }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, TurnState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, client: bool) {
+        let mut t = self.state();
+        if !client || !t.client {
+            t.client = client;
+            t.since = crate::timer::now();
+        }
+    }
+
+    /// When the upstream's time runs out if it does nothing more: `None` while it waits for
+    /// the client.
+    pub fn upstream_deadline(&self, timeout: Duration) -> Option<std::time::Instant> {
+        let t = self.state();
+        (!t.client).then(|| t.since + timeout)
+    }
+
+    /// How the upload failed, if it did.
+    pub fn upload_failure(&self) -> Option<UploadFailure> {
+        self.state().failed
+    }
+}
+
+impl Default for Turn {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A request body as hyper's client sends it: it tells the exchange's [`Turn`] whenever the
+/// upstream has a part to take (or the whole body) and whenever it waits for the client, and
+/// holds the client to the longest pause within its body (as the lean client does).
+#[derive(Debug)]
+pub struct HyperUpload {
+    body: RequestBody,
+    turn: Arc<Turn>,
+    client_idle: Duration,
+    stall: Option<crate::timer::Sleep>,
+}
+
+impl HyperUpload {
+    /// `body`, reporting to `turn`; the client may pause for at most `client_idle`.
+    pub fn new(body: RequestBody, turn: Arc<Turn>, client_idle: Duration) -> Self {
+        HyperUpload { body, turn, client_idle, stall: None }
+    }
+}
+
+impl Body for HyperUpload {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Pending => {
+                this.turn.set(true);
+                if crate::timer::poll_stalled(&mut this.stall, this.client_idle, cx).is_ready() {
+                    this.turn.state().failed = Some(UploadFailure::Client(ClientBodyErrorKind::Stalled));
+                    let stalled =
+                        ClientBodyError::new(ClientBodyErrorKind::Stalled, "no part of the body arrived in time");
+                    return Poll::Ready(Some(Err(stalled.into())));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let failure = if is_body_too_large(&*e) {
+                    Some(UploadFailure::TooLarge)
+                } else {
+                    client_body_error(&*e).map(UploadFailure::Client)
+                };
+                this.turn.state().failed = failure;
+                Poll::Ready(Some(Err(e)))
+            }
+            polled => {
+                this.stall = None;
+                this.turn.set(false);
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// The body of a response sent to the client.
 #[derive(Debug)]
 pub enum ResponseBody {

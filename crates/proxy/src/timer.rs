@@ -275,6 +275,11 @@ pub fn timeout<F: Future>(after: Duration, fut: F) -> Timeout<F> {
     Timeout { fut, sleep: Sleep::until(deadline(after)) }
 }
 
+/// `fut`, or [`Elapsed`] at `deadline`, on the coarse wheel.
+pub fn timeout_at<F: Future>(deadline: Instant, fut: F) -> Timeout<F> {
+    Timeout { fut, sleep: Sleep::until(deadline) }
+}
+
 pin_project_lite::pin_project! {
     /// A future with a coarse deadline ([`timeout`]). A struct rather than an `async fn`:
     /// an `async fn` keeps its argument and its pinned copy both, and request futures that

@@ -17,7 +17,7 @@ use portcullis_config::{Invalid, SpiffeConfig, UpstreamConfig, UpstreamProtocol}
 use portcullis_telemetry::Counter;
 
 use crate::body::{
-    BoxError, ClientBodyErrorKind, RequestBody, ResponseBody, UpstreamBody, client_body_error, is_body_too_large,
+    BoxError, ClientBodyErrorKind, HyperUpload, RequestBody, ResponseBody, Turn, UploadFailure, UpstreamBody,
 };
 use crate::headers::Added;
 
@@ -64,7 +64,7 @@ pub struct Upstream {
     next: AtomicUsize,
     /// One pool per worker (see [`crate::listener::worker_slot`]), so that a connection is
     /// only ever used by the thread that drives it.
-    clients: Box<[Client<HttpsConnector<HttpConnector>, RequestBody>]>,
+    clients: Box<[Client<HttpsConnector<HttpConnector>, HyperUpload>]>,
     /// Default time to wait for a response head (routes may override).
     pub request_timeout: Duration,
     connect_timeout: Duration,
@@ -301,13 +301,32 @@ impl Upstream {
                 parts.path_and_query = Some(path.clone());
                 *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::Connect)?;
                 let client = &self.clients[crate::listener::worker_slot().min(self.clients.len() - 1)];
-                match crate::timer::timeout(timeout, client.request(req)).await {
+                // The timeout bounds the upstream's turns only, as on the lean path: a slow
+                // upload is the client's (held to `client_idle` by the body), never the
+                // endpoint's.
+                let turn = Arc::new(Turn::new());
+                let req = req.map(|body| HyperUpload::new(body, turn.clone(), waits.client_idle));
+                let mut exchange = std::pin::pin!(client.request(req));
+                let answer = loop {
+                    let wait = turn.upstream_deadline(timeout).unwrap_or_else(|| crate::timer::deadline(timeout));
+                    match crate::timer::timeout_at(wait, exchange.as_mut()).await {
+                        Ok(answer) => break Ok(answer),
+                        Err(late) => match turn.upstream_deadline(timeout) {
+                            Some(deadline) if deadline <= crate::timer::now() => break Err(late),
+                            // The client's turn, or the upstream took a part meanwhile.
+                            _ => continue,
+                        },
+                    }
+                };
+                match answer {
                     Err(_) => Err(Failure::Timeout),
                     Ok(Ok(resp)) => Ok(resp.map(|b| ResponseBody::Upstream(Box::new(UpstreamBody::new(b, timeout))))),
-                    Ok(Err(e)) if is_body_too_large(&e) => return Err(Failure::BodyTooLarge),
-                    Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
-                    Ok(Err(e)) => match client_body_error(&e) {
-                        Some(kind) => return Err(Failure::ClientBody(kind)),
+                    // The upload's own account: hyper may report the body's error only as a
+                    // reset stream (HTTP/2).
+                    Ok(Err(e)) => match turn.upload_failure() {
+                        Some(UploadFailure::TooLarge) => return Err(Failure::BodyTooLarge),
+                        Some(UploadFailure::Client(kind)) => return Err(Failure::ClientBody(kind)),
+                        None if e.is_connect() => Err(Failure::Connect),
                         None => Err(Failure::Protocol(e.into())),
                     },
                 }
