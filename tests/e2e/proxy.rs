@@ -814,7 +814,8 @@ routes:
 /// part of its body and then nothing gets `408` instead of holding an upstream connection,
 /// and a steady one outlasting the route's request timeout is forwarded. Both hold towards
 /// an HTTP/1.1 upstream (the lean client) and an h2c one (hyper's client), from HTTP/1.1 and
-/// HTTP/2 clients, and neither counts against the upstream.
+/// HTTP/2 clients, and neither counts against the upstream; an upstream slow to answer still
+/// gets `504` on both.
 #[tokio::test]
 async fn http2_uploads_have_the_same_idle_limit() {
     let up = Upstream::start();
@@ -839,6 +840,11 @@ routes:
     upstream: h2c
     authenticate: [none]
     timeouts: {{ request: 1s }}
+  - id: stream
+    match: {{ path_prefix: /stream }}
+    upstream: h2c
+    authenticate: [none]
+    timeouts: {{ request: 5s }}
 "#,
         u = up.url()
     ));
@@ -873,8 +879,34 @@ routes:
         let errors = gw.metric(&format!("portcullis_upstream_errors_total{{route=\"{route}\",kind=\"timeout\"}}"));
         assert_eq!(errors, 0.0, "{route}: {}", gw.metrics());
     }
-    // One failure would have ejected it.
-    assert_eq!(gw.metric("portcullis_upstream_ejections_total{upstream=\"h2c\"}"), 0.0, "{}", gw.metrics());
+    // Once the answer has begun, an HTTP/2 client's stream is relayed as it comes, quiet or
+    // not (a gRPC call): here quiet for twice the client's idle limit (within the route's
+    // 5 s, which bounds the upstream's own silence), then its last part.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    tx.send(Ok(bytes::Bytes::from_static(b"first "))).await.unwrap();
+    let mut r = h2.post(gw.url("/stream/mirror")).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.chunk().await.unwrap().unwrap()[..], b"first ");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tx.send(Ok(bytes::Bytes::from_static(b"last"))).await.unwrap();
+    drop(tx);
+    let mut rest = Vec::new();
+    while let Some(c) = r.chunk().await.expect("the quiet stream was relayed, not cut") {
+        rest.extend_from_slice(&c);
+    }
+    assert_eq!(rest, b"last");
+
+    // The upstream's own slowness is still its own, on both paths: a whole body sent at once,
+    // then no answer within the second the route allows.
+    for prefix in ["/lean", "/h2c"] {
+        let started = Instant::now();
+        let r = h2.post(gw.url(&format!("{prefix}/slow?ms=3000"))).body("all of it").send().await.unwrap();
+        assert_eq!(r.status(), 504, "{prefix}");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(2500), "{prefix}: {took:?}");
+    }
+    assert_eq!(gw.metric("portcullis_upstream_errors_total{route=\"h2c\",kind=\"timeout\"}"), 1.0);
 }
 
 /// An upstream that stops sending in the middle of its response body is cut off after the
@@ -923,4 +955,9 @@ routes:
         // The gateway and the upstream are both fine afterwards.
         assert_eq!(client.get(gw.url(&format!("{prefix}/x"))).send().await.unwrap().status(), 200);
     }
+}
+
+/// The items of a channel, as a stream (for request bodies sent part by part).
+fn tokio_stream_from<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }

@@ -7,6 +7,7 @@
 //! - `/count`: reads the whole body and answers `{"bytes": n}`;
 //! - `/trickle?parts=N&ms=M`: a body of N parts of 10 bytes, one every M milliseconds;
 //! - `/stall`: a head announcing 1,000 bytes, 10 of them, then nothing (the connection open);
+//! - `/mirror`: answers at once, its body the request's body, part by part as it comes;
 //! - `/upgrade`: accepts an HTTP/1.1 upgrade and echoes bytes;
 //! - `/drop`: closes the connection without answering;
 //! - anything else: a JSON description of the request as received (trailers included;
@@ -136,6 +137,20 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, std::io::E
         let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
         r.headers_mut().insert("content-length", 1000.into());
         return Ok(r);
+    }
+    if path.ends_with("/mirror") {
+        let stream = futures_util::stream::unfold(req.into_body(), |mut body| async move {
+            loop {
+                match body.frame().await? {
+                    Ok(f) => match f.into_data() {
+                        Ok(d) => return Some((Ok::<_, std::io::Error>(Frame::data(d)), body)),
+                        Err(_) => continue,
+                    },
+                    Err(e) => return Some((Err(std::io::Error::other(e)), body)),
+                }
+            }
+        });
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
     }
     if path.ends_with("/count") {
         let mut body = req.into_body();

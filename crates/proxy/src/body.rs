@@ -250,6 +250,9 @@ struct TurnState {
     client: bool,
     since: std::time::Instant,
     failed: Option<UploadFailure>,
+    /// The response head is in: what the client sends from now on is a stream relayed as
+    /// it comes (a gRPC call may stay quiet for as long as it likes), no longer timed.
+    answered: bool,
 }
 
 /// How a request body failed on its way through hyper's client.
@@ -264,7 +267,12 @@ pub enum UploadFailure {
 impl Turn {
     /// The upstream's turn, from now.
     pub fn new() -> Self {
-        Turn(std::sync::Mutex::new(TurnState { client: false, since: crate::timer::now(), failed: None }))
+        Turn(std::sync::Mutex::new(TurnState {
+            client: false,
+            since: crate::timer::now(),
+            failed: None,
+            answered: false,
+        }))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, TurnState> {
@@ -279,11 +287,16 @@ impl Turn {
         }
     }
 
-    /// When the upstream's time runs out if it does nothing more: `None` while it waits for
-    /// the client.
+    /// When the upstream's time runs out if it does nothing more (never early: `since` may be
+    /// a tick old): `None` while it waits for the client.
     pub fn upstream_deadline(&self, timeout: Duration) -> Option<std::time::Instant> {
         let t = self.state();
-        (!t.client).then(|| t.since + timeout)
+        (!t.client).then(|| t.since + timeout + crate::timer::TICK)
+    }
+
+    /// The response head is in; the rest of the upload is no longer timed.
+    pub fn answered(&self) {
+        self.state().answered = true;
     }
 
     /// How the upload failed, if it did.
@@ -324,6 +337,10 @@ impl Body for HyperUpload {
         let this = self.get_mut();
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Pending => {
+                if this.turn.state().answered {
+                    this.stall = None;
+                    return Poll::Pending;
+                }
                 this.turn.set(true);
                 if crate::timer::poll_stalled(&mut this.stall, this.client_idle, cx).is_ready() {
                     this.turn.state().failed = Some(UploadFailure::Client(ClientBodyErrorKind::Stalled));

@@ -308,16 +308,18 @@ impl Upstream {
                 let req = req.map(|body| HyperUpload::new(body, turn.clone(), waits.client_idle));
                 let mut exchange = std::pin::pin!(client.request(req));
                 let answer = loop {
-                    let wait = turn.upstream_deadline(timeout).unwrap_or_else(|| crate::timer::deadline(timeout));
+                    // While it is the client's turn, look again after a while.
+                    let due = turn.upstream_deadline(timeout);
+                    let wait = due.unwrap_or_else(|| crate::timer::deadline(timeout));
                     match crate::timer::timeout_at(wait, exchange.as_mut()).await {
                         Ok(answer) => break Ok(answer),
-                        Err(late) => match turn.upstream_deadline(timeout) {
-                            Some(deadline) if deadline <= crate::timer::now() => break Err(late),
-                            // The client's turn, or the upstream took a part meanwhile.
-                            _ => continue,
-                        },
+                        // The same turn of the upstream's all along: it is late. (Compared as
+                        // turns, not against the clock, which the wheel rounds.)
+                        Err(late) if due.is_some() && turn.upstream_deadline(timeout) == due => break Err(late),
+                        Err(_) => continue,
                     }
                 };
+                turn.answered();
                 match answer {
                     Err(_) => Err(Failure::Timeout),
                     Ok(Ok(resp)) => Ok(resp.map(|b| ResponseBody::Upstream(Box::new(UpstreamBody::new(b, timeout))))),
