@@ -52,8 +52,8 @@ fn readme_documents_every_config_key() {
     assert!(missing.is_empty(), "config keys missing from the README's reference: {missing:?}");
 }
 
-/// Credentials in configured URLs (a JWKS URL, the introspection endpoint, the Redis URL) are
-/// hidden in the warnings about failed fetches, in the admin `/config` dump, in `check`'s
+/// Credentials in configured URLs (a JWKS URL, also in its query, the introspection endpoint,
+/// the Redis URL) are hidden in the warnings about failed fetches, in the admin `/config` dump, in `check`'s
 /// errors and in the error a rejected reload logs.
 #[tokio::test]
 async fn credentials_in_urls_are_never_logged_or_shown() {
@@ -63,7 +63,7 @@ async fn credentials_in_urls_are_never_logged_or_shown() {
 issuers:
   - id: idp
     issuer: https://idp.example
-    jwks_uri: "http://gw:jwks-pa55word@127.0.0.1:{dead}/jwks.json"
+    jwks_uri: "http://gw:jwks-pa55word@127.0.0.1:{dead}/jwks.json?tenant=acme&api_key=qu3ry-k3y"
     audiences: [orders-api]
 introspection:
   endpoint: "http://gw:intro-pa55word@127.0.0.1:{dead}/introspect"
@@ -87,6 +87,7 @@ routes:
     let (status, dump) = admin_get(gw.admin, "/config").unwrap();
     assert_eq!(status, 200);
     assert!(dump.contains("http://gw:***@127.0.0.1"), "{dump}");
+    assert!(dump.contains("/jwks.json?tenant=acme&api_key=***"), "a key in the query is hidden too: {dump}");
 
     // Both warnings are written before the log is read.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -108,7 +109,7 @@ routes:
     assert_eq!(code, 1);
     assert!(err.contains("state.redis_url") || out.contains("state.redis_url"), "{out}{err}");
 
-    for secret in ["jwks-pa55word", "intro-pa55word", "client-s3cret", "hunter2secret"] {
+    for secret in ["jwks-pa55word", "qu3ry-k3y", "intro-pa55word", "client-s3cret", "hunter2secret"] {
         for (what, text) in [("the log", &log), ("the /config dump", &dump), ("check", &format!("{out}{err}"))] {
             assert!(!text.contains(secret), "{what} shows {secret}: {text}");
         }

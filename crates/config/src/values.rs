@@ -315,8 +315,10 @@ impl JsonSchema for Secret {
 
 /// A configured URL as it may be shown in logs, error messages and config dumps: a password
 /// in it is replaced by `***`, and so is a user name given without a password (it may be a
-/// token). Everything else is kept. Text that does not parse as a URL loses everything
-/// between its scheme and its last `@`.
+/// token), and the value of a query parameter whose name says it holds a secret (`api_key`,
+/// `access_token`, `client_secret`, `X-Amz-Signature`, `password`, `sig`...). Everything else
+/// is kept. Text that does not parse as a URL loses everything between its scheme and its last
+/// `@`.
 ///
 /// Every place that prints a configured URL prints it through this.
 #[derive(Clone, Copy, Debug)]
@@ -333,6 +335,48 @@ const HIDDEN: &str = "***";
 
 /// `text` with the credentials of the URL it holds replaced (see [`RedactedUrl`]).
 pub fn redact_url(text: &str) -> Cow<'_, str> {
+    match redact_userinfo(text) {
+        Cow::Borrowed(t) => redact_query(t),
+        Cow::Owned(t) => Cow::Owned(redact_query(&t).into_owned()),
+    }
+}
+
+/// Whether a query parameter's name says that its value is a secret.
+fn secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["key", "token", "secret", "password", "passwd", "pwd", "credential", "auth", "signature"]
+        .iter()
+        .any(|w| name.contains(w))
+        || matches!(name.as_str(), "sig" | "code")
+}
+
+/// The query's secret-looking values replaced, the rest kept as written (no re-encoding).
+fn redact_query(text: &str) -> Cow<'_, str> {
+    let Some((base, rest)) = text.split_once('?') else { return Cow::Borrowed(text) };
+    let (query, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    let hides = |pair: &str| pair.split_once('=').is_some_and(|(k, v)| !v.is_empty() && secret_parameter(k));
+    if !query.split('&').any(hides) {
+        return Cow::Borrowed(text);
+    }
+    let pairs: Vec<Cow<'_, str>> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if hides(pair) => Cow::Owned(format!("{k}={HIDDEN}")),
+            _ => Cow::Borrowed(pair),
+        })
+        .collect();
+    let mut out = format!("{base}?{}", pairs.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    Cow::Owned(out)
+}
+
+fn redact_userinfo(text: &str) -> Cow<'_, str> {
     match url::Url::parse(text) {
         Ok(u) if u.password().is_none() && u.username().is_empty() => Cow::Borrowed(text),
         Ok(mut u) => {
@@ -473,5 +517,13 @@ mod tests {
         assert_eq!(shown("http://u:pa/55@host"), "http://***@host");
         assert_eq!(shown("//:pa55@host:1"), "***@host:1");
         assert!(!parse_url("redis://:pa55@h:1:2").unwrap_err().contains("pa55"));
+        // Query parameters named for secrets lose their values; the others stay as written.
+        assert_eq!(
+            shown("https://idp.example/jwks?tenant=acme&api_key=s3cr3t&X-Amz-Signature=ab%2Fc#top"),
+            "https://idp.example/jwks?tenant=acme&api_key=***&X-Amz-Signature=***#top"
+        );
+        assert_eq!(shown("https://u:p@h/x?access_token=t&sig=1"), "https://u:***@h/x?access_token=***&sig=***");
+        assert_eq!(shown("https://idp.example/jwks?tenant=a%20b"), "https://idp.example/jwks?tenant=a%20b");
+        assert_eq!(shown("https://h/?client_secret="), "https://h/?client_secret=", "nothing to hide");
     }
 }
