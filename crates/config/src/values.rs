@@ -315,10 +315,10 @@ impl JsonSchema for Secret {
 
 /// A configured URL as it may be shown in logs, error messages and config dumps: a password
 /// in it is replaced by `***`, and so is a user name given without a password (it may be a
-/// token), and the value of a query parameter whose name says it holds a secret (`api_key`,
-/// `access_token`, `client_secret`, `X-Amz-Signature`, `password`, `sig`...). Everything else
-/// is kept. Text that does not parse as a URL loses everything between its scheme and its last
-/// `@`.
+/// token), and the value of a query (or fragment) parameter whose name says it holds a
+/// secret (`api_key`, `access_token`, `client_secret`, `X-Amz-Signature`, `password`,
+/// `sig`...). Everything else is kept. Text that does not parse as a URL loses everything
+/// between its scheme and its last `@`.
 ///
 /// Every place that prints a configured URL prints it through this.
 #[derive(Clone, Copy, Debug)]
@@ -350,30 +350,41 @@ fn secret_parameter(name: &str) -> bool {
         || matches!(name.as_str(), "sig" | "code")
 }
 
-/// The query's secret-looking values replaced, the rest kept as written (no re-encoding).
+/// The secret-looking values of the query and of the fragment (where OAuth puts tokens too)
+/// replaced, the rest kept as written (no re-encoding).
 fn redact_query(text: &str) -> Cow<'_, str> {
-    let Some((base, rest)) = text.split_once('?') else { return Cow::Borrowed(text) };
-    let (query, fragment) = match rest.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (rest, None),
-    };
-    let hides = |pair: &str| pair.split_once('=').is_some_and(|(k, v)| !v.is_empty() && secret_parameter(k));
-    if !query.split('&').any(hides) {
-        return Cow::Borrowed(text);
+    let Some(start) = text.find(['?', '#']) else { return Cow::Borrowed(text) };
+    let (base, rest) = text.split_at(start);
+    let mut out = String::with_capacity(text.len());
+    out.push_str(base);
+    let mut hidden = false;
+    for (i, part) in rest.split('#').enumerate() {
+        if i > 0 {
+            out.push('#');
+        }
+        let pairs = match part.strip_prefix('?') {
+            Some(query) if i == 0 => {
+                out.push('?');
+                query
+            }
+            _ => part,
+        };
+        for (j, pair) in pairs.split('&').enumerate() {
+            if j > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((k, v)) if !v.is_empty() && secret_parameter(k) => {
+                    out.push_str(k);
+                    out.push('=');
+                    out.push_str(HIDDEN);
+                    hidden = true;
+                }
+                _ => out.push_str(pair),
+            }
+        }
     }
-    let pairs: Vec<Cow<'_, str>> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if hides(pair) => Cow::Owned(format!("{k}={HIDDEN}")),
-            _ => Cow::Borrowed(pair),
-        })
-        .collect();
-    let mut out = format!("{base}?{}", pairs.join("&"));
-    if let Some(f) = fragment {
-        out.push('#');
-        out.push_str(f);
-    }
-    Cow::Owned(out)
+    if hidden { Cow::Owned(out) } else { Cow::Borrowed(text) }
 }
 
 fn redact_userinfo(text: &str) -> Cow<'_, str> {
@@ -525,5 +536,26 @@ mod tests {
         assert_eq!(shown("https://u:p@h/x?access_token=t&sig=1"), "https://u:***@h/x?access_token=***&sig=***");
         assert_eq!(shown("https://idp.example/jwks?tenant=a%20b"), "https://idp.example/jwks?tenant=a%20b");
         assert_eq!(shown("https://h/?client_secret="), "https://h/?client_secret=", "nothing to hide");
+        assert_eq!(shown("https://h/cb#state=x&access_token=t"), "https://h/cb#state=x&access_token=***");
+    }
+
+    proptest::proptest! {
+        /// Whatever the text, showing it never panics and never shows the value of a
+        /// parameter named for a secret, nor a password.
+        #[test]
+        fn shown_urls_never_show_a_secret(
+            base in "(https?://|redis://|)([a-z]{1,5}(:[a-z@]{0,5})?@)?[a-z.]{1,8}(:[0-9]{1,5})?(/[a-z./]{0,8})?",
+            pairs in proptest::collection::vec(("[a-zA-Z_-]{0,12}", "[A-Za-z0-9%&=#?/]{0,10}"), 0..4),
+            secret in "[A-Z]{6}[0-9]{2}",
+            name in "(api_key|access_token|X-Amz-Signature|client_secret|sig|Password)",
+        ) {
+            let mut query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            query.insert(query.len() / 2, format!("{name}={secret}"));
+            let text = format!("{base}?{}", query.join("&"));
+            let shown = RedactedUrl(&text).to_string();
+            proptest::prop_assert!(!shown.contains(&secret), "{text} -> {shown}");
+            let with_password = format!("https://user:{secret}@host/x");
+            proptest::prop_assert!(!RedactedUrl(&with_password).to_string().contains(&secret));
+        }
     }
 }
