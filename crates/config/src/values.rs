@@ -337,7 +337,10 @@ const HIDDEN: &str = "***";
 pub fn redact_url(text: &str) -> Cow<'_, str> {
     match redact_userinfo(text) {
         Cow::Borrowed(t) => redact_query(t),
-        Cow::Owned(t) => Cow::Owned(redact_query(&t).into_owned()),
+        Cow::Owned(t) => match redact_query(&t) {
+            Cow::Owned(both) => Cow::Owned(both),
+            Cow::Borrowed(_) => Cow::Owned(t),
+        },
     }
 }
 

@@ -279,12 +279,22 @@ impl Turn {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set(&self, client: bool) {
+    /// The upstream has a part to take, or the whole body: its turn, from now.
+    fn upstream(&self) {
         let mut t = self.state();
-        if !client || !t.client {
-            t.client = client;
+        t.client = false;
+        t.since = crate::timer::now();
+    }
+
+    /// The body waits for the client: its turn (from the first wait), and whether that wait
+    /// is timed (it is not once the answer has begun).
+    fn client(&self) -> bool {
+        let mut t = self.state();
+        if !t.client {
+            t.client = true;
             t.since = crate::timer::now();
         }
+        !t.answered
     }
 
     /// When the upstream's time runs out if it does nothing more (never early: `since` may be
@@ -337,11 +347,10 @@ impl Body for HyperUpload {
         let this = self.get_mut();
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Pending => {
-                if this.turn.state().answered {
+                if !this.turn.client() {
                     this.stall = None;
                     return Poll::Pending;
                 }
-                this.turn.set(true);
                 if crate::timer::poll_stalled(&mut this.stall, this.client_idle, cx).is_ready() {
                     this.turn.state().failed = Some(UploadFailure::Client(ClientBodyErrorKind::Stalled));
                     let stalled =
@@ -361,7 +370,7 @@ impl Body for HyperUpload {
             }
             polled => {
                 this.stall = None;
-                this.turn.set(false);
+                this.turn.upstream();
                 polled
             }
         }
