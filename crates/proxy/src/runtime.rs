@@ -275,7 +275,8 @@ impl Runtime {
                 .max_header_list_size(u32::try_from(2 * max_header_bytes).unwrap_or(u32::MAX))
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .keep_alive_timeout(Duration::from_secs(20))
-                .adaptive_window(true);
+                .initial_stream_window_size(crate::server::H2_STREAM_WINDOW)
+                .initial_connection_window_size(crate::server::H2_CONNECTION_WINDOW);
             h2
         });
 

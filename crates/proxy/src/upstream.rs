@@ -140,7 +140,10 @@ impl Upstream {
             .pool_idle_timeout(cfg.timeouts.idle.get())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .http2_adaptive_window(true);
+            // The windows of client connections (`server::H2_STREAM_WINDOW`): a client slow to read its response
+            // must not stop the responses of others sharing this upstream connection.
+            .http2_initial_stream_window_size(crate::server::H2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(crate::server::H2_CONNECTION_WINDOW);
         if cfg.protocol == UpstreamProtocol::Http2 {
             client.http2_only(true);
         }
