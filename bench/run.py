@@ -29,7 +29,10 @@ Scenarios:
   jwt-propagate  jwt-repeated with identity propagation (an internal token and a header),
                  beside the same JWT route without it.
 nginx (plain `proxy_pass`, no authentication) is the baseline in every scenario, sent the
-same requests (it ignores the token): the ratio says what the security costs. HAProxy, when
+same requests (it ignores the token): the ratio says what the security costs. In `plain`,
+`nginx-fwd` joins it: nginx also sending the upstream what Portcullis sends it on every request
+(`X-Forwarded-For`, `-Proto`, `-Host` and `X-Request-Id`), the like-for-like comparison; the bar
+is set against plain nginx. HAProxy, when
 installed, joins `plain` as a plain proxy and the JWT scenarios as `haproxy-jwt`, verifying
 the same RS256 tokens with `jwt_verify` (alg, iss, aud, exp and the signature; it has no
 cache, so every request costs a verification). Every JWT server is first checked to refuse
@@ -145,7 +148,16 @@ def start_upstream(work):
     return Server("upstream", ["nginx", "-c", conf], port, work)
 
 
-def start_nginx_proxy(work, upstream_port, listen_extra="", server_extra=""):
+# What Portcullis adds to every request it forwards (README, "What the upstream receives"),
+# for an nginx that does the same work: the like-for-like baseline beside the plain one.
+NGINX_GATEWAY_HEADERS = """
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Request-Id $request_id;"""
+
+
+def start_nginx_proxy(work, upstream_port, listen_extra="", server_extra="", location_extra="", name="nginx"):
     port = free_port()
     conf = nginx_conf(work, port, f"""
     upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 256; keepalive_requests 1000000; }}
@@ -155,10 +167,10 @@ def start_nginx_proxy(work, upstream_port, listen_extra="", server_extra=""):
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection "";{location_extra}
         }}
     }}""")
-    return Server("nginx", ["nginx", "-c", conf], port, work)
+    return Server(name, ["nginx", "-c", conf], port, work)
 
 
 def start_haproxy(work, upstream_port, idp=None, bind_extra=""):
@@ -371,6 +383,7 @@ def scenario_plain(work, args):
     servers = {
         "portcullis": start_portcullis(work, upstream.port, PLAIN_ROUTE),
         "nginx": start_nginx_proxy(work, upstream.port),
+        "nginx-fwd": start_nginx_proxy(work, upstream.port, location_extra=NGINX_GATEWAY_HEADERS, name="nginx-fwd"),
     }
     if shutil.which("haproxy"):
         servers["haproxy"] = start_haproxy(work, upstream.port)
