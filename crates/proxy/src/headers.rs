@@ -408,14 +408,22 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
 
 /// The request id: the client's `X-Request-Id` when it is a sane token (at most 128
 /// characters of `[A-Za-z0-9._:-]`), else a new random one.
+///
+/// The value is marked sensitive, which over HTTP/2 keeps it out of the HPACK tables: it
+/// differs on every request, so indexing it would only push out the fields that repeat.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
-        let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c)) {
-            return v.clone();
+    let mut id = match headers.get(&X_REQUEST_ID) {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= 128
+                && v.as_bytes().iter().all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c)) =>
+        {
+            v.clone()
         }
-    }
-    new_request_id()
+        _ => new_request_id(),
+    };
+    id.set_sensitive(true);
+    id
 }
 
 /// A random request id in UUID form.
