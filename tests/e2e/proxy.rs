@@ -245,6 +245,57 @@ routes:
     }
 }
 
+/// Connections to an upstream are reused, and as many kept idle as `max_idle_connections`
+/// says: beyond it they are closed after their exchange, and at 0 none is kept.
+#[tokio::test]
+async fn idle_upstream_connections_are_kept_up_to_the_limit() {
+    let (a, b, z) = (Upstream::start(), Upstream::start(), Upstream::start());
+    let gw = Gateway::start(&format!(
+        r#"
+server:
+  listen: {{listen}}
+  workers: 1
+upstreams:
+  a: {{ endpoints: [{a}] }}
+  b: {{ endpoints: [{b}], max_idle_connections: 2 }}
+  z: {{ endpoints: [{z}], max_idle_connections: 0 }}
+routes:
+  - id: a
+    match: {{ path_prefix: /a/ }}
+    upstream: a
+    authenticate: [none]
+  - id: b
+    match: {{ path_prefix: /b/ }}
+    upstream: b
+    authenticate: [none]
+  - id: z
+    match: {{ path_prefix: /z/ }}
+    upstream: z
+    authenticate: [none]
+"#,
+        a = a.url(),
+        b = b.url(),
+        z = z.url()
+    ));
+    let c = client();
+    // Six requests at once need six connections; the second six find them idle, or, past
+    // the limit of 2, find two and open four.
+    for (prefix, up, opened) in [("/a", &a, 6), ("/b", &b, 10)] {
+        for _ in 0..2 {
+            let wave = (0..6).map(|_| c.get(gw.url(&format!("{prefix}/slow?ms=300"))).send());
+            for r in futures_util::future::join_all(wave).await {
+                assert_eq!(r.unwrap().status(), 200, "{prefix}");
+            }
+        }
+        assert_eq!(up.count(), 12, "{prefix}");
+        assert_eq!(up.connections(), opened, "{prefix}");
+    }
+    for _ in 0..3 {
+        assert_eq!(c.get(gw.url("/z/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(z.connections(), 3, "no connection is kept at 0");
+}
+
 #[tokio::test]
 async fn failing_endpoints_are_ejected_and_connect_failures_retried() {
     let up = Upstream::start();

@@ -31,6 +31,8 @@ use serde_json::json;
 pub struct Upstream {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicU64>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -42,6 +44,8 @@ impl Upstream {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let requests = Arc::new(AtomicU64::new(0));
         let counter = requests.clone();
+        let connections = Arc::new(AtomicU64::new(0));
+        let accepted = connections.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
@@ -52,6 +56,7 @@ impl Upstream {
                         let Ok((stream, _)) = listener.accept().await else {
                             continue;
                         };
+                        accepted.fetch_add(1, Ordering::Relaxed);
                         let counter = counter.clone();
                         tokio::spawn(async move {
                             let svc = hyper::service::service_fn(move |req| {
@@ -71,7 +76,7 @@ impl Upstream {
             });
         });
         let addr = rx.recv().unwrap();
-        Upstream { addr, requests, _shutdown: stop_tx }
+        Upstream { addr, requests, connections, _shutdown: stop_tx }
     }
 
     pub fn url(&self) -> String {
@@ -80,6 +85,10 @@ impl Upstream {
 
     pub fn count(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 }
 

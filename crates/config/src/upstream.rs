@@ -30,6 +30,30 @@ pub struct UpstreamConfig {
     /// Send the client's `Host` header instead of the endpoint's host and port.
     #[serde(default)]
     pub preserve_host: bool,
+    /// Idle connections kept for reuse, per endpoint and worker thread. Connections in use
+    /// beyond it are closed when their exchange ends; 0 opens a connection per request.
+    #[serde(default = "default_max_idle_connections")]
+    pub max_idle_connections: usize,
+}
+
+fn default_max_idle_connections() -> usize {
+    1024
+}
+
+impl UpstreamConfig {
+    /// An upstream of one endpoint with every other setting at its default (what a route
+    /// whose `upstream` is a URL gets).
+    pub fn for_endpoint(endpoint: impl Into<String>) -> UpstreamConfig {
+        UpstreamConfig {
+            endpoints: vec![endpoint.into()],
+            protocol: UpstreamProtocol::default(),
+            timeouts: UpstreamTimeouts::default(),
+            health: PassiveHealth::default(),
+            tls: None,
+            preserve_host: false,
+            max_idle_connections: default_max_idle_connections(),
+        }
+    }
 }
 
 /// Protocol spoken to an upstream.

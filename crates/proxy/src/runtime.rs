@@ -363,14 +363,7 @@ fn compile_route(
         (Some(Target::Echo), Duration::from_secs(30))
     } else if rc.upstream.contains("://") {
         // A URL: an anonymous upstream with default settings, named after the route.
-        let cfg = UpstreamConfig {
-            endpoints: vec![rc.upstream.clone()],
-            protocol: Default::default(),
-            timeouts: Default::default(),
-            health: Default::default(),
-            tls: None,
-            preserve_host: false,
-        };
+        let cfg = UpstreamConfig::for_endpoint(rc.upstream.clone());
         match shared.upstream(&rc.id, &cfg, &SpiffeConfig::default(), &format!("{at}.upstream")) {
             Ok(u) => {
                 let t = u.request_timeout;

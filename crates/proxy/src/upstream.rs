@@ -97,7 +97,7 @@ impl Upstream {
         }
         if cfg.protocol != UpstreamProtocol::Http2 {
             for ep in endpoints.iter_mut().filter(|e| e.scheme == Scheme::HTTP) {
-                ep.lean = Some(Arc::new(h1::IdlePool::new(workers, cfg.timeouts.idle.get(), 256)));
+                ep.lean = Some(Arc::new(h1::IdlePool::new(workers, cfg.timeouts.idle.get(), cfg.max_idle_connections)));
             }
         }
         let any_tls = endpoints.iter().any(|e| e.scheme == Scheme::HTTPS);
@@ -138,6 +138,7 @@ impl Upstream {
         let mut client = Client::builder(TokioExecutor::new());
         client
             .pool_idle_timeout(cfg.timeouts.idle.get())
+            .pool_max_idle_per_host(cfg.max_idle_connections)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             // The windows of client connections (`server::H2_STREAM_WINDOW`): a client slow to read its response
@@ -403,14 +404,8 @@ mod tests {
     use portcullis_config::Duration as D;
 
     fn upstream(endpoints: &[&str], threshold: u32) -> Upstream {
-        let mut cfg: UpstreamConfig = UpstreamConfig {
-            endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
-            protocol: UpstreamProtocol::Auto,
-            timeouts: Default::default(),
-            health: Default::default(),
-            tls: None,
-            preserve_host: false,
-        };
+        let mut cfg = UpstreamConfig::for_endpoint(endpoints[0]);
+        cfg.endpoints = endpoints.iter().map(|s| s.to_string()).collect();
         cfg.health.consecutive_failures = threshold;
         cfg.health.ejection_time = D::from_secs(10);
         cfg.health.max_ejection_time = D::from_secs(25);
