@@ -160,7 +160,7 @@ NGINX_GATEWAY_HEADERS = """
 def start_nginx_proxy(work, upstream_port, listen_extra="", server_extra="", location_extra="", name="nginx"):
     port = free_port()
     conf = nginx_conf(work, port, f"""
-    upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 256; keepalive_requests 1000000; }}
+    upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 1024; keepalive_requests 1000000; }}
     server {{
         listen 127.0.0.1:{port} backlog=4096{listen_extra};
         {server_extra}
