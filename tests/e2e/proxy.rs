@@ -282,7 +282,7 @@ routes:
     // the limit of 2, find two and open four.
     for (prefix, up, opened) in [("/a", &a, 6), ("/b", &b, 10)] {
         for _ in 0..2 {
-            let wave = (0..6).map(|_| c.get(gw.url(&format!("{prefix}/slow?ms=300"))).send());
+            let wave = (0..6).map(|_| c.get(gw.url(&format!("{prefix}/slow?ms=1000"))).send());
             for r in futures_util::future::join_all(wave).await {
                 assert_eq!(r.unwrap().status(), 200, "{prefix}");
             }

@@ -50,7 +50,7 @@ async fn large_bodies_stream_both_ways_without_buffering() {
 /// an upstream connection the gateway shares between clients, other clients' responses.
 #[tokio::test]
 async fn one_stalled_http2_stream_does_not_hold_up_the_others() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let up = Upstream::start();
     let gw = Gateway::start(&format!(
         r#"
@@ -90,13 +90,12 @@ routes:
     let a = tokio::spawn(client.post(gw.url("/lean/slow?ms=8000")).body(reqwest::Body::wrap_stream(a_body)).send());
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!a.is_finished(), "the upstream was to hold the first upload");
-    // Stream B, same connection: 2 MiB to an upstream that reads it at once.
-    let started = Instant::now();
+    // Stream B, same connection: 2 MiB to an upstream that reads it at once. Held up, it
+    // would wait for A's upstream (8 s) and meet its own idle limit first (408 after 3 s).
     let b = client.post(gw.url("/lean/count")).body(vec![b'y'; 2 << 20]).send();
     let b = tokio::time::timeout(Duration::from_secs(6), b).await.expect("the second upload was held up").unwrap();
     assert_eq!(b.status(), 200);
     assert_eq!(b.json::<Value>().await.unwrap()["bytes"], 2 << 20);
-    assert!(started.elapsed() < Duration::from_secs(2), "the second upload took {:?}", started.elapsed());
     a.abort();
 
     // Responses. Client X asks for 64 MiB over the shared HTTP/2 upstream connection and reads
@@ -105,7 +104,7 @@ routes:
     let x = h2().get(gw.url("/h2c/bytes/67108864")).send().await.unwrap();
     assert_eq!(x.status(), 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let started = Instant::now();
+    // Held up, Y would wait until X's stall timer (10 s) cut X off.
     let y = async {
         let y = h2().get(gw.url("/h2c/bytes/8388608")).send().await.unwrap();
         assert_eq!(y.status(), 200);
@@ -113,6 +112,5 @@ routes:
     };
     let got = tokio::time::timeout(Duration::from_secs(6), y).await.expect("the second response was held up");
     assert_eq!(got, 8 << 20);
-    assert!(started.elapsed() < Duration::from_secs(2), "the second response took {:?}", started.elapsed());
     drop(x);
 }

@@ -217,6 +217,14 @@ fn malformed_configs_get_precise_errors() {
             "must be longer than zero",
         ),
         (
+            "too many idle upstream connections",
+            "routes:\n",
+            "upstreams:\n  b:\n    endpoints: [http://b:1]\n    max_idle_connections: 1000000\nroutes:\n",
+            "upstreams.b.max_idle_connections",
+            14,
+            "must be at most 65536",
+        ),
+        (
             "upstream SVID without the gateway's SVID",
             "routes:\n",
             "upstreams:\n  b:\n    endpoints: [https://b:1]\n    tls:\n      svid: true\nroutes:\n",

@@ -136,6 +136,9 @@ fn api_keys(config: &Config, out: &mut Vec<Invalid>) {
     }
 }
 
+/// More idle connections than this per endpoint and worker is a mistake, not a need.
+const MAX_IDLE_CONNECTIONS: usize = 65_536;
+
 fn upstreams(config: &Config, out: &mut Vec<Invalid>) {
     for (name, up) in &config.upstreams {
         let at = |k: &str| format!("upstreams.{name}.{k}");
@@ -149,6 +152,12 @@ fn upstreams(config: &Config, out: &mut Vec<Invalid>) {
             if d.get().is_zero() {
                 out.push(Invalid::new(at(key), "must be longer than zero"));
             }
+        }
+        if up.max_idle_connections > MAX_IDLE_CONNECTIONS {
+            out.push(Invalid::new(
+                at("max_idle_connections"),
+                format!("must be at most {MAX_IDLE_CONNECTIONS} (per endpoint and worker)"),
+            ));
         }
         let h = &up.health;
         if h.consecutive_failures == 0 {

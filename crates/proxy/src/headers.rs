@@ -561,10 +561,13 @@ mod tests {
     fn request_ids() {
         let ok = hm(&[("x-request-id", "abc-123_x.y:z")]);
         assert_eq!(request_id(&ok), "abc-123_x.y:z");
+        // Kept out of HTTP/2's header compression tables, the client's and a new one alike.
+        assert!(request_id(&ok).is_sensitive());
         for bad in ["<script>", "a b", &"x".repeat(129)] {
             let id = request_id(&hm(&[("x-request-id", bad)]));
             assert_ne!(id, bad);
             assert_eq!(id.len(), 36);
+            assert!(id.is_sensitive());
         }
         let id = new_request_id();
         let s = id.to_str().unwrap();

@@ -24,19 +24,17 @@ use crate::body::ClientBody;
 use crate::pipeline::{self, ConnInfo};
 use crate::runtime::Runtime;
 
-/// HTTP/2 flow-control windows, on both sides of the gateway (client connections and HTTP/2
-/// upstream connections).
+/// HTTP/2 flow-control windows of client connections.
 ///
 /// Data a peer sent that the gateway has not passed on yet holds both its stream's window and
 /// its connection's. A stream whose other side is slow (an upstream slow to read an upload, a
 /// client slow to read a response) therefore holds up to a stream window of its connection's:
 /// were the two equal (as hyper's adaptive window makes them), one such stream would stop
-/// every other stream of the connection, including other clients' responses on a shared
-/// upstream connection. Here a stream can hold at most a sixteenth of its connection's
-/// window, and the connection's window bounds what one connection can make the gateway hold
-/// (16 MiB, as hyper's adaptive window could grow to). 1 MiB a stream keeps a single large
-/// transfer at full speed up to 80 Mbit/s at 100 ms round trips.
-pub(crate) const H2_STREAM_WINDOW: u32 = 1 << 20;
+/// every other stream of the connection. Here a stream can hold at most a sixteenth of its
+/// connection's window. The connection's window bounds what one client connection can make
+/// the gateway hold (4 MiB); a stream's, the speed of one upload (256 KiB in flight: about
+/// 20 Mbit/s at 100 ms round trips, more over shorter ones).
+pub(crate) const H2_STREAM_WINDOW: u32 = 256 * 1024;
 /// See [`H2_STREAM_WINDOW`].
 pub(crate) const H2_CONNECTION_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
 

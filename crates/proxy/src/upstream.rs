@@ -55,6 +55,16 @@ struct Endpoint {
     ejected_until: AtomicU64,
 }
 
+/// HTTP/2 flow-control windows of upstream connections. The requests to an HTTP/2 upstream
+/// share a connection, whichever clients they come from; a response its client is slow to
+/// read holds up to a stream window of that connection's until the client takes it. A stream
+/// here can hold at most a thirty-second of the connection's window: it takes that many
+/// stalled responses at once to stop the others (the stall timer, `timeouts.request`, ends
+/// them). Few upstream connections exist, so their windows can be larger than clients'.
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+/// See [`H2_STREAM_WINDOW`].
+const H2_CONNECTION_WINDOW: u32 = 32 * H2_STREAM_WINDOW;
+
 /// An upstream service: its endpoints and a connection pool to them. Kept across config
 /// reloads while its settings do not change, so reloads do not drop pooled connections.
 #[derive(Debug)]
@@ -97,7 +107,9 @@ impl Upstream {
         }
         if cfg.protocol != UpstreamProtocol::Http2 {
             for ep in endpoints.iter_mut().filter(|e| e.scheme == Scheme::HTTP) {
-                ep.lean = Some(Arc::new(h1::IdlePool::new(workers, cfg.timeouts.idle.get(), cfg.max_idle_connections)));
+                let pool = Arc::new(h1::IdlePool::new(workers, cfg.timeouts.idle.get(), cfg.max_idle_connections));
+                h1::IdlePool::sweep_in_background(&pool);
+                ep.lean = Some(pool);
             }
         }
         let any_tls = endpoints.iter().any(|e| e.scheme == Scheme::HTTPS);
@@ -138,13 +150,15 @@ impl Upstream {
         let mut client = Client::builder(TokioExecutor::new());
         client
             .pool_idle_timeout(cfg.timeouts.idle.get())
-            .pool_max_idle_per_host(cfg.max_idle_connections)
+            // An HTTP/2 connection is shared by the requests in flight: kept, whatever the limit.
+            .pool_max_idle_per_host(match cfg.protocol {
+                UpstreamProtocol::Http2 => cfg.max_idle_connections.max(1),
+                _ => cfg.max_idle_connections,
+            })
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            // The windows of client connections (`server::H2_STREAM_WINDOW`): a client slow to read its response
-            // must not stop the responses of others sharing this upstream connection.
-            .http2_initial_stream_window_size(crate::server::H2_STREAM_WINDOW)
-            .http2_initial_connection_window_size(crate::server::H2_CONNECTION_WINDOW);
+            .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(H2_CONNECTION_WINDOW);
         if cfg.protocol == UpstreamProtocol::Http2 {
             client.http2_only(true);
         }

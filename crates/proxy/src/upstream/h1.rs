@@ -109,11 +109,7 @@ impl IdlePool {
     fn checkout(&self) -> Option<Box<Conn>> {
         // Only this worker touches its slot: the lock is never contended.
         let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
-        let now = crate::timer::now();
-        // The oldest are at the front.
-        while idle.front().is_some_and(|c| now.duration_since(c.idle_since) >= self.idle_timeout) {
-            idle.pop_front();
-        }
+        self.drop_expired(&mut idle, crate::timer::now());
         while let Some(mut conn) = idle.pop_back() {
             // Readable while idle means closed (or garbage): either way, unusable. This costs
             // no system call unless the socket was flagged readable.
@@ -132,11 +128,47 @@ impl IdlePool {
     fn checkin(&self, mut conn: Box<Conn>) {
         // A body ends only after a read that made progress, which disarms its stall timer.
         debug_assert!(conn.body_stall.is_none(), "a connection went idle with its stall timer armed");
-        conn.idle_since = crate::timer::now();
+        let now = crate::timer::now();
+        conn.idle_since = now;
         let mut idle = self.slot().lock().unwrap_or_else(|e| e.into_inner());
+        self.drop_expired(&mut idle, now);
         if idle.len() < self.max_idle {
             idle.push_back(conn);
         }
+    }
+
+    /// Closes the connections idle for `idle_timeout` or longer (the oldest are at the front).
+    fn drop_expired(&self, idle: &mut VecDeque<Box<Conn>>, now: Instant) {
+        while idle.front().is_some_and(|c| now.duration_since(c.idle_since) >= self.idle_timeout) {
+            idle.pop_front();
+        }
+    }
+
+    /// Closes every worker's expired connections. Checking a connection in or out does it for
+    /// the worker's own, as traffic passes; this does it when none does.
+    pub fn sweep(&self) {
+        let now = crate::timer::now();
+        for slot in &self.slots {
+            self.drop_expired(&mut slot.lock().unwrap_or_else(|e| e.into_inner()), now);
+        }
+    }
+
+    /// Sweeps `pool` every half `idle_timeout` (at least every second, at most every minute)
+    /// for as long as it exists, on the runtime of the caller (none outside one: a pool made
+    /// outside a runtime never serves).
+    pub fn sweep_in_background(pool: &Arc<IdlePool>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let every = (pool.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let pool = Arc::downgrade(pool);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match pool.upgrade() {
+                    Some(pool) => pool.sweep(),
+                    None => return,
+                }
+            }
+        });
     }
 }
 

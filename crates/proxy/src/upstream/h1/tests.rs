@@ -425,3 +425,16 @@ async fn response_fields_pass_on_as_they_came_and_the_gateways_win() {
     assert_eq!(parts.headers["content-length"], "2");
     assert!(parts.headers.get("x-hop").is_none() && parts.headers.get("te").is_none());
 }
+
+#[tokio::test]
+async fn expired_idle_connections_are_closed_without_traffic() {
+    let s = scripted(vec![Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")]).await;
+    let p = Arc::new(IdlePool::new(1, Duration::from_millis(300), 8));
+    IdlePool::sweep_in_background(&p);
+    let idle = |p: &IdlePool| p.slots.iter().map(|s| s.lock().unwrap().len()).sum::<usize>();
+    assert_eq!(body(call(&p, &s, Method::GET, "/a").await.unwrap()).await.0, b"ok");
+    assert_eq!(idle(&p), 1, "the connection went back to the pool");
+    // The sweep runs every second at the shortest.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(idle(&p), 0, "the expired connection was closed with no request to notice it");
+}
