@@ -249,7 +249,7 @@ routes:
 /// says: beyond it they are closed after their exchange, and at 0 none is kept.
 #[tokio::test]
 async fn idle_upstream_connections_are_kept_up_to_the_limit() {
-    let (a, b, z) = (Upstream::start(), Upstream::start(), Upstream::start());
+    let (a, b, z, h2) = (Upstream::start(), Upstream::start(), Upstream::start(), Upstream::start());
     let gw = Gateway::start(&format!(
         r#"
 server:
@@ -259,6 +259,7 @@ upstreams:
   a: {{ endpoints: [{a}] }}
   b: {{ endpoints: [{b}], max_idle_connections: 2 }}
   z: {{ endpoints: [{z}], max_idle_connections: 0 }}
+  h2: {{ endpoints: [{h2}], protocol: http2, max_idle_connections: 0 }}
 routes:
   - id: a
     match: {{ path_prefix: /a/ }}
@@ -272,10 +273,15 @@ routes:
     match: {{ path_prefix: /z/ }}
     upstream: z
     authenticate: [none]
+  - id: h2
+    match: {{ path_prefix: /h2/ }}
+    upstream: h2
+    authenticate: [none]
 "#,
         a = a.url(),
         b = b.url(),
-        z = z.url()
+        z = z.url(),
+        h2 = h2.url()
     ));
     let c = client();
     // Six requests at once need six connections; the second six find them idle, or, past
@@ -294,6 +300,11 @@ routes:
         assert_eq!(c.get(gw.url("/z/x")).send().await.unwrap().status(), 200);
     }
     assert_eq!(z.connections(), 3, "no connection is kept at 0");
+    // An HTTP/2 upstream's connection carries every request, one after another too.
+    for _ in 0..3 {
+        assert_eq!(c.get(gw.url("/h2/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!((h2.count(), h2.connections()), (3, 1), "the HTTP/2 connection is kept even at 0");
 }
 
 #[tokio::test]
