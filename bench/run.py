@@ -28,6 +28,8 @@ Scenarios:
   tls-new-conn   a new TLS 1.3 connection per request (wrk, `Connection: close`);
   jwt-propagate  jwt-repeated with identity propagation (an internal token and a header),
                  beside the same JWT route without it.
+  latency        jwt-repeated at one fixed rate for every server (oha, corrected for
+                 coordinated omission): p50/p99 at the same load.
 nginx (plain `proxy_pass`, no authentication) is the baseline in every scenario, sent the
 same requests (it ignores the token): the ratio says what the security costs. In `plain`,
 `nginx-fwd` joins it: nginx also sending the upstream what Portcullis sends it on every request
@@ -44,7 +46,7 @@ no token, an expired one, one for another audience and a forged signature.
     bench/run.py --json bench/out/results.json
     bench/run.py --binary /tmp/target/release/portcullis   # or PORTCULLIS_BIN=...
 
-Needs: nginx, wrk (Debian packages; haproxy optional; h2load from nghttp2-client for h2), taskset, `cargo build --release`, and for the JWT
+Needs: nginx, wrk (Debian packages; haproxy optional; h2load from nghttp2-client for h2; oha, `cargo install oha`, for latency), taskset, `cargo build --release`, and for the JWT
 scenarios PyJWT and cryptography (tests/helpers/requirements.txt).
 """
 
@@ -736,9 +738,61 @@ def scenario_memory(work, args):
 
 MEMORY_CONNECTIONS = 10_000
 
+LATENCY_RATE = 8000
+
+
+def oha_fixed_rate(server, connections, duration, rate, headers=()):
+    """oha sending `rate` requests a second over `connections` connections, latencies
+    corrected for coordinated omission (a late request counts from when it was due)."""
+    cmd = ["taskset", "-c", LOAD_CPU, "oha", "--no-tui", "--output-format", "json", "-c", str(connections),
+           "-q", str(rate), "--latency-correction", "-z", f"{duration}s"]
+    for h in headers:
+        cmd += ["-H", h]
+    cmd.append(f"http://127.0.0.1:{server.port}/")
+    before = server.cpu_ticks()
+    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    ticks = server.cpu_ticks() - before
+    codes = out.get("statusCodeDistribution", {})
+    done = sum(codes.values())
+    return {
+        "rps": out["summary"]["requestsPerSec"],
+        "p50_ms": out["latencyPercentiles"]["p50"] * 1e3,
+        "p99_ms": out["latencyPercentiles"]["p99"] * 1e3,
+        "cpu_us_per_req": ticks / CLK_TCK * 1e6 / max(done, 1),
+        # Requests still in flight when the run's time is up are aborted, not failed.
+        "errors": done - codes.get("200", 0) + sum(n for e, n in out.get("errorDistribution", {}).items()
+                                                   if "deadline" not in e),
+    }
+
+
+def scenario_latency(work, args):
+    """(b) at the same load for every server: one RS256 token repeated, sent at a fixed
+    rate (LATENCY_RATE requests a second, below every server's capacity) by oha, with
+    latencies corrected for coordinated omission. What the p99 bar compares: wrk's closed
+    loop gives each server its own load. Needs oha (`cargo install oha`); skipped without."""
+    if not shutil.which("oha"):
+        print("\n## latency: skipped (oha not found; `cargo install oha`)")
+        return None
+    idp = Idp(work)
+    token = idp.token(0)
+    upstream, servers = jwt_servers(work, idp)
+    headers = [f"Authorization: Bearer {token}"]
+    try:
+        for name, server in servers.items():
+            if name != "nginx":
+                check_auth(server, token, idp)
+        runs = rounds(servers, args,
+                      load=lambda s, d, name: oha_fixed_rate(s, args.connections, d, LATENCY_RATE, headers))
+    finally:
+        for s in list(servers.values()) + [upstream]:
+            s.stop()
+    return {"runs": runs}
+
+
 SCENARIOS = {"plain": scenario_plain, "jwt-repeated": scenario_jwt_repeated, "jwt-distinct": scenario_jwt_distinct,
              "jwt-cedar": scenario_jwt_cedar, "dpop": scenario_dpop, "jwt-propagate": scenario_jwt_propagate,
-             "memory": scenario_memory, "h2": scenario_h2, "tls-new-conn": scenario_tls_new_conn}
+             "memory": scenario_memory, "h2": scenario_h2, "tls-new-conn": scenario_tls_new_conn,
+             "latency": scenario_latency}
 
 
 def med(values):
@@ -810,6 +864,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="portcullis-bench-") as work:
         for name in args.scenarios.split(","):
             data = SCENARIOS[name](work, args)
+            if data is None:
+                continue
             results[name] = {"runs": data["runs"], "summary": report(name, data),
                              **{k: v for k, v in data.items() if k != "runs"}}
     if args.json:
