@@ -116,11 +116,15 @@ impl Drop for TlsUpstream {
 
 impl TlsUpstream {
     fn start(dir: &TempDir, name: &str, svid: &Pair, client_ca: &Ca) -> TlsUpstream {
+        Self::start_with(dir, name, svid, client_ca, &[])
+    }
+
+    fn start_with(dir: &TempDir, name: &str, svid: &Pair, client_ca: &Ca, flags: &[&str]) -> TlsUpstream {
         let cert = dir.write(&format!("{name}/svid.pem"), &svid.cert);
         let key = dir.write(&format!("{name}/svid-key.pem"), &svid.key);
         let ca = dir.write(&format!("{name}/clients.pem"), client_ca.pem());
         let mut cmd = Command::new("python3");
-        cmd.arg(helper("tls_upstream.py")).args([&cert, &key, &ca]);
+        cmd.arg(helper("tls_upstream.py")).args([&cert, &key, &ca]).args(flags);
         let (child, line) = spawn_peer(cmd);
         TlsUpstream { child, port: line.parse().unwrap_or_else(|_| panic!("tls upstream said {line:?}")) }
     }
@@ -192,4 +196,59 @@ routes:
     let (uri, serial2) = seen(r.json().await.unwrap());
     assert_eq!(uri, "spiffe://example.org/gateway");
     assert_ne!(serial2, serial, "the rotated SVID is presented");
+}
+
+/// `max_idle_connections` holds for an `https://` upstream too (hyper's pool, not the lean
+/// client's): connections are reused, and past the limit closed after their exchange.
+#[tokio::test]
+async fn https_upstream_connections_are_kept_up_to_the_limit() {
+    let domain = Ca::new("example.org ca");
+    let dir = TempDir::new("https-pool");
+    let backend = TlsUpstream::start_with(
+        &dir,
+        "backend",
+        &domain.svid("spiffe://example.org/backend"),
+        &domain,
+        &["--keep-alive"],
+    );
+    let gateway = domain.svid("spiffe://example.org/gateway");
+    dir.write("bundle.pem", domain.pem());
+    dir.write("svid.pem", &gateway.cert);
+    dir.write("svid-key.pem", &gateway.key);
+    let gw = Gateway::start_in(
+        dir,
+        &format!(
+            r#"
+server:
+  listen: {{listen}}
+  workers: 1
+spiffe:
+  trust_domains: {{ example.org: bundle.pem }}
+  svid: {{ cert: svid.pem, key: svid-key.pem }}
+upstreams:
+  backend:
+    endpoints: [https://127.0.0.1:{b}]
+    tls: {{ spiffe_id: "spiffe://example.org/backend", svid: true }}
+    max_idle_connections: 2
+routes:
+  - id: backend
+    upstream: backend
+    authenticate: [none]
+"#,
+            b = backend.port
+        ),
+    );
+    let c = client();
+    // Six at once open six connections; two are kept, so the next six find two and open four.
+    for _ in 0..2 {
+        let wave = (0..6).map(|_| c.get(gw.url("/slow")).send());
+        for r in futures_util::future::join_all(wave).await {
+            assert_eq!(r.unwrap().status(), 200);
+        }
+        // hyper's pool takes a connection back once its exchange is wound up, just after the
+        // response has gone out.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let v: Value = c.get(gw.url("/x")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["connections"], 10, "{v}");
 }
