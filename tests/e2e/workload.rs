@@ -1,7 +1,7 @@
 //! Workload identity through the real binary over TLS: X.509-SVIDs checked against the
 //! bundle of their own trust domain, bundles in PEM and SPIFFE JSON reloaded on change, the
 //! X.509-SVID rules, and mutual TLS to an upstream (Python's ssl module) with the gateway's
-//! own SVID rotated on disk.
+//! own SVID rotated on disk, and that upstream's connections pooled up to their limit.
 
 use std::process::{Child, Command};
 
