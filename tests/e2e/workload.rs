@@ -130,16 +130,23 @@ impl TlsUpstream {
     }
 }
 
+/// The gateway's own SVID (`spiffe://example.org/gateway`) and its trust domain's bundle,
+/// written where the config's `spiffe` section expects them (`svid.pem`, `svid-key.pem`,
+/// `bundle.pem`).
+fn gateway_svid(dir: &TempDir, domain: &Ca) {
+    let svid = domain.svid("spiffe://example.org/gateway");
+    dir.write("bundle.pem", domain.pem());
+    dir.write("svid.pem", &svid.cert);
+    dir.write("svid-key.pem", &svid.key);
+}
+
 #[tokio::test]
 async fn upstream_mtls_with_the_gateways_rotating_svid() {
     let domain = Ca::new("example.org ca");
     let dir = TempDir::new("egress");
     let backend = TlsUpstream::start(&dir, "backend", &domain.svid("spiffe://example.org/backend"), &domain);
     let impostor = TlsUpstream::start(&dir, "impostor", &domain.svid("spiffe://example.org/impostor"), &domain);
-    let first = domain.svid("spiffe://example.org/gateway");
-    dir.write("bundle.pem", domain.pem());
-    dir.write("svid.pem", &first.cert);
-    dir.write("svid-key.pem", &first.key);
+    gateway_svid(&dir, &domain);
     let gw = Gateway::start_in(
         dir,
         &format!(
@@ -211,10 +218,7 @@ async fn https_upstream_connections_are_kept_up_to_the_limit() {
         &domain,
         &["--keep-alive"],
     );
-    let gateway = domain.svid("spiffe://example.org/gateway");
-    dir.write("bundle.pem", domain.pem());
-    dir.write("svid.pem", &gateway.cert);
-    dir.write("svid-key.pem", &gateway.key);
+    gateway_svid(&dir, &domain);
     let gw = Gateway::start_in(
         dir,
         &format!(
