@@ -2,13 +2,16 @@
 //!
 //! Folders are watched rather than files: editors replace files, and Kubernetes updates a
 //! mounted ConfigMap by swapping a symlink, neither of which a watch on the old file sees.
-//! Any event in a watched folder makes the caller compare a fingerprint of the files' contents,
-//! so unrelated files in the same folder cause no reload.
+//! Any change in a watched folder makes the caller compare a fingerprint of the files' contents,
+//! so unrelated files in the same folder cause no reload. Reads are not changes: the
+//! fingerprint itself opens the files, and counting that as a change re-read every file five
+//! times a second for as long as the gateway ran.
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -25,7 +28,7 @@ impl FileWatch {
     pub fn new() -> FileWatch {
         let (tx, events) = mpsc::channel(1);
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            if res.is_ok_and(|event| is_change(&event.kind)) {
                 // Full channel: a wake-up is already pending, which is all we need.
                 let _ = tx.try_send(());
             }
@@ -83,6 +86,16 @@ impl FileWatch {
     }
 }
 
+/// Whether an event can mean that a file's contents changed: everything but opening and
+/// reading a file, and closing one that was not open for writing.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// A fingerprint of the contents of `files` (a missing file counts as a content too).
 pub fn fingerprint(files: &[PathBuf]) -> u64 {
     let mut h = DefaultHasher::new();
@@ -108,5 +121,52 @@ fn hash_file(f: &Path, h: &mut DefaultHasher) {
     match std::fs::read(f) {
         Ok(bytes) => bytes.hash(h),
         Err(e) => e.kind().to_string().hash(h),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn opening_and_reading_are_not_changes() {
+        use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+        assert!(!is_change(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!is_change(&EventKind::Access(AccessKind::Read)));
+        assert!(!is_change(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(is_change(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(is_change(&EventKind::Create(CreateKind::File)));
+        assert!(is_change(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(is_change(&EventKind::Remove(RemoveKind::File)));
+        assert!(is_change(&EventKind::Any));
+    }
+
+    /// The gateway fingerprints the files after every change it is told of; if reading them
+    /// counted as a change, it would be told again, forever.
+    #[tokio::test]
+    async fn reading_the_watched_files_is_not_reported_and_writing_them_is() {
+        let dir = std::env::temp_dir().join(format!("portcullis-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("portcullis.yaml");
+        std::fs::write(&file, "a: 1\n").unwrap();
+        let files = vec![file.clone()];
+        let mut watch = FileWatch::new();
+        watch.watch(&files);
+        if watch.watcher.is_none() {
+            panic!("this platform cannot watch files");
+        }
+
+        let before = fingerprint(&files);
+        let quiet = tokio::time::timeout(Duration::from_millis(700), watch.changed()).await;
+        assert!(quiet.is_err(), "reading the watched file was reported as a change");
+
+        std::fs::write(&file, "a: 2\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("writing the watched file was not reported");
+        assert_ne!(fingerprint(&files), before);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
