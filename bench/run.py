@@ -4,7 +4,8 @@ scenario has them), on one machine, in one run.
 
 Method (the machines are shared and noisy, so absolute numbers drift between runs):
   * every server under test and the upstream are pinned to CPU 0, the load generator (wrk)
-    to CPU 1;
+    to CPU 1 (`--upstream-cpu 1` moves the upstream beside the load generator; the "load CPU"
+    column says how busy that CPU was: near 100 %, the load side may be what limits);
   * measurements are taken in rounds; in each round every proxy runs once, back to back, in
     alternating order; the ratio Portcullis/peer is computed within each round, and the
     median over rounds is reported, with the median absolute numbers;
@@ -45,6 +46,7 @@ no token, an expired one, one for another audience and a forged signature.
     bench/run.py --rounds 5 --duration 5 --scenarios plain,jwt-repeated,jwt-distinct
     bench/run.py --json bench/out/results.json
     bench/run.py --binary /tmp/target/release/portcullis   # or PORTCULLIS_BIN=...
+    bench/run.py --upstream-cpu 1 --scenarios plain,jwt-repeated,jwt-distinct
 
 Needs: nginx, wrk (Debian packages; haproxy optional; h2load from nghttp2-client for h2; oha, `cargo install oha`, for latency), taskset, `cargo build --release`, and for the JWT
 scenarios PyJWT and cryptography (tests/helpers/requirements.txt).
@@ -69,6 +71,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.environ.get("PORTCULLIS_BIN") or os.path.join(ROOT, "target", "release", "portcullis")
 SERVER_CPU = "0"
 LOAD_CPU = "1"
+# Where the fast upstream runs: beside the servers by default (its cost is in every server's
+# throughput alike); `--upstream-cpu 1` moves it beside the load generator instead.
+UPSTREAM_CPU = SERVER_CPU
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -90,11 +95,11 @@ def wait_port(port, timeout=10):
 
 
 class Server:
-    """A process pinned to the server CPU."""
+    """A process pinned to the server CPU (or to `cpu`)."""
 
-    def __init__(self, name, cmd, port, work):
+    def __init__(self, name, cmd, port, work, cpu=None):
         self.name, self.port = name, port
-        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CPU] + cmd, cwd=work, stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(["taskset", "-c", cpu or SERVER_CPU] + cmd, cwd=work, stdout=subprocess.DEVNULL,
                                      stderr=open(os.path.join(work, f"{name}-{port}.err"), "w"))
         wait_port(port)
 
@@ -147,7 +152,7 @@ def start_upstream(work):
         listen 127.0.0.1:{port} backlog=4096;
         location / {{ return 200 "hello from upstream\\n"; }}
     }}""")
-    return Server("upstream", ["nginx", "-c", conf], port, work)
+    return Server("upstream", ["nginx", "-c", conf], port, work, cpu=UPSTREAM_CPU)
 
 
 # What Portcullis adds to every request it forwards (README, "What the upstream receives"),
@@ -240,6 +245,29 @@ PLAIN_ROUTE = """  - id: bench
     authenticate: [none]
 """
 
+def cpu_busy_ticks(cpu):
+    """(busy, total) clock ticks of one CPU so far, from /proc/stat."""
+    for line in open("/proc/stat"):
+        if line.startswith(f"cpu{cpu} "):
+            t = [int(x) for x in line.split()[1:]]
+            return sum(t) - t[3] - t[4], sum(t)  # idle and iowait are not busy
+    return 0, 0
+
+
+class LoadCpu:
+    """How busy the load generator's CPU was over a run: near 100 %, the load generator (and
+    whatever shares its CPU) rather than the server may be what limits the throughput."""
+
+    def __enter__(self):
+        self.before = cpu_busy_ticks(LOAD_CPU)
+        return self
+
+    def __exit__(self, *exc):
+        after = cpu_busy_ticks(LOAD_CPU)
+        busy, total = after[0] - self.before[0], after[1] - self.before[1]
+        self.busy = busy / total if total else None
+
+
 LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$")
 
 
@@ -251,7 +279,8 @@ def wrk(server, connections, duration, headers=(), script=None, scheme="http"):
         cmd += ["-s", script]
     cmd.append(f"{scheme}://127.0.0.1:{server.port}/")
     before = server.cpu_ticks()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    with LoadCpu() as load_cpu:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     ticks = server.cpu_ticks() - before
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     lat = {m.group(1): float(m.group(2)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(3)]
@@ -263,6 +292,7 @@ def wrk(server, connections, duration, headers=(), script=None, scheme="http"):
         "p50_ms": lat.get("50"),
         "p99_ms": lat.get("99"),
         "cpu_us_per_req": ticks / CLK_TCK * 1e6 / max(requests, 1),
+        "load_cpu_busy": load_cpu.busy,
         "errors": (int(non2xx.group(1)) if non2xx else 0) + (1 if sock else 0),
     }
 
@@ -293,7 +323,8 @@ def h2load(server, duration):
     cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-t1", f"-c{H2_CONNECTIONS}", f"-m{H2_STREAMS}", f"-D{duration}",
            f"http://127.0.0.1:{server.port}/"]
     before = server.cpu_ticks()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    with LoadCpu() as load_cpu:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     ticks = server.cpu_ticks() - before
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
@@ -305,6 +336,7 @@ def h2load(server, duration):
         "p50_ms": mean_ms,  # h2load reports the mean, not percentiles
         "p99_ms": None,
         "cpu_us_per_req": ticks / CLK_TCK * 1e6 / max(int(done.group(1)), 1),
+        "load_cpu_busy": load_cpu.busy,
         "errors": int(done.group(3)) + (int(done.group(1)) - int(status.group(1)) if status else 0),
     }
 
@@ -750,7 +782,8 @@ def oha_fixed_rate(server, connections, duration, rate, headers=()):
         cmd += ["-H", h]
     cmd.append(f"http://127.0.0.1:{server.port}/")
     before = server.cpu_ticks()
-    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    with LoadCpu() as load_cpu:
+        out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
     ticks = server.cpu_ticks() - before
     codes = out.get("statusCodeDistribution", {})
     done = sum(codes.values())
@@ -759,6 +792,7 @@ def oha_fixed_rate(server, connections, duration, rate, headers=()):
         "p50_ms": out["latencyPercentiles"]["p50"] * 1e3,
         "p99_ms": out["latencyPercentiles"]["p99"] * 1e3,
         "cpu_us_per_req": ticks / CLK_TCK * 1e6 / max(done, 1),
+        "load_cpu_busy": load_cpu.busy,
         # Requests still in flight when the run's time is up are aborted, not failed.
         "errors": done - codes.get("200", 0) + sum(n for e, n in out.get("errorDistribution", {}).items()
                                                    if "deadline" not in e),
@@ -808,13 +842,14 @@ def report(name, data):
             print(f"{proxy:<15} idle RSS {m['idle_kib'] / 1024:6.1f} MiB, with {m['connections']} keep-alive "
                   f"connections ({m['answered']} answered 200) {m['held_kib'] / 1024:6.1f} MiB")
         return data["memory"]
-    print(f"{'proxy':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}   req/s per round")
+    print(f"{'proxy':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'load CPU':>9}   "
+          "req/s per round")
     summary = {}
     for proxy, rs in runs.items():
-        m = {k: med(r[k] for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
+        m = {k: med(r.get(k) for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "load_cpu_busy")}
         summary[proxy] = m
-        print(f"{proxy:<15} {m['rps']:>9.0f} {m['p50_ms']:>8.3f} {m['p99_ms']:>8.3f} {m['cpu_us_per_req']:>11.2f}   "
-              + " ".join(f"{r['rps']:.0f}" for r in rs))
+        print(f"{proxy:<15} {m['rps']:>9.0f} {m['p50_ms']:>8.3f} {m['p99_ms']:>8.3f} {m['cpu_us_per_req']:>11.2f} "
+              f"{m['load_cpu_busy'] * 100:>8.0f}%   " + " ".join(f"{r['rps']:.0f}" for r in rs))
         if any(r["errors"] for r in rs):
             print(f"   !! {proxy}: errors or non-2xx responses in some runs")
     ours = runs.get("portcullis")
@@ -844,9 +879,13 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--json")
+    ap.add_argument("--upstream-cpu", default=SERVER_CPU,
+                    help=f"the CPU the upstream is pinned to (default {SERVER_CPU}, the servers'; "
+                         f"{LOAD_CPU} puts it beside the load generator)")
     ap.add_argument("--binary", help="the portcullis binary (default: $PORTCULLIS_BIN or target/release/portcullis)")
     args = ap.parse_args()
-    global BINARY
+    global BINARY, UPSTREAM_CPU
+    UPSTREAM_CPU = args.upstream_cpu
     if args.binary:
         BINARY = os.path.abspath(args.binary)
     if not os.path.exists(BINARY):
@@ -858,7 +897,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed")
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} | {os.cpu_count()} CPUs | servers on CPU {SERVER_CPU}, wrk on CPU "
-          f"{LOAD_CPU} | {args.connections} connections | {args.rounds} rounds x {args.duration}s per proxy")
+          f"{LOAD_CPU}, upstream on CPU {UPSTREAM_CPU} | {args.connections} connections | {args.rounds} rounds x {args.duration}s per proxy")
     print(f"# portcullis: {BINARY}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="portcullis-bench-") as work:
