@@ -125,29 +125,12 @@ impl Issuer {
         } else {
             self.key(jws.header.kid.as_deref(), alg).await?
         };
-        let verify = |k: &Key| k.verifier.verify(alg, jws.signing_input(), &jws.signature);
-        let key = match keys {
-            Lookup::Several(keys) => {
-                let mut last = None;
-                let found = keys.into_iter().find(|k| match verify(k) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        last = Some(e);
-                        false
-                    }
-                });
-                match (found, last) {
-                    (Some(k), _) => k,
-                    (None, Some(e)) => return Err(e.into()),
-                    (None, None) => return Err(AuthnError::invalid("key_unknown", "no signing key fits the token")),
-                }
-            }
-            Lookup::Found(k) => {
-                verify(&k)?;
-                k
-            }
-            _ => return Err(AuthnError::invalid("key_unknown", "no signing key fits the token")),
-        };
+        let public_key_checked = !alg.is_symmetric() && matches!(keys, Lookup::Found(_) | Lookup::Several(_));
+        let key = verify_signature(jws, keys);
+        if public_key_checked {
+            crate::after_signature_check().await;
+        }
+        let key = key?;
         self.check_type(jws.header.typ.as_deref())?;
         // The clock is read after the key is found: finding it may have waited for a refetch.
         let principal = self.check_claims(claims, unix_now())?;
@@ -389,6 +372,34 @@ fn build_principal(
     p.confirmation = claims.confirmation();
     p.spiffe_id = spiffe_id;
     Ok(p)
+}
+
+/// The key of `keys` that verified the token's signature.
+fn verify_signature(jws: &Jws<'_>, keys: Lookup) -> Result<Arc<Key>, AuthnError> {
+    let alg = jws.header.alg;
+    let verify = |k: &Key| k.verifier.verify(alg, jws.signing_input(), &jws.signature);
+    match keys {
+        Lookup::Several(keys) => {
+            let mut last = None;
+            let found = keys.into_iter().find(|k| match verify(k) {
+                Ok(()) => true,
+                Err(e) => {
+                    last = Some(e);
+                    false
+                }
+            });
+            match (found, last) {
+                (Some(k), _) => Ok(k),
+                (None, Some(e)) => Err(e.into()),
+                (None, None) => Err(AuthnError::invalid("key_unknown", "no signing key fits the token")),
+            }
+        }
+        Lookup::Found(k) => {
+            verify(&k)?;
+            Ok(k)
+        }
+        _ => Err(AuthnError::invalid("key_unknown", "no signing key fits the token")),
+    }
 }
 
 #[cfg(test)]
