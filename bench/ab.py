@@ -22,9 +22,7 @@ per-round ratios after / before; any non-2xx response fails the run.
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -48,22 +46,17 @@ def counters(pid):
 
 
 def measure(server, upstream, duration, connections, headers=(), script=None):
-    cmd = ["taskset", "-c", run.LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s"]
-    for h in headers:
-        cmd += ["-H", h]
-    if script:
-        cmd += ["-s", script]
-    cmd.append(f"http://127.0.0.1:{server.port}/")
+    """One `run.wrk` run, with the gateway's and the upstream's counters around it."""
     before, up_before = counters(server.proc.pid), counters(upstream.proc.pid)
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    figures = run.wrk(server, connections, duration, headers, script)
     after, up_after = counters(server.proc.pid), counters(upstream.proc.pid)
-    if re.search(r"Non-2xx or 3xx responses: \d+|Socket errors", out):
-        raise RuntimeError(f"errors or refusals in a run:\n{out}")
-    n = int(re.search(r"(\d+) requests in", out).group(1))
+    if figures["errors"]:
+        raise RuntimeError(f"errors or refusals in a run against {server.name}")
+    n = figures["requests"]
     d = [a - b for a, b in zip(after, before)]
     up = [a - b for a, b in zip(up_after, up_before)]
     us = 1e6 / run.CLK_TCK / n
-    return {"rps": n / duration, "user_us": d[0] * us, "sys_us": d[1] * us, "preempted": d[3] / n,
+    return {"rps": figures["rps"], "user_us": d[0] * us, "sys_us": d[1] * us, "preempted": d[3] / n,
             "upstream_sleeps": up[2] / n}
 
 

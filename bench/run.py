@@ -289,6 +289,7 @@ def wrk(server, connections, duration, headers=(), script=None, scheme="http"):
     sock = re.search(r"Socket errors: (.*)", out)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": requests,
         "p50_ms": lat.get("50"),
         "p99_ms": lat.get("99"),
         "cpu_us_per_req": ticks / CLK_TCK * 1e6 / max(requests, 1),
