@@ -4,8 +4,9 @@ scenario has them), on one machine, in one run.
 
 Method (the machines are shared and noisy, so absolute numbers drift between runs):
   * every server under test and the upstream are pinned to CPU 0, the load generator (wrk)
-    to CPU 1 (`--upstream-cpu 1` moves the upstream beside the load generator; the "load CPU"
-    column says how busy that CPU was: near 100 %, the load side may be what limits);
+    to CPU 1 (`--upstream-cpu 1` moves the upstream beside the load generator); the "server
+    CPU" and "load CPU" columns say how busy each CPU was: near 100 % on the load side, the load
+    side may be what limits; well below 100 % on the servers' side, the server is not;
   * measurements are taken in rounds; in each round every proxy runs once, back to back, in
     alternating order; the ratio Portcullis/peer is computed within each round, and the
     median over rounds is reported, with the median absolute numbers;
@@ -254,18 +255,22 @@ def cpu_busy_ticks(cpu):
     return 0, 0
 
 
-class LoadCpu:
-    """How busy the load generator's CPU was over a run: near 100 %, the load generator (and
-    whatever shares its CPU) rather than the server may be what limits the throughput."""
+class CpuBusy:
+    """How busy the servers' CPU and the load generator's CPU were over a run. Near 100 % on
+    the load side, the load generator (and whatever shares its CPU) rather than the server may
+    be what limits the throughput; well below 100 % on the servers' side, the server was not
+    what limited it either (the load side's latency, or a host that did not run the CPU)."""
 
     def __enter__(self):
-        self.before = cpu_busy_ticks(LOAD_CPU)
+        self.before = {cpu: cpu_busy_ticks(cpu) for cpu in (SERVER_CPU, LOAD_CPU)}
         return self
 
     def __exit__(self, *exc):
-        after = cpu_busy_ticks(LOAD_CPU)
-        busy, total = after[0] - self.before[0], after[1] - self.before[1]
-        self.busy = busy / total if total else None
+        busy = {}
+        for cpu, (busy0, total0) in self.before.items():
+            busy1, total1 = cpu_busy_ticks(cpu)
+            busy[cpu] = (busy1 - busy0) / (total1 - total0) if total1 > total0 else None
+        self.server, self.load = busy[SERVER_CPU], busy[LOAD_CPU]
 
 
 LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$")
@@ -279,7 +284,7 @@ def wrk(server, connections, duration, headers=(), script=None, scheme="http"):
         cmd += ["-s", script]
     cmd.append(f"{scheme}://127.0.0.1:{server.port}/")
     before = server.cpu_ticks()
-    with LoadCpu() as load_cpu:
+    with CpuBusy() as cpu:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     ticks = server.cpu_ticks() - before
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -293,7 +298,8 @@ def wrk(server, connections, duration, headers=(), script=None, scheme="http"):
         "p50_ms": lat.get("50"),
         "p99_ms": lat.get("99"),
         "cpu_us_per_req": ticks / CLK_TCK * 1e6 / max(requests, 1),
-        "load_cpu_busy": load_cpu.busy,
+        "server_cpu_busy": cpu.server,
+        "load_cpu_busy": cpu.load,
         "errors": (int(non2xx.group(1)) if non2xx else 0) + (1 if sock else 0),
     }
 
@@ -324,7 +330,7 @@ def h2load(server, duration):
     cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-t1", f"-c{H2_CONNECTIONS}", f"-m{H2_STREAMS}", f"-D{duration}",
            f"http://127.0.0.1:{server.port}/"]
     before = server.cpu_ticks()
-    with LoadCpu() as load_cpu:
+    with CpuBusy() as cpu:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     ticks = server.cpu_ticks() - before
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
@@ -337,7 +343,8 @@ def h2load(server, duration):
         "p50_ms": mean_ms,  # h2load reports the mean, not percentiles
         "p99_ms": None,
         "cpu_us_per_req": ticks / CLK_TCK * 1e6 / max(int(done.group(1)), 1),
-        "load_cpu_busy": load_cpu.busy,
+        "server_cpu_busy": cpu.server,
+        "load_cpu_busy": cpu.load,
         "errors": int(done.group(3)) + (int(done.group(1)) - int(status.group(1)) if status else 0),
     }
 
@@ -783,7 +790,7 @@ def oha_fixed_rate(server, connections, duration, rate, headers=()):
         cmd += ["-H", h]
     cmd.append(f"http://127.0.0.1:{server.port}/")
     before = server.cpu_ticks()
-    with LoadCpu() as load_cpu:
+    with CpuBusy() as cpu:
         out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
     ticks = server.cpu_ticks() - before
     codes = out.get("statusCodeDistribution", {})
@@ -793,7 +800,8 @@ def oha_fixed_rate(server, connections, duration, rate, headers=()):
         "p50_ms": out["latencyPercentiles"]["p50"] * 1e3,
         "p99_ms": out["latencyPercentiles"]["p99"] * 1e3,
         "cpu_us_per_req": ticks / CLK_TCK * 1e6 / max(done, 1),
-        "load_cpu_busy": load_cpu.busy,
+        "server_cpu_busy": cpu.server,
+        "load_cpu_busy": cpu.load,
         # Requests still in flight when the run's time is up are aborted, not failed.
         "errors": done - codes.get("200", 0) + sum(n for e, n in out.get("errorDistribution", {}).items()
                                                    if "deadline" not in e),
@@ -843,14 +851,15 @@ def report(name, data):
             print(f"{proxy:<15} idle RSS {m['idle_kib'] / 1024:6.1f} MiB, with {m['connections']} keep-alive "
                   f"connections ({m['answered']} answered 200) {m['held_kib'] / 1024:6.1f} MiB")
         return data["memory"]
-    print(f"{'proxy':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'load CPU':>9}   "
+    print(f"{'proxy':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'server CPU':>11} {'load CPU':>9}   "
           "req/s per round")
     summary = {}
     for proxy, rs in runs.items():
-        m = {k: med(r.get(k) for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "load_cpu_busy")}
+        m = {k: med(r.get(k) for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req",
+                                                   "server_cpu_busy", "load_cpu_busy")}
         summary[proxy] = m
         print(f"{proxy:<15} {m['rps']:>9.0f} {m['p50_ms']:>8.3f} {m['p99_ms']:>8.3f} {m['cpu_us_per_req']:>11.2f} "
-              f"{m['load_cpu_busy'] * 100:>8.0f}%   " + " ".join(f"{r['rps']:.0f}" for r in rs))
+              f"{m['server_cpu_busy'] * 100:>10.0f}% {m['load_cpu_busy'] * 100:>8.0f}%   " + " ".join(f"{r['rps']:.0f}" for r in rs))
         if any(r["errors"] for r in rs):
             print(f"   !! {proxy}: errors or non-2xx responses in some runs")
     ours = runs.get("portcullis")
