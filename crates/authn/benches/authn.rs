@@ -14,6 +14,9 @@
 //!   so its token is in the CPU's cache, where the pool's tokens, walked in order, never are.
 //! - `verify_bare/*`: one aws-lc-rs signature verification of the same signing input with a
 //!   pre-parsed public key (as the key store holds them), for "uncached ≈ N × one verify".
+//! - `verify_gateway/rs256`: the same signature through the gateway's own verifier
+//!   (`portcullis_jose::VerifyingKey`), which checks RS256/384/512 on AVX-512 IFMA where the
+//!   CPU has it and on aws-lc otherwise: beside `verify_bare/rs256`, what that saves.
 //!   HS256 is there because its verification is almost free: `uncached_hs256` minus
 //!   `verify_bare/hs256` is the work of an uncached validation besides the signature.
 //! - `api_key/valid`, `api_key/unknown`: a key in `x-api-key` (hash, bucket lookup,
@@ -358,6 +361,20 @@ fn benches(c: &mut Criterion) {
             b.iter(|| verifier.verify(black_box(&input), black_box(&sig)))
         });
     }
+    g.finish();
+
+    let mut g = c.benchmark_group("verify_gateway");
+    g.throughput(Throughput::Elements(1));
+    let t = token(&s.keys[0], ISSUERS[0].1, 0);
+    let jws = Jws::parse(&t, HeaderPolicy::default()).expect("parse");
+    let Signer::Key(k) = &*s.keys[0] else { unreachable!("RS256 is a key pair") };
+    let verifier =
+        portcullis_jose::Jwk::from_value(k.public_jwk()).expect("jwk").verifying_key(&[Algorithm::RS256]).expect("key");
+    let (input, sig) = (jws.signing_input().to_vec(), jws.signature.clone());
+    verifier.verify(Algorithm::RS256, &input, &sig).expect("a good signature");
+    g.bench_function("rs256", |b| {
+        b.iter(|| verifier.verify(Algorithm::RS256, black_box(&input), black_box(&sig)).is_ok())
+    });
     g.finish();
 
     let mut g = c.benchmark_group("api_key");

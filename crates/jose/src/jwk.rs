@@ -8,6 +8,7 @@
 use aws_lc_rs::signature::{self, ParsedPublicKey, RsaPublicKeyComponents};
 use serde_json::{Map, Value};
 
+use crate::rsa::RsaKey;
 use crate::{Algorithm, Error, b64};
 
 /// The key material of a JWK.
@@ -228,8 +229,18 @@ impl Jwk {
         if parsed.is_empty() {
             return Err(Error::KeyMismatch);
         }
-        Ok(VerifyingKey { inner: Inner::Public(parsed) })
+        // aws-lc accepted the key above; PKCS#1 v1.5 signatures are then checked on the
+        // vector unit where the CPU has one (see `rsa`).
+        let rsa = match &self.kind {
+            KeyKind::Rsa { n, e } if parsed.iter().any(|(a, _)| is_pkcs1(*a)) => RsaKey::new(n, e),
+            _ => None,
+        };
+        Ok(VerifyingKey { inner: Inner::Public(parsed, rsa) })
     }
+}
+
+fn is_pkcs1(alg: Algorithm) -> bool {
+    matches!(alg, Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512)
 }
 
 fn strip_zeros(b: &[u8]) -> &[u8] {
@@ -254,7 +265,7 @@ pub struct VerifyingKey {
 }
 
 enum Inner {
-    Public(Vec<(Algorithm, ParsedPublicKey)>),
+    Public(Vec<(Algorithm, ParsedPublicKey)>, Option<RsaKey>),
     Hmac(Vec<(Algorithm, aws_lc_rs::hmac::Key)>),
 }
 
@@ -289,7 +300,7 @@ impl VerifyingKey {
     /// The algorithms this key verifies.
     pub fn algorithms(&self) -> impl Iterator<Item = Algorithm> + '_ {
         let (a, b) = match &self.inner {
-            Inner::Public(v) => (Some(v.iter().map(|(a, _)| *a)), None),
+            Inner::Public(v, _) => (Some(v.iter().map(|(a, _)| *a)), None),
             Inner::Hmac(v) => (None, Some(v.iter().map(|(a, _)| *a))),
         };
         a.into_iter().flatten().chain(b.into_iter().flatten())
@@ -303,8 +314,11 @@ impl VerifyingKey {
     /// Verifies `signature` over `message` with `alg`.
     pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> Result<(), Error> {
         match &self.inner {
-            Inner::Public(keys) => {
+            Inner::Public(keys, rsa) => {
                 let key = keys.iter().find(|(a, _)| *a == alg).map(|(_, k)| k).ok_or(Error::KeyMismatch)?;
+                if let Some(rsa) = rsa.as_ref().filter(|_| is_pkcs1(alg)) {
+                    return if rsa.verify(alg, message, signature) { Ok(()) } else { Err(Error::BadSignature) };
+                }
                 if matches!(alg, Algorithm::ES256 | Algorithm::ES384) && !ecdsa_signature_in_range(alg, signature) {
                     return Err(Error::BadSignature);
                 }
