@@ -229,8 +229,8 @@ impl Jwk {
         if parsed.is_empty() {
             return Err(Error::KeyMismatch);
         }
-        // aws-lc accepted the key above; PKCS#1 v1.5 signatures are then checked on the
-        // vector unit where the CPU has one (see `rsa`).
+        // PKCS#1 v1.5 signatures are checked on the vector unit where the CPU has one and the
+        // key meets the rules aws-lc applies when it verifies (see `rsa`).
         let rsa = match &self.kind {
             KeyKind::Rsa { n, e } if parsed.iter().any(|(a, _)| is_pkcs1(*a)) => RsaKey::new(n, e),
             _ => None,

@@ -11,8 +11,9 @@
 //! `s^e mod n` must equal, limb for limb, the one encoding of the message's digest, so
 //! nothing is parsed out of attacker-chosen bytes.
 //!
-//! Everything else (PSS, other key sizes, other CPUs) stays on aws-lc, which also parses and
-//! checks every key first. The arithmetic is tested against an independent big-integer
+//! Everything else (PSS, other key sizes, other CPUs) stays on aws-lc, which also parses every
+//! key first; a key is served here only if it meets the size and exponent rules aws-lc applies
+//! when it verifies, so both give the same verdicts. The arithmetic is tested against an independent big-integer
 //! implementation, and every verdict against aws-lc's (unit and property tests here, and a
 //! fuzz target).
 
@@ -42,16 +43,21 @@ enum Width {
 const MAX_BYTES: usize = 512;
 
 impl RsaKey {
-    /// A key for modulus `n` and exponent `e` (big-endian, as aws-lc accepted them), if this
-    /// CPU has AVX-512 IFMA and the key is one of the sizes served here.
+    /// A key for modulus `n` and exponent `e` (big-endian), if this CPU has AVX-512 IFMA and
+    /// the key is one of the sizes served here.
+    ///
+    /// aws-lc checks a key's size and exponent only when it verifies, so the same rules are
+    /// applied here, and a key outside them is left to aws-lc (which refuses its signatures):
+    /// at least 2048 bits, an odd modulus, an odd exponent from 3 to 2^33 - 1.
     pub(crate) fn new(n: &[u8], e: &[u8]) -> Option<RsaKey> {
         let n = strip(n);
         let e = strip(e);
-        if n.len() < 256 || n.len() > MAX_BYTES || e.len() > 8 || n[n.len() - 1] & 1 == 0 {
+        let bits = (n.len() * 8).saturating_sub(n.first()?.leading_zeros() as usize);
+        if bits < 2048 || n.len() > MAX_BYTES || e.len() > 8 || n[n.len() - 1] & 1 == 0 {
             return None;
         }
         let e = e.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
-        if e < 3 {
+        if e < 3 || e & 1 == 0 || e >= 1 << 33 {
             return None;
         }
         let width = Width::new(n, e)?;

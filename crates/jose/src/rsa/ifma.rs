@@ -104,8 +104,9 @@ impl<const V: usize> Modulus<V> {
         }
         let mut one = [[0u64; 8]; V];
         one[0][0] = 1;
-        // x * 1 / R is at most n, and n only where x = 0 mod n: only for s = 0, where every
-        // step gives 0.
+        // x * 1 / R is at most n, and n only where s^e = 0 mod n (s = 0 gives 0; a modulus
+        // that is not square-free has other such s). `matches` compares with an encoding,
+        // which is never 0 or n, so neither can pass.
         amm(&x, &one, &m, self.k0)
     }
 }

@@ -4,6 +4,7 @@
 
 use std::sync::OnceLock;
 
+use aws_lc_rs::digest;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeySize, PublicKeyComponents};
 use aws_lc_rs::signature::{self, KeyPair, ParsedPublicKey, RsaKeyPair};
@@ -202,12 +203,15 @@ proptest! {
         alg in prop::sample::select(PKCS1.to_vec()),
         message in prop::collection::vec(any::<u8>(), 0..200),
         damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
-        random in prop::option::of(prop::collection::vec(any::<u8>(), 250..520)),
+        random in prop::option::of(prop::collection::vec(any::<u8>(), 1..64)),
     ) {
         if skip() {
             return Ok(());
         }
         let signer = &signers()[which];
+        // A random signature is as long as the modulus, so that it reaches the arithmetic.
+        let k = signer.n.len();
+        let random = random.map(|r| r.iter().copied().cycle().take(k).collect::<Vec<u8>>());
         let mut sig = random.unwrap_or_else(|| sign(signer, alg, &message));
         if !sig.is_empty() {
             for (i, x) in &damage {
@@ -227,14 +231,112 @@ fn keys_the_vector_unit_does_not_serve_are_left_to_aws_lc() {
     }
     let n2048 = &signers()[0].n;
     assert!(RsaKey::new(n2048, &[1, 0, 1]).is_some());
-    // Even modulus, exponent 1, exponent wider than 64 bits.
+    assert!(RsaKey::new(n2048, &[3]).is_some());
+    assert!(RsaKey::new(n2048, &[1, 0xff, 0xff, 0xff, 0xff]).is_some(), "2^33 - 1");
+    // What aws-lc refuses when it verifies: an even modulus; an exponent below 3, even, or
+    // of more than 33 bits (so also one wider than 64 bits); fewer than 2048 bits, even in
+    // 256 bytes.
     let mut even = n2048.clone();
     *even.last_mut().unwrap() &= 0xfe;
     assert!(RsaKey::new(&even, &[1, 0, 1]).is_none());
     assert!(RsaKey::new(n2048, &[1]).is_none());
+    assert!(RsaKey::new(n2048, &[4]).is_none());
+    assert!(RsaKey::new(n2048, &[1, 0, 0, 0, 0x02]).is_none(), "even");
+    assert!(RsaKey::new(n2048, &[2, 0, 0, 0, 1]).is_none(), "2^33 + 1");
     assert!(RsaKey::new(n2048, &[1; 9]).is_none());
+    let mut short = n2048.clone();
+    short[0] = 0x7f;
+    assert!(RsaKey::new(&short, &[1, 0, 1]).is_none(), "2047 bits");
+    short[0] = 0x01;
+    assert!(RsaKey::new(&short, &[1, 0, 1]).is_none(), "2041 bits");
+    assert!(RsaKey::new(&[], &[1, 0, 1]).is_none());
+    assert!(RsaKey::new(&[0; 256], &[1, 0, 1]).is_none());
     // Shorter than 2048 bits, longer than 4096, and a width between the ones served.
     assert!(RsaKey::new(&n2048[1..], &[1, 0, 1]).is_none());
     assert!(RsaKey::new(&vec![0xc5; 513], &[1, 0, 1]).is_none());
     assert!(RsaKey::new(&[&[0xc5u8][..], &vec![0x37; 299]].concat(), &[1, 0, 1]).is_none());
+}
+
+/// The private exponent of a key pair, read from its PKCS #8 encoding (RFC 5208, RFC 8017
+/// A.1.2): enough DER to walk two sequences.
+fn private_exponent(pair: &RsaKeyPair) -> BigUint {
+    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+    fn tlv(b: &[u8]) -> (u8, &[u8], &[u8]) {
+        let (tag, first) = (b[0], b[1]);
+        let (len, at) = if first < 0x80 {
+            (usize::from(first), 2)
+        } else {
+            let n = usize::from(first & 0x7f);
+            (b[2..2 + n].iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x)), 2 + n)
+        };
+        (tag, &b[at..at + len], &b[at + len..])
+    }
+    let der: Pkcs8V1Der<'static> = pair.as_der().unwrap();
+    let (_, info, _) = tlv(der.as_ref());
+    let (_, _version, rest) = tlv(info);
+    let (_, _algorithm, rest) = tlv(rest);
+    let (tag, key, _) = tlv(rest);
+    assert_eq!(tag, 0x04, "privateKey is an OCTET STRING");
+    let (_, fields, _) = tlv(key);
+    let mut rest = fields;
+    let mut ints = Vec::new();
+    for _ in 0..4 {
+        let (tag, int, next) = tlv(rest);
+        assert_eq!(tag, 0x02);
+        ints.push(BigUint::from_bytes_be(int));
+        rest = next;
+    }
+    ints.swap_remove(3) // version, n, e, d
+}
+
+/// Encodings that are nearly EMSA-PKCS1-v1_5, signed with the private key: the lenient
+/// parsers of other libraries have accepted such ones. Only the exact encoding passes.
+#[test]
+fn signatures_over_near_miss_encodings_fail_as_with_aws_lc() {
+    if skip() {
+        return;
+    }
+    let signer = &signers()[0];
+    let (n, d) = (BigUint::from_bytes_be(&signer.n), private_exponent(&signer.pair));
+    let k = signer.n.len();
+    let message = b"header.payload";
+    let hash = digest::digest(&digest::SHA256, message);
+    let hash = hash.as_ref();
+    let em = |prefix: &[u8], hash: &[u8], tail: &[u8], ps: usize| {
+        let mut em = vec![0x00, 0x01];
+        em.extend(std::iter::repeat_n(0xff, ps));
+        em.push(0);
+        em.extend(prefix);
+        em.extend(hash);
+        em.extend(tail);
+        assert!(em.len() <= k, "{} > {k}", em.len());
+        em.splice(2..2, std::iter::repeat_n(0xff, k - em.len()));
+        em
+    };
+    let sign_raw = |em: &[u8]| {
+        let s = BigUint::from_bytes_be(em).modpow(&d, &n).to_bytes_be();
+        [vec![0; k - s.len()], s].concat()
+    };
+    let exact = em(&SHA256_PREFIX, hash, &[], 0);
+    assert_eq!(verdicts(signer, Algorithm::RS256, message, &sign_raw(&exact)), (true, true), "the exact encoding");
+
+    let no_null = [&[0x30, 0x2f, 0x30, 0x0b][..], &SHA256_PREFIX[4..15], &[0x04, 0x20]].concat();
+    let mut near: Vec<(&str, Vec<u8>)> = vec![
+        ("DigestInfo without the NULL", em(&no_null, hash, &[], 0)),
+        ("bytes after the digest", em(&SHA256_PREFIX, hash, &[0; 8], 0)),
+        ("SHA-384's prefix", em(&SHA384_PREFIX, hash, &[], 0)),
+        ("another message's digest", em(&SHA256_PREFIX, digest::digest(&digest::SHA256, b"other").as_ref(), &[], 0)),
+    ];
+    let mut block_type_2 = exact.clone();
+    block_type_2[1] = 2;
+    near.push(("block type 2", block_type_2));
+    let mut hole = exact.clone();
+    hole[10] = 0xfe;
+    near.push(("padding not all FF", hole));
+    let mut no_zero = exact.clone();
+    no_zero[k - 52] = 0xff;
+    near.push(("no zero before the DigestInfo", no_zero));
+    for (what, em) in near {
+        assert_eq!(verdicts(signer, Algorithm::RS256, message, &sign_raw(&em)), (false, false), "{what}");
+    }
 }
