@@ -243,7 +243,8 @@ fn is_pkcs1(alg: Algorithm) -> bool {
     matches!(alg, Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512)
 }
 
-fn strip_zeros(b: &[u8]) -> &[u8] {
+/// `b` without its leading zero bytes (one zero stays of a number that is all zeros).
+pub(crate) fn strip_zeros(b: &[u8]) -> &[u8] {
     let i = b.iter().position(|&x| x != 0).unwrap_or(b.len().saturating_sub(1));
     &b[i..]
 }

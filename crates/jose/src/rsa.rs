@@ -13,13 +13,14 @@
 //!
 //! Everything else (PSS, other key sizes, other CPUs) stays on aws-lc, which also parses every
 //! key first; a key is served here only if it meets the size and exponent rules aws-lc applies
-//! when it verifies, so both give the same verdicts. The arithmetic is tested against an independent big-integer
-//! implementation, and every verdict against aws-lc's (unit and property tests here, and a
-//! fuzz target).
+//! when it verifies, so both give the same verdicts. The arithmetic is tested against an
+//! independent big-integer implementation, and every verdict against aws-lc's (unit and
+//! property tests here, and a fuzz target).
 
 use aws_lc_rs::digest;
 
 use crate::Algorithm;
+use crate::jwk::strip_zeros;
 
 /// A 2048-, 3072- or 4096-bit RSA public key ready for verification on AVX-512 IFMA, or
 /// nothing where the CPU lacks it or the key does not fit.
@@ -50,8 +51,8 @@ impl RsaKey {
     /// applied here, and a key outside them is left to aws-lc (which refuses its signatures):
     /// at least 2048 bits, an odd modulus, an odd exponent from 3 to 2^33 - 1.
     pub(crate) fn new(n: &[u8], e: &[u8]) -> Option<RsaKey> {
-        let n = strip(n);
-        let e = strip(e);
+        let n = strip_zeros(n);
+        let e = strip_zeros(e);
         let bits = (n.len() * 8).saturating_sub(n.first()?.leading_zeros() as usize);
         if bits < 2048 || n.len() > MAX_BYTES || e.len() > 8 || n[n.len() - 1] & 1 == 0 {
             return None;
@@ -60,7 +61,7 @@ impl RsaKey {
         if e < 3 || e & 1 == 0 || e >= 1 << 33 {
             return None;
         }
-        let width = Width::new(n, e)?;
+        let width = Width::new(n, bits, e)?;
         Some(RsaKey { n: n.to_vec(), width })
     }
 
@@ -106,19 +107,13 @@ const SHA384_PREFIX: [u8; 19] =
 const SHA512_PREFIX: [u8; 19] =
     [0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40];
 
-fn strip(b: &[u8]) -> &[u8] {
-    let i = b.iter().position(|&x| x != 0).unwrap_or(b.len());
-    &b[i..]
-}
-
 impl Width {
     #[cfg(target_arch = "x86_64")]
-    fn new(n: &[u8], e: u64) -> Option<Width> {
+    fn new(n: &[u8], bits: usize, e: u64) -> Option<Width> {
         if !ifma::available() {
             return None;
         }
         // R = 2^(52 * 8 * V) must exceed 4n for the almost-Montgomery bound.
-        let bits = n.len() * 8 - n[0].leading_zeros() as usize;
         let vectors = (bits + 2).div_ceil(52).div_ceil(8);
         Some(match vectors {
             5 => Width::V5(Box::new(ifma::Modulus::new(n, e))),
@@ -129,7 +124,7 @@ impl Width {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    fn new(_n: &[u8], _e: u64) -> Option<Width> {
+    fn new(_n: &[u8], _bits: usize, _e: u64) -> Option<Width> {
         None
     }
 

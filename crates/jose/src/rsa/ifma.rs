@@ -56,7 +56,7 @@ impl<const V: usize> Modulus<V> {
                     carry = t >> 52;
                     *w = t & MASK;
                 }
-                if carry != 0 || !less(x, n_flat) {
+                if carry != 0 || x.iter().rev().ge(n_flat.iter().rev()) {
                     subtract(x, n_flat);
                 }
             }
@@ -137,7 +137,7 @@ fn amm<const V: usize>(a: &[[u64; 8]; V], b: &[[u64; 8]; V], m: &Vectors<V>, k0:
     let zero = _mm512_setzero_si512();
     let (mut p, mut p_top) = ([zero; V], zero);
     let (mut q, mut q_top) = ([zero; V], zero);
-    let (m0, m1) = (m.limbs[0], m.limbs[1]);
+    let (m0, m1) = (lane::<0>(m.v[0]), lane::<1>(m.v[0]));
     // The lowest limb of `p`, and the carry out of the limb last cleared.
     let (mut p0, mut carry) = (0u64, 0u64);
     for &bi in b.as_flattened() {
@@ -186,8 +186,6 @@ struct Vectors<const V: usize> {
     v: [__m512i; V],
     up: [__m512i; V],
     up_top: __m512i,
-    /// The two lowest limbs.
-    limbs: [u64; 2],
 }
 
 impl<const V: usize> Vectors<V> {
@@ -197,7 +195,7 @@ impl<const V: usize> Vectors<V> {
         let v: [__m512i; V] = core::array::from_fn(|i| load(&x[i]));
         let zero = _mm512_setzero_si512();
         let up = core::array::from_fn(|i| _mm512_alignr_epi64::<7>(v[i], if i == 0 { zero } else { v[i - 1] }));
-        Vectors { v, up, up_top: _mm512_alignr_epi64::<7>(zero, v[V - 1]), limbs: [x[0][0], x[0][1]] }
+        Vectors { v, up, up_top: _mm512_alignr_epi64::<7>(zero, v[V - 1]) }
     }
 }
 
@@ -250,15 +248,6 @@ pub(super) fn to_limbs(be: &[u8], out: &mut [u64]) {
             out[j + 1] |= u64::from(byte) >> (52 - shift);
         }
     }
-}
-
-fn less(a: &[u64], b: &[u64]) -> bool {
-    for (x, y) in a.iter().zip(b).rev() {
-        if x != y {
-            return x < y;
-        }
-    }
-    false
 }
 
 fn subtract(a: &mut [u64], b: &[u64]) {
