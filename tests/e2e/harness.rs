@@ -47,8 +47,11 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The gateway under test: this build's binary, or the one `PORTCULLIS_BIN` names (to run the
+/// suite against another build of the same source, e.g. `bench/pgo.py`'s).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_portcullis")
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| std::env::var("PORTCULLIS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_portcullis").into()))
 }
 
 /// A running gateway. Killed when dropped.
