@@ -47,6 +47,7 @@ no token, an expired one, one for another audience and a forged signature.
     bench/run.py --rounds 5 --duration 5 --scenarios plain,jwt-repeated,jwt-distinct
     bench/run.py --json bench/out/results.json
     bench/run.py --binary /tmp/target/release/portcullis   # or PORTCULLIS_BIN=...
+    bench/run.py --binary target/pgo/portcullis            # the profile-guided build (bench/pgo.py)
     bench/run.py --upstream-cpu 1 --scenarios plain,jwt-repeated,jwt-distinct
 
 Needs: nginx, wrk (Debian packages; haproxy optional; h2load from nghttp2-client for h2; oha, `cargo install oha`, for latency), taskset, `cargo build --release`, and for the JWT
