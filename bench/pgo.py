@@ -37,7 +37,8 @@ TRAINING = "plain,jwt-repeated,jwt-distinct,jwt-cedar,dpop,jwt-propagate,h2,tls-
 
 
 def rustc(*args):
-    return subprocess.run(["rustc", *args], check=True, capture_output=True, text=True).stdout
+    """rustc as cargo will run it in the workspace (a toolchain file there would choose it)."""
+    return subprocess.run(["rustc", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
 
 
 def host_triple():
@@ -91,10 +92,13 @@ def main():
 
     print("# 2/3: training", flush=True)
     log = os.path.join(work, "training.log")
+    # The counters go where the instrumented build says, not where an LLVM_PROFILE_FILE left in
+    # the environment would send them.
+    env = {k: v for k, v in os.environ.items() if k != "LLVM_PROFILE_FILE"}
     with open(log, "w") as out:
         trained = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "run.py"), "--binary", instrumented,
                                   "--rounds", "1", "--duration", str(args.duration), "--scenarios", scenarios],
-                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     if trained.returncode != 0:
         sys.exit(f"the training run failed (rc {trained.returncode}); see {log}")
     raw = [os.path.join(profiles, f) for f in os.listdir(profiles) if f.endswith(".profraw")]
@@ -107,7 +111,7 @@ def main():
     optimised = build(os.path.join(work, "optimised"), host, f"-Cprofile-use={merged}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     shutil.copy2(optimised, args.out)
-    print(f"profile-guided binary: {args.out} (trained on {scenarios}; {len(raw)} profiles; log {log})")
+    print(f"profile-guided binary: {args.out} (trained on {scenarios}; log {log})")
 
 
 if __name__ == "__main__":

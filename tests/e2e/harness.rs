@@ -47,11 +47,20 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The gateway under test: this build's binary, or the one `PORTCULLIS_BIN` names (to run the
-/// suite against another build of the same source, e.g. `bench/pgo.py`'s).
+/// The gateway under test: this build's binary, or the one `PORTCULLIS_E2E_BIN` names (to run
+/// the suite against another build of the same source, e.g. `bench/pgo.py`'s). A name of its
+/// own, not the benchmark's `PORTCULLIS_BIN`: a variable left over from benchmarking must not
+/// put a stale binary under test. Made absolute, since gateways start in their own directory.
 pub fn binary() -> &'static str {
     static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    BINARY.get_or_init(|| std::env::var("PORTCULLIS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_portcullis").into()))
+    BINARY.get_or_init(|| match std::env::var_os("PORTCULLIS_E2E_BIN") {
+        Some(path) => {
+            let path = std::path::absolute(&path).expect("PORTCULLIS_E2E_BIN");
+            eprintln!("gateway under test: {}", path.display());
+            path.to_string_lossy().into_owned()
+        }
+        None => env!("CARGO_BIN_EXE_portcullis").into(),
+    })
 }
 
 /// A running gateway. Killed when dropped.
