@@ -3,8 +3,8 @@
 
     python3 bench/pgo.py [--out target/pgo/portcullis] [--duration 2] [--scenarios plain,...]
 
-Three steps, each in its own target directory under `target/pgo/`, so that neither disturbs
-`target/release`:
+Three steps; the two builds have their own target directories under `target/pgo/`, so that
+neither disturbs `target/release`:
 
 1. build an instrumented binary (`-Cprofile-generate`);
 2. train it: `bench/run.py` drives it for one round of each training scenario (by default
@@ -56,11 +56,16 @@ def profdata_tool(host):
     return tool
 
 
+def environ_without(*names):
+    """This process's environment without `names`."""
+    return {k: v for k, v in os.environ.items() if k not in names}
+
+
 def build(target_dir, host, rustflags):
     """`cargo build --release` of the binary alone. `--target` keeps the flags off build scripts
     and proc macros, which run on the build machine and need neither instrumentation nor a
     profile."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS")}
+    env = environ_without("RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS")
     env.update(CARGO_TARGET_DIR=target_dir, RUSTFLAGS=rustflags)
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "portcullis", "--target", host],
                    cwd=ROOT, env=env, check=True)
@@ -94,7 +99,7 @@ def main():
     log = os.path.join(work, "training.log")
     # The counters go where the instrumented build says, not where an LLVM_PROFILE_FILE left in
     # the environment would send them.
-    env = {k: v for k, v in os.environ.items() if k != "LLVM_PROFILE_FILE"}
+    env = environ_without("LLVM_PROFILE_FILE")
     with open(log, "w") as out:
         trained = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "run.py"), "--binary", instrumented,
                                   "--rounds", "1", "--duration", str(args.duration), "--scenarios", scenarios],
