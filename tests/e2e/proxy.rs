@@ -131,6 +131,11 @@ async fn upstream_sees_clean_headers_and_forwarding_facts() {
     assert_eq!(resp.headers()["x-request-id"], "client-chosen-id-1");
     assert!(resp.headers().get("keep-alive").is_none(), "hop-by-hop response headers are removed");
     assert_eq!(resp.headers()["x-upstream"], "yes");
+    // The response carries the upstream's fields and the gateway's own, none of the request's.
+    for leaked in ["x-custom", "authorization", "proxy-authorization", "x-forwarded-host", "host"] {
+        assert!(resp.headers().get(leaked).is_none(), "the request's {leaked} came back: {:?}", resp.headers());
+    }
+    assert_eq!(resp.headers().get_all("x-request-id").iter().count(), 1);
     let v: Value = resp.json().await.unwrap();
     let h = &v["headers"];
     for gone in ["x-hop", "keep-alive", "proxy-authorization", "authorization"] {

@@ -277,13 +277,9 @@ impl Upstream {
         let host = (!self.preserve_host).then_some(&ep.host);
         let result = match (&ep.lean, upgrade) {
             (Some(pool), false) => {
-                // Boxed: the futures that wait on this one stay small, so creating them (on
-                // every request) copies less.
                 // The timeout bounds the upstream's part only (see `h1::send`): a slow
                 // upload is the client's, and never counts against the endpoint.
-                let exchange =
-                    Box::pin(h1::send(pool, &ep.authority, self.connect_timeout, waits, head, body, added, host, path));
-                match exchange.await {
+                match h1::send(pool, &ep.authority, self.connect_timeout, waits, head, body, added, host, path).await {
                     Err(h1::Error::Timeout) => Err(Failure::Timeout),
                     Ok(resp) => Ok(resp.map(ResponseBody::Lean)),
                     Err(h1::Error::Connect(_)) => Err(Failure::Connect),
