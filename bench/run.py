@@ -221,7 +221,9 @@ backend be
     return Server("haproxy-jwt" if idp else "haproxy", ["haproxy", "-f", conf, "-db"], port, work)
 
 
-def start_portcullis(work, upstream_port, routes_yaml, extra="", server_extra=""):
+def start_portcullis(work, upstream_port, routes_yaml, extra="", server_extra="", wrap=()):
+    """Portcullis with one worker and no access log; `wrap` runs it under another program
+    (`count.py`: callgrind)."""
     port, admin = free_port(), free_port()
     conf = os.path.join(work, f"portcullis-{port}.yaml")
     with open(conf, "w") as f:
@@ -239,7 +241,7 @@ log:
 routes:
 {routes_yaml.replace("{upstream}", f"http://127.0.0.1:{upstream_port}")}
 """)
-    return Server("portcullis", [BINARY, "serve", "--config", conf], port, work)
+    return Server("portcullis", [*wrap, BINARY, "serve", "--config", conf], port, work)
 
 
 PLAIN_ROUTE = """  - id: bench
