@@ -193,7 +193,9 @@ async fn run(
     {
         parts.headers.insert(header::HOST, v);
     }
-    let host = authority.host();
+    // Read once: a `Host` header's bytes are checked as text here, not again at each use.
+    let authority_str = authority.as_str();
+    let host = route_host(authority_str.unwrap_or_default());
 
     // The gateway's own endpoints: its keys and its token service.
     if let Some(ts) = &rt.token_service
@@ -223,7 +225,7 @@ async fn run(
                 conn.peer.ip(),
                 &rt.trusted_proxies,
                 conn.tls.is_some(),
-                authority.as_str().unwrap_or(&host),
+                authority_str.unwrap_or(&host),
             );
             let cx = portcullis_authn::Context {
                 https,
@@ -258,7 +260,14 @@ async fn run(
 
     // Forward.
     let path = forward_path(&parts.uri, path, route.rewrite.as_ref());
-    forward(rt, conn, ctx, &route, parts, present, body, path, &authority).await
+    let facts = headers::ClientFacts {
+        peer: conn.peer.ip(),
+        peer_value: &conn.peer_value,
+        tls: conn.tls.is_some(),
+        host: authority_str,
+        host_value: authority.header_value(),
+    };
+    forward(rt, ctx, &route, parts, present, body, path, facts).await
 }
 
 /// The route's rules, then its policies. A refusal is `403` with RFC 6750 §3.1
@@ -375,12 +384,12 @@ impl RequestAuthority {
             Self::Missing => None,
         }
     }
+}
 
-    /// The host for route matching: lower-case, without port.
-    fn host(&self) -> Cow<'_, str> {
-        let h = strip_port(self.as_str().unwrap_or_default());
-        if h.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(h.to_ascii_lowercase()) } else { Cow::Borrowed(h) }
-    }
+/// The host for route matching, of an authority: lower-case, without port.
+fn route_host(authority: &str) -> Cow<'_, str> {
+    let h = strip_port(authority);
+    if h.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(h.to_ascii_lowercase()) } else { Cow::Borrowed(h) }
 }
 
 /// Whether `b` is made only of the characters an authority may hold (RFC 3986 §3.2).
@@ -408,7 +417,11 @@ fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |i| &host[..=i]);
     }
-    host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
+    // A byte scan: `rsplit_once` sets up a general pattern search, dearer than these few bytes.
+    match host.bytes().rposition(|b| b == b':') {
+        Some(i) if host.as_bytes()[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
+        _ => host,
+    }
 }
 
 /// `413` problem.
@@ -471,14 +484,13 @@ fn forward_path(uri: &http::Uri, path: Cow<'_, str>, rewrite: Option<&(String, S
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     rt: &Runtime,
-    conn: &ConnInfo,
     ctx: &mut RequestCtx,
     route: &Route,
     mut parts: http::request::Parts,
     present: headers::Present,
     body: RequestBody,
     path: PathAndQuery,
-    authority: &RequestAuthority,
+    facts: headers::ClientFacts<'_>,
 ) -> Result<Response<ResponseBody>, Problem> {
     // An HTTP/1.1 protocol upgrade (WebSocket) is relayed as a byte stream after the 101.
     let upgrade = if present.any(headers::Present::UPGRADE) { upgrade_request(&parts, &route.upgrades) } else { None };
@@ -492,13 +504,6 @@ async fn forward(
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, proto.clone());
     }
-    let facts = headers::ClientFacts {
-        peer: conn.peer.ip(),
-        peer_value: &conn.peer_value,
-        tls: conn.tls.is_some(),
-        host: authority.as_str(),
-        host_value: authority.header_value(),
-    };
     let mut added = headers::Added::default();
     headers::set_forwarded(&mut parts.headers, present, &facts, &rt.trusted_proxies, rt.forwarded, &mut added);
     if present.any(headers::Present::X_REQUEST_ID) {
@@ -763,5 +768,12 @@ mod tests {
         assert_eq!(strip_port("example.com"), "example.com");
         assert_eq!(strip_port("[::1]:443"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
+        // Only a port of digits after the last colon goes; an empty one too.
+        assert_eq!(strip_port("example.com:"), "example.com");
+        assert_eq!(strip_port("example.com:http"), "example.com:http");
+        assert_eq!(strip_port("a:1:2"), "a:1");
+        assert_eq!(strip_port(""), "");
+        assert_eq!(route_host("API.Example:8443"), "api.example");
+        assert!(matches!(route_host("api.example:8443"), Cow::Borrowed("api.example")));
     }
 }
