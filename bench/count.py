@@ -18,7 +18,6 @@ cache). Needs valgrind, nginx, wrk, and for `jwt` the Python packages `run.py` m
 import argparse
 import glob
 import os
-import re
 import signal
 import subprocess
 import sys
