@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Instructions a proxied request costs the gateway: a count that host noise does not move.
 
-    bench/count.py [BINARY ...] [--route plain|jwt] [--connections 16] [--duration 6]
+    bench/count.py [BINARY ...] [--route plain|jwt] [--connections 16] [--duration 6] [--cache]
 
 Runs each binary (default: target/release/portcullis) under callgrind behind `run.py`'s nginx
 upstream, drives it with `wrk` for a warm-up with collection off, switches collection on
@@ -9,7 +9,13 @@ upstream, drives it with `wrk` for a warm-up with collection off, switches colle
 instructions counted divided by the requests served. Throughput on a shared machine moves by
 tens of percent from one run to the next; this count moves by well under one percent, so a
 change of a few percent in the work a request does shows here first. It does not see the
-kernel's part of a request (about two thirds of its CPU time on loopback), nor cache misses.
+kernel's part of a request (about two thirds of its CPU time on loopback).
+
+`--cache` also has callgrind simulate the caches (this machine's sizes) and prints the
+first-level instruction and data cache misses a request. The instruction misses count the
+code a request touches, in lines: what a profile-guided build halves. Unlike the
+instructions, they move by several percent with where the linker happens to place the code,
+so read them across builds that differ in layout as a whole, not one function moved.
 
 Routes: `plain` (a) and `jwt` (b: one RS256 token repeated, served from the verified-token
 cache). Needs valgrind, nginx, wrk, and for `jwt` the Python packages `run.py` mints with.
@@ -28,8 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  (the servers, tokens and configs of the main bench)
 
 
-def count(binary, work, upstream, route, connections, duration):
-    """(requests, instructions) of one binary under callgrind."""
+def count(binary, work, upstream, route, connections, duration, cache=False):
+    """(requests, {event: count}) of one binary under callgrind."""
     run.BINARY = binary
     out = os.path.join(work, f"callgrind.{os.getpid()}.{time.monotonic_ns()}")
     headers, routes, extra = (), run.PLAIN_ROUTE, ""
@@ -39,6 +45,7 @@ def count(binary, work, upstream, route, connections, duration):
         routes, extra = run.JWT_ROUTE, idp.config
     server = run.start_portcullis(work, upstream.port, routes, extra,
                                   wrap=["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                                        f"--cache-sim={'yes' if cache else 'no'}",
                                         f"--callgrind-out-file={out}"])
     try:
         run.wrk(server, connections, 2, headers)
@@ -50,12 +57,16 @@ def count(binary, work, upstream, route, connections, duration):
         server.proc.wait(60)
     if figures["errors"]:
         raise RuntimeError(f"errors or refusals in the run against {binary}")
-    instructions = 0
+    totals = {}
     for f in glob.glob(out + "*"):
+        events = []
         for line in open(f):
-            if line.startswith(("summary:", "totals:")):
-                instructions = max(instructions, int(line.split()[1]))
-    return figures["requests"], instructions
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith(("summary:", "totals:")):
+                for event, n in zip(events, map(int, line.split()[1:])):
+                    totals[event] = max(totals.get(event, 0), n)
+    return figures["requests"], totals
 
 
 def main():
@@ -64,13 +75,21 @@ def main():
     ap.add_argument("--route", choices=["plain", "jwt"], default="plain")
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--duration", type=int, default=6)
+    ap.add_argument("--cache", action="store_true",
+                    help="also simulate the caches: first-level instruction and data misses a request")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="portcullis-count-") as work:
         upstream = run.start_upstream(work)
         try:
             for binary in args.binaries:
-                n, ir = count(os.path.abspath(binary), work, upstream, args.route, args.connections, args.duration)
-                print(f"{binary}: {ir // max(n, 1):,} instructions a request ({n} requests, route {args.route})")
+                n, ev = count(os.path.abspath(binary), work, upstream, args.route, args.connections,
+                              args.duration, args.cache)
+                n = max(n, 1)
+                line = f"{binary}: {ev.get('Ir', 0) // n:,} instructions a request"
+                if args.cache:
+                    d1 = ev.get("D1mr", 0) + ev.get("D1mw", 0)
+                    line += f", L1i misses {ev.get('I1mr', 0) / n:,.1f}, L1d misses {d1 / n:,.1f}"
+                print(f"{line} ({n} requests, route {args.route})")
         finally:
             upstream.stop()
 
