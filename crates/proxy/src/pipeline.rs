@@ -101,28 +101,14 @@ pub async fn handle(rt: Arc<Runtime>, conn: Arc<ConnInfo>, req: Request<ClientBo
         reason: None,
         explained: None,
     };
-    // What the access log needs of the request, taken before the stages consume it.
-    let log_fields = rt
-        .access_log
-        .as_ref()
-        .map(|_| (SystemTime::now(), req.method().to_string(), req.uri().path().to_string(), protocol(req.version())));
+    let log_fields = rt.access_log.as_ref().map(|_| log_fields(&req));
 
     // A refused HTTP/1 request may leave its body unread: the connection cannot carry another
     // request, and the client must be told so rather than find out by a reset.
     let unread_body = req.version() <= Version::HTTP_11 && !http_body::Body::is_end_stream(req.body());
     let mut resp = match run(&rt, &conn, &mut ctx, req).await {
         Ok(resp) => resp,
-        Err(problem) => {
-            ctx.reason = Some(problem.code);
-            if problem.status.is_server_error() {
-                tracing::debug!(request_id = ctx.request_id.to_str().unwrap_or_default(), %problem, "request failed");
-            }
-            let mut resp = problem.to_response(ctx.request_id.to_str().ok()).map(ResponseBody::full);
-            if unread_body {
-                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            resp
-        }
+        Err(problem) => refused(&mut ctx, problem, unread_body),
     };
     resp.headers_mut().insert(&X_REQUEST_ID, ctx.request_id.clone());
 
@@ -133,28 +119,65 @@ pub async fn handle(rt: Arc<Runtime>, conn: Arc<ConnInfo>, req: Request<ClientBo
         Some(route) => route.metrics.request(status, elapsed),
         None => rt.no_route.request(status, elapsed),
     }
-    if let (Some(log), Some((time, method, path, protocol))) = (&rt.access_log, log_fields) {
-        log.write(&AccessRecord {
-            time,
-            request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
-            client_ip: ctx.client_ip,
-            protocol,
-            method,
-            path,
-            route: ctx.route.as_ref().map(|r| r.id.clone()),
-            status,
-            duration_ms: elapsed.as_secs_f64() * 1e3,
-            upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
-            principal: ctx.principal.as_ref().and_then(|p| p.subject.clone().or_else(|| p.client_id.clone())),
-            auth_method: ctx.principal.as_ref().map(|p| p.method.as_str()),
-            decision: ctx.decision,
-            reason: ctx.reason,
-            policies: ctx.explained.as_mut().map(|e| std::mem::take(&mut e.policies)),
-            policy_errors: ctx.explained.as_mut().map(|e| std::mem::take(&mut e.errors)).filter(|e| !e.is_empty()),
-            authz: ctx.explained.as_mut().and_then(|e| e.facts.take()),
-        });
+    if let (Some(log), Some(fields)) = (&rt.access_log, log_fields) {
+        write_access_log(log, &mut ctx, fields, status, elapsed);
     }
     resp
+}
+
+/// The response for a request a stage stopped.
+#[cold]
+#[inline(never)]
+fn refused(ctx: &mut RequestCtx, problem: Problem, unread_body: bool) -> Response<ResponseBody> {
+    ctx.reason = Some(problem.code);
+    if problem.status.is_server_error() {
+        tracing::debug!(request_id = ctx.request_id.to_str().unwrap_or_default(), %problem, "request failed");
+    }
+    let mut resp = problem.to_response(ctx.request_id.to_str().ok()).map(ResponseBody::full);
+    if unread_body {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// What the access log needs of the request, taken before the stages consume it.
+type LogFields = (SystemTime, String, String, &'static str);
+
+/// The log stage's record. Out of line (not cold: many deployments log every request), so
+/// that a gateway that does not log does not carry it through the request's code.
+#[inline(never)]
+fn write_access_log(
+    log: &portcullis_telemetry::AccessLog,
+    ctx: &mut RequestCtx,
+    (time, method, path, protocol): LogFields,
+    status: u16,
+    elapsed: Duration,
+) {
+    log.write(&AccessRecord {
+        time,
+        request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
+        client_ip: ctx.client_ip,
+        protocol,
+        method,
+        path,
+        route: ctx.route.as_ref().map(|r| r.id.clone()),
+        status,
+        duration_ms: elapsed.as_secs_f64() * 1e3,
+        upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
+        principal: ctx.principal.as_ref().and_then(|p| p.subject.clone().or_else(|| p.client_id.clone())),
+        auth_method: ctx.principal.as_ref().map(|p| p.method.as_str()),
+        decision: ctx.decision,
+        reason: ctx.reason,
+        policies: ctx.explained.as_mut().map(|e| std::mem::take(&mut e.policies)),
+        policy_errors: ctx.explained.as_mut().map(|e| std::mem::take(&mut e.errors)).filter(|e| !e.is_empty()),
+        authz: ctx.explained.as_mut().and_then(|e| e.facts.take()),
+    });
+}
+
+/// Taken only when the access log is on; out of line for the same reason.
+#[inline(never)]
+fn log_fields(req: &Request<ClientBody>) -> LogFields {
+    (SystemTime::now(), req.method().to_string(), req.uri().path().to_string(), protocol(req.version()))
 }
 
 fn protocol(v: Version) -> &'static str {
@@ -424,6 +447,68 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
+/// A `101` from the upstream: the tunnel, if the switch is one the client asked for.
+/// Out of line: once a connection at most, and not part of an ordinary request's code.
+#[inline(never)]
+fn switch_protocols(
+    mut resp: Response<ResponseBody>,
+    upgrade: Option<HeaderValue>,
+    client_upgrade: Option<crate::server::OnUpgrade>,
+    route: &Route,
+) -> Result<Response<ResponseBody>, Problem> {
+    // The upstream must name what it switched to (RFC 9110 §7.8), and only to one of the
+    // protocols the gateway passed on.
+    let chosen = resp.headers().get(header::UPGRADE).cloned();
+    if let (Some(offered), Some(chosen), Some(client)) = (upgrade, chosen, client_upgrade)
+        && protocols(&chosen).next().is_some()
+        && protocols(&chosen).all(|p| protocols(&offered).any(|o| o.eq_ignore_ascii_case(p)))
+    {
+        let upstream_io = hyper::upgrade::on(&mut resp);
+        tokio::spawn(relay_upgraded(client, upstream_io, route.tunnel_idle));
+        let (mut p, _) = resp.into_parts();
+        headers::strip_hop_by_hop_response(&mut p.headers);
+        p.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        p.headers.insert(header::UPGRADE, chosen);
+        return Ok(Response::from_parts(p, ResponseBody::empty()));
+    }
+    Err(Problem::bad_gateway("the upstream switched to a protocol that was not asked for"))
+}
+
+/// The problem an upstream exchange's failure is reported as.
+#[cold]
+#[inline(never)]
+fn failed(route: &Route, failure: Failure) -> Problem {
+    match failure {
+        Failure::Connect => {
+            route.metrics.upstream_error(UpstreamErrorKind::connect);
+            Problem::bad_gateway("the upstream service could not be reached")
+        }
+        Failure::Timeout => {
+            route.metrics.upstream_error(UpstreamErrorKind::timeout);
+            Problem::gateway_timeout()
+        }
+        Failure::BodyTooLarge => body_too_large(),
+        // The client's own body failed: not the upstream's error (RFC 9112 §7.1: a
+        // malformed body is 400; a client that went away gets no answer at all).
+        Failure::ClientBody(crate::body::ClientBodyErrorKind::Malformed) => {
+            Problem::bad_request("malformed_body", "the request body's framing is not valid")
+        }
+        Failure::ClientBody(crate::body::ClientBodyErrorKind::Aborted) => {
+            Problem::bad_request("incomplete_body", "the request body ended before it was complete")
+        }
+        Failure::ClientBody(crate::body::ClientBodyErrorKind::Stalled) => Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body stopped arriving before it was complete",
+        ),
+        Failure::Protocol(e) => {
+            route.metrics.upstream_error(UpstreamErrorKind::protocol);
+            tracing::debug!(route = %route.id, error = %e, "upstream exchange failed");
+            Problem::bad_gateway("the upstream service failed to answer")
+        }
+    }
+}
+
 /// `413` problem.
 pub(crate) fn body_too_large() -> Problem {
     Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is larger than this route accepts")
@@ -534,56 +619,11 @@ async fn forward(
 
     let mut resp = match result {
         Ok(resp) => resp,
-        Err(failure) => {
-            return Err(match failure {
-                Failure::Connect => {
-                    route.metrics.upstream_error(UpstreamErrorKind::connect);
-                    Problem::bad_gateway("the upstream service could not be reached")
-                }
-                Failure::Timeout => {
-                    route.metrics.upstream_error(UpstreamErrorKind::timeout);
-                    Problem::gateway_timeout()
-                }
-                Failure::BodyTooLarge => body_too_large(),
-                // The client's own body failed: not the upstream's error (RFC 9112 §7.1: a
-                // malformed body is 400; a client that went away gets no answer at all).
-                Failure::ClientBody(crate::body::ClientBodyErrorKind::Malformed) => {
-                    Problem::bad_request("malformed_body", "the request body's framing is not valid")
-                }
-                Failure::ClientBody(crate::body::ClientBodyErrorKind::Aborted) => {
-                    Problem::bad_request("incomplete_body", "the request body ended before it was complete")
-                }
-                Failure::ClientBody(crate::body::ClientBodyErrorKind::Stalled) => Problem::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    "the request body stopped arriving before it was complete",
-                ),
-                Failure::Protocol(e) => {
-                    route.metrics.upstream_error(UpstreamErrorKind::protocol);
-                    tracing::debug!(route = %route.id, error = %e, "upstream exchange failed");
-                    Problem::bad_gateway("the upstream service failed to answer")
-                }
-            });
-        }
+        Err(failure) => return Err(failed(route, failure)),
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        // The upstream must name what it switched to (RFC 9110 §7.8), and only to one of the
-        // protocols the gateway passed on.
-        let chosen = resp.headers().get(header::UPGRADE).cloned();
-        if let (Some(offered), Some(chosen), Some(client)) = (upgrade, chosen, client_upgrade)
-            && protocols(&chosen).next().is_some()
-            && protocols(&chosen).all(|p| protocols(&offered).any(|o| o.eq_ignore_ascii_case(p)))
-        {
-            let upstream_io = hyper::upgrade::on(&mut resp);
-            tokio::spawn(relay_upgraded(client, upstream_io, route.tunnel_idle));
-            let (mut p, _) = resp.into_parts();
-            headers::strip_hop_by_hop_response(&mut p.headers);
-            p.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            p.headers.insert(header::UPGRADE, chosen);
-            return Ok(Response::from_parts(p, ResponseBody::empty()));
-        }
-        return Err(Problem::bad_gateway("the upstream switched to a protocol that was not asked for"));
+        return switch_protocols(resp, upgrade, client_upgrade, route);
     }
 
     // The lean client never passes hop-by-hop response fields on; hyper's client does.
