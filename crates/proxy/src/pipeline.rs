@@ -144,7 +144,8 @@ fn refused(ctx: &mut RequestCtx, problem: Problem, unread_body: bool) -> Respons
 type LogFields = (SystemTime, String, String, &'static str);
 
 /// The log stage's record. Out of line (not cold: many deployments log every request), so
-/// that a gateway that does not log does not carry it through the request's code.
+/// that `handle` holds only what every request runs (measured with the branches below moved
+/// likewise: 0.8 % fewer instructions a request, `bench/count.py`).
 #[inline(never)]
 fn write_access_log(
     log: &portcullis_telemetry::AccessLog,
