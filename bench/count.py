@@ -44,10 +44,10 @@ def count(binary, work, upstream, route, connections, duration, cache=False):
         idp = run.Idp(work)
         headers = (f"Authorization: Bearer {idp.token(0)}",)
         routes, extra = run.JWT_ROUTE, idp.config
+    # Fully associative instruction cache: see above.
+    sim = ["--cache-sim=yes", "--I1=32768,512,64"] if cache else []
     server = run.start_portcullis(work, upstream.port, routes, extra,
-                                  wrap=["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                                        f"--cache-sim={'yes' if cache else 'no'}",
-                                        "--I1=32768,512,64",  # fully associative: see above
+                                  wrap=["valgrind", "--tool=callgrind", "--instr-atstart=no", *sim,
                                         f"--callgrind-out-file={out}"])
     try:
         run.wrk(server, connections, 2, headers)
