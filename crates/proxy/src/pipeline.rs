@@ -230,7 +230,7 @@ async fn run(
         let caller =
             portcullis_identity::Caller { client_cert, client_ip: ctx.client_ip, tls: conn.tls.is_some(), host: &host };
         // Boxed: a rare path whose state would otherwise enlarge every request's future.
-        return Box::pin(token_service(ts, endpoint, parts, body, caller)).await;
+        return crate::boxed!(token_service(ts, endpoint, parts, body, caller)).await;
     }
 
     // Match.
@@ -257,7 +257,7 @@ async fn run(
                 client_cert: conn.tls.as_ref().and_then(|t| t.client_cert.as_ref()),
             };
             // Boxed for the same reason as the upstream exchange.
-            let principal = Box::pin(a.authenticate(&parts, &cx)).await?;
+            let principal = crate::boxed!(a.authenticate(&parts, &cx)).await?;
             if !passthrough {
                 a.scrub(&mut parts);
             }
@@ -601,7 +601,7 @@ async fn forward(
         Target::Echo => {
             added.insert_into(&mut parts.headers);
             parts.uri = http::Uri::from(path);
-            return Box::pin(crate::echo::respond(Request::from_parts(parts, body))).await;
+            return crate::boxed!(crate::echo::respond(Request::from_parts(parts, body))).await;
         }
         Target::Upstream(u) => u,
     };
@@ -613,7 +613,7 @@ async fn forward(
     // into a box costs less than a box at each level (measured: one allocation a request
     // instead of three, and no more bytes copied).
     let waits = crate::upstream::Waits { upstream: route.timeout, client_idle: rt.h1.header_read_timeout };
-    let result = Box::pin(upstream.send(&mut parts, body, &added, path, waits, upgrade.is_some())).await;
+    let result = crate::boxed!(upstream.send(&mut parts, body, &added, path, waits, upgrade.is_some())).await;
     let took = started.elapsed();
     ctx.upstream_elapsed = Some(took);
     route.metrics.upstream(took);

@@ -162,7 +162,7 @@ async fn serve_h2(io: Rewind, rt: &Runtime, info: Arc<ConnInfo>, runtime: Arc<Ar
         async move {
             // Boxed: hyper moves a stream's future several times on its way into the task it
             // spawns for it; the pipeline's future is large, a box is not.
-            let resp = Box::pin(pipeline::handle(rt, info, req.map(ClientBody::Http2))).await;
+            let resp = crate::boxed!(pipeline::handle(rt, info, req.map(ClientBody::Http2))).await;
             Ok::<_, Infallible>(crate::body::materialize_head(resp))
         }
     });

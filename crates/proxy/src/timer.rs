@@ -47,12 +47,14 @@ thread_local! {
 impl Wheel {
     /// While nothing is armed the ticker sleeps and `now` stands still; the first deadline
     /// after an idle spell must be judged against the clock, not against the last tick.
+    #[inline]
     fn catch_up(&mut self) {
         if self.live == 0 {
             self.now = self.millis(Instant::now());
         }
     }
 
+    #[inline]
     fn insert(&mut self, deadline: u64, waker: Waker) -> (usize, u32) {
         self.catch_up();
         self.generation = self.generation.wrapping_add(1);
@@ -76,10 +78,12 @@ impl Wheel {
         (key, self.generation)
     }
 
+    #[inline]
     fn get(&mut self, (key, generation): (usize, u32)) -> Option<&mut Entry> {
         self.entries.get_mut(key)?.as_mut().filter(|e| e.generation == generation)
     }
 
+    #[inline]
     fn remove(&mut self, id: (usize, u32)) {
         if self.get(id).is_some() {
             self.entries[id.0] = None;
@@ -100,6 +104,7 @@ impl Wheel {
         }
     }
 
+    #[inline]
     fn millis(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
@@ -145,6 +150,7 @@ pub fn install() -> impl Future<Output = ()> {
 /// The time now: on worker threads the last tick's while timers are armed (no clock read,
 /// at most one tick old), the clock's when none is (the ticker is asleep then); the clock's
 /// elsewhere.
+#[inline]
 pub fn now() -> Instant {
     WHEEL
         .with(|w| {
@@ -169,6 +175,7 @@ enum Inner {
 
 impl Sleep {
     /// A sleep until `deadline`.
+    #[inline]
     pub fn until(deadline: Instant) -> Sleep {
         let coarse = WHEEL.with(|w| w.borrow().is_some());
         let inner = if coarse {
@@ -200,6 +207,7 @@ impl Sleep {
 impl Future for Sleep {
     type Output = ();
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         match &mut self.get_mut().inner {
             Inner::Tokio(s) => s.as_mut().poll(cx),
@@ -239,6 +247,7 @@ impl std::fmt::Debug for Sleep {
 }
 
 impl Drop for Sleep {
+    #[inline]
     fn drop(&mut self) {
         if let Inner::Coarse { id: Some(id), .. } = self.inner {
             // `try_with`: the thread may be shutting down.
@@ -266,16 +275,19 @@ pub struct Elapsed;
 
 /// The deadline `after` from now, for a coarse [`Sleep`]: from the tick's time plus one tick,
 /// so never early (the tick's time may be up to a tick behind the clock), and no clock read.
+#[inline]
 pub fn deadline(after: Duration) -> Instant {
     now() + after + TICK
 }
 
 /// Runs `fut` until it completes or `after` has passed (coarsely).
+#[inline]
 pub fn timeout<F: Future>(after: Duration, fut: F) -> Timeout<F> {
     Timeout { fut, sleep: Sleep::until(deadline(after)) }
 }
 
 /// `fut`, or [`Elapsed`] at `deadline`, on the coarse wheel.
+#[inline]
 pub fn timeout_at<F: Future>(deadline: Instant, fut: F) -> Timeout<F> {
     Timeout { fut, sleep: Sleep::until(deadline) }
 }

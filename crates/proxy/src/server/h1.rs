@@ -759,7 +759,7 @@ pub async fn serve(
         }
     }
     // Boxed: rarely needed at length, and an idle connection's task would hold its room.
-    Box::pin(close(&link)).await;
+    crate::boxed!(close(&link)).await;
     None
 }
 
