@@ -286,13 +286,11 @@ pub fn deadline(after: Duration) -> Instant {
 }
 
 /// Runs `fut` until it completes or `after` has passed (coarsely).
-#[inline]
 pub fn timeout<F: Future>(after: Duration, fut: F) -> Timeout<F> {
     Timeout { fut, sleep: Sleep::until(deadline(after)) }
 }
 
 /// `fut`, or [`Elapsed`] at `deadline`, on the coarse wheel.
-#[inline]
 pub fn timeout_at<F: Future>(deadline: Instant, fut: F) -> Timeout<F> {
     Timeout { fut, sleep: Sleep::until(deadline) }
 }
