@@ -15,8 +15,9 @@ proofs with an empty replay cache).
 
 Per request it reports what the process spent (user and system CPU time, from
 /proc/PID/task/*/stat), how often the gateway was preempted (involuntary context switches)
-and how often the upstream went to sleep (its voluntary context switches): a gateway whose
-writes find its peers asleep pays for waking them. It prints medians, and the median of the
+the CPU time the upstream spent serving it (on the servers' core, it pays for whatever of its
+caches the gateway evicted), and how often the upstream went to sleep (its voluntary context
+switches): a gateway whose writes find its peers asleep pays for waking them. It prints medians, and the median of the
 per-round ratios after / before; any non-2xx response fails the run.
 """
 
@@ -57,7 +58,7 @@ def measure(server, upstream, duration, connections, headers=(), script=None):
     up = [a - b for a, b in zip(up_after, up_before)]
     us = 1e6 / run.CLK_TCK / n
     return {"rps": figures["rps"], "user_us": d[0] * us, "sys_us": d[1] * us, "preempted": d[3] / n,
-            "upstream_sleeps": up[2] / n}
+            "upstream_us": (up[0] + up[1]) * us, "upstream_sleeps": up[2] / n}
 
 
 def main():
@@ -130,7 +131,7 @@ def main():
         finally:
             for s in list(servers.values()) + [upstream]:
                 s.stop()
-    keys = ("rps", "user_us", "sys_us", "preempted", "upstream_sleeps")
+    keys = ("rps", "user_us", "sys_us", "preempted", "upstream_us", "upstream_sleeps")
     print(f"{'':<16}" + "".join(f"{k:>16}" for k in keys))
     for scenario in scenarios:
         for name in builds:
