@@ -514,7 +514,7 @@ impl Authenticator {
 
 /// Three segments, a JSON object for a header: worth treating as a JWT.
 fn looks_like_jwt(token: &str) -> bool {
-    if token.bytes().filter(|b| *b == b'.').count() != 2 {
+    if dots(token.as_bytes()) != 2 {
         return false;
     }
     // `{"` encodes as `eyJ`; a header that starts with JSON whitespace is a JWT too.
@@ -526,6 +526,15 @@ fn looks_like_jwt(token: &str) -> bool {
     let start = header.get(..header.len().min(64) / 4 * 4).unwrap_or_default();
     portcullis_jose::b64::decode(start)
         .is_some_and(|bytes| bytes.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) == Some(&b'{'))
+}
+
+/// How many `.` there are: a byte counter per 32-byte chunk, which the compiler vectorises
+/// (`filter().count()` adds into a word a byte, ~5 instructions a byte: 3,200 for a typical
+/// access token, on every signature check).
+fn dots(bytes: &[u8]) -> usize {
+    let mut chunks = bytes.chunks_exact(32);
+    let whole: usize = chunks.by_ref().map(|c| usize::from(c.iter().fold(0u8, |n, &b| n + u8::from(b == b'.')))).sum();
+    whole + chunks.remainder().iter().filter(|&&b| b == b'.').count()
 }
 
 #[cfg(test)]
@@ -551,6 +560,24 @@ mod tests {
         // Never split a character, whatever comes in.
         assert!(!looks_like_jwt("ééééééééééééééééééééééééééééééééé.a.b"));
         assert!(!looks_like_jwt(".."));
+        assert!(!looks_like_jwt(&format!("eyJ{}.e30.c2ln.x", "a".repeat(61))), "three dots, the last past a chunk");
+    }
+
+    proptest::proptest! {
+        /// Counted a chunk at a time, the same as a byte at a time: all dots, none, and dots
+        /// on either side of every chunk boundary.
+        #[test]
+        fn dots_are_counted(s in "[.a]{0,200}") {
+            proptest::prop_assert_eq!(dots(s.as_bytes()), s.bytes().filter(|&b| b == b'.').count());
+        }
+    }
+
+    #[test]
+    fn dots_in_whole_chunks() {
+        for n in [31, 32, 33, 64, 65, 255, 256, 1000] {
+            assert_eq!(dots(".".repeat(n).as_bytes()), n);
+            assert_eq!(dots("x".repeat(n).as_bytes()), 0);
+        }
     }
 
     /// Polls `f` until it is ready (nothing here waits on anything else: keys come from a
