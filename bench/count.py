@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Instructions a proxied request costs the gateway: a count that host noise does not move.
 
-    bench/count.py [BINARY ...] [--route plain|jwt] [--connections 16] [--duration 6] [--cache] [--keep DIR]
+    bench/count.py [BINARY ...] [--route plain|jwt|jwt-distinct] [--connections 16] [--duration 6] [--cache] [--keep DIR]
 
 Runs each binary (default: target/release/portcullis) under callgrind behind `run.py`'s nginx
 upstream, drives it with `wrk` for a warm-up with collection off, switches collection on
@@ -76,7 +76,8 @@ def count(binary, work, upstream, route, connections, duration, cache=False, kee
     if figures["errors"]:
         raise RuntimeError(f"errors or refusals in the run against {binary}")
     if script and warm["requests"] + figures["requests"] > DISTINCT_TOKENS:
-        raise RuntimeError(f"the run went round the {DISTINCT_TOKENS} tokens ({warm['requests']} + {figures['requests']} requests): some were served from the cache")
+        raise RuntimeError(f"the run went round the {DISTINCT_TOKENS} tokens ({warm['requests']} + "
+                           f"{figures['requests']} requests): some were served from the cache")
     totals = {}
     files = sorted(glob.glob(out + "*"))
     if keep:
