@@ -163,7 +163,7 @@ fn check_names_key_and_line() {
     assert!(out.contains("valid (1 routes)"), "{out}");
 
     let cases: &[(&str, &str, &str)] = &[
-        ("server:\n  listen: 127.0.0.1:8080\n  lisen: x\nroutes: []\n", ":3:", "unknown field `lisen`"),
+        ("server:\n  listen: 127.0.0.1:8080\n  lisen: x\nroutes: []\n", ":3:", "unknown key `lisen`"),
         ("server:\n  listen: nowhere\nroutes: []\n", ":2:", "server.listen"),
         (
             "server:\n  listen: 127.0.0.1:8080\nroutes:\n  - id: a\n    upstream: echo\n",

@@ -11,6 +11,9 @@ use serde_saphyr::{Location, Spanned};
 
 use crate::Config;
 
+mod messages;
+mod recover;
+
 /// One problem in a config file, located by key path and, where known, line and column.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
@@ -38,7 +41,7 @@ impl fmt::Display for ConfigError {
         if self.path.is_empty() {
             write!(f, ": {}", self.message)
         } else {
-            write!(f, ": `{}`: {}", self.path, self.message)
+            write!(f, ": {}: {}", self.path, self.message)
         }
     }
 }
@@ -122,36 +125,52 @@ pub fn load_file(file: &Path) -> Result<LoadedConfig, ConfigErrors> {
 }
 
 /// Parses and validates config `text` as if read from `file` (relative paths resolve
-/// against its folder).
+/// against its folder). Every problem is reported, in the order of the file: unknown keys,
+/// values of the wrong type and missing keys (all of them, not only the first), then the
+/// rules that span keys.
 pub fn load_str(text: String, file: &Path) -> Result<LoadedConfig, ConfigErrors> {
-    let fail = |path: String, loc: Option<&Location>, message: String| {
-        ConfigErrors(vec![ConfigError {
-            file: file.to_path_buf(),
-            path,
-            line: loc.map(|l| l.line() as usize),
-            column: loc.map(|l| l.column() as usize),
-            message,
-        }])
+    let error = |path: String, loc: Option<&Location>, message: String| ConfigError {
+        file: file.to_path_buf(),
+        path,
+        line: loc.map(|l| l.line() as usize),
+        column: loc.map(|l| l.column() as usize),
+        message,
     };
     let options = || serde_saphyr::options! { with_snippet: false };
 
-    // First pass: a tree of locations, so that errors found after typing can name a line.
-    // Repeated keys reach the tree so that they are reported with their full path.
+    // First pass: a tree of the document, with where each key and item was written, so that
+    // every error can name a line. Repeated keys reach the tree so that they are reported
+    // with their full path.
     let mut tree_options = options();
     tree_options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
-    let source_map = match serde_saphyr::from_str_with_options::<Spanned<Node>>(&text, tree_options) {
-        Ok(tree) => SourceMap::build(tree),
+    let (source_map, tree) = match serde_saphyr::from_str_with_options::<Spanned<Node>>(&text, tree_options) {
+        Ok(root) => SourceMap::build(root, &text),
         Err(e) => {
-            return Err(fail(String::new(), e.location().as_ref(), clean_message(&e)));
+            return Err(ConfigErrors(vec![error(String::new(), e.location().as_ref(), clean_message(&e))]));
         }
     };
-    if let Some((path, loc)) = source_map.duplicates.first() {
-        let key = path.rsplit('.').next().unwrap_or(path);
-        return Err(fail(path.clone(), Some(loc), format!("duplicate key `{key}`: a key may appear once")));
-    }
     if source_map.is_empty_document() {
-        return Err(fail(String::new(), None, "the config file is empty".into()));
+        return Err(ConfigErrors(vec![error(String::new(), None, "the config file is empty".into())]));
     }
+    let mut errors: Vec<ConfigError> = source_map
+        .duplicates
+        .iter()
+        .map(|(path, loc)| {
+            let key = path.rsplit('.').next().unwrap_or(path);
+            error(path.clone(), Some(loc), format!("duplicate key `{key}`: a key may appear once"))
+        })
+        .collect();
+    let typing_error = |path: String, message: &str| {
+        let found = match tree.find(&path).map(|i| &i.value) {
+            Some(recover::Value::Map(_)) => messages::Found::Map,
+            Some(recover::Value::Seq(_)) => messages::Found::Seq,
+            Some(recover::Value::Scalar { text, .. }) => messages::Found::Scalar(text),
+            _ => messages::Found::Unknown,
+        };
+        let message = messages::explain(&path, message, found);
+        // The key itself is the place to point at (for a missing key, its mapping).
+        error(path.clone(), source_map.find(&path), message)
+    };
 
     // Second pass: strict typing. The path tracker names the key the error is about.
     let mut failed_path = None;
@@ -163,23 +182,55 @@ pub fn load_str(text: String, file: &Path) -> Result<LoadedConfig, ConfigErrors>
         }
         result
     });
-    let mut config = match typed {
-        Ok(c) => c,
-        Err(e) => {
-            let path = failed_path.map(|p| if p == "." { String::new() } else { p }).unwrap_or_default();
-            // The key itself is the better place to point at (for a missing field the parser
-            // reports where the mapping ends); fall back to the parser's position.
-            let loc = source_map.locations.get(&path).cloned().or_else(|| e.location());
-            return Err(fail(path, loc.as_ref(), clean_message(&e)));
+    let (config, touched, shifted) = match typed {
+        Ok(config) if errors.is_empty() => (Some(config), Vec::new(), Vec::new()),
+        typed => {
+            // Serde stops at the first error: find the others too (see `recover`).
+            let collected = recover::collect::<Config>(tree.clone(), &options);
+            for found in &collected.errors {
+                errors.push(typing_error(found.path.clone(), &found.message));
+            }
+            if let Err(e) = typed
+                && source_map.duplicates.is_empty()
+            {
+                let path = failed_path.map(|p| if p == "." { String::new() } else { p }).unwrap_or_default();
+                if !collected.errors.iter().any(|f| f.path == path) {
+                    let mut first = typing_error(path, &clean_message(&e));
+                    if first.line.is_none()
+                        && let Some(loc) = e.location()
+                    {
+                        (first.line, first.column) = (Some(loc.line() as usize), Some(loc.column() as usize));
+                    }
+                    errors.push(first);
+                }
+            }
+            (collected.value, collected.touched, collected.shifted)
         }
     };
+    let Some(mut config) = config else { return Err(sorted(errors)) };
 
     let mut problems = config.resolve_files(|p| resolve_against(file, p));
     if problems.is_empty() {
         problems = crate::validate::validate(&config);
     }
-    let loaded = LoadedConfig { config, file: file.to_path_buf(), text, source_map };
-    if problems.is_empty() { Ok(loaded) } else { Err(loaded.locate(problems)) }
+    // With typing errors, the config holds stand-ins where they were: what is said about
+    // those places (or, where items were dropped from a list, about the items after them)
+    // would be about the stand-ins, not the file.
+    problems.retain(|p| {
+        !touched.iter().any(|t| recover::is_within(&p.path, t) || recover::is_within(t, &p.path))
+            && !shifted.iter().any(|s| p.path.starts_with(&format!("{s}[")))
+    });
+    if errors.is_empty() && problems.is_empty() {
+        return Ok(LoadedConfig { config, file: file.to_path_buf(), text, source_map });
+    }
+    errors.extend(problems.into_iter().map(|p| source_map.error(file, p)));
+    Err(sorted(errors))
+}
+
+/// Errors in the order of the file; those without a line last.
+fn sorted(mut errors: Vec<ConfigError>) -> ConfigErrors {
+    errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
+    ConfigErrors(errors)
 }
 
 /// The parser's message without its own "line X column Y" prefix (we print our own).
@@ -207,33 +258,63 @@ struct SourceMap {
 }
 
 impl SourceMap {
-    fn build(root: Spanned<Node>) -> Self {
+    /// The map of `root`, and `root` as the tree [`recover`] types (a repeated key keeps its
+    /// first value there).
+    fn build(root: Spanned<Node>, text: &str) -> (Self, recover::Item) {
         let mut map = SourceMap::default();
         map.locations.insert(String::new(), root.referenced);
-        map.walk(String::new(), root.value);
-        map
+        let tree = map.walk(String::new(), root, text);
+        (map, tree)
     }
 
-    fn walk(&mut self, path: String, node: Node) {
-        match node {
+    fn walk(&mut self, path: String, node: Spanned<Node>, text: &str) -> recover::Item {
+        let value = match node.value {
             Node::Map(entries) => {
+                let mut out = Vec::with_capacity(entries.len());
                 for (key, value) in entries {
                     let p = if path.is_empty() { key.value.clone() } else { format!("{path}.{}", key.value) };
-                    if self.locations.insert(p.clone(), key.referenced).is_some() {
-                        self.duplicates.push((p.clone(), key.referenced));
+                    if self.locations.contains_key(&p) {
+                        self.duplicates.push((p, key.referenced));
+                        continue;
                     }
-                    self.walk(p, value.value);
+                    self.locations.insert(p.clone(), key.referenced);
+                    out.push((key.value, self.walk(p, value, text)));
                 }
+                recover::Value::Map(out)
             }
-            Node::Seq(items) => {
-                for (i, item) in items.into_iter().enumerate() {
-                    let p = format!("{path}[{i}]");
-                    self.locations.insert(p.clone(), item.referenced);
-                    self.walk(p, item.value);
-                }
+            Node::Seq(items) => recover::Value::Seq(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        let p = format!("{path}[{i}]");
+                        self.locations.insert(p.clone(), item.referenced);
+                        self.walk(p, item, text)
+                    })
+                    .collect(),
+            ),
+            Node::Scalar(scalar) => {
+                let span = node.defined.span();
+                let raw = span
+                    .byte_offset()
+                    .zip(span.byte_len())
+                    .and_then(|(at, len)| text.get(usize::try_from(at).ok()?..usize::try_from(at + len).ok()?))
+                    .filter(|r| !r.is_empty() && !r.contains(['\n', '\r']));
+                let (yaml, shown) = match scalar {
+                    // A plain string is given as written (it types the same alone); any other
+                    // string quoted, so that it stays a string.
+                    Scalar::Str(s) => match raw {
+                        Some(r) if r == s && !r.starts_with("---") && !r.starts_with("...") => (s.clone(), s),
+                        _ => (serde_json::to_string(&s).unwrap_or_default(), s),
+                    },
+                    Scalar::Other(canonical) => {
+                        (raw.unwrap_or(&canonical).to_string(), raw.unwrap_or(&canonical).to_string())
+                    }
+                };
+                recover::Value::Scalar { yaml, text: shown }
             }
-            Node::Scalar => {}
-        }
+        };
+        recover::Item { path, value }
     }
 
     fn is_empty_document(&self) -> bool {
@@ -270,7 +351,16 @@ impl SourceMap {
 enum Node {
     Map(Vec<(Spanned<String>, Spanned<Node>)>),
     Seq(Vec<Spanned<Node>>),
-    Scalar,
+    Scalar(Scalar),
+}
+
+/// A scalar as the parser typed it when asked for anything.
+#[derive(Debug)]
+enum Scalar {
+    /// A string.
+    Str(String),
+    /// A boolean, number or null, written canonically (used where the source text is not at hand).
+    Other(String),
 }
 
 impl<'de> Deserialize<'de> for Node {
@@ -296,35 +386,35 @@ impl<'de> Deserialize<'de> for Node {
                 }
                 Ok(Node::Seq(items))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
-                Ok(Node::Scalar)
+            fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+                Ok(Node::Scalar(Scalar::Other(v.to_string())))
             }
-            fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
-                Ok(Node::Scalar)
+            fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+                Ok(Node::Scalar(Scalar::Other(v.to_string())))
             }
-            fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
-                Ok(Node::Scalar)
+            fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
+                Ok(Node::Scalar(Scalar::Other(v.to_string())))
             }
-            fn visit_i128<E>(self, _: i128) -> Result<Node, E> {
-                Ok(Node::Scalar)
+            fn visit_i128<E>(self, v: i128) -> Result<Node, E> {
+                Ok(Node::Scalar(Scalar::Other(v.to_string())))
             }
-            fn visit_u128<E>(self, _: u128) -> Result<Node, E> {
-                Ok(Node::Scalar)
+            fn visit_u128<E>(self, v: u128) -> Result<Node, E> {
+                Ok(Node::Scalar(Scalar::Other(v.to_string())))
             }
-            fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
-                Ok(Node::Scalar)
+            fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
+                Ok(Node::Scalar(Scalar::Other(format!("{v:?}"))))
             }
-            fn visit_str<E>(self, _: &str) -> Result<Node, E> {
-                Ok(Node::Scalar)
+            fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+                Ok(Node::Scalar(Scalar::Str(v.to_string())))
             }
-            fn visit_bytes<E>(self, _: &[u8]) -> Result<Node, E> {
-                Ok(Node::Scalar)
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Node, E> {
+                Ok(Node::Scalar(Scalar::Str(String::from_utf8_lossy(v).into_owned())))
             }
             fn visit_unit<E>(self) -> Result<Node, E> {
-                Ok(Node::Scalar)
+                Ok(Node::Scalar(Scalar::Other("null".into())))
             }
             fn visit_none<E>(self) -> Result<Node, E> {
-                Ok(Node::Scalar)
+                Ok(Node::Scalar(Scalar::Other("null".into())))
             }
             fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
                 Node::deserialize(d)

@@ -57,12 +57,33 @@ fn malformed_configs_get_precise_errors() {
             "    upstrem: x\n    upstream: http",
             "routes[0].upstrem",
             16,
-            "unknown field `upstrem`",
+            "unknown key `upstrem`; did you mean `upstream`?",
         ),
-        ("unknown top-level key", "admin:\n", "adminn: {}\nadmin:\n", "adminn", 3, "unknown field `adminn`"),
-        ("bad listen address", "127.0.0.1:8080", "localhost", "server.listen", 2, "socket address"),
-        ("unknown auth method", "[jwt]", "[jwtt]", "routes[0].authenticate[0]", 17, "unknown variant `jwtt`"),
-        ("missing upstream", "    upstream: http://127.0.0.1:18080\n", "", "routes[0]", 12, "missing field `upstream`"),
+        (
+            "unknown top-level key",
+            "admin:\n",
+            "adminn: {}\nadmin:\n",
+            "adminn",
+            3,
+            "unknown key `adminn`; did you mean `admin`?",
+        ),
+        ("bad listen address", "127.0.0.1:8080", "localhost", "server.listen", 2, "not an IP address and port"),
+        (
+            "unknown auth method",
+            "[jwt]",
+            "[jwtt]",
+            "routes[0].authenticate[0]",
+            17,
+            "unknown value `jwtt`; did you mean `jwt`?",
+        ),
+        (
+            "missing upstream",
+            "    upstream: http://127.0.0.1:18080\n",
+            "",
+            "routes[0]",
+            12,
+            "missing required key `upstream`",
+        ),
         (
             "default deny",
             "    authenticate: [jwt]\n",
@@ -124,7 +145,14 @@ fn malformed_configs_get_precise_errors() {
             13,
             "at most one",
         ),
-        ("wrong type", "      methods: [GET, POST]", "      methods: GET", "routes[0].match.methods", 15, "sequence"),
+        (
+            "wrong type",
+            "      methods: [GET, POST]",
+            "      methods: GET",
+            "routes[0].match.methods",
+            15,
+            "expected a list, found a single value: write `[GET]`",
+        ),
         (
             "duration without unit",
             "admin:\n",
@@ -462,7 +490,7 @@ fn errors_about_secret_bearing_values_do_not_show_them() {
         assert_eq!(e.line, Some(*line), "{what}: {errors}");
         let shown = errors.to_string();
         assert!(shown.contains(part), "{what}: {shown}");
-        assert!(shown.contains(&format!(":{line}:")) && shown.contains(&format!("`{path}`")), "{what}: {shown}");
+        assert!(shown.contains(&format!(":{line}:")) && shown.contains(&format!(": {path}: ")), "{what}: {shown}");
         assert!(!shown.contains(secret), "{what} shows the secret: {shown}");
         assert!(!format!("{errors:?}").contains(secret), "{what} shows the secret in Debug: {errors:?}");
     }
@@ -506,5 +534,226 @@ fn effective_config_dump_hides_credentials_in_urls() {
         "http://route:***@127.0.0.1:18080",
     ] {
         assert!(dump.contains(shown), "the dump lacks {shown}: {dump}");
+    }
+}
+
+/// A file with many mistakes of different kinds: typing stops at none of them.
+const MANY_ERRORS: &str = "\
+server:
+  listen: localhost:80
+  drain_timeout: 30
+  http2: maybe
+  limits: { max_headers: lots, max_body_bytes: 1MiB }
+admin:
+  listen: 127.0.0.1:9901
+issuers:
+  - id: idp
+    issuer: https://idp.example
+    jwks_file: jwks.json
+    audiences: orders-api
+routes:
+  - id: orders
+    match:
+      path_prefx: /orders
+      methods: GET
+    upstream: http://127.0.0.1:18080
+    authenticate: none
+  - id: b
+    authenticate: [jwtt]
+    zzzz: 1
+  - id: b
+    upstream: echo
+    authenticate: [none]
+    timeouts: [1]
+";
+
+/// Every typing error is reported in one run, with the rules that span keys, in the order
+/// of the file, each with its key path, line and column.
+#[test]
+fn every_error_is_reported_in_the_order_of_the_file() {
+    let errs = load(MANY_ERRORS).unwrap_err().0;
+    let expected: &[(&str, usize, usize, &str)] = &[
+        ("server.listen", 2, 3, "`localhost:80` is not an IP address and port"),
+        ("server.drain_timeout", 3, 3, "a duration needs a unit: write `30s`"),
+        ("server.http2", 4, 3, "expected `true` or `false`, found `maybe`"),
+        ("server.limits.max_headers", 5, 13, "expected a whole number"),
+        ("issuers[0].audiences", 12, 5, "write `[orders-api]`"),
+        ("routes[0].match.path_prefx", 16, 7, "unknown key `path_prefx`; did you mean `path_prefix`?"),
+        ("routes[0].match.methods", 17, 7, "write `[GET]`"),
+        ("routes[0].authenticate", 19, 5, "expected a list, found a single value: write `[none]`"),
+        ("routes[1]", 20, 5, "missing required key `upstream`"),
+        ("routes[1].authenticate[0]", 21, 20, "unknown value `jwtt`; did you mean `jwt`?"),
+        ("routes[1].zzzz", 22, 5, "unknown key `zzzz`; expected one of `id`, `match`"),
+        ("routes[2].id", 23, 5, "duplicate route id `b`"),
+        ("routes[2].timeouts", 26, 5, "expected a mapping"),
+    ];
+    let got: Vec<_> = errs.iter().map(|e| (e.path.as_str(), e.line, e.column)).collect();
+    let want: Vec<_> = expected.iter().map(|(p, l, c, _)| (*p, Some(*l), Some(*c))).collect();
+    assert_eq!(got, want, "{}", ConfigErrors(errs.clone()));
+    for (e, (_, line, column, message)) in errs.iter().zip(expected) {
+        assert!(e.message.contains(message), "{e}");
+        assert_eq!(e.to_string(), format!("/etc/portcullis/gw.yaml:{line}:{column}: {}: {}", e.path, e.message));
+    }
+}
+
+/// The stand-ins that let typing go on never show up as problems of their own: a wrong
+/// value is reported once, not again by the rules that would judge the stand-in.
+#[test]
+fn a_wrong_value_is_reported_once() {
+    for (from, to, path) in [
+        ("[jwt]", "jwt", "routes[0].authenticate"),
+        ("[orders-api]", "orders-api", "issuers[0].audiences"),
+        ("    upstream: http://127.0.0.1:18080\n", "    upstream: [x]\n", "routes[0].upstream"),
+        ("127.0.0.1:8080", "[127.0.0.1]", "server.listen"),
+        ("  - id: idp\n", "  - id: { a: b }\n", "issuers[0].id"),
+    ] {
+        let errs = load(&VALID.replacen(from, to, 1)).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{to}: {}", ConfigErrors(errs.clone()));
+        assert_eq!(errs[0].path, path);
+    }
+}
+
+/// A required mapping whose own required key is wrong does not hide the errors after it.
+#[test]
+fn errors_after_a_broken_required_key_are_still_found() {
+    let text = VALID.replace("  listen: 127.0.0.1:8080\n", "  listen: { ip: 127.0.0.1 }\n").replace("[jwt]", "[jwtt]");
+    let errs = load(&text).unwrap_err().0;
+    let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["server.listen", "routes[0].authenticate[0]"], "{}", ConfigErrors(errs.clone()));
+    let text = "server: {}\nroutes:\n  - id: a\n    upstream: echo\n    authenticate: [none]\n    extra: 1\n";
+    let errs = load(text).unwrap_err().0;
+    let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["server", "routes[0].extra"], "{}", ConfigErrors(errs.clone()));
+    assert!(errs[0].message.contains("missing required key `listen`"), "{}", errs[0]);
+}
+
+/// Terse messages say what to write instead.
+#[test]
+fn messages_say_what_to_write() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("127.0.0.1:8080", "0.0.0.0", "server.listen", "write both, e.g. `127.0.0.1:8080`"),
+        ("127.0.0.1:9901", "admin.internal:9901", "admin.listen", "e.g. `127.0.0.1:9901`"),
+        ("admin:\n", "  http2: \"perhaps\"\nadmin:\n", "server.http2", "expected `true` or `false`"),
+        (
+            "admin:\n",
+            "  limits: { max_headers: -3 }\nadmin:\n",
+            "server.limits.max_headers",
+            "a whole number (0 or more)",
+        ),
+        ("admin:\n", "  tls: server.pem\nadmin:\n", "server.tls", "expected a mapping"),
+        ("admin:\n", "  drain_timeout: soon\nadmin:\n", "server.drain_timeout", "write e.g. `250ms`, `10s`, `5m`"),
+        ("admin:\n", "  limits: { max_body_bytes: [1] }\nadmin:\n", "server.limits.max_body_bytes", "a size such as"),
+        ("      methods: [GET, POST]", "      methods: { GET: 1 }", "routes[0].match.methods", "expected a list"),
+        ("    match:\n", "    matchh:\n", "routes[0].matchh", "did you mean `match`?"),
+        ("[jwt]", "[JWT]", "routes[0].authenticate[0]", "did you mean `jwt`?"),
+        ("[jwt]", "[apikey]", "routes[0].authenticate[0]", "did you mean `api_key`?"),
+    ];
+    for (from, to, path, message) in cases {
+        assert!(VALID.contains(from), "{to}: the base config lacks {from:?}");
+        let errs = load(&VALID.replacen(from, to, 1)).unwrap_err().0;
+        let e = errs.iter().find(|e| e.path == *path).unwrap_or_else(|| panic!("{to}: no error at {path}: {errs:#?}"));
+        assert!(e.message.contains(message), "{to}: {e}");
+    }
+}
+
+/// A value written where a list of secrets-bearing keys is expected is not repeated.
+#[test]
+fn suggestions_never_repeat_a_secret_value() {
+    let text = VALID.replace(
+        "admin:\n",
+        "introspection:\n  endpoint: https://as.example/introspect\n  client_id: gw\n  client_secret: [s3cr3t-value]\nadmin:\n",
+    );
+    let errs = load(&text).unwrap_err();
+    assert!(errs.0.iter().any(|e| e.path == "introspection.client_secret"), "{errs}");
+    assert!(!errs.to_string().contains("s3cr3t-value"), "{errs}");
+}
+
+/// Typing a file, whatever it holds, never panics and always ends: an error list is never
+/// empty, and is in the order of the file.
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("none".to_string()),
+            Just("127.0.0.1:80".to_string()),
+            Just("localhost:80".to_string()),
+            Just("30".to_string()),
+            Just("10s".to_string()),
+            Just("yes".to_string()),
+            Just("~".to_string()),
+            Just("\"\"".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            Just("[jwt, none]".to_string()),
+            Just("echo".to_string()),
+            "[a-z_:./0-9-]{0,12}",
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("server".to_string()),
+            Just("listen".to_string()),
+            Just("routes".to_string()),
+            Just("id".to_string()),
+            Just("upstream".to_string()),
+            Just("authenticate".to_string()),
+            Just("match".to_string()),
+            Just("path_prefix".to_string()),
+            Just("issuers".to_string()),
+            Just("tls".to_string()),
+            Just("limits".to_string()),
+            Just("timeouts".to_string()),
+            Just("upstreams".to_string()),
+            Just("admin".to_string()),
+            "[a-z_]{1,8}",
+        ]
+    }
+
+    /// Nested YAML in block style, with config keys more often than not.
+    fn node(depth: u32) -> BoxedStrategy<String> {
+        let leaf = scalar().boxed();
+        leaf.prop_recursive(depth, 48, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec((key(), inner.clone()), 0..5).prop_map(|entries| {
+                    let body: Vec<String> = entries.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                    format!("{{ {} }}", body.join(", "))
+                }),
+                proptest::collection::vec(inner, 0..4).prop_map(|items| format!("[{}]", items.join(", "))),
+            ]
+        })
+        .boxed()
+    }
+
+    fn check(text: &str) {
+        if let Err(errs) = load(text) {
+            assert!(!errs.0.is_empty());
+            let lines: Vec<_> = errs.0.iter().map(|e| (e.line.is_none(), e.line, e.column)).collect();
+            assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{errs}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_documents(entries in proptest::collection::vec((key(), node(4)), 0..6)) {
+            let text: String = entries.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+            check(&text);
+        }
+
+        #[test]
+        fn random_edits_of_a_valid_config(at in 0usize..400, cut in 0usize..40, with in "[ -~\n]{0,12}") {
+            let at = VALID.floor_char_boundary(at.min(VALID.len()));
+            let end = VALID.floor_char_boundary((at + cut).min(VALID.len()));
+            check(&format!("{}{with}{}", &VALID[..at], &VALID[end..]));
+        }
+
+        #[test]
+        fn random_text(text in "\\PC{0,200}") {
+            check(&text);
+        }
     }
 }
