@@ -106,10 +106,11 @@ enum Output {
 enum ApikeyCommand {
     /// Print a new random key (give it to the consumer) and its hash (put it in the config).
     New,
-    /// Print the hash of an existing key, for `api_keys.consumers[].keys`.
+    /// Print the hash of an existing key, for `api_keys.consumers[].keys`. Without KEY, the
+    /// key is read from standard input (one line), so that it stays out of shell history.
     Hash {
-        /// The key.
-        key: String,
+        /// The key; read from standard input when absent.
+        key: Option<String>,
     },
 }
 
@@ -160,6 +161,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Apikey { command: ApikeyCommand::Hash { key } } => {
+            let key = match key.map_or_else(read_key, Ok) {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             println!("{}", portcullis_authn::apikey::hash_key(&key));
             ExitCode::SUCCESS
         }
@@ -257,6 +265,23 @@ fn authz(command: AuthzCommand) -> ExitCode {
             if r.flips() == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) }
         }
     }
+}
+
+/// An API key from the first line of standard input, without its line ending. At a terminal
+/// a prompt is shown first (on standard error; what is typed is echoed).
+fn read_key() -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("API key: ");
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line).map_err(|e| format!("standard input: {e}"))?;
+    let key = line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
+    if key.is_empty() {
+        return Err("no key: give it as an argument or on standard input".into());
+    }
+    Ok(key.to_string())
 }
 
 /// A file's text, or standard input's for `-`.

@@ -7,6 +7,7 @@ mod upstream;
 
 mod authn;
 mod authz;
+mod cli;
 mod docs;
 mod identity;
 mod lifecycle;
