@@ -8,6 +8,7 @@ mod upstream;
 mod authn;
 mod authz;
 mod cli;
+mod confusion;
 mod docs;
 mod identity;
 mod lifecycle;

@@ -10,7 +10,7 @@
 //! - `/mirror`: answers at once, its body the request's body, part by part as it comes;
 //! - `/upgrade`: accepts an HTTP/1.1 upgrade and echoes bytes;
 //! - `/drop`: closes the connection without answering;
-//! - anything else: a JSON description of the request as received (trailers included;
+//! - anything else: a JSON description of the request as received (body and trailers included;
 //!   `headers` holds one value per name, `header_values` every field in order).
 //!
 //! [`RawUpstream`] answers every request with the same bytes, whatever they are, and closes.
@@ -207,14 +207,15 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, std::io::E
         "headers": headers,
         "header_values": header_values,
     });
-    if let Ok(body) = req.into_body().collect().await
-        && let Some(trailers) = body.trailers()
-    {
-        let t: serde_json::Map<_, _> = trailers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
-            .collect();
-        doc["trailers"] = serde_json::Value::Object(t);
+    if let Ok(body) = req.into_body().collect().await {
+        if let Some(trailers) = body.trailers() {
+            let t: serde_json::Map<_, _> = trailers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
+                .collect();
+            doc["trailers"] = serde_json::Value::Object(t);
+        }
+        doc["body"] = json!(String::from_utf8_lossy(&body.to_bytes()));
     }
     let mut r = full(StatusCode::OK, doc.to_string());
     r.headers_mut().insert("content-type", "application/json".parse().unwrap());

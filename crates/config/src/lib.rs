@@ -37,7 +37,8 @@ pub use identity::{
 pub use issuer::{ApiKeysConfig, ClientAuthMethod, ConsumerConfig, IntrospectionConfig, IssuerConfig, KeyFetchConfig};
 pub use load::{ConfigError, ConfigErrors, Invalid, LoadedConfig, load_file, load_str};
 pub use route::{
-    AuthMethod, AuthorizeConfig, CredentialsConfig, Rewrite, RouteConfig, RouteLimits, RouteMatch, RouteTimeouts,
+    AuthMethod, AuthorizeConfig, CredentialsConfig, OtherMethods, Rewrite, RouteConfig, RouteLimits, RouteMatch,
+    RouteTimeouts,
 };
 pub use server::{ClientAuth, ForwardedHeaders, Limits, ServerConfig, TlsConfig};
 pub use spiffe::{SpiffeConfig, SvidConfig};

@@ -81,9 +81,37 @@ pub struct RouteMatch {
     /// one segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_template: Option<String>,
-    /// HTTP methods; all methods when absent.
+    /// HTTP methods; all methods when absent. `HEAD` is taken wherever `GET` is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
+    /// What happens to a request this route's host and path match but whose method it does
+    /// not list: `refuse` (`405` with `Allow`) or `next_route` (a less specific route may take
+    /// it). Default `refuse`: a path the route claims is never served by a broader route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_methods: Option<OtherMethods>,
+    /// Compare the path without regard to ASCII case, for upstreams that do (IIS, some Spring
+    /// set-ups). Default: `server.ignore_path_case`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_case: Option<bool>,
+    /// Accept paths whose segments carry parameters (`/cart;jsessionid=A1/items`), which
+    /// servlet containers strip before they resolve dot segments. Default `false`: a path with
+    /// `;` (or `%3B`) in a segment is refused with `400`. When `true`, the request is taken
+    /// only if the path read with its parameters removed, read with them as part of their
+    /// segments, and as forwarded all lead to this route; routes and policies see the first
+    /// reading, and the upstream gets the normalised path with its parameters.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub path_parameters: bool,
+}
+
+/// What a route does with a method it does not list.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OtherMethods {
+    /// `405 Method Not Allowed` with the route's methods in `Allow`.
+    #[default]
+    Refuse,
+    /// Let the next, less specific, matching route take the request.
+    NextRoute,
 }
 
 /// A way for callers to authenticate.

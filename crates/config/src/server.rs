@@ -39,6 +39,11 @@ pub struct ServerConfig {
     /// Worker threads for the data plane. Default: one per available CPU.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Match route paths without regard to ASCII case (`/Admin` takes the `/admin` route), for
+    /// upstreams that read paths that way (IIS, some Spring set-ups). Routes may say otherwise
+    /// with `match.ignore_case`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_path_case: bool,
 }
 
 /// TLS on the public listener.

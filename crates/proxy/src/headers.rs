@@ -54,6 +54,8 @@ impl Present {
     pub const DPOP: u32 = 1 << 13;
     /// `X-Request-Id`.
     pub const X_REQUEST_ID: u32 = 1 << 14;
+    /// A name with `_` in it, which some servers read as `-` (see [`strip_confusable`]).
+    pub const UNDERSCORED: u32 = 1 << 15;
 
     /// All hop-by-hop headers (RFC 9110 §7.6.1) and the credentials meant for a proxy.
     const HOP_BY_HOP: u32 = Self::CONNECTION
@@ -85,6 +87,7 @@ impl Present {
                 "authorization" => Self::AUTHORIZATION,
                 "dpop" => Self::DPOP,
                 "x-request-id" => Self::X_REQUEST_ID,
+                n if n.as_bytes().contains(&b'_') => Self::UNDERSCORED,
                 _ => 0,
             };
         }
@@ -117,11 +120,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, present: Present) -> bool {
         {
             let token = token.trim();
             let usual = ["keep-alive", "close", "upgrade", "te"].iter().any(|u| token.eq_ignore_ascii_case(u));
-            if !usual && let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+            if !usual
+                && let Ok(n) = HeaderName::from_bytes(token.as_bytes())
+                && !END_TO_END.contains(&n.as_str())
+            {
                 named.push(n);
             }
         }
-        // Headers the gateway adds itself are set after this, so naming them here is harmless.
+        // Headers the gateway adds itself are set after this, so naming them here is harmless;
+        // those it reads or frames with are never hop-by-hop (`END_TO_END`).
         for n in named {
             headers.remove(&n);
         }
@@ -145,6 +152,60 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, present: Present) -> bool {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     wants_trailers
+}
+
+/// Fields `Connection` may not name: the gateway routes on, frames with or passes these on, so
+/// a client must not be able to take them from the upstream's view (`Connection: host` would
+/// leave an HTTP/1.1 request without a host).
+const END_TO_END: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
+
+/// Names that servers which read `_` as `-` (CGI, PHP, WSGI, Rack and nginx with
+/// `underscores_in_headers`) would take for a field the gateway frames with, routes on,
+/// authenticates by or sets itself. A client's `Content_Length` or `X_Forwarded_For` beside the
+/// gateway's own field would let the upstream read the request differently.
+pub const GUARDED: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "keep-alive",
+    "proxy-connection",
+    "content-type",
+    "proxy-authorization",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "x-request-id",
+    "x-client-cert",
+    "x-api-key",
+];
+
+/// Removes fields whose names, with `_` read as `-`, are [`GUARDED`] or one of `extra` (the
+/// identity headers and API-key header the config names).
+pub fn strip_confusable(headers: &mut HeaderMap, extra: &[HeaderName]) {
+    let dashed = |k: &HeaderName| k.as_str().replace('_', "-");
+    let confusable: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .filter(|k| {
+            let d = dashed(k);
+            GUARDED.contains(&d.as_str()) || extra.iter().any(|n| n.as_str() == d)
+        })
+        .cloned()
+        .collect();
+    for k in confusable {
+        headers.remove(&k);
+    }
 }
 
 /// Removes hop-by-hop headers from an upstream's response.

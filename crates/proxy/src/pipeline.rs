@@ -22,8 +22,8 @@ use portcullis_telemetry::{AccessRecord, UpstreamErrorKind};
 
 use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::headers::{self, X_REQUEST_ID};
-use crate::router::PathParams;
 use crate::router::path::normalize;
+use crate::router::{PathParams, RouteError, route_host, strip_port};
 use crate::runtime::{Authn, Route, Runtime, Target};
 use crate::upstream::Failure;
 
@@ -206,8 +206,7 @@ async fn run(
     // A cheap clone (shared bytes): the path borrows from it while later stages may rewrite
     // `parts.uri` (removing a credential from the query).
     let uri = parts.uri.clone();
-    let path = normalize(uri.path(), false).map_err(|e| Problem::bad_request("invalid_path", e.detail()))?;
-    let authority = RequestAuthority::of(&parts)?;
+    let mut authority = RequestAuthority::of(&parts)?;
     // The authority of an absolute-form target (RFC 9112 §3.2.2) or of HTTP/2's `:authority`
     // (RFC 9113 §8.3.1) is the host: the `Host` field the upstream gets says the same, so
     // routing and the upstream can never see two different hosts.
@@ -217,13 +216,20 @@ async fn run(
     {
         parts.headers.insert(header::HOST, v);
     }
+    // `admin.example.com.` is `admin.example.com` to routing, and is forwarded so too.
+    if let Some(without) = authority.as_str().and_then(without_trailing_dot) {
+        parts.headers.insert(header::HOST, without.clone());
+        authority = RequestAuthority::Header(without);
+    }
     // Read once: a `Host` header's bytes are checked as text here, not again at each use.
     let authority_str = authority.as_str();
-    let host = route_host(authority_str.unwrap_or_default());
+    let host = route_host(authority_str.unwrap_or_default())
+        .map_err(|_| Problem::bad_request("bad_host", "the Host header is not a valid host name"))?;
 
     // The gateway's own endpoints: its keys and its token service.
     if let Some(ts) = &rt.token_service
         && ts.serves(portcullis_config::Listener::Public)
+        && let Ok(path) = normalize(uri.path(), false)
         && let Some(endpoint) = portcullis_identity::Endpoint::at(&path)
     {
         let client_cert = conn.tls.as_ref().and_then(|t| t.client_cert.as_ref());
@@ -234,10 +240,11 @@ async fn run(
     }
 
     // Match.
-    let (route, params) = rt.router.find(&host, &path, &parts.method).ok_or_else(Problem::no_route)?;
-    let route = route.clone();
+    let routed = rt.router.route(&host, uri.path(), &parts.method).map_err(route_refused)?;
+    let route = routed.route.clone();
     ctx.route = Some(route.clone());
-    ctx.params = params;
+    ctx.params = routed.params;
+    let path = routed.path;
 
     // Authenticate.
     let passthrough = route.propagate.as_ref().is_some_and(|p| p.passthrough);
@@ -281,9 +288,12 @@ async fn run(
     }
     // Identity headers any route sets are the gateway's to give, on every route.
     headers::strip_identity(&mut parts.headers, &rt.identity_headers);
+    if present.any(headers::Present::UNDERSCORED) {
+        headers::strip_confusable(&mut parts.headers, &rt.guarded_headers);
+    }
 
     // Forward.
-    let path = forward_path(&parts.uri, path, route.rewrite.as_ref());
+    let path = forward_path(&parts.uri, routed.forward.map_or(path, Cow::Owned), route.rewrite.as_ref());
     let facts = headers::ClientFacts {
         peer: conn.peer.ip(),
         peer_value: &conn.peer_value,
@@ -410,10 +420,32 @@ impl RequestAuthority {
     }
 }
 
-/// The host for route matching, of an authority: lower-case, without port.
-fn route_host(authority: &str) -> Cow<'_, str> {
-    let h = strip_port(authority);
-    if h.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(h.to_ascii_lowercase()) } else { Cow::Borrowed(h) }
+/// The problem for a request no route takes.
+#[cold]
+#[inline(never)]
+fn route_refused(e: RouteError) -> Problem {
+    match e {
+        RouteError::NotFound => Problem::no_route(),
+        RouteError::MethodNotAllowed(allow) => Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "the route for this path does not take this method",
+        )
+        .header(header::ALLOW, HeaderValue::from_str(&allow).unwrap_or_else(|_| HeaderValue::from_static(""))),
+        RouteError::BadPath(e) => Problem::bad_request("invalid_path", e.detail()),
+        RouteError::PathParameters => Problem::bad_request(
+            "path_parameters",
+            "path segment parameters (`;`) are not accepted here: servers read them differently",
+        ),
+    }
+}
+
+/// The authority without a single trailing dot on its host (`a.example.:8443` is
+/// `a.example:8443`); `None` when it has none.
+fn without_trailing_dot(authority: &str) -> Option<HeaderValue> {
+    let host = strip_port(authority);
+    let bare = host.strip_suffix('.').filter(|h| !h.is_empty() && !h.ends_with('.'))?;
+    HeaderValue::from_str(&format!("{bare}{}", &authority[host.len()..])).ok()
 }
 
 /// Whether `b` is made only of the characters an authority may hold (RFC 3986 §3.2).
@@ -435,17 +467,6 @@ fn is_authority(b: &[u8]) -> bool {
         t
     };
     !b.is_empty() && b.iter().all(|&c| ALLOWED[usize::from(c)])
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.find(']').map_or(host, |i| &host[..=i]);
-    }
-    // A byte scan: `rsplit_once` sets up a general pattern search, dearer than these few bytes.
-    match host.bytes().rposition(|b| b == b':') {
-        Some(i) if host.as_bytes()[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
-        _ => host,
-    }
 }
 
 /// A `101` from the upstream: the tunnel, if the switch is one the client asked for.
@@ -814,7 +835,21 @@ mod tests {
         assert_eq!(strip_port("example.com:http"), "example.com:http");
         assert_eq!(strip_port("a:1:2"), "a:1");
         assert_eq!(strip_port(""), "");
-        assert_eq!(route_host("API.Example:8443"), "api.example");
-        assert!(matches!(route_host("api.example:8443"), Cow::Borrowed("api.example")));
+        assert_eq!(route_host("API.Example:8443").unwrap(), "api.example");
+        assert!(matches!(route_host("api.example:8443"), Ok(Cow::Borrowed("api.example"))));
+    }
+
+    #[test]
+    fn hosts_are_read_without_a_trailing_dot_and_odd_spellings_refused() {
+        assert_eq!(route_host("Admin.Example.COM.").unwrap(), "admin.example.com");
+        assert_eq!(route_host("admin.example.com.:8443").unwrap(), "admin.example.com");
+        assert_eq!(route_host("[::1]:80").unwrap(), "[::1]");
+        for bad in ["admin.example.com..", ".admin.example.com", "admin..example.com", "adm%69n.example.com", "."] {
+            assert!(route_host(bad).is_err(), "{bad}");
+        }
+        assert_eq!(without_trailing_dot("a.example.:8443").unwrap(), "a.example:8443");
+        assert_eq!(without_trailing_dot("A.example.").unwrap(), "A.example");
+        assert!(without_trailing_dot("a.example:8443").is_none());
+        assert!(without_trailing_dot("a.example..").is_none());
     }
 }

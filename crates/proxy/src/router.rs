@@ -11,14 +11,25 @@
 //! 3. methods: a route limited to some methods before one that takes all.
 //!
 //! Two routes that would match exactly the same requests are a config error.
+//!
+//! A route claims the requests its host and path match. One with a method it does not list
+//! gets `405` with `Allow`, not a less specific route, unless the route says `other_methods:
+//! next_route`; `HEAD` goes wherever `GET` does (RFC 9110 §9.3.2). An exact path also matches
+//! its trailing-slash form, as a template does, since most servers serve both alike. Hosts are
+//! compared without case, port and a single trailing dot.
+//!
+//! Paths are read the way the servers behind the gateway read them: see [`path`] and
+//! [`Router::route`].
 
 pub mod path;
 
 use std::cmp::Reverse;
 use std::sync::Arc;
 
+use std::borrow::Cow;
+
 use http::Method;
-use portcullis_config::{Invalid, RouteMatch};
+use portcullis_config::{Invalid, OtherMethods, RouteMatch};
 
 /// Values of the named parameters of a path template, in template order.
 pub type PathParams = Vec<(Arc<str>, Box<str>)>;
@@ -29,6 +40,12 @@ pub struct Matcher {
     host: HostMatch,
     path: PathMatch,
     methods: Option<Box<[Method]>>,
+    /// Other methods go on to a less specific route.
+    next_route: bool,
+    /// Path literals are stored in lower case and compared without case.
+    ignore_case: bool,
+    /// Paths with segment parameters are taken.
+    path_parameters: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,8 +71,11 @@ enum Segment {
 }
 
 impl Matcher {
-    /// Compiles a route's `match`; `at` is its key path, for errors.
-    pub fn compile(m: &RouteMatch, at: &str) -> Result<Matcher, Vec<Invalid>> {
+    /// Compiles a route's `match`; `at` is its key path, for errors. `ignore_case` is the
+    /// listener's default (`server.ignore_path_case`).
+    pub fn compile(m: &RouteMatch, at: &str, ignore_case: bool) -> Result<Matcher, Vec<Invalid>> {
+        let ignore_case = m.ignore_case.unwrap_or(ignore_case);
+        let fold = |p: &str| if ignore_case { p.to_ascii_lowercase() } else { p.to_string() };
         let mut errors = Vec::new();
         let host = match &m.host {
             None => HostMatch::Any,
@@ -69,12 +89,14 @@ impl Matcher {
         };
         let path = if let Some(p) = &m.path {
             check_path(p, &format!("{at}.path"), &mut errors);
-            PathMatch::Exact(p.clone())
+            // Kept without its trailing slash: `/account` and `/account/` are one path.
+            let trimmed = if p.len() > 1 { p.strip_suffix('/').unwrap_or(p) } else { p };
+            PathMatch::Exact(fold(trimmed))
         } else if let Some(p) = &m.path_prefix {
             check_path(p, &format!("{at}.path_prefix"), &mut errors);
-            if p == "/" { PathMatch::Any } else { PathMatch::Prefix(p.clone()) }
+            if p == "/" { PathMatch::Any } else { PathMatch::Prefix(fold(p)) }
         } else if let Some(t) = &m.path_template {
-            match compile_template(t) {
+            match compile_template(&fold(t)) {
                 Ok(segs) => PathMatch::Template(segs),
                 Err(msg) => {
                     errors.push(Invalid::new(format!("{at}.path_template"), msg));
@@ -104,7 +126,18 @@ impl Matcher {
                 Some(out.into_boxed_slice())
             }
         };
-        if errors.is_empty() { Ok(Matcher { host, path, methods }) } else { Err(errors) }
+        let next_route = m.other_methods == Some(OtherMethods::NextRoute);
+        if next_route && methods.is_none() {
+            errors.push(Invalid::new(
+                format!("{at}.other_methods"),
+                "`next_route` needs `methods`: a route without them takes every method",
+            ));
+        }
+        if errors.is_empty() {
+            Ok(Matcher { host, path, methods, next_route, ignore_case, path_parameters: m.path_parameters })
+        } else {
+            Err(errors)
+        }
     }
 
     /// Specificity: a larger key is more specific.
@@ -126,9 +159,14 @@ impl Matcher {
         (host_rank, host_len, path_rank, a, b, self.methods.is_some())
     }
 
+    /// Whether two matchers claim the same hosts and paths.
+    fn same_place(&self, other: &Matcher) -> bool {
+        self.host == other.host && self.path == other.path && self.ignore_case == other.ignore_case
+    }
+
     /// Whether two matchers would take exactly the same requests for some method.
     fn collides(&self, other: &Matcher) -> bool {
-        if self.host != other.host || self.path != other.path {
+        if !self.same_place(other) {
             return false;
         }
         match (&self.methods, &other.methods) {
@@ -138,9 +176,9 @@ impl Matcher {
         }
     }
 
-    /// Whether the request matches; with the template's parameters when it has some.
-    /// `host` is lower-case without port; `path` is normalised.
-    pub fn matches(&self, host: &str, path: &str, method: &Method) -> Option<PathParams> {
+    /// Whether the request's host and path match; with the template's parameters when it has
+    /// some. `host` is lower-case without port or trailing dot; `path` is normalised.
+    pub fn matches_place(&self, host: &str, path: &str) -> Option<PathParams> {
         let host_ok = match &self.host {
             HostMatch::Any => true,
             HostMatch::Exact(h) => h == host,
@@ -149,17 +187,34 @@ impl Matcher {
         if !host_ok {
             return None;
         }
-        if let Some(methods) = &self.methods
-            && !methods.contains(method)
-        {
-            return None;
-        }
+        let ci = self.ignore_case;
         match &self.path {
             PathMatch::Any => Some(Vec::new()),
-            PathMatch::Exact(p) => (p == path).then(Vec::new),
-            PathMatch::Prefix(p) => prefix_matches(p, path).then(Vec::new),
-            PathMatch::Template(segs) => template_matches(segs, path),
+            PathMatch::Exact(p) => exact_matches(p, path, ci).then(Vec::new),
+            PathMatch::Prefix(p) => prefix_matches(p, path, ci).then(Vec::new),
+            PathMatch::Template(segs) => template_matches(segs, path, ci),
         }
+    }
+
+    /// Whether the route takes `method`: listed, or `HEAD` where `GET` is (RFC 9110 §9.3.2).
+    pub fn takes(&self, method: &Method) -> bool {
+        match &self.methods {
+            None => true,
+            Some(list) => list.contains(method) || (method == Method::HEAD && list.contains(&Method::GET)),
+        }
+    }
+
+    /// Whether the request matches: its host, path and method.
+    pub fn matches(&self, host: &str, path: &str, method: &Method) -> Option<PathParams> {
+        if !self.takes(method) {
+            return None;
+        }
+        self.matches_place(host, path)
+    }
+
+    /// Whether the route takes paths with segment parameters (`match.path_parameters`).
+    pub fn takes_path_parameters(&self) -> bool {
+        self.path_parameters
     }
 
     /// The length of the literal prefix matched (for `rewrite.path_prefix`).
@@ -172,23 +227,38 @@ impl Matcher {
     }
 }
 
+/// `text` equals `lit` (in lower case when `ci`).
+fn same_text(lit: &str, text: &str, ci: bool) -> bool {
+    if ci { lit.eq_ignore_ascii_case(text) } else { lit == text }
+}
+
+/// `/account` matches `/account` and `/account/` (stored without the slash).
+fn exact_matches(exact: &str, path: &str, ci: bool) -> bool {
+    let path = if path.len() > 1 { path.strip_suffix('/').unwrap_or(path) } else { path };
+    same_text(exact, path, ci)
+}
+
 /// `/orders` matches `/orders` and `/orders/…`, never `/orders-archive`. A prefix ending in
 /// `/` matches only below it.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
-        None => false,
+fn prefix_matches(prefix: &str, path: &str, ci: bool) -> bool {
+    match path.get(..prefix.len()) {
+        Some(head) if same_text(prefix, head, ci) => {
+            let rest = &path[prefix.len()..];
+            rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/')
+        }
+        _ => false,
     }
 }
 
-fn template_matches(segs: &[Segment], path: &str) -> Option<PathParams> {
+/// One segment a template part, and at most a trailing slash after the last.
+fn template_matches(segs: &[Segment], path: &str, ci: bool) -> Option<PathParams> {
     let mut parts = path[1..].split('/');
     let mut params = Vec::new();
     for seg in segs {
         let part = parts.next()?;
         match seg {
             Segment::Literal(l) => {
-                if l != part {
+                if !same_text(l, part, ci) {
                     return None;
                 }
             }
@@ -200,7 +270,10 @@ fn template_matches(segs: &[Segment], path: &str) -> Option<PathParams> {
             }
         }
     }
-    parts.next().is_none().then_some(params)
+    match (parts.next(), parts.next()) {
+        (None, _) | (Some(""), None) => Some(params),
+        _ => None,
+    }
 }
 
 fn compile_host(h: &str) -> Result<HostMatch, String> {
@@ -212,6 +285,12 @@ fn compile_host(h: &str) -> Result<HostMatch, String> {
         }
         return Ok(HostMatch::Suffix(format!(".{suffix}")));
     }
+    // A single trailing dot names the same host (a fully qualified name); requests are
+    // compared without it too.
+    let lower = match lower.strip_suffix('.') {
+        Some(l) if !l.is_empty() && !l.ends_with('.') => l.to_string(),
+        _ => lower,
+    };
     if lower.contains(':') && !lower.starts_with('[') {
         return Err(format!("`{h}`: give the host without a port"));
     }
@@ -300,14 +379,167 @@ impl<T> Router<T> {
         Ok(Router { entries: routes.into_iter().map(|(m, t, _)| (m, t)).collect() })
     }
 
-    /// The most specific route for a request.
-    pub fn find(&self, host: &str, path: &str, method: &Method) -> Option<(&T, PathParams)> {
-        self.entries.iter().find_map(|(m, t)| m.matches(host, path, method).map(|p| (t, p)))
+    /// The most specific route for a request whose path is already read (see [`path::read`]).
+    /// `host` is as [`route_host`] gives it.
+    pub fn find(&self, host: &str, path: &str, method: &Method) -> Lookup<'_, T> {
+        match self.lookup(host, path, method) {
+            Ok((i, params)) => Lookup::Found(&self.entries[i].1, params),
+            Err(RouteError::MethodNotAllowed(allow)) => Lookup::MethodNotAllowed(allow),
+            Err(_) => Lookup::NotFound,
+        }
+    }
+
+    /// [`Router::find`], with the entry's index.
+    fn lookup(&self, host: &str, path: &str, method: &Method) -> Result<(usize, PathParams), RouteError> {
+        // The first route whose place matched but not its method, and that refuses others:
+        // only routes at the same place may still take the request.
+        let mut claimed: Option<&Matcher> = None;
+        for (i, (m, _)) in self.entries.iter().enumerate() {
+            if let Some(c) = claimed
+                && !c.same_place(m)
+            {
+                continue;
+            }
+            let Some(params) = m.matches_place(host, path) else { continue };
+            if m.takes(method) {
+                return Ok((i, params));
+            }
+            if claimed.is_none() && !m.next_route {
+                claimed = Some(m);
+            }
+        }
+        Err(match claimed {
+            Some(c) => RouteError::MethodNotAllowed(self.allowed(c)),
+            None => RouteError::NotFound,
+        })
+    }
+
+    /// The methods routes at `place` take, for `Allow`: `HEAD` with `GET`.
+    #[cold]
+    fn allowed(&self, place: &Matcher) -> String {
+        let mut methods: Vec<&str> = Vec::new();
+        for (m, _) in self.entries.iter().filter(|(m, _)| m.same_place(place)) {
+            for method in m.methods.iter().flatten() {
+                if !methods.contains(&method.as_str()) {
+                    methods.push(method.as_str());
+                }
+            }
+        }
+        if methods.contains(&"GET") && !methods.contains(&"HEAD") {
+            methods.push("HEAD");
+        }
+        methods.sort_unstable();
+        methods.join(", ")
+    }
+
+    /// Routes a request as the live pipeline does: reads the raw path (see [`path::read`]),
+    /// refuses what cannot be read one way, and finds the route.
+    ///
+    /// A path with segment parameters (`;`) is taken only by a route with
+    /// `match.path_parameters`, and only when both readings of its dot segments lead to that
+    /// route: `..;` as `..` (servlet containers) and `..;` as a name (nginx, Express), each
+    /// compared with the parameters set aside. What is forwarded has its dot segments
+    /// resolved, so an upstream of either kind reads it as the route did. Anything else is
+    /// refused: the gateway never routes a request one way that a server behind it reads
+    /// another.
+    pub fn route<'p>(&self, host: &str, raw_path: &'p str, method: &Method) -> Result<Routed<'_, 'p, T>, RouteError> {
+        let reading = path::read(raw_path, false).map_err(RouteError::BadPath)?;
+        let (i, params) = self.lookup(host, &reading.path, method)?;
+        if reading.has_parameters {
+            if !self.entries[i].0.path_parameters {
+                return Err(RouteError::PathParameters);
+            }
+            // `..;` kept as a name, then the parameters set aside: `/admin/..;/shop` is under
+            // `/admin` to nginx, and must not be taken as `/shop`.
+            let literal = path::normalize(raw_path, false).map_err(RouteError::BadPath)?;
+            let as_named = path::strip_parameters(&literal);
+            if !self.lookup(host, &as_named, method).is_ok_and(|(j, _)| j == i) {
+                return Err(RouteError::PathParameters);
+            }
+        }
+        Ok(Routed { route: &self.entries[i].1, params, path: reading.path, forward: reading.forward })
     }
 
     /// The routes, most specific first.
     pub fn iter(&self) -> impl Iterator<Item = (&Matcher, &T)> {
         self.entries.iter().map(|(m, t)| (m, t))
+    }
+}
+
+/// What [`Router::find`] found.
+#[derive(Debug)]
+pub enum Lookup<'r, T> {
+    /// The route, with its template's parameters.
+    Found(&'r T, PathParams),
+    /// A route claims the host and path but not the method; the methods it takes, for
+    /// `Allow`.
+    MethodNotAllowed(String),
+    /// No route matches.
+    NotFound,
+}
+
+/// A routed request: the route, and the path as routes, policies and the upstream see it.
+#[derive(Debug)]
+pub struct Routed<'r, 'p, T> {
+    /// The route that takes the request.
+    pub route: &'r T,
+    /// The template's parameters.
+    pub params: PathParams,
+    /// The normalised path routes and policies see.
+    pub path: Cow<'p, str>,
+    /// The path to forward, when it differs from `path` (segment parameters kept).
+    pub forward: Option<String>,
+}
+
+/// Why a request has no route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteError {
+    /// The path cannot be read safely (`400`).
+    BadPath(path::PathError),
+    /// The path has segment parameters no route takes, or that could be read as two routes
+    /// (`400`).
+    PathParameters,
+    /// A route claims the host and path but not the method (`405`); `Allow`'s value.
+    MethodNotAllowed(String),
+    /// No route matches (`404`).
+    NotFound,
+}
+
+/// Why a request's host was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadHost;
+
+/// The host for route matching, of an authority (`Host`, `:authority`): lower-case, without
+/// port or a single trailing dot (`Admin.Example.com.:443` is `admin.example.com`). Refused:
+/// an empty label (`a..b`, `.a`), more than one trailing dot, and percent-encodings, which
+/// servers decode differently.
+pub fn route_host(authority: &str) -> Result<Cow<'_, str>, BadHost> {
+    let h = strip_port(authority);
+    let h = if h.starts_with('[') {
+        h
+    } else {
+        let h = match h.strip_suffix('.') {
+            Some("") => return Err(BadHost),
+            Some(h) => h,
+            None => h,
+        };
+        if h.starts_with('.') || h.ends_with('.') || h.contains("..") || h.contains('%') {
+            return Err(BadHost);
+        }
+        h
+    };
+    Ok(if h.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(h.to_ascii_lowercase()) } else { Cow::Borrowed(h) })
+}
+
+/// The host of an authority: without its port.
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    // A byte scan: `rsplit_once` sets up a general pattern search, dearer than these few bytes.
+    match host.bytes().rposition(|b| b == b':') {
+        Some(i) if host.as_bytes()[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
+        _ => host,
     }
 }
 

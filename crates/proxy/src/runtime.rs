@@ -154,6 +154,8 @@ pub struct Runtime {
     pub(crate) anonymous: Arc<Principal>,
     /// The identity headers routes set: removed from every request, on every route.
     pub(crate) identity_headers: Arc<[http::HeaderName]>,
+    /// The identity headers and the API-key header: their `_` spellings are removed too.
+    pub(crate) guarded_headers: Arc<[http::HeaderName]>,
     /// The token service, when configured.
     pub token_service: Option<Arc<portcullis_identity::TokenService>>,
     authn: portcullis_authn::Authn,
@@ -224,7 +226,9 @@ impl Runtime {
         let mut routes = Vec::new();
         for (i, rc) in c.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            let matcher = Matcher::compile(&rc.matches, &format!("{at}.match")).map_err(|e| errors.extend(e)).ok();
+            let matcher = Matcher::compile(&rc.matches, &format!("{at}.match"), c.server.ignore_path_case)
+                .map_err(|e| errors.extend(e))
+                .ok();
             let authz = portcullis_authz::RouteAuthz::new(
                 &rc.id,
                 rc.authorize.as_ref(),
@@ -294,6 +298,7 @@ impl Runtime {
             no_route: shared.metrics.route("(none)"),
             anonymous: Principal::anonymous(),
             identity_headers: identity_headers(c),
+            guarded_headers: guarded_headers(c),
             token_service,
             authn,
             config,
@@ -319,14 +324,19 @@ impl Runtime {
         principal: &Arc<Principal>,
     ) -> Result<Option<(Arc<str>, portcullis_authz::Decision)>, String> {
         let method = http::Method::from_bytes(facts.method.as_bytes()).map_err(|_| "invalid method".to_string())?;
-        let path = crate::router::path::normalize(&facts.path, false).map_err(|e| e.detail().to_string())?;
-        let host = facts.host.split(':').next().unwrap_or_default().to_ascii_lowercase();
+        // The same reading of host and path as live traffic gets (`pipeline::run`).
+        let host = crate::router::route_host(&facts.host).map_err(|_| "invalid host".to_string())?;
+        let routed = self.router.route(&host, &facts.path, &method);
+        let path = match &routed {
+            Ok(r) => r.path.clone(),
+            Err(_) => crate::router::path::read(&facts.path, false).map_err(|e| e.detail().to_string())?.path,
+        };
         let found = match &facts.route {
             Some(id) => self.router.iter().find(|(_, r)| &*r.id == id).map(|(_, r)| {
-                let params = self.router.find(&host, &path, &method).map(|(_, p)| p).unwrap_or_default();
+                let params = routed.as_ref().map(|r| r.params.clone()).unwrap_or_default();
                 (r.clone(), params)
             }),
-            None => self.router.find(&host, &path, &method).map(|(r, p)| (r.clone(), p)),
+            None => routed.as_ref().ok().map(|r| (r.route.clone(), r.params.clone())),
         };
         let Some((route, mut params)) = found else { return Ok(None) };
         if !facts.params.is_empty() {
@@ -455,6 +465,19 @@ fn token_service(
     };
     let state = shared.authn.state(&c.state).ok();
     portcullis_identity::TokenService::new(ts, ring.clone(), &c.authorization, policies, tokens, state)
+}
+
+/// The headers besides [`crate::headers::GUARDED`] whose `_` spellings a client may not send:
+/// the identity headers and the API-key header.
+fn guarded_headers(c: &portcullis_config::Config) -> Arc<[http::HeaderName]> {
+    let mut names: Vec<http::HeaderName> = identity_headers(c).to_vec();
+    if let Some(k) = &c.api_keys
+        && let Ok(n) = http::HeaderName::from_bytes(k.header.as_bytes())
+        && !names.contains(&n)
+    {
+        names.push(n);
+    }
+    names.into()
 }
 
 /// Every identity header a route sets (`propagate.headers`, and an internal token's own

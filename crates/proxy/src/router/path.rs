@@ -34,6 +34,83 @@ impl PathError {
     }
 }
 
+/// How the gateway reads a request's path: what routes and policies see, and what goes
+/// upstream.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reading<'a> {
+    /// The normalised path routes and policies see. For a path with segment parameters
+    /// (`;name=value`), the parameters are removed first, as servlet containers do.
+    pub path: Cow<'a, str>,
+    /// The path to forward when it differs from `path`: the normalised path with the
+    /// parameters of ordinary segments kept (a `..;x` segment is still a dot segment).
+    pub forward: Option<String>,
+    /// Whether the path had segment parameters (`;`, or `%3B`, which some servers decode
+    /// before they split parameters off).
+    pub has_parameters: bool,
+}
+
+impl Reading<'_> {
+    /// The path to send upstream.
+    pub fn forwarded(&self) -> &str {
+        self.forward.as_deref().unwrap_or(&self.path)
+    }
+}
+
+/// Reads a request's path. Without segment parameters this is [`normalize`]; with them, it
+/// also works out the servlet-style reading (`path`) and the form to forward.
+pub fn read(raw: &str, allow_encoded_slashes: bool) -> Result<Reading<'_>, PathError> {
+    if !has_parameters(raw) {
+        return Ok(Reading { path: normalize(raw, allow_encoded_slashes)?, forward: None, has_parameters: false });
+    }
+    let path = normalize(&strip_parameters(raw), allow_encoded_slashes)?.into_owned();
+    let forward = normalize(&dot_parameters_dropped(raw), allow_encoded_slashes)?.into_owned();
+    let forward = (forward != path).then_some(forward);
+    Ok(Reading { path: Cow::Owned(path), forward, has_parameters: true })
+}
+
+/// Whether any segment carries parameters: a `;`, or its encoding `%3B`.
+pub fn has_parameters(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    b.contains(&b';') || b.windows(3).any(|w| w[0] == b'%' && w[1] == b'3' && (w[2] | 0x20) == b'b')
+}
+
+/// Where a segment's parameters start: its first `;` or `%3B`.
+fn parameters_start(seg: &str) -> Option<usize> {
+    let b = seg.as_bytes();
+    (0..b.len()).find(|&i| {
+        b[i] == b';' || (b[i] == b'%' && b.get(i + 1) == Some(&b'3') && b.get(i + 2).is_some_and(|c| c | 0x20 == b'b'))
+    })
+}
+
+/// The path with every segment's parameters removed (Tomcat, Jetty, Spring): `/a;x/..;/b`
+/// becomes `/a/../b`.
+pub fn strip_parameters(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for (i, seg) in raw.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(&seg[..parameters_start(seg).unwrap_or(seg.len())]);
+    }
+    out
+}
+
+/// The path with the parameters of dot segments removed (`..;x` is `..`) and every other
+/// segment's kept: resolving it gives the same segments as the servlet reading, each with
+/// its parameters.
+fn dot_parameters_dropped(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for (i, seg) in raw.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let name = &seg[..parameters_start(seg).unwrap_or(seg.len())];
+        let dots = decode_unreserved(name, true).is_ok_and(|d| d == "." || d == "..");
+        out.push_str(if dots { name } else { seg });
+    }
+    out
+}
+
 /// Normalises `path`. Borrows when it is already normal (the common case: no allocation).
 pub fn normalize(path: &str, allow_encoded_slashes: bool) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
