@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what the tests start as real peers
+# (Python with PyJWT, jwcrypto and gRPC; Node with oidc-provider), then runs every test.
+# Arguments go to `cargo test` (e.g. `./test.sh --test e2e proxy::`).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+sudo=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
+
+# System packages the tests start as real peers.
+missing=()
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "test.sh: needs a Rust toolchain (cargo, Rust >= 1.89) on PATH" >&2
+  exit 1
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+# Python peers (gRPC client and server, token minting by an independent implementation).
+python3 -m pip install --quiet --disable-pip-version-check -r tests/helpers/requirements.txt 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages -r tests/helpers/requirements.txt
+
+# The OAuth 2.0 / OpenID Connect server the introspection tests run against (oidc-provider).
+(cd tests/helpers && npm ci --no-audit --no-fund --loglevel=error)
+
+exec cargo test --workspace "$@"
