@@ -80,7 +80,8 @@ enum AuthzCommand {
         format: Output,
     },
     /// Judge the decisions recorded in an audit log (the access log) by a config with new
-    /// policies, and report those that flip. Exits 0 when none flips, 2 when some do.
+    /// policies, and report those that flip. Exits 0 when none flips, 2 when some do, 3 when
+    /// none flips but some could not be judged (they read claims the log left out).
     Replay {
         /// The config file with the new rules and policies.
         #[arg(long, short)]
@@ -235,12 +236,13 @@ fn authz(command: AuthzCommand) -> ExitCode {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
                 println!(
-                    "{} lines, {} decisions replayed: {} unchanged, {} allow -> deny, {} deny -> allow; {} without a recorded decision, {} unreadable",
+                    "{} lines, {} decisions replayed: {} unchanged, {} allow -> deny, {} deny -> allow; {} not judged, {} without a recorded decision, {} unreadable",
                     r.lines,
                     r.replayed,
                     r.unchanged,
                     r.allow_to_deny.len(),
                     r.deny_to_allow.len(),
+                    r.not_judged.len(),
                     r.skipped,
                     r.unreadable.len()
                 );
@@ -258,11 +260,20 @@ fn authz(command: AuthzCommand) -> ExitCode {
                         );
                     }
                 }
+                for n in &r.not_judged {
+                    println!("not judged: line {} {} on {}: {}", n.line, n.request, n.route, n.reason);
+                }
                 for u in &r.unreadable {
                     println!("unreadable: {u}");
                 }
             }
-            if r.flips() == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) }
+            if r.flips() > 0 {
+                ExitCode::from(2)
+            } else if !r.not_judged.is_empty() {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
     }
 }

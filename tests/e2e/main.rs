@@ -5,6 +5,7 @@ mod harness;
 mod pki;
 mod upstream;
 
+mod admin;
 mod authn;
 mod authz;
 mod cli;

@@ -214,6 +214,11 @@ impl Authn {
         self.issuers.iter().all(|i| i.ready())
     }
 
+    /// The ids of the issuers without usable keys (per-route readiness).
+    pub fn issuers_without_keys(&self) -> Vec<Arc<str>> {
+        self.issuers.iter().filter(|i| !i.ready()).map(|i| i.id.clone()).collect()
+    }
+
     /// The authenticator of a route, or `None` for a public route. `at` is its key path.
     pub fn route(&self, rc: &RouteConfig, at: &str) -> Result<Option<Authenticator>, Vec<Invalid>> {
         let methods = rc.authenticate.as_deref().unwrap_or_default();

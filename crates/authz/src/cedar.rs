@@ -49,6 +49,32 @@ struct Types {
     anonymous: EntityUid,
 }
 
+impl Policies {
+    /// The claims the policies may read as tags (`principal.getTag("email")`,
+    /// `principal.hasTag("email")`), and whether some tag is named by an expression rather
+    /// than a literal (then any claim may matter).
+    pub fn tags_read(&self) -> (std::collections::BTreeSet<String>, bool) {
+        let mut names = std::collections::BTreeSet::new();
+        let mut any = false;
+        for p in self.all.policies() {
+            let text = p.to_string();
+            for call in ["getTag(", "hasTag("] {
+                for (at, _) in text.match_indices(call) {
+                    let rest = text[at + call.len()..].trim_start();
+                    let literal = rest.strip_prefix('"').and_then(|r| r.split_once('"')).map(|(n, _)| n);
+                    match literal {
+                        Some(n) if !n.contains('\\') => {
+                            names.insert(n.to_string());
+                        }
+                        _ => any = true,
+                    }
+                }
+            }
+        }
+        (names, any)
+    }
+}
+
 impl std::fmt::Debug for Policies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policies").field("policies", &self.all.policies().count()).finish()

@@ -69,9 +69,14 @@ pub struct PrincipalFacts {
     /// When the credential was issued (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_at: Option<u64>,
-    /// The claims (roles, groups and policy tags come from them).
+    /// The claims (roles, groups and policy tags come from them). The access log keeps only
+    /// those `access_log.claims` names.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub claims: Map<String, Value>,
+    /// Names of claims the token had but the access log left out: their values are unknown,
+    /// so a decision that reads one cannot be judged again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims_withheld: Vec<String>,
 }
 
 /// The context, as a record.
@@ -127,6 +132,7 @@ impl Facts {
                 scopes: Some(p.scopes.iter().map(|s| s.to_string()).collect()),
                 issued_at: p.issued_at,
                 claims: p.claims.as_ref().map(|c| c.map().clone()).unwrap_or_default(),
+                claims_withheld: Vec::new(),
             },
             context: ContextFacts {
                 client_ip: input.client_ip,

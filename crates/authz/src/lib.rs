@@ -75,6 +75,41 @@ impl Decision {
     }
 }
 
+/// The token claims a decision may read, by top-level name: the roles and groups claims,
+/// and the claims policies read as tags. `portcullis authz replay` cannot judge a decision
+/// again when one of these was left out of the audit log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClaimsRead {
+    /// Claims read by name.
+    pub names: std::collections::BTreeSet<String>,
+    /// Some policy names a tag by an expression: any claim may be read.
+    pub any: bool,
+}
+
+impl ClaimsRead {
+    fn new(cfg: &AuthorizeConfig, shared: &AuthorizationConfig, policies: Option<&Arc<Policies>>) -> ClaimsRead {
+        let root = |path: &str| path.split('.').next().unwrap_or(path).to_string();
+        let mut reads = ClaimsRead::default();
+        if !cfg.roles.is_empty() || policies.is_some() {
+            reads.names.insert(root(&shared.roles_claim));
+        }
+        if !cfg.groups.is_empty() || policies.is_some() {
+            reads.names.insert(root(&shared.groups_claim));
+        }
+        if let Some(p) = policies {
+            let (tags, any) = p.tags_read();
+            reads.names.extend(tags);
+            reads.any = any;
+        }
+        reads
+    }
+
+    /// Which of the `withheld` claims the decision may have read.
+    pub fn missing<'a>(&self, withheld: &'a [String]) -> Vec<&'a str> {
+        withheld.iter().filter(|c| self.any || self.names.contains(*c)).map(String::as_str).collect()
+    }
+}
+
 /// One route's authorization: its rules and, when policies judge it, its slice of them.
 #[derive(Debug)]
 pub struct RouteAuthz {
@@ -82,6 +117,8 @@ pub struct RouteAuthz {
     pub rules: Rules,
     /// The Cedar policies that may apply, per action.
     cedar: Option<RouteCedar>,
+    /// The claims a decision may read.
+    claims_read: ClaimsRead,
 }
 
 #[derive(Debug)]
@@ -117,7 +154,8 @@ impl RouteAuthz {
             },
             policies: policies.clone(),
         });
-        RouteAuthz { rules: Rules::new(cfg, shared), cedar }
+        let claims_read = ClaimsRead::new(cfg, shared, cedar.as_ref().map(|c| &c.policies));
+        RouteAuthz { rules: Rules::new(cfg, shared), cedar, claims_read }
     }
 
     /// The authorization of one grant of the token service: who may obtain a token of
@@ -135,7 +173,13 @@ impl RouteAuthz {
             by_method: HashMap::new(),
             policies: policies.clone(),
         });
-        RouteAuthz { rules: Rules::new(cfg, shared), cedar }
+        let claims_read = ClaimsRead::new(cfg, shared, cedar.as_ref().map(|c| &c.policies));
+        RouteAuthz { rules: Rules::new(cfg, shared), cedar, claims_read }
+    }
+
+    /// The token claims a decision on this route may read.
+    pub fn claims_read(&self) -> &ClaimsRead {
+        &self.claims_read
     }
 
     /// Whether anything is checked at all (else every authenticated caller passes).

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use admin::AdminConfig;
+pub use admin::{AdminAuthConfig, AdminConfig, redacted};
 pub use authz::{AuthorizationConfig, CedarConfig};
 pub use dpop::DpopConfig;
 pub use identity::{
@@ -126,8 +126,18 @@ impl Config {
         if let Some(s) = &mut self.dpop.nonce_secret {
             secret(s, "dpop.nonce_secret".into());
         }
+        if let Some(s) = self.admin.as_mut().and_then(|a| a.auth.as_mut()).and_then(|a| a.bearer_token.as_mut()) {
+            secret(s, "admin.auth.bearer_token".into());
+        }
         let fix = |p: &mut PathBuf| *p = resolve(p);
         if let Some(tls) = &mut self.server.tls {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+            if let Some(ca) = &mut tls.client_ca {
+                fix(ca);
+            }
+        }
+        if let Some(tls) = self.admin.as_mut().and_then(|a| a.tls.as_mut()) {
             fix(&mut tls.cert);
             fix(&mut tls.key);
             if let Some(ca) = &mut tls.client_ca {
@@ -178,6 +188,10 @@ impl Config {
     pub fn referenced_files(&self) -> Vec<PathBuf> {
         let mut files = Vec::new();
         if let Some(tls) = &self.server.tls {
+            files.extend([tls.cert.clone(), tls.key.clone()]);
+            files.extend(tls.client_ca.clone());
+        }
+        if let Some(tls) = self.admin.as_ref().and_then(|a| a.tls.as_ref()) {
             files.extend([tls.cert.clone(), tls.key.clone()]);
             files.extend(tls.client_ca.clone());
         }

@@ -42,10 +42,15 @@ pub struct AccessLogConfig {
     pub enabled: bool,
     /// File to append to; standard output when absent. Reopened on reload (log rotation).
     pub path: Option<PathBuf>,
+    /// The token claims kept in a decision's record (`authz.principal.claims`), by top-level
+    /// name, e.g. `[sub, client_id, roles]`. None by default: claims such as `email` or `name`
+    /// are personal data. The names of the claims left out are recorded (never their values),
+    /// so that `portcullis authz replay` can say which decisions it cannot judge.
+    pub claims: Vec<String>,
 }
 
 impl Default for AccessLogConfig {
     fn default() -> Self {
-        Self { enabled: true, path: None }
+        Self { enabled: true, path: None, claims: Vec::new() }
     }
 }

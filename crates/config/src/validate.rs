@@ -68,6 +68,9 @@ fn server(config: &Config, out: &mut Vec<Invalid>) {
     {
         out.push(Invalid::new("admin.listen", "must differ from server.listen"));
     }
+    if let Some(admin) = &config.admin {
+        admin.validate(out);
+    }
 }
 
 fn issuers(config: &Config, out: &mut Vec<Invalid>) {

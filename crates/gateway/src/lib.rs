@@ -12,10 +12,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use arc_swap::ArcSwap;
-use portcullis_config::{ConfigErrors, LoadedConfig, LogFormat, load_file};
+use portcullis_config::{ConfigErrors, Invalid, LoadedConfig, LogFormat, load_file};
 use portcullis_proxy::{Runtime, Shared, listener};
 use portcullis_telemetry::{AccessLog, Metrics, init_logging};
 use tokio::net::{TcpListener, TcpSocket};
@@ -70,6 +70,7 @@ pub struct CheckSummary {
 pub fn check(path: &Path) -> Result<CheckSummary, ConfigErrors> {
     let loaded = load_file(path)?;
     let shared = Shared::new(Arc::new(Metrics::new()), 1);
+    admin_tls(&loaded)?;
     let runtime = Runtime::build(Arc::new(loaded), &shared, None, 1)?;
     Ok(CheckSummary { routes: runtime.route_ids() })
 }
@@ -83,6 +84,14 @@ pub fn serve(opts: ServeOptions) -> Result<(), Error> {
     // the worker threads `run` starts.
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     control.block_on(run(opts.config, loaded))
+}
+
+/// The admin listener's TLS settings, if it has any.
+fn admin_tls(loaded: &LoadedConfig) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigErrors> {
+    match &loaded.config.admin {
+        None => Ok(None),
+        Some(a) => admin::tls_config(a).map_err(|(key, msg)| loaded.locate([Invalid::new(key, msg)])),
+    }
 }
 
 fn bind_admin(addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -106,6 +115,8 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared::new(metrics.clone(), workers));
     let access_log = AccessLog::start(loaded.config.access_log.path.clone(), metrics.access_log_dropped.clone())?;
+    access_log.keep_claims(loaded.config.access_log.claims.clone());
+    let admin_tls = admin_tls(&loaded).map_err(Error::Config)?;
     let files = watched_files(&path, &loaded);
 
     let runtime = Runtime::build(Arc::new(loaded), &shared, Some(access_log.clone()), 1).map_err(Error::Config)?;
@@ -127,12 +138,11 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
     for (i, socket) in sockets.into_iter().enumerate() {
         threads.push(listener::spawn_worker(i + 1, socket, ctx.clone())?);
     }
-    let admin_state =
-        Arc::new(AdminState { runtime: swap.clone(), metrics: metrics.clone(), ready: AtomicBool::new(true) });
+    let admin_state = Arc::new(AdminState::new(swap.clone(), metrics.clone()));
     if let Some(l) = admin_listener {
         // The admin listener lives until the process exits, so that /readyz says
         // "not ready" while connections drain.
-        tokio::spawn(admin::serve(l, admin_state.clone()));
+        tokio::spawn(admin::serve(l, admin_state.clone(), admin_tls));
     }
     match admin_addr {
         Some(admin) => tracing::info!(%listen, %admin, routes, workers, "portcullis serving"),
@@ -233,6 +243,7 @@ impl Reloader {
                     tracing::warn!("listen addresses changed; they take effect at the next restart");
                 }
                 self.access_log.reopen(c.access_log.path.clone());
+                self.access_log.keep_claims(c.access_log.claims.clone());
                 let routes = runtime.route_ids().len();
                 self.swap.store(Arc::new(runtime));
                 self.generation = generation;

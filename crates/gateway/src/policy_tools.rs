@@ -91,6 +91,26 @@ pub struct Flip {
     pub now: Explanation,
 }
 
+/// A past decision that replay cannot judge: the new config's decision may read claims
+/// that were not logged.
+#[derive(Debug, Serialize)]
+pub struct NotJudged {
+    /// The audit line's number (from 1).
+    pub line: usize,
+    /// Its request id.
+    pub request_id: Option<String>,
+    /// `METHOD path`.
+    pub request: String,
+    /// The route that would judge it.
+    pub route: String,
+    /// The logged decision.
+    pub was: String,
+    /// The claims the decision may read that the log left out.
+    pub missing_claims: Vec<String>,
+    /// Why, in words: `could not be judged: claim email not logged`.
+    pub reason: String,
+}
+
 /// What replaying an audit log against a config found.
 #[derive(Debug, Default, Serialize)]
 pub struct Replay {
@@ -104,6 +124,9 @@ pub struct Replay {
     pub allow_to_deny: Vec<Flip>,
     /// Past denies the new config allows.
     pub deny_to_allow: Vec<Flip>,
+    /// Decisions that could not be judged again: they may depend on claims the audit log
+    /// left out (see `access_log.claims`).
+    pub not_judged: Vec<NotJudged>,
     /// Lines without a recorded decision input (no authorization ran, or the route had
     /// nothing to check).
     pub skipped: usize,
@@ -155,7 +178,25 @@ pub fn replay(config: &Path, log: impl BufRead) -> Result<Replay, String> {
             }
         };
         let now = match rt.judge(&facts, &principal) {
-            Ok(Some((route, d))) => explanation(Some(route.to_string()), d),
+            Ok(Some((route, d))) => {
+                let withheld = &facts.principal.claims_withheld;
+                let missing = rt.route_authz(&route).map(|a| a.claims_read().missing(withheld)).unwrap_or_default();
+                if !missing.is_empty() {
+                    let names = missing.join(", ");
+                    let plural = if missing.len() == 1 { "claim" } else { "claims" };
+                    report.not_judged.push(NotJudged {
+                        line: i + 1,
+                        request_id: record.get("request_id").and_then(|v| v.as_str()).map(str::to_string),
+                        request: format!("{} {}", facts.method, facts.path),
+                        route: route.to_string(),
+                        was: was.to_string(),
+                        missing_claims: missing.iter().map(|m| m.to_string()).collect(),
+                        reason: format!("could not be judged: {plural} {names} not logged"),
+                    });
+                    continue;
+                }
+                explanation(Some(route.to_string()), d)
+            }
             Ok(None) => Explanation::no_route(),
             Err(e) => {
                 report.unreadable.push(format!("line {}: {e}", i + 1));

@@ -310,6 +310,16 @@ impl Runtime {
         self.authn.ready()
     }
 
+    /// The ids of the issuers without usable keys: routes that need one are not ready.
+    pub fn issuers_without_keys(&self) -> Vec<Arc<str>> {
+        self.authn.issuers_without_keys()
+    }
+
+    /// A route's authorization, by id (for `authz replay`).
+    pub fn route_authz(&self, id: &str) -> Option<&portcullis_authz::RouteAuthz> {
+        self.router.iter().find(|(_, r)| &*r.id == id).map(|(_, r)| &r.authz)
+    }
+
     /// Route ids, most specific first.
     pub fn route_ids(&self) -> Vec<Arc<str>> {
         self.router.iter().map(|(_, r)| r.id.clone()).collect()

@@ -1,8 +1,11 @@
 //! The access log: one JSON line per request, serialised on the request's task and written
 //! by a dedicated thread, so a slow disk never stalls a request.
 //!
-//! The query string is never logged (it may carry credentials), nor are headers.
+//! The query string is never logged (it may carry credentials), nor are headers. A decision's
+//! record keeps only the token claims `access_log.claims` allows (none by default); the names
+//! of the others are recorded as `authz.principal.claims_withheld`, their values never.
 
+use std::borrow::Cow;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
@@ -11,8 +14,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use serde::{Serialize, Serializer};
+use serde_json::{Map, Value};
 
 /// Lines that may wait for the writer before new ones are dropped (and counted).
 const QUEUE: usize = 16 * 1024;
@@ -56,9 +61,48 @@ pub struct AccessRecord {
     /// Errors met evaluating the policies (each denies).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_errors: Option<Vec<String>>,
-    /// What the decision was made on (`portcullis authz replay` reads it back).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// What the decision was made on (`portcullis authz replay` reads it back). Written by
+    /// [`AccessLog::write`], which first drops the claims the allowlist does not name.
+    #[serde(skip)]
     pub authz: Option<serde_json::Value>,
+}
+
+/// A record as written: the record, then its decision input with the claims filtered.
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(flatten)]
+    record: &'a AccessRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authz: Option<Cow<'a, Value>>,
+}
+
+/// The decision input `authz` with only the claims named in `keep`; the names of the others
+/// go to `principal.claims_withheld`. Borrowed when nothing is withheld.
+pub fn withhold_claims<'a>(authz: &'a Value, keep: &[String]) -> Cow<'a, Value> {
+    let claims = authz.get("principal").and_then(|p| p.get("claims")).and_then(Value::as_object);
+    let Some(claims) = claims.filter(|c| c.keys().any(|k| !keep.contains(k))) else {
+        return Cow::Borrowed(authz);
+    };
+    let mut kept = Map::new();
+    let mut withheld = Vec::new();
+    for (k, v) in claims {
+        if keep.contains(k) {
+            kept.insert(k.clone(), v.clone());
+        } else {
+            withheld.push(Value::String(k.clone()));
+        }
+    }
+    withheld.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+    let mut out = authz.clone();
+    if let Some(p) = out.get_mut("principal").and_then(Value::as_object_mut) {
+        if kept.is_empty() {
+            p.remove("claims");
+        } else {
+            p.insert("claims".into(), Value::Object(kept));
+        }
+        p.insert("claims_withheld".into(), Value::Array(withheld));
+    }
+    Cow::Owned(out)
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -75,6 +119,8 @@ enum Msg {
 pub struct AccessLog {
     tx: SyncSender<Msg>,
     dropped: Counter,
+    /// `access_log.claims`: replaced on reload.
+    claims: Arc<ArcSwap<Vec<String>>>,
 }
 
 impl AccessLog {
@@ -83,14 +129,22 @@ impl AccessLog {
         let out = open(path.as_ref())?;
         let (tx, rx) = sync_channel(QUEUE);
         std::thread::Builder::new().name("access-log".into()).spawn(move || writer(rx, out))?;
-        Ok(AccessLog { tx, dropped })
+        Ok(AccessLog { tx, dropped, claims: Arc::default() })
+    }
+
+    /// Sets the claims a decision's record keeps (`access_log.claims`); all others are
+    /// withheld. Applies to every clone of this handle.
+    pub fn keep_claims(&self, claims: Vec<String>) {
+        self.claims.store(Arc::new(claims));
     }
 
     /// Queues one record. Never blocks: when the writer is behind, the line is dropped and
     /// counted in `portcullis_access_log_dropped_total`.
     pub fn write(&self, record: &AccessRecord) {
         let mut line = Vec::with_capacity(384);
-        if serde_json::to_writer(&mut line, record).is_err() {
+        let keep = self.claims.load();
+        let authz = record.authz.as_ref().map(|a| withhold_claims(a, &keep));
+        if serde_json::to_writer(&mut line, &Line { record, authz }).is_err() {
             return;
         }
         line.push(b'\n');
@@ -188,6 +242,65 @@ mod tests {
         assert_eq!(v["route"], "orders");
         assert_eq!(v["status"], 200);
         assert_eq!(std::fs::read_to_string(&b).unwrap().lines().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn claims_are_withheld_unless_allowed() {
+        let authz = serde_json::json!({
+            "method": "GET", "path": "/x",
+            "principal": {"subject": "alice", "claims": {"sub": "alice", "email": "a@example.com", "roles": ["r"]}}
+        });
+        let none = withhold_claims(&authz, &[]);
+        assert_eq!(none["principal"].get("claims"), None);
+        assert_eq!(none["principal"]["claims_withheld"], serde_json::json!(["email", "roles", "sub"]));
+        assert_eq!(none["principal"]["subject"], "alice");
+        let some = withhold_claims(&authz, &["sub".into(), "roles".into()]);
+        assert_eq!(some["principal"]["claims"], serde_json::json!({"sub": "alice", "roles": ["r"]}));
+        assert_eq!(some["principal"]["claims_withheld"], serde_json::json!(["email"]));
+        let all = withhold_claims(&authz, &["sub".into(), "roles".into(), "email".into()]);
+        assert!(matches!(all, Cow::Borrowed(_)), "nothing to withhold, nothing copied");
+    }
+
+    #[test]
+    fn the_writer_applies_the_allowlist() {
+        let dir = std::env::temp_dir().join(format!("pc-al-claims-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.log");
+        let log = AccessLog::start(Some(path.clone()), Counter::default()).unwrap();
+        log.keep_claims(vec!["sub".into()]);
+        let rec = AccessRecord {
+            time: SystemTime::UNIX_EPOCH,
+            request_id: "r1".into(),
+            client_ip: "127.0.0.1".parse().unwrap(),
+            protocol: "HTTP/1.1",
+            method: "GET".into(),
+            path: "/x".into(),
+            route: None,
+            status: 200,
+            duration_ms: 1.0,
+            upstream_ms: None,
+            principal: Some("alice".into()),
+            auth_method: Some("jwt"),
+            decision: Some("allow"),
+            reason: None,
+            policies: Some(Vec::new()),
+            policy_errors: None,
+            authz: Some(serde_json::json!({"principal": {"claims": {"sub": "alice", "email": "a@example.com"}}})),
+        };
+        log.write(&rec);
+        drop(log);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_to_string(&path).map(|s| s.is_empty()).unwrap_or(true) {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("a@example.com"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["authz"]["principal"]["claims"], serde_json::json!({"sub": "alice"}));
+        assert_eq!(v["authz"]["principal"]["claims_withheld"], serde_json::json!(["email"]));
+        assert_eq!(v["decision"], "allow");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

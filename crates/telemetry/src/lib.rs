@@ -9,7 +9,7 @@ mod histogram;
 mod logging;
 mod metrics;
 
-pub use access_log::{AccessLog, AccessRecord};
+pub use access_log::{AccessLog, AccessRecord, withhold_claims};
 pub use exposition::{Exposition, PrometheusText};
 pub use histogram::AtomicHistogram;
 pub use logging::init_logging;
