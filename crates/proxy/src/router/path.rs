@@ -95,9 +95,9 @@ pub fn strip_parameters(raw: &str) -> String {
     out
 }
 
-/// The path with the parameters of dot segments removed (`..;x` is `..`) and every other
-/// segment's kept: resolving it gives the same segments as the servlet reading, each with
-/// its parameters.
+/// The path with the parameters of dot segments (`..;x` is `..`) and of segments that are
+/// only parameters removed, every other segment's kept: resolving it gives the same segments
+/// as the servlet reading, each with its parameters.
 fn dot_parameters_dropped(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     for (i, seg) in raw.split('/').enumerate() {
@@ -105,7 +105,9 @@ fn dot_parameters_dropped(raw: &str) -> String {
             out.push('/');
         }
         let name = &seg[..parameters_start(seg).unwrap_or(seg.len())];
-        let dots = decode_unreserved(name, true).is_ok_and(|d| d == "." || d == "..");
+        // A segment that is only parameters (`/;x/`) is empty to a servlet container, and
+        // merged away like `//`.
+        let dots = name.is_empty() || decode_unreserved(name, true).is_ok_and(|d| d == "." || d == "..");
         out.push_str(if dots { name } else { seg });
     }
     out
@@ -287,6 +289,7 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
         /// Whatever the input, a normalised path is absolute, has no dot segments and no
         /// empty segments, keeps no decodable escape, and is its own normal form.
         #[test]
@@ -304,12 +307,51 @@ mod tests {
             }
         }
 
+        /// The forwarded form of a path with parameters is the path routes saw, once its
+        /// parameters are removed: the two never name different resources.
+        #[test]
+        fn the_forwarded_path_is_the_routed_path_with_parameters(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(&["/", "a", "b", ".", "..", ";", ";x=1", "%2e", "%3b", "%3Bv", "..;", "%2e%2e;y", "//"][..]),
+                0..10,
+            )
+        ) {
+            let raw = format!("/{}", pieces.concat());
+            if let Ok(r) = read(&raw, false) {
+                let forwarded = r.forwarded().to_string();
+                proptest::prop_assert!(!r.path.contains(';'), "{raw}: {}", r.path);
+                let again = normalize(&strip_parameters(&forwarded), false).unwrap().into_owned();
+                proptest::prop_assert_eq!(again.as_str(), r.path.as_ref(), "{} forwarded as {}", raw, forwarded);
+                proptest::prop_assert!(!forwarded.split('/').any(|s| s == "." || s == ".."), "{forwarded}");
+            }
+        }
+
         /// Arbitrary bytes (valid UTF-8) never panic.
         #[test]
         fn never_panics(raw in "\\PC{0,64}") {
             let _ = normalize(&raw, false);
             let _ = normalize(&raw, true);
+            let _ = read(&raw, false);
+            let _ = read(&raw, true);
         }
+    }
+
+    #[test]
+    fn segment_parameters() {
+        let r = |p| {
+            let r = read(p, false).unwrap();
+            (r.path.into_owned(), r.forward, r.has_parameters)
+        };
+        assert_eq!(r("/a/b"), ("/a/b".into(), None, false));
+        assert_eq!(r("/a;x=1/b"), ("/a/b".into(), Some("/a;x=1/b".into()), true));
+        assert_eq!(r("/static/..;/admin"), ("/admin".into(), None, true));
+        assert_eq!(r("/static/%2e%2e;x/admin"), ("/admin".into(), None, true));
+        assert_eq!(r("/static/..%3Bx/admin"), ("/admin".into(), None, true));
+        assert_eq!(r("/a/.;x/b;y"), ("/a/b".into(), Some("/a/b;y".into()), true));
+        // A segment of parameters alone is empty, merged like `//`.
+        assert_eq!(r("/a/;x/.."), ("/".into(), None, true));
+        assert_eq!(r("/a/;x/b"), ("/a/b".into(), None, true));
+        assert_eq!(strip_parameters("/a;x/..;y/b;z"), "/a/../b");
     }
 
     #[test]
