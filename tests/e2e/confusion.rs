@@ -256,3 +256,58 @@ fn paths_match_without_case_when_the_upstream_reads_them_so() {
     }
     assert_eq!((l.public.count(), l.admin.count()), (0, 0));
 }
+
+#[test]
+fn a_host_with_a_port_that_is_no_port_is_refused() {
+    // nginx, Express and Go cut the host at the first `:`: to them this is admin.example.com.
+    let l = layout("");
+    for host in ["admin.example.com:abc", "admin.example.com:80:80", "admin.example.com:+80", "ADMIN.example.com.:x"] {
+        let (status, head, body) = send(&l.gw, &format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"));
+        assert_eq!(status, 400, "{host}: {head}\n{body}");
+    }
+    let (status, _, _) =
+        send(&l.gw, "GET http://admin.example.com:abc/ HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 400);
+    assert_eq!((l.public.count(), l.admin.count()), (0, 0));
+}
+
+#[test]
+fn fields_that_move_the_path_or_method_behind_the_route_are_dropped() {
+    let l = layout("");
+    let (status, _, body) = get(
+        &l.gw,
+        "/x",
+        "X-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\nX_Original_URL: /admin\r\nX-HTTP-Method-Override: DELETE\r\n\
+         X-Method-Override: DELETE\r\nX-HTTP-Method: DELETE\r\nX-Real-IP: 10.1.1.1\r\nTrue-Client-IP: 10.1.1.1\r\n\
+         X-Forwarded-Client-Cert: Hash=abc\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    let h = received(&body)["headers"].as_object().unwrap().clone();
+    for gone in [
+        "x-original-url",
+        "x-rewrite-url",
+        "x_original_url",
+        "x-http-method-override",
+        "x-method-override",
+        "x-http-method",
+        "x-real-ip",
+        "true-client-ip",
+        "x-forwarded-client-cert",
+    ] {
+        assert!(!h.contains_key(gone), "{gone} reached the upstream: {h:?}");
+    }
+}
+
+#[test]
+fn requests_are_forwarded_as_valid_http_1_1() {
+    let l = layout("");
+    // An absolute-form target with an empty path: the upstream gets `/` before the query.
+    let (status, _, body) =
+        send(&l.gw, "GET http://x.test?/admin HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(received(&body)["uri"], "/?/admin");
+    // HTTP/1.0 without a host: the upstream's own, even where the client's is kept.
+    let (status, _, body) = send(&l.gw, "GET /y HTTP/1.0\r\n\r\n");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(received(&body)["headers"]["host"], l.public.addr.to_string());
+}

@@ -56,6 +56,12 @@ impl Present {
     pub const X_REQUEST_ID: u32 = 1 << 14;
     /// A name with `_` in it, which some servers read as `-` (see [`strip_confusable`]).
     pub const UNDERSCORED: u32 = 1 << 15;
+    /// A field that makes some servers act on another path or method than the request's
+    /// (see [`strip_overrides`]).
+    pub const OVERRIDE: u32 = 1 << 16;
+    /// A field that some servers take as a proxy's word on the client (see
+    /// [`strip_overrides`]).
+    pub const CLIENT_FACT: u32 = 1 << 17;
 
     /// All hop-by-hop headers (RFC 9110 §7.6.1) and the credentials meant for a proxy.
     const HOP_BY_HOP: u32 = Self::CONNECTION
@@ -87,6 +93,19 @@ impl Present {
                 "authorization" => Self::AUTHORIZATION,
                 "dpop" => Self::DPOP,
                 "x-request-id" => Self::X_REQUEST_ID,
+                // As `OVERRIDES` and `CLIENT_FACTS` list them.
+                "x-original-url"
+                | "x-rewrite-url"
+                | "x-http-method-override"
+                | "x-http-method"
+                | "x-method-override" => Self::OVERRIDE,
+                "x-real-ip"
+                | "x-client-ip"
+                | "true-client-ip"
+                | "x-forwarded-port"
+                | "x-forwarded-prefix"
+                | "x-forwarded-client-cert"
+                | "x-client-cert" => Self::CLIENT_FACT,
                 n if n.as_bytes().contains(&b'_') => Self::UNDERSCORED,
                 _ => 0,
             };
@@ -188,7 +207,47 @@ pub const GUARDED: &[&str] = &[
     "x-request-id",
     "x-client-cert",
     "x-api-key",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-client-ip",
+    "true-client-ip",
+    "x-forwarded-client-cert",
 ];
+
+/// Fields that make servers act on another path than the request line's (`X-Original-URL`:
+/// IIS URL Rewrite, Symfony, Zend, Drupal) or another method (`X-HTTP-Method-Override`:
+/// Express, Rack, Spring, Laravel): the route and its policies judged the request's own.
+const OVERRIDES: &[&str] =
+    &["x-original-url", "x-rewrite-url", "x-http-method-override", "x-http-method", "x-method-override"];
+
+/// Fields some servers take as a proxy's word on the client's address, port, prefix or
+/// certificate: believed only from `server.trusted_proxies`.
+const CLIENT_FACTS: &[&str] = &[
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-client-cert",
+    "x-client-cert",
+];
+
+/// Removes [`OVERRIDES`] always, and [`CLIENT_FACTS`] unless the peer is a trusted proxy.
+pub fn strip_overrides(headers: &mut HeaderMap, present: Present, trusted: bool) {
+    if present.any(Present::OVERRIDE) {
+        for name in OVERRIDES {
+            headers.remove(*name);
+        }
+    }
+    if present.any(Present::CLIENT_FACT) && !trusted {
+        for name in CLIENT_FACTS {
+            headers.remove(*name);
+        }
+    }
+}
 
 /// Removes fields whose names, with `_` read as `-`, are [`GUARDED`] or one of `extra` (the
 /// identity headers and API-key header the config names).
@@ -608,6 +667,67 @@ mod tests {
         forward(&mut h, "2001:db8::1", false, "h.example", &[], ForwardedHeaders::Forwarded);
         assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\";proto=http;host=\"h.example\"");
         assert!(!h.contains_key("x-forwarded-for"));
+    }
+
+    #[test]
+    fn overrides_always_go_and_client_facts_unless_from_a_trusted_proxy() {
+        let sent = [
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("x-real-ip", "10.0.0.1"),
+            ("true-client-ip", "10.0.0.1"),
+            ("x-forwarded-client-cert", "Hash=1"),
+            ("x-kept", "1"),
+        ];
+        for (trusted, kept) in
+            [(false, vec!["x-kept"]), (true, vec!["x-real-ip", "true-client-ip", "x-forwarded-client-cert", "x-kept"])]
+        {
+            let mut h = hm(&sent);
+            let present = Present::scan(&h);
+            strip_overrides(&mut h, present, trusted);
+            let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            let mut kept = kept;
+            names.sort_unstable();
+            kept.sort_unstable();
+            assert_eq!(names, kept, "trusted: {trusted}");
+        }
+    }
+
+    #[test]
+    fn underscore_spellings_of_guarded_fields_go() {
+        let mut h = hm(&[
+            ("content_length", "500"),
+            ("transfer_encoding", "chunked"),
+            ("x_forwarded_for", "10.0.0.1"),
+            ("x-forwarded_host", "evil"),
+            ("x_original_url", "/admin"),
+            ("x_user_email", "a@b"),
+            ("x_custom_thing", "kept"),
+        ]);
+        assert!(Present::scan(&h).any(Present::UNDERSCORED));
+        strip_confusable(&mut h, &[HeaderName::from_static("x-user-email")]);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x_custom_thing"]);
+    }
+
+    #[test]
+    fn connection_cannot_name_end_to_end_fields() {
+        let mut h = hm(&[
+            ("connection", "host, content-length, x-forwarded-for, x-request-id, x-hop"),
+            ("host", "a.example"),
+            ("content-length", "5"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-request-id", "r1"),
+            ("x-hop", "1"),
+        ]);
+        let present = Present::scan(&h);
+        strip_hop_by_hop(&mut h, present);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "host", "x-forwarded-for", "x-request-id"]);
     }
 
     #[test]

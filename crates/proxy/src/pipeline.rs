@@ -291,6 +291,10 @@ async fn run(
     if present.any(headers::Present::UNDERSCORED) {
         headers::strip_confusable(&mut parts.headers, &rt.guarded_headers);
     }
+    if present.any(headers::Present::OVERRIDE | headers::Present::CLIENT_FACT) {
+        let trusted = headers::is_trusted(conn.peer.ip(), &rt.trusted_proxies);
+        headers::strip_overrides(&mut parts.headers, present, trusted);
+    }
 
     // Forward.
     let path = forward_path(&parts.uri, routed.forward.map_or(path, Cow::Owned), route.rewrite.as_ref());
@@ -433,6 +437,10 @@ fn route_refused(e: RouteError) -> Problem {
         )
         .header(header::ALLOW, HeaderValue::from_str(&allow).unwrap_or_else(|_| HeaderValue::from_static(""))),
         RouteError::BadPath(e) => Problem::bad_request("invalid_path", e.detail()),
+        RouteError::CaseFold => Problem::bad_request(
+            "invalid_path",
+            "the path holds a character that case-insensitive servers read as an ASCII letter",
+        ),
         RouteError::PathParameters => Problem::bad_request(
             "path_parameters",
             "path segment parameters (`;`) are not accepted here: servers read them differently",
@@ -564,7 +572,10 @@ fn protect_body(
 fn forward_path(uri: &http::Uri, path: Cow<'_, str>, rewrite: Option<&(String, String)>) -> PathAndQuery {
     if let (Cow::Borrowed(_), None) = (&path, rewrite) {
         // Unchanged: reuse the request's own bytes.
-        if let Some(pq) = uri.path_and_query() {
+        // An absolute-form target with an empty path (`http://h?q`) has none of its own.
+        if let Some(pq) = uri.path_and_query()
+            && pq.as_str().starts_with('/')
+        {
             return pq.clone();
         }
     }
@@ -844,7 +855,22 @@ mod tests {
         assert_eq!(route_host("Admin.Example.COM.").unwrap(), "admin.example.com");
         assert_eq!(route_host("admin.example.com.:8443").unwrap(), "admin.example.com");
         assert_eq!(route_host("[::1]:80").unwrap(), "[::1]");
-        for bad in ["admin.example.com..", ".admin.example.com", "admin..example.com", "adm%69n.example.com", "."] {
+        assert_eq!(route_host("admin.example.com:").unwrap(), "admin.example.com");
+        for bad in [
+            "admin.example.com..",
+            ".admin.example.com",
+            "admin..example.com",
+            "adm%69n.example.com",
+            ".",
+            // nginx, Express and Go cut the host at the first `:` and read `admin.example.com`.
+            "admin.example.com:abc",
+            "admin.example.com:80:80",
+            "admin.example.com:+80",
+            "admin.example.com.:x",
+            "admin.example.com:123456",
+            "[::1]x",
+            "[::1",
+        ] {
             assert!(route_host(bad).is_err(), "{bad}");
         }
         assert_eq!(without_trailing_dot("a.example.:8443").unwrap(), "a.example:8443");

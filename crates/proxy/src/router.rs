@@ -354,6 +354,8 @@ fn parse_method(name: &str) -> Result<Method, String> {
 #[derive(Debug)]
 pub struct Router<T> {
     entries: Box<[(Matcher, T)]>,
+    /// Some route matches paths without case.
+    ignore_case: bool,
 }
 
 impl<T> Router<T> {
@@ -376,7 +378,8 @@ impl<T> Router<T> {
         let mut routes = routes;
         // Stable: equally specific routes keep file order.
         routes.sort_by_key(|(m, _, _)| Reverse(m.rank()));
-        Ok(Router { entries: routes.into_iter().map(|(m, t, _)| (m, t)).collect() })
+        let ignore_case = routes.iter().any(|(m, _, _)| m.ignore_case);
+        Ok(Router { entries: routes.into_iter().map(|(m, t, _)| (m, t)).collect(), ignore_case })
     }
 
     /// The most specific route for a request whose path is already read (see [`path::read`]).
@@ -444,6 +447,9 @@ impl<T> Router<T> {
     /// another.
     pub fn route<'p>(&self, host: &str, raw_path: &'p str, method: &Method) -> Result<Routed<'_, 'p, T>, RouteError> {
         let reading = path::read(raw_path, false).map_err(RouteError::BadPath)?;
+        if self.ignore_case && folds_to_ascii(&reading.path) {
+            return Err(RouteError::CaseFold);
+        }
         let (i, params) = self.lookup(host, &reading.path, method)?;
         if reading.has_parameters {
             if !self.entries[i].0.path_parameters {
@@ -499,6 +505,9 @@ pub enum RouteError {
     /// The path has segment parameters no route takes, or that could be read as two routes
     /// (`400`).
     PathParameters,
+    /// With paths matched without case, the path holds a character that case-insensitive
+    /// servers fold to an ASCII letter (`400`).
+    CaseFold,
     /// A route claims the host and path but not the method (`405`); `Allow`'s value.
     MethodNotAllowed(String),
     /// No route matches (`404`).
@@ -511,11 +520,21 @@ pub struct BadHost;
 
 /// The host for route matching, of an authority (`Host`, `:authority`): lower-case, without
 /// port or a single trailing dot (`Admin.Example.com.:443` is `admin.example.com`). Refused:
-/// an empty label (`a..b`, `.a`), more than one trailing dot, and percent-encodings, which
-/// servers decode differently.
+/// a port that is not up to five digits (`host:abc`, `host:80:80`: nginx, Express and Go cut
+/// the host at the first `:` and would serve `host`), an empty label (`a..b`, `.a`), more than
+/// one trailing dot, and percent-encodings, which servers decode differently.
 pub fn route_host(authority: &str) -> Result<Cow<'_, str>, BadHost> {
     let h = strip_port(authority);
+    let port = &authority[h.len()..];
+    if let Some(digits) = port.strip_prefix(':')
+        && (digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(BadHost);
+    }
     let h = if h.starts_with('[') {
+        if !h.ends_with(']') || !(port.is_empty() || port.starts_with(':')) {
+            return Err(BadHost);
+        }
         h
     } else {
         let h = match h.strip_suffix('.') {
@@ -523,7 +542,7 @@ pub fn route_host(authority: &str) -> Result<Cow<'_, str>, BadHost> {
             Some(h) => h,
             None => h,
         };
-        if h.starts_with('.') || h.ends_with('.') || h.contains("..") || h.contains('%') {
+        if h.starts_with('.') || h.ends_with('.') || h.contains("..") || h.contains(['%', ':']) {
             return Err(BadHost);
         }
         h
@@ -531,7 +550,8 @@ pub fn route_host(authority: &str) -> Result<Cow<'_, str>, BadHost> {
     Ok(if h.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(h.to_ascii_lowercase()) } else { Cow::Borrowed(h) })
 }
 
-/// The host of an authority: without its port.
+/// The host of an authority: without its port (`:` and digits after the last `:`, or
+/// whatever follows a `]`).
 pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |i| &host[..=i]);
@@ -541,6 +561,17 @@ pub fn strip_port(host: &str) -> &str {
         Some(i) if host.as_bytes()[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
         _ => host,
     }
+}
+
+/// Characters whose case folds to an ASCII letter in Java and .NET (`İ`→`i`, `ı`→`I`, `ſ`→`S`,
+/// the Kelvin sign→`k`), percent-encoded as a normalised path holds them, and raw: a
+/// case-insensitive upstream reads `/adm%C4%B1n` as `/admin`.
+const FOLDS_TO_ASCII: &[&str] = &["%C4%B0", "%C4%B1", "%C5%BF", "%E2%84%AA"];
+
+/// Whether a normalised path holds a character of [`FOLDS_TO_ASCII`].
+fn folds_to_ascii(path: &str) -> bool {
+    path.contains(['\u{130}', '\u{131}', '\u{17f}', '\u{212a}'])
+        || (path.contains('%') && FOLDS_TO_ASCII.iter().any(|e| path.contains(e)))
 }
 
 #[cfg(test)]

@@ -274,7 +274,9 @@ impl Upstream {
     ) -> Result<Response<ResponseBody>, Failure> {
         let timeout = waits.upstream;
         let ep = &self.endpoints[i];
-        let host = (!self.preserve_host).then_some(&ep.host);
+        // A request without a host of its own (HTTP/1.0) gets the endpoint's: an HTTP/1.1
+        // request must carry one (RFC 9112 §3.2).
+        let host = (!self.preserve_host || !head.headers.contains_key(http::header::HOST)).then_some(&ep.host);
         let result = match (&ep.lean, upgrade) {
             (Some(pool), false) => {
                 // The timeout bounds the upstream's part only (see `h1::send`): a slow

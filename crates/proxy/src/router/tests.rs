@@ -138,6 +138,13 @@ fn paths_can_be_matched_without_case() {
     let r = Router::new(vec![(t, "user", 0)]).unwrap();
     let Lookup::Found(_, params) = r.find("h", "/USERS/AbC", &Method::GET) else { panic!() };
     assert_eq!(&*params[0].1, "AbC");
+    // Characters Java and .NET fold to ASCII letters are refused where case is ignored.
+    let ci = RouteMatch { ignore_case: Some(true), ..m(None, "prefix", "/admin", None) };
+    let r = router(vec![("public", m(None, "", "", None)), ("admin", ci)]);
+    for p in ["/adm%C4%B1n", "/ADM%c4%b0N", "/%C5%BFecret", "/%E2%84%AAey", "/adm\u{131}n"] {
+        assert_eq!(r.route("h", p, &Method::GET).map(|x| *x.route), Err(RouteError::CaseFold), "{p}");
+    }
+    assert_eq!(r.route("h", "/caf%C3%A9", &Method::GET).map(|x| *x.route), Ok("public"));
     // Case-sensitive by default.
     let r = router(vec![("admin", m(None, "prefix", "/admin", None))]);
     assert_eq!(find(&r, "h", "/ADMIN", "GET"), None);
