@@ -142,7 +142,8 @@ impl Fixture {
         client().get(self.gw.url("/orders/1")).bearer_auth(token).send().await.unwrap()
     }
 
-    /// Asserts `token` is refused with 401, an RFC 6750 challenge and this reason.
+    /// Asserts `token` is refused with 401, an RFC 6750 challenge (realm, `invalid_token`) and
+    /// this reason.
     pub async fn refused(&self, token: &str, reason: &str) {
         let before = self.up.count();
         let r = self.get(token).await;
@@ -150,7 +151,7 @@ impl Fixture {
             r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
         let p = problem(r, 401).await;
         assert_eq!(p["type"], format!("urn:portcullis:problem:{}", reason.replace('_', "-")), "{p}");
-        assert!(challenge.starts_with("Bearer error=\"invalid_token\""), "{challenge}");
+        assert!(challenge.starts_with(r#"Bearer realm="portcullis", error="invalid_token""#), "{challenge}");
         assert_eq!(self.up.count(), before, "a refused request never reaches the upstream");
     }
 }
@@ -183,10 +184,18 @@ async fn every_algorithm_is_accepted_and_the_credential_stays_behind() {
 #[tokio::test]
 async fn missing_and_ambiguous_credentials() {
     let f = Fixture::new("", "").await;
+    // RFC 6750 §3.1: no credential, no error code; just the scheme and its realm.
     let r = client().get(f.gw.url("/orders/1")).send().await.unwrap();
-    assert_eq!(
-        r.headers()["www-authenticate"].to_str().unwrap().split(',').next().unwrap(),
-        "Bearer error=\"invalid_token\""
+    let challenges: Vec<_> =
+        r.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert_eq!(challenges, [r#"Bearer realm="portcullis""#]);
+    assert_eq!(problem(r, 401).await["type"], "urn:portcullis:problem:credential-missing");
+    // An invalid credential: the realm and `invalid_token`.
+    let r = client().get(f.gw.url("/orders/1")).bearer_auth("not-a-jwt").send().await.unwrap();
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
+    assert!(
+        challenge.starts_with(r#"Bearer realm="portcullis", error="invalid_token", error_description=""#),
+        "{challenge}"
     );
     problem(r, 401).await;
     let token = f.idp.token("ec", json!({})).await;
@@ -241,6 +250,29 @@ macro_rules! rejects {
             f.refused(&token, $reason).await;
         }
     };
+}
+
+/// A token that claims a binding the gateway cannot verify (RFC 7800 `cnf` other than a
+/// `jkt` or `x5t#S256` string) is refused, never taken as a bearer token; PyJWT signs them.
+#[tokio::test]
+async fn unverifiable_confirmation_claims_are_refused() {
+    let f = Fixture::new("", "").await;
+    for cnf in [
+        json!({"jkt": ["abc"]}),
+        json!("abc"),
+        json!(null),
+        json!({}),
+        json!({"jwk": {"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}}),
+        json!({"kid": "client-key-1"}),
+        json!({"jku": "https://client.example/jwks"}),
+        json!({"x5t#S256": 42}),
+        json!({"jkt": "abc", "kid": "client-key-1"}),
+    ] {
+        let token = f.idp.token("ec", json!({"cnf": cnf})).await;
+        f.refused(&token, "cnf_unsupported").await;
+    }
+    // The same token without `cnf` passes: it was the claim that refused it.
+    assert_eq!(f.get(&f.idp.token("ec", json!({})).await).await.status(), 200);
 }
 
 #[tokio::test]

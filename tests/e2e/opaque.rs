@@ -4,8 +4,9 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use crate::authn::{Idp, now};
 use crate::harness::{Gateway, TempDir, client, helper, problem, run_cli, spawn_peer};
 use crate::upstream::Upstream;
 
@@ -205,12 +206,12 @@ routes:
     let r = c.get(gw.url("/orders/1")).header("x-api-key", &key).header("x-api-key", "pk_other").send().await.unwrap();
     assert_eq!(problem(r, 400).await["type"], "urn:portcullis:problem:credential-ambiguous");
 
-    // Refusals carry the Bearer challenge the contract promises, and the key's.
+    // A route that takes only API keys challenges with the key's header alone: no Bearer
+    // challenge for a token it would not take.
     let r = c.get(gw.url("/orders/1")).send().await.unwrap();
     let challenges: Vec<_> =
         r.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap().to_string()).collect();
-    assert!(challenges[0].starts_with("Bearer error=\"invalid_token\""), "{challenges:?}");
-    assert_eq!(challenges[1], "ApiKey header=\"x-api-key\"");
+    assert_eq!(challenges, ["ApiKey header=\"x-api-key\""]);
     problem(r, 401).await;
     let p = problem(c.get(gw.url("/orders/1")).header("x-api-key", "pk_wrong").send().await.unwrap(), 401).await;
     assert_eq!(p["type"], "urn:portcullis:problem:api-key-unknown");
@@ -258,8 +259,105 @@ routes:
     let challenges: Vec<String> =
         r.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap().to_string()).collect();
     assert!(
-        challenges.iter().any(|c| c.starts_with("Bearer")) && challenges.iter().any(|c| c.starts_with("ApiKey")),
+        challenges.iter().any(|c| c == r#"Bearer realm="portcullis""#)
+            && challenges.iter().any(|c| c.starts_with("ApiKey")),
         "{challenges:?}"
     );
     problem(r, 401).await;
+}
+
+/// Two IdPs (Python, PyJWT) and a gateway whose introspection endpoint is the first one's:
+/// routes that restrict issuers to it, and one that does not.
+async fn two_issuers() -> (Idp, Idp, Upstream, Gateway) {
+    let (a, b) = (Idp::start(), Idp::start());
+    a.key("ec", "ES256").await;
+    b.key("ec", "ES256").await;
+    let up = Upstream::start();
+    let issuer = |id: &str, idp: &Idp| {
+        format!(
+            "  - id: {id}\n    issuer: {url}\n    jwks_uri: {url}/jwks.json\n    audiences: [orders-api]\n    algorithms: [ES256]\n",
+            url = idp.url
+        )
+    };
+    let route = |id: &str, methods: &str, issuers: &str| {
+        format!(
+            "  - id: {id}\n    match: {{ path_prefix: /{id} }}\n    upstream: {}\n    authenticate: [{methods}]\n{issuers}",
+            up.url()
+        )
+    };
+    let gw = Gateway::start(&format!(
+        "server:\n  listen: {{listen}}\n  workers: 1\nissuers:\n{}{}introspection:\n  endpoint: {}/introspect\n  client_id: gateway\n  client_secret: s3cret\nroutes:\n{}{}{}",
+        issuer("a", &a),
+        issuer("b", &b),
+        a.url,
+        route("restricted", "jwt, introspection", "    issuers: [a]\n"),
+        route("opaque", "introspection", "    issuers: [a]\n"),
+        route("open", "jwt, introspection", ""),
+    ));
+    (a, b, up, gw)
+}
+
+/// A route's `issuers` hold on every path: a JWT of another issuer is refused, not sent to
+/// introspection (which would call it active here), and an introspection answer that names an
+/// issuer must name one of the route's. An answer without `iss` is the endpoint's own word.
+#[tokio::test]
+async fn route_issuers_bind_introspection_too() {
+    let (a, b, up, gw) = two_issuers().await;
+    let get = |path: &str, token: &str| client().get(gw.url(path)).bearer_auth(token).send();
+    let active = |token: &str, claims: Value| a.post("/admin/opaque", json!({"token": token, "claims": claims}));
+    let exp = now() + 600;
+
+    // B's JWT, which A's introspection endpoint calls active.
+    let from_b = b.token("ec", json!({})).await;
+    active(&from_b, json!({"sub": "mallory", "exp": exp})).await;
+    for path in ["/restricted/x", "/opaque/x"] {
+        let p = problem(get(path, &from_b).await.unwrap(), 401).await;
+        assert_eq!(p["type"], "urn:portcullis:problem:issuer-unknown", "{path}: {p}");
+    }
+    assert_eq!(get("/open/x", &from_b).await.unwrap().status(), 200, "B is trusted where issuers are not restricted");
+    // A's JWT: verified on the route that takes JWTs, introspected on the one that does not.
+    let from_a = a.token("ec", json!({})).await;
+    active(&from_a, json!({"sub": "alice", "exp": exp, "iss": a.url})).await;
+    assert_eq!(get("/restricted/x", &from_a).await.unwrap().status(), 200);
+    assert_eq!(get("/opaque/x", &from_a).await.unwrap().status(), 200);
+
+    // Opaque tokens: the answer's `iss` must be A's where the route restricts issuers.
+    active("opaque-b", json!({"sub": "svc", "exp": exp, "iss": b.url})).await;
+    active("opaque-a", json!({"sub": "svc", "exp": exp, "iss": a.url})).await;
+    active("opaque-none", json!({"sub": "svc", "exp": exp})).await;
+    for path in ["/restricted/x", "/opaque/x"] {
+        let p = problem(get(path, "opaque-b").await.unwrap(), 401).await;
+        assert_eq!(p["type"], "urn:portcullis:problem:issuer-not-allowed", "{path}: {p}");
+        assert_eq!(get(path, "opaque-a").await.unwrap().status(), 200, "{path}");
+        assert_eq!(get(path, "opaque-none").await.unwrap().status(), 200, "{path}");
+    }
+    // The answer cached by the open route does not let it through a restricted one.
+    assert_eq!(get("/open/x", "opaque-b").await.unwrap().status(), 200);
+    let p = problem(get("/restricted/x", "opaque-b").await.unwrap(), 401).await;
+    assert_eq!(p["type"], "urn:portcullis:problem:issuer-not-allowed");
+    // Only what was admitted reached the upstream: 1 + 2 + 2 × 2 + 1.
+    assert_eq!(up.count(), 8);
+}
+
+/// An introspection answer's `cnf` follows the JWT rule: a binding the gateway cannot verify
+/// refuses the token, first asked and from the cache alike.
+#[tokio::test]
+async fn introspected_tokens_with_unverifiable_bindings_are_refused() {
+    let (a, _b, up, gw) = two_issuers().await;
+    let exp = now() + 600;
+    for (token, cnf) in [
+        ("cnf-list", json!({"jkt": ["abc"]})),
+        ("cnf-text", json!("abc")),
+        ("cnf-kid", json!({"kid": "k1"})),
+        ("cnf-jwk", json!({"jwk": {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}})),
+    ] {
+        a.post("/admin/opaque", json!({"token": token, "claims": {"sub": "svc", "exp": exp, "cnf": cnf}})).await;
+        let r = client().get(gw.url("/open/x")).bearer_auth(token).send().await.unwrap();
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
+        assert!(challenge.starts_with(r#"Bearer realm="portcullis", error="invalid_token""#), "{challenge}");
+        assert_eq!(problem(r, 401).await["type"], "urn:portcullis:problem:cnf-unsupported", "{token}");
+        let again = client().get(gw.url("/open/x")).bearer_auth(token).send().await.unwrap();
+        problem(again, 401).await;
+    }
+    assert_eq!(up.count(), 0);
 }

@@ -72,14 +72,14 @@ impl Dpop {
             .unwrap()
     }
 
-    /// Asserts a 401 with a `DPoP` challenge of `error`, the problem `reason`, and that the
-    /// upstream saw nothing.
+    /// Asserts a 401 with a `DPoP` challenge (realm, `error`, the accepted algorithms) and the
+    /// problem `reason`.
     async fn refused(&self, resp: reqwest::Response, error: &str, reason: &str) {
         let challenge = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
         let challenge = challenge.unwrap_or_default();
         let p = problem(resp, 401).await;
         assert_eq!(p["type"], format!("urn:portcullis:problem:{}", reason.replace('_', "-")), "{p}");
-        assert!(challenge.starts_with(&format!("DPoP error=\"{error}\"")), "{challenge}");
+        assert!(challenge.starts_with(&format!("DPoP realm=\"portcullis\", error=\"{error}\"")), "{challenge}");
         assert!(challenge.contains("algs=\"ES256 ES384 EdDSA PS256 RS256\""), "{challenge}");
     }
 }
@@ -202,6 +202,46 @@ async fn dpop_proof_headers_are_checked() {
     assert_eq!(f.up.count(), 0);
 }
 
+/// A token bound to a DPoP key in a form the gateway cannot check (`jkt` not a string, or
+/// another confirmation method beside it) is refused with a valid proof by the holder, and as
+/// a bearer token: it is never taken as unbound.
+#[tokio::test]
+async fn malformed_dpop_bindings_are_refused() {
+    let f = Dpop::new("").await;
+    for cnf in [json!({"jkt": [f.jkt]}), json!({"jkt": f.jkt, "jwk": {"kty": "EC"}}), json!(f.jkt)] {
+        let token = f.idp.token("ec", json!({"cnf": cnf})).await;
+        let p = f.proof_for("/dpop/a", &token).await;
+        f.refused(f.send("/dpop/a", &token, &p).await, "invalid_token", "cnf_unsupported").await;
+        for path in ["/bearer/x", "/both/x"] {
+            let r = client().get(f.gw.url(path)).bearer_auth(&token).send().await.unwrap();
+            assert_eq!(problem(r, 401).await["type"], "urn:portcullis:problem:cnf-unsupported", "{path} {cnf}");
+        }
+    }
+    assert_eq!(f.up.count(), 0);
+}
+
+/// RSA proof keys outside the configured sizes are refused as invalid proofs, keys within
+/// them pass; the proofs are made by Python `cryptography`.
+#[tokio::test]
+async fn dpop_rsa_key_sizes_are_bounded() {
+    let f = Dpop::new("dpop:\n  rsa_max_bits: 3072\n").await;
+    for (holder, bits, ok) in [("r1024", 1024, false), ("r2048", 2048, true), ("r4096", 4096, false)] {
+        let holder_key: Value = serde_json::from_str(
+            &f.idp.post_text("/dpop/holder", json!({"holder": holder, "alg": "RS256", "bits": bits})).await,
+        )
+        .unwrap();
+        let token = f.idp.token("ec", json!({"cnf": {"jkt": holder_key["jkt"]}})).await;
+        let p = f.proof(json!({"holder": holder, "htm": "GET", "htu": f.gw.url("/dpop/a"), "token": token})).await;
+        let r = f.send("/dpop/a", &token, &p).await;
+        if ok {
+            assert_eq!(r.status(), 200, "{bits} bits");
+        } else {
+            f.refused(r, "invalid_dpop_proof", "dpop_key_size").await;
+        }
+    }
+    assert_eq!(f.up.count(), 1);
+}
+
 #[tokio::test]
 async fn a_missing_or_doubled_dpop_proof_is_refused() {
     let (f, token) = Dpop::with_token().await;
@@ -233,20 +273,25 @@ async fn bound_tokens_cannot_be_downgraded_to_bearer() {
         let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
         let p = problem(r, 401).await;
         assert_eq!(p["type"], "urn:portcullis:problem:token-dpop-bound", "{path}");
-        assert!(challenge.starts_with("Bearer error=\"invalid_token\""), "{challenge}");
+        assert!(challenge.starts_with(r#"Bearer realm="portcullis", error="invalid_token""#), "{challenge}");
     }
     // A DPoP-only route refuses bearer tokens, bound or not, with a DPoP challenge.
     for t in [&token, &unbound] {
         let r = client().get(f.gw.url("/dpop/x")).bearer_auth(t).send().await.unwrap();
         f.refused(r, "invalid_token", "dpop_required").await;
     }
-    // No credential: a DPoP route announces DPoP; a route taking both announces both.
+    // No credential: a DPoP route announces DPoP; a route taking both announces both; neither
+    // with an error code (RFC 6750 §3.1, RFC 9449 §7.1).
     let r = client().get(f.gw.url("/dpop/x")).send().await.unwrap();
-    f.refused(r, "invalid_token", "credential_missing").await;
+    let challenges: Vec<_> =
+        r.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert_eq!(challenges, [r#"DPoP realm="portcullis", algs="ES256 ES384 EdDSA PS256 RS256""#]);
+    assert_eq!(problem(r, 401).await["type"], "urn:portcullis:problem:credential-missing");
     let r = client().get(f.gw.url("/both/x")).send().await.unwrap();
     let challenges: Vec<_> = r.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap()).collect();
-    assert!(challenges.iter().any(|c| c.starts_with("Bearer ")), "{challenges:?}");
-    assert!(challenges.iter().any(|c| c.starts_with("DPoP ") && c.contains("algs=")), "{challenges:?}");
+    assert!(challenges.contains(&r#"Bearer realm="portcullis""#), "{challenges:?}");
+    assert!(challenges.iter().any(|c| c.starts_with(r#"DPoP realm="portcullis", algs=""#)), "{challenges:?}");
+    assert!(challenges.iter().all(|c| !c.contains("error=")), "{challenges:?}");
     assert_eq!(f.up.count(), 0);
 
     // The route taking both: an unbound bearer token, and a bound token with its proof.
@@ -348,9 +393,15 @@ async fn certificate_bound_tokens_and_mtls_principals() {
     // The certificate itself as the credential.
     assert_eq!(as_alice.get(url("/certs/1")).send().await.unwrap().status(), 200);
     problem(as_bob.get(url("/certs/1")).send().await.unwrap(), 403).await;
+    // Without a certificate where only certificates are taken: no HTTP scheme to announce (a
+    // Bearer challenge would send the client for a token the route does not take).
     let r = anonymous.get(url("/certs/1")).send().await.unwrap();
-    // A 401 carries a challenge (RFC 9110 §11.6.1), even where only certificates are taken.
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer error=\"invalid_token\""));
+    assert!(r.headers().get("www-authenticate").is_none(), "{:?}", r.headers());
+    let p = problem(r, 401).await;
+    assert_eq!(p["type"], "urn:portcullis:problem:client-certificate-required", "{p}");
+    // Nor with a bearer token there.
+    let r = anonymous.get(url("/certs/1")).bearer_auth(&unbound).send().await.unwrap();
+    assert!(r.headers().get("www-authenticate").is_none(), "{:?}", r.headers());
     problem(r, 401).await;
     std::thread::sleep(std::time::Duration::from_millis(200));
     let log = gw.access_log();
@@ -404,7 +455,12 @@ routes:
     // The same token with a proof by another key, and as a bearer token: refused.
     let other = f.proof(json!({"holder": "h2", "htm": "GET", "htu": gw.url("/api"), "token": token})).await;
     let r = send(other).await.unwrap();
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("DPoP error=\"invalid_dpop_proof\""));
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with(r#"DPoP realm="portcullis", error="invalid_dpop_proof""#)
+    );
     problem(r, 401).await;
     let r = client().get(gw.url("/api")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(problem(r, 401).await["type"], "urn:portcullis:problem:token-dpop-bound");

@@ -256,3 +256,45 @@ routes:
     let v: Value = c.get(gw.url("/x")).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["connections"], 10, "{v}");
 }
+
+/// JWT-SVIDs: a `spiffe://` `sub` is a workload's SPIFFE ID only in a token of an issuer
+/// configured as a JWT-SVID issuer of that trust domain (`spiffe_trust_domain`), as an
+/// X.509-SVID counts only when it chains to its own trust domain's bundle. The same `sub`
+/// from another issuer names no workload, and the JWT-SVID issuer's token for another trust
+/// domain is refused. Tokens are minted by PyJWT.
+#[tokio::test]
+async fn jwt_svids_count_only_from_their_trust_domains_issuer() {
+    let (spire, other) = (crate::authn::Idp::start(), crate::authn::Idp::start());
+    spire.key("ec", "ES256").await;
+    other.key("ec", "ES256").await;
+    let issuer = |id: &str, idp: &crate::authn::Idp, extra: &str| {
+        format!(
+            "  - id: {id}\n    issuer: {url}\n    jwks_uri: {url}/jwks.json\n    audiences: [orders-api]\n    algorithms: [ES256]\n{extra}",
+            url = idp.url
+        )
+    };
+    let gw = Gateway::start(&format!(
+        "issuers:\n{}{}routes:\n  - id: prod\n    match: {{ path_prefix: /prod }}\n    upstream: echo\n    authenticate: [jwt]\n    authorize: {{ spiffe_ids: [\"spiffe://example.org/ns/prod/**\"] }}\n",
+        issuer("spire", &spire, "    spiffe_trust_domain: example.org\n"),
+        issuer("idp", &other, ""),
+    ));
+    let get = |token: String| client().get(gw.url("/prod/x")).bearer_auth(token).send();
+    let api = json!({"sub": "spiffe://example.org/ns/prod/sa/api"});
+
+    // The trust domain's JWT-SVID issuer: a workload the rule admits.
+    let r = get(spire.token("ec", api.clone()).await).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Another issuer's token with the very same `sub`: authenticated, but no workload.
+    let p = problem(get(other.token("ec", api.clone()).await).await.unwrap(), 403).await;
+    assert_eq!(p["type"], "urn:portcullis:problem:workload-not-allowed", "{p}");
+    // The JWT-SVID issuer vouching for another trust domain's workload: refused outright.
+    for sub in ["spiffe://evil.org/ns/prod/sa/api", "spiffe://example.org.evil.org/ns/prod/sa/api"] {
+        let r = get(spire.token("ec", json!({"sub": sub})).await).await.unwrap();
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
+        assert!(challenge.starts_with(r#"Bearer realm="portcullis", error="invalid_token""#), "{challenge}");
+        assert_eq!(problem(r, 401).await["type"], "urn:portcullis:problem:spiffe-id-foreign", "{sub}");
+    }
+    // A user of the JWT-SVID issuer is still a user, not a workload.
+    let p = problem(get(spire.token("ec", json!({"sub": "alice"})).await).await.unwrap(), 403).await;
+    assert_eq!(p["type"], "urn:portcullis:problem:workload-not-allowed");
+}

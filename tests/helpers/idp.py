@@ -16,7 +16,8 @@ and is driven by the tests through
 Certificate thumbprints (RFC 8705): POST /x5t {"pem"} -> {"x5t#S256"}.
 
 DPoP clients (RFC 9449), for proofs made independently of the gateway:
-  POST /dpop/holder {"holder", "alg"}         creates the holder's key pair -> {"jkt", "jwk"}
+  POST /dpop/holder {"holder", "alg", "bits"?} creates the holder's key pair -> {"jkt", "jwk"}
+                                              ("bits": an RSA key of that size)
   POST /dpop/proof  {"holder", "htm", "htu", "token"?, "iat"?, "jti"?, "nonce"?, "claims"?,
                      "attack"?}               -> proof text
      attacks: "private_jwk" (the private key in the header), "hs256" (a symmetric algorithm,
@@ -132,7 +133,10 @@ def thumbprint(jwk):
 
 def dpop_holder(req):
     alg = req.get("alg", "ES256")
-    key = new_key(alg)
+    if "bits" in req:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=req["bits"])
+    else:
+        key = new_key(alg)
     jwk = public_jwk(None, alg, key)
     for k in ("kid", "alg", "use"):
         jwk.pop(k, None)

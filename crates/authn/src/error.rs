@@ -2,12 +2,27 @@
 //! challenges for bad or missing credentials, `400` for ambiguous ones, `503` (fail closed)
 //! when a dependency needed to decide is unavailable. Descriptions never contain the
 //! credential or anything secret.
+//!
+//! Challenges name the schemes the route accepts, in the realm [`REALM`]:
+//!
+//! - no credential: `Bearer realm="portcullis"` (and/or `DPoP realm="portcullis", algs=".."`,
+//!   `ApiKey header=".."`), without an error code (RFC 6750 §3.1);
+//! - a refused credential: `Bearer realm="portcullis", error="invalid_token",
+//!   error_description=".."`, or the `DPoP` form on DPoP routes (RFC 9449 §7.1);
+//! - a route whose only method is `mtls` has no HTTP authentication scheme to name: its `401`
+//!   carries no `WWW-Authenticate` (a `Bearer` challenge would send clients for a token the
+//!   route does not take), and the problem says a client certificate is required
+//!   (`client_certificate_required`). Routes that take API keys but no tokens challenge only
+//!   with `ApiKey`.
 
 use std::borrow::Cow;
 
 use http::StatusCode;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use portcullis_core::{Challenge, ChallengeScheme, Problem, Side};
+
+/// The protection space of the gateway's token challenges (RFC 9110 §11.5, RFC 6750 §3).
+pub const REALM: &str = "portcullis";
 
 /// An authentication failure.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,19 +95,29 @@ impl AuthnError {
     /// The response, with the challenges of the schemes the route accepts.
     pub fn into_problem(self, schemes: &Schemes<'_>) -> Problem {
         let code = self.code();
-        let dpop = |error: &'static str, description: Option<Cow<'static, str>>| Challenge {
+        let realm = || Cow::Owned(schemes.realm.to_string());
+        let dpop = |error: Option<&'static str>, description: Option<Cow<'static, str>>| Challenge {
+            realm: Some(realm()),
+            error,
             description,
             algs: schemes.dpop_algs.map(str::to_string),
-            ..Challenge::new(ChallengeScheme::DPoP, error)
+            ..Challenge::new(ChallengeScheme::DPoP, "")
         };
-        // Which scheme a refused token is answered in: the one the request used, if accepted.
+        let bearer = |error: Option<&'static str>, description: Option<Cow<'static, str>>| Challenge {
+            realm: Some(realm()),
+            error,
+            description,
+            ..Challenge::new(ChallengeScheme::Bearer, "")
+        };
+        // Which scheme a refused token is answered in: the one the request used, if accepted;
+        // none on routes that take no tokens (API keys, certificates).
         let token_challenge = |error: &'static str, description: Cow<'static, str>| {
             if schemes.dpop_algs.is_some() && (schemes.dpop_request || !schemes.bearer) {
-                Some(dpop(error, Some(description)))
+                Some(dpop(Some(error), Some(description)))
+            } else if schemes.bearer {
+                Some(bearer(Some(error), Some(description)))
             } else {
-                // Also on routes that take only API keys or certificates: a 401 carries at least
-                // one challenge (RFC 9110 §11.6.1), and clients look for the Bearer one.
-                Some(Challenge { description: Some(description), ..Challenge::new(ChallengeScheme::Bearer, error) })
+                None
             }
         };
         let api_key_challenge = |p: Problem| match schemes.api_key_header {
@@ -109,15 +134,23 @@ impl AuthnError {
         };
         match self {
             AuthnError::Missing => {
-                let mut p = Problem::new(StatusCode::UNAUTHORIZED, code, "this route needs a credential");
-                if schemes.bearer || schemes.dpop_algs.is_none() {
-                    p = p.challenge(Challenge {
-                        description: Some("missing credential".into()),
-                        ..Challenge::new(ChallengeScheme::Bearer, "invalid_token")
-                    });
+                // RFC 6750 §3.1: a request without a credential gets no error code.
+                let only_certificates =
+                    schemes.mtls && !schemes.bearer && schemes.dpop_algs.is_none() && schemes.api_key_header.is_none();
+                let mut p = if only_certificates {
+                    Problem::new(
+                        StatusCode::UNAUTHORIZED,
+                        "client_certificate_required",
+                        "this route needs a TLS client certificate",
+                    )
+                } else {
+                    Problem::new(StatusCode::UNAUTHORIZED, code, "this route needs a credential")
+                };
+                if schemes.bearer {
+                    p = p.challenge(bearer(None, None));
                 }
                 if schemes.dpop_algs.is_some() {
-                    p = p.challenge(dpop("invalid_token", Some("missing credential".into())));
+                    p = p.challenge(dpop(None, None));
                 }
                 api_key_challenge(p)
             }
@@ -126,10 +159,10 @@ impl AuthnError {
                 api_key_challenge(with(p, token_challenge("invalid_token", description)))
             }
             AuthnError::Proof { description, .. } => Problem::new(StatusCode::UNAUTHORIZED, code, description.clone())
-                .challenge(dpop("invalid_dpop_proof", Some(description))),
+                .challenge(dpop(Some("invalid_dpop_proof"), Some(description))),
             AuthnError::UseNonce { nonce } => {
                 let p = Problem::new(StatusCode::UNAUTHORIZED, code, "the DPoP proof needs the server's nonce")
-                    .challenge(dpop("use_dpop_nonce", Some("use the nonce in the DPoP-Nonce header".into())));
+                    .challenge(dpop(Some("use_dpop_nonce"), Some("use the nonce in the DPoP-Nonce header".into())));
                 match HeaderValue::from_str(&nonce) {
                     Ok(v) => p.header(HeaderName::from_static("dpop-nonce"), v),
                     Err(_) => p,
@@ -149,10 +182,14 @@ impl AuthnError {
 }
 
 /// The schemes a route accepts, for the challenges of its refusals.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Schemes<'a> {
+    /// The realm of the challenges.
+    pub realm: &'a str,
     /// Bearer tokens (JWT or introspection).
     pub bearer: bool,
+    /// TLS client certificates.
+    pub mtls: bool,
     /// DPoP, with the proof algorithms accepted.
     pub dpop_algs: Option<&'a str>,
     /// The API-key header.
@@ -161,8 +198,75 @@ pub struct Schemes<'a> {
     pub dpop_request: bool,
 }
 
+impl Default for Schemes<'_> {
+    fn default() -> Self {
+        Schemes { realm: REALM, bearer: false, mtls: false, dpop_algs: None, api_key_header: None, dpop_request: false }
+    }
+}
+
 impl From<portcullis_jose::Error> for AuthnError {
     fn from(e: portcullis_jose::Error) -> Self {
         AuthnError::invalid(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenges(e: AuthnError, schemes: Schemes<'_>) -> (u16, &'static str, Vec<String>) {
+        let p = e.into_problem(&schemes);
+        let r = p.to_response(None);
+        let all = r.headers().get_all(http::header::WWW_AUTHENTICATE).iter().map(|v| v.to_str().unwrap().to_string());
+        (p.status.as_u16(), p.code, all.collect())
+    }
+
+    /// RFC 6750 §3.1: a missing credential is challenged with a realm and no error code.
+    #[test]
+    fn a_missing_credential_is_challenged_without_an_error() {
+        let bearer = Schemes { bearer: true, ..Default::default() };
+        assert_eq!(
+            challenges(AuthnError::Missing, bearer),
+            (401, "credential_missing", vec![r#"Bearer realm="portcullis""#.to_string()])
+        );
+        let dpop = Schemes { dpop_algs: Some("ES256 EdDSA"), ..Default::default() };
+        assert_eq!(challenges(AuthnError::Missing, dpop).2, [r#"DPoP realm="portcullis", algs="ES256 EdDSA""#]);
+        let both = Schemes { bearer: true, ..dpop };
+        assert_eq!(challenges(AuthnError::Missing, both).2.len(), 2);
+        for c in challenges(AuthnError::Missing, both).2 {
+            assert!(!c.contains("error"), "{c}");
+        }
+    }
+
+    /// A refused credential: the realm and `invalid_token`, in the scheme the request used.
+    #[test]
+    fn a_refused_credential_is_invalid_token() {
+        let e = || AuthnError::invalid("token_expired", "the token has expired");
+        let bearer = Schemes { bearer: true, ..Default::default() };
+        assert_eq!(
+            challenges(e(), bearer).2,
+            [r#"Bearer realm="portcullis", error="invalid_token", error_description="the token has expired""#]
+        );
+        let dpop = Schemes { dpop_algs: Some("ES256"), dpop_request: true, ..bearer };
+        assert!(challenges(e(), dpop).2[0].starts_with(r#"DPoP realm="portcullis", error="invalid_token""#));
+    }
+
+    /// A route that takes only client certificates names no HTTP scheme: no `Bearer`
+    /// challenge, whatever went wrong; the problem says a certificate is needed.
+    #[test]
+    fn certificate_only_routes_never_challenge_with_bearer() {
+        let mtls = Schemes { mtls: true, ..Default::default() };
+        assert_eq!(challenges(AuthnError::Missing, mtls), (401, "client_certificate_required", vec![]));
+        let (status, _, c) = challenges(AuthnError::invalid("token_malformed", "x"), mtls);
+        assert_eq!((status, c), (401, vec![]));
+        let (status, _, c) = challenges(AuthnError::bad_request("credential_ambiguous", "x"), mtls);
+        assert_eq!((status, c), (400, vec![]));
+        // With API keys too, only the ApiKey challenge.
+        let header = HeaderName::from_static("x-api-key");
+        let keys = Schemes { api_key_header: Some(&header), ..mtls };
+        assert_eq!(
+            challenges(AuthnError::Missing, keys),
+            (401, "credential_missing", vec![r#"ApiKey header="x-api-key""#.to_string()])
+        );
     }
 }

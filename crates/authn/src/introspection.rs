@@ -2,7 +2,8 @@
 //!
 //! The gateway authenticates to the endpoint (RFC 6749 §2.3.1: Basic, or client credentials
 //! in the form), posts the token, and trusts `active: true` only with a valid `exp` (when
-//! given), the configured `iss` and `aud` (when configured). Active results are remembered
+//! given), the configured `iss` and `aud` (when configured), and a `cnf` the gateway can
+//! verify (when given; see [`crate::jwt`]). Active results are remembered
 //! until the token's `exp` or `cache_ttl`, whichever is sooner; inactive ones for
 //! `negative_ttl`. Any failure to get an answer (timeout, connection refused, an error status,
 //! a malformed body) denies the request: it fails closed.
@@ -80,16 +81,18 @@ impl Introspector {
             None => {}
         }
         let answer = self.ask(token).await?;
-        let (principal, until) = match self.judge(answer, now) {
-            Some((p, exp)) => {
+        // A refused answer is remembered as an inactive token: asked again, it is refused as
+        // one (the first refusal says why).
+        let (outcome, until) = match self.judge(answer, now) {
+            Ok((p, exp)) => {
                 let until = exp.map_or(now + self.cache_ttl, |e| e.min(now + self.cache_ttl));
-                (Some(Arc::new(p)), until)
+                (Ok(Arc::new(p)), until)
             }
-            None => (None, now + self.negative_ttl),
+            Err(e) => (Err(e), now + self.negative_ttl),
         };
-        let entry = Entry { principal: principal.clone(), owner: self.clone(), key: None, until };
+        let entry = Entry { principal: outcome.as_ref().ok().cloned(), owner: self.clone(), key: None, until };
         CACHE.with(|c| c.borrow_mut().insert(*digest, entry));
-        principal.ok_or_else(inactive)
+        outcome
     }
 
     async fn ask(&self, token: &str) -> Result<serde_json::Map<String, Value>, AuthnError> {
@@ -147,25 +150,32 @@ impl Introspector {
         }
     }
 
-    /// The principal and `exp` of an active token, or `None` for an inactive one.
-    fn judge(&self, answer: serde_json::Map<String, Value>, now: u64) -> Option<(Principal, Option<u64>)> {
+    /// The principal and `exp` of an active token, or why it is refused: inactive (or an
+    /// answer that does not meet the rules, which counts as inactive), or a `cnf` the gateway
+    /// cannot verify.
+    fn judge(&self, answer: serde_json::Map<String, Value>, now: u64) -> Result<(Principal, Option<u64>), AuthnError> {
         if answer.get("active") != Some(&Value::Bool(true)) {
-            return None;
+            return Err(inactive());
         }
         let number =
             |k: &str| answer.get(k).and_then(Value::as_f64).filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64);
         let exp = number("exp");
         if exp.is_some_and(|e| now > e) || number("nbf").is_some_and(|n| n > now) {
-            return None;
+            return Err(inactive());
         }
         if answer.contains_key("exp") && exp.is_none() {
-            return None;
+            return Err(inactive());
         }
-        let iss = answer.get("iss").and_then(Value::as_str).map(Arc::from);
+        // An `iss` that is there must be a string: one that is not is no issuer to check.
+        let iss: Option<Arc<str>> = match answer.get("iss") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.as_str().into()),
+            Some(_) => return Err(inactive()),
+        };
         if let Some(want) = &self.issuer
             && iss.as_ref() != Some(want)
         {
-            return None;
+            return Err(inactive());
         }
         if !self.audiences.is_empty() {
             let ok = match answer.get("aud") {
@@ -176,12 +186,17 @@ impl Introspector {
                 _ => false,
             };
             if !ok {
-                return None;
+                return Err(inactive());
             }
         }
         let iat = number("iat");
-        let issuer = iss.or_else(|| self.issuer.clone());
-        principal_from_claims(answer, AuthnMethod::Introspection, issuer, exp, iat).ok().map(|p| (p, exp))
+        // The principal's issuer is the answer's `iss`, or none: a route that restricts its
+        // issuers checks it (a configured `issuer` was required to equal it, above).
+        match principal_from_claims(answer, AuthnMethod::Introspection, iss, exp, iat) {
+            Ok(p) => Ok((p, exp)),
+            Err(e @ AuthnError::Invalid { code: "cnf_unsupported", .. }) => Err(e),
+            Err(_) => Err(inactive()),
+        }
     }
 }
 
@@ -222,6 +237,7 @@ mod tests {
         let now = 1_000;
         let good = json!({"active": true, "sub": "alice", "client_id": "web", "scope": "a b", "exp": 2000, "iss": "https://as", "aud": ["orders"]});
         let (p, exp) = i.judge(obj(good.clone()), now).unwrap();
+        assert_eq!(p.issuer.as_deref(), Some("https://as"));
         assert_eq!(exp, Some(2000));
         assert_eq!(p.method, AuthnMethod::Introspection);
         assert!(p.has_scope("b"));
@@ -233,14 +249,39 @@ mod tests {
             ("iss", json!("https://other")),
             ("aud", json!("billing")),
             ("nbf", json!(5000)),
+            ("iss", json!(["https://as"])),
         ] {
             let mut bad = good.clone();
             bad[k] = v.clone();
-            assert!(i.judge(obj(bad), now).is_none(), "{k}={v}");
+            assert_eq!(i.judge(obj(bad), now).unwrap_err().code(), "token_inactive", "{k}={v}");
         }
         let mut no_active = good.clone();
         no_active.as_object_mut().unwrap().remove("active");
-        assert!(i.judge(obj(no_active), now).is_none());
+        assert!(i.judge(obj(no_active), now).is_err());
+        // Without a configured issuer, an answer without `iss` names none; a non-string one is refused.
+        let open = introspector(vec![], None);
+        let mut no_iss = good.clone();
+        no_iss.as_object_mut().unwrap().remove("iss");
+        assert_eq!(open.judge(obj(no_iss), now).unwrap().0.issuer, None);
+        let mut bad_iss = good.clone();
+        bad_iss["iss"] = json!(7);
+        assert!(open.judge(obj(bad_iss), now).is_err());
+    }
+
+    /// An active answer whose `cnf` the gateway cannot verify is refused, never taken as a
+    /// bearer token; one it can verify carries its binding.
+    #[test]
+    fn unverifiable_confirmations_in_answers_are_refused() {
+        let i = introspector(vec![], None);
+        let now = 1_000;
+        let answer = |cnf: Value| obj(json!({"active": true, "sub": "alice", "exp": 2000, "cnf": cnf}));
+        for cnf in
+            [json!({"jkt": ["abc"]}), json!("abc"), json!({"jwk": {"kty": "EC"}}), json!({"kid": "k"}), json!({})]
+        {
+            assert_eq!(i.judge(answer(cnf.clone()), now).unwrap_err().code(), "cnf_unsupported", "{cnf}");
+        }
+        let (p, _) = i.judge(answer(json!({"x5t#S256": "X"})), now).unwrap();
+        assert_eq!(p.confirmation.unwrap().x5t_s256.as_deref(), Some("X"));
     }
 
     #[tokio::test]

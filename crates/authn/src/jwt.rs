@@ -5,6 +5,20 @@
 //! (by `kid`; its type, `alg`, `use` and `key_ops` must fit), the signature, and only then the
 //! claims: `exp` (required, numeric), `nbf` and `iat` (not in the future beyond the leeway),
 //! `aud` (one of the configured audiences), `typ`, and the required claims.
+//!
+//! Two claims are read with care because getting them wrong fails open:
+//!
+//! - `cnf` (RFC 7800): a token may be bound to a key by `jkt` (a DPoP key, RFC 9449) or
+//!   `x5t#S256` (a client certificate, RFC 8705), the two methods the gateway verifies. A
+//!   `cnf` that is anything else (not an object, an empty object, a member that is not one of
+//!   those two strings: `jwk`, `kid`, `jku`, `jkt: [..]`...) claims a binding the gateway
+//!   cannot check, and the token is refused (`cnf_unsupported`), never taken as a bearer
+//!   token. The same rule holds for an introspection answer's `cnf`.
+//! - SPIFFE IDs: a `spiffe://` `sub` names a workload only in a token of an issuer configured
+//!   as a JWT-SVID issuer of that trust domain (`spiffe_trust_domain`); such an issuer's
+//!   token whose `sub` is a SPIFFE ID of another trust domain (or a malformed one) is
+//!   refused. Any other issuer's `spiffe://` subject is just a subject: no SPIFFE identity,
+//!   so `spiffe_ids` rules and Cedar workload checks do not match it.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,6 +50,8 @@ pub struct Issuer {
     token_types: Option<Vec<String>>,
     /// Longest token accepted.
     pub max_token_bytes: usize,
+    /// The trust domain whose JWT-SVIDs this issuer signs: its `sub` is then a SPIFFE ID.
+    spiffe_trust_domain: Option<Arc<str>>,
     store: Option<Arc<KeyStore>>,
     hmac: Option<Arc<Key>>,
 }
@@ -77,6 +93,18 @@ impl Issuer {
             }
             (None, true) => None,
         };
+        let spiffe_trust_domain = match cfg.spiffe_trust_domain.as_deref() {
+            None => None,
+            Some(td) => match portcullis_core::spiffe::parse_id(&format!("spiffe://{td}")) {
+                Some((domain, "")) if domain == td => Some(Arc::from(td)),
+                _ => {
+                    return Err((
+                        "spiffe_trust_domain",
+                        format!("`{td}` is not a SPIFFE trust domain name (lower-case letters, digits, `-`, `.`, `_`)"),
+                    ));
+                }
+            },
+        };
         Ok(Issuer {
             id: cfg.id.as_str().into(),
             issuer: cfg.issuer.as_str().into(),
@@ -86,6 +114,7 @@ impl Issuer {
             required_claims: cfg.required_claims.clone(),
             token_types: cfg.token_types.as_ref().map(|t| t.iter().map(|s| s.to_ascii_lowercase()).collect()),
             max_token_bytes: usize::try_from(cfg.max_token_bytes.bytes()).unwrap_or(usize::MAX),
+            spiffe_trust_domain,
             store,
             hmac,
         })
@@ -213,7 +242,11 @@ impl Issuer {
                 return Err(AuthnError::invalid("claim_missing", format!("the token lacks the `{c}` claim")));
             }
         }
-        build_principal(claims, AuthnMethod::Jwt, Some(self.issuer.clone()), Some(exp), iat)
+        let spiffe = match &self.spiffe_trust_domain {
+            Some(td) => SpiffeTrust::Svid(td),
+            None => SpiffeTrust::None,
+        };
+        build_principal(claims, AuthnMethod::Jwt, Some(self.issuer.clone()), Some(exp), iat, spiffe)
     }
 }
 
@@ -249,8 +282,30 @@ trait Source {
     fn text(&self, name: &'static str) -> Result<Option<Arc<str>>, AuthnError>;
     /// Scopes: the words of a string, or the strings of an array.
     fn scopes(&self, name: &'static str, out: &mut Vec<Arc<str>>);
-    /// The key the token is bound to (`cnf`).
-    fn confirmation(&self) -> Option<Confirmation>;
+    /// The key the token is bound to (`cnf`); `Err` when it claims a binding by a method the
+    /// gateway does not verify.
+    fn confirmation(&self) -> Result<Option<Confirmation>, AuthnError>;
+}
+
+/// A `cnf` the gateway cannot verify.
+fn cnf_unsupported() -> AuthnError {
+    AuthnError::invalid(
+        "cnf_unsupported",
+        "the token is bound to a key by a confirmation method (cnf) this gateway cannot verify",
+    )
+}
+
+/// Whose word a principal's SPIFFE ID is taken on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum SpiffeTrust<'a> {
+    /// Nobody's: a `spiffe://` subject is only a subject.
+    None,
+    /// A JWT-SVID issuer of this trust domain: a `sub` that is a SPIFFE ID of it is one; a
+    /// `spiffe://` `sub` outside it refuses the token.
+    Svid(&'a str),
+    /// The gateway's own tokens: the `spiffe_id` claim, which it writes only from a SPIFFE ID
+    /// it authenticated.
+    Own,
 }
 
 fn malformed_text(name: &str) -> AuthnError {
@@ -281,12 +336,16 @@ impl Source for TokenClaims<'_> {
         }
     }
 
-    fn confirmation(&self) -> Option<Confirmation> {
+    fn confirmation(&self) -> Result<Option<Confirmation>, AuthnError> {
         match &self.cnf {
-            Claim::Object { jkt, x5t_s256 } => {
-                Some(Confirmation { jkt: jkt.as_deref().map(Arc::from), x5t_s256: x5t_s256.as_deref().map(Arc::from) })
+            Claim::Absent => Ok(None),
+            Claim::Object { jkt, x5t_s256, other: false } if jkt.is_some() || x5t_s256.is_some() => {
+                Ok(Some(Confirmation {
+                    jkt: jkt.as_deref().map(Arc::from),
+                    x5t_s256: x5t_s256.as_deref().map(Arc::from),
+                }))
             }
-            _ => None,
+            _ => Err(cnf_unsupported()),
         }
     }
 }
@@ -308,18 +367,27 @@ impl Source for Map<String, Value> {
         }
     }
 
-    fn confirmation(&self) -> Option<Confirmation> {
-        match self.get("cnf") {
-            Some(Value::Object(cnf)) => Some(Confirmation {
-                jkt: cnf.get("jkt").and_then(Value::as_str).map(Arc::from),
-                x5t_s256: cnf.get("x5t#S256").and_then(Value::as_str).map(Arc::from),
-            }),
-            _ => None,
+    fn confirmation(&self) -> Result<Option<Confirmation>, AuthnError> {
+        let cnf = match self.get("cnf") {
+            None => return Ok(None),
+            Some(Value::Object(cnf)) if !cnf.is_empty() => cnf,
+            Some(_) => return Err(cnf_unsupported()),
+        };
+        let mut c = Confirmation::default();
+        for (name, value) in cnf {
+            let slot = match name.as_str() {
+                "jkt" => &mut c.jkt,
+                "x5t#S256" => &mut c.x5t_s256,
+                _ => return Err(cnf_unsupported()),
+            };
+            *slot = Some(value.as_str().ok_or_else(cnf_unsupported)?.into());
         }
+        Ok(Some(c))
     }
 }
 
-/// A principal from claims in a map (an introspection response, the gateway's own tokens).
+/// A principal from claims in a map (an introspection response). A `spiffe://` subject gives
+/// it no SPIFFE ID: no introspection endpoint is a JWT-SVID issuer.
 pub fn principal_from_claims(
     claims: Map<String, Value>,
     method: AuthnMethod,
@@ -327,7 +395,22 @@ pub fn principal_from_claims(
     exp: Option<u64>,
     iat: Option<u64>,
 ) -> Result<Principal, AuthnError> {
-    let mut p = build_principal(&claims, method, issuer, exp, iat)?;
+    let mut p = build_principal(&claims, method, issuer, exp, iat, SpiffeTrust::None)?;
+    p.claims = Some(Claims::from_map(claims));
+    Ok(p)
+}
+
+/// A principal from the claims of a token this gateway issued (and whose signature it
+/// checked): its SPIFFE ID is the `spiffe_id` claim, which the gateway writes only for a
+/// SPIFFE ID it authenticated; never the `sub`.
+pub fn principal_from_own_claims(
+    claims: Map<String, Value>,
+    method: AuthnMethod,
+    issuer: Option<Arc<str>>,
+    exp: Option<u64>,
+    iat: Option<u64>,
+) -> Result<Principal, AuthnError> {
+    let mut p = build_principal(&claims, method, issuer, exp, iat, SpiffeTrust::Own)?;
     p.claims = Some(Claims::from_map(claims));
     Ok(p)
 }
@@ -339,6 +422,7 @@ fn build_principal(
     issuer: Option<Arc<str>>,
     exp: Option<u64>,
     iat: Option<u64>,
+    spiffe: SpiffeTrust<'_>,
 ) -> Result<Principal, AuthnError> {
     let subject = claims.text("sub")?;
     let client_id = match claims.text("client_id")? {
@@ -353,8 +437,25 @@ fn build_principal(
         scopes.sort_unstable();
     }
     scopes.dedup();
-    // A JWT-SVID names a workload by its SPIFFE ID in `sub`.
-    let spiffe_id = subject.clone().filter(|s| portcullis_core::spiffe::parse_id(s).is_some());
+    let spiffe_id = match spiffe {
+        SpiffeTrust::None => None,
+        // A JWT-SVID names a workload by its SPIFFE ID in `sub`, in its issuer's trust domain.
+        SpiffeTrust::Svid(td) => match subject.as_deref() {
+            Some(sub) if sub.get(..9).is_some_and(|s| s.eq_ignore_ascii_case("spiffe://")) => {
+                match portcullis_core::spiffe::parse_id(sub) {
+                    Some((domain, _)) if domain == td => subject.clone(),
+                    _ => {
+                        return Err(AuthnError::invalid(
+                            "spiffe_id_foreign",
+                            "the token's subject is not a SPIFFE ID of its issuer's trust domain",
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        },
+        SpiffeTrust::Own => claims.text("spiffe_id")?.filter(|id| portcullis_core::spiffe::parse_id(id).is_some()),
+    };
     let kind = match (&subject, &client_id) {
         _ if spiffe_id.is_some() => PrincipalKind::Workload,
         (Some(s), Some(c)) if s == c => PrincipalKind::Client,
@@ -369,7 +470,7 @@ fn build_principal(
     p.scopes = scopes.into();
     p.expires_at = exp;
     p.issued_at = iat;
-    p.confirmation = claims.confirmation();
+    p.confirmation = claims.confirmation()?;
     p.spiffe_id = spiffe_id;
     Ok(p)
 }
@@ -423,6 +524,7 @@ mod tests {
             hmac_secret: None,
             max_token_bytes: ByteSize::kib(16),
             keys: KeyFetchConfig::default(),
+            spiffe_trust_domain: None,
         };
         Issuer::new(&cfg, None).unwrap()
     }
@@ -484,6 +586,110 @@ mod tests {
         assert_eq!(p.issuer.as_deref(), Some("https://idp.example"));
     }
 
+    /// A `cnf` the gateway cannot verify refuses the token, from a JWT and from a map (an
+    /// introspection answer) alike; it is never dropped to leave a bearer token.
+    #[test]
+    fn unverifiable_confirmations_refuse_the_token() {
+        let i = issuer();
+        let base = json!({"exp": NOW + 9, "aud": "orders", "sub": "a"});
+        let with = |cnf: Value| {
+            let mut v = base.clone();
+            v["cnf"] = cnf;
+            v
+        };
+        let from_map = |v: Value| {
+            principal_from_claims(v.as_object().unwrap().clone(), AuthnMethod::Introspection, None, None, None)
+        };
+        for cnf in [
+            json!({"jkt": ["abc"]}),
+            json!("abc"),
+            json!(null),
+            json!(["abc"]),
+            json!(7),
+            json!(true),
+            json!({}),
+            json!({"jwk": {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}}),
+            json!({"kid": "k1"}),
+            json!({"jku": "https://idp.example/jwks"}),
+            json!({"jkt": "T", "kid": "k1"}),
+            json!({"x5t#S256": {"v": "X"}}),
+            json!({"x5t#S256": null}),
+        ] {
+            assert_eq!(check(&i, with(cnf.clone()), NOW).unwrap_err().code(), "cnf_unsupported", "JWT cnf {cnf}");
+            assert_eq!(from_map(with(cnf.clone())).unwrap_err().code(), "cnf_unsupported", "map cnf {cnf}");
+        }
+        for (cnf, jkt, x5t) in [
+            (json!({"jkt": "T"}), Some("T"), None),
+            (json!({"x5t#S256": "X"}), None, Some("X")),
+            (json!({"jkt": "T", "x5t#S256": "X"}), Some("T"), Some("X")),
+        ] {
+            for p in [check(&i, with(cnf.clone()), NOW).unwrap(), from_map(with(cnf.clone())).unwrap()] {
+                let c = p.confirmation.unwrap();
+                assert_eq!((c.jkt.as_deref(), c.x5t_s256.as_deref()), (jkt, x5t), "{cnf}");
+            }
+        }
+        assert!(check(&i, base.clone(), NOW).unwrap().confirmation.is_none());
+    }
+
+    /// A `spiffe://` subject is a SPIFFE ID only from a JWT-SVID issuer of its trust domain.
+    #[test]
+    fn spiffe_ids_only_from_jwt_svid_issuers() {
+        let claims = |sub: &str| json!({"exp": NOW + 9, "aud": "orders", "sub": sub});
+        let plain = issuer();
+        let p = check(&plain, claims("spiffe://example.org/ns/prod/sa/api"), NOW).unwrap();
+        assert_eq!(p.spiffe_id, None, "an issuer that is not a JWT-SVID issuer names no workload");
+        assert_eq!(p.kind, PrincipalKind::User);
+        assert_eq!(p.trust_domain(), None);
+
+        let mut cfg = IssuerConfig {
+            id: "spire".into(),
+            issuer: "https://spire.example".into(),
+            jwks_file: None,
+            jwks_uri: None,
+            discovery: false,
+            audiences: vec!["orders".into()],
+            algorithms: vec!["ES256".into()],
+            leeway: D::from_secs(60),
+            required_claims: vec![],
+            token_types: None,
+            hmac_secret: None,
+            max_token_bytes: ByteSize::kib(16),
+            keys: KeyFetchConfig::default(),
+            spiffe_trust_domain: Some("example.org".into()),
+        };
+        let svid = Issuer::new(&cfg, None).unwrap();
+        let p = check(&svid, claims("spiffe://example.org/ns/prod/sa/api"), NOW).unwrap();
+        assert_eq!(p.spiffe_id.as_deref(), Some("spiffe://example.org/ns/prod/sa/api"));
+        assert_eq!(p.kind, PrincipalKind::Workload);
+        assert_eq!(p.trust_domain(), Some("example.org"));
+        for foreign in [
+            "spiffe://evil.org/ns/prod/sa/api",
+            "spiffe://example.org.evil.org/x",
+            "spiffe://example.org/a/../b",
+            "SPIFFE://example.org/x",
+        ] {
+            assert_eq!(check(&svid, claims(foreign), NOW).unwrap_err().code(), "spiffe_id_foreign", "{foreign}");
+        }
+        let p = check(&svid, claims("alice"), NOW).unwrap();
+        assert_eq!((p.spiffe_id, p.kind), (None, PrincipalKind::User), "a plain subject stays one");
+
+        // Introspection answers name no workload; the gateway's own tokens, by `spiffe_id` only.
+        let map = claims("spiffe://example.org/x").as_object().unwrap().clone();
+        let p = principal_from_claims(map.clone(), AuthnMethod::Introspection, None, None, None).unwrap();
+        assert_eq!(p.spiffe_id, None);
+        let p = principal_from_own_claims(map.clone(), AuthnMethod::Jwt, None, None, None).unwrap();
+        assert_eq!(p.spiffe_id, None, "the gateway's own token: not from `sub`");
+        let mut own = map;
+        own.insert("spiffe_id".into(), json!("spiffe://example.org/x"));
+        let p = principal_from_own_claims(own, AuthnMethod::Jwt, None, None, None).unwrap();
+        assert_eq!(p.spiffe_id.as_deref(), Some("spiffe://example.org/x"));
+
+        for bad in ["Example.org", "example.org/x", "", "spiffe://example.org"] {
+            cfg.spiffe_trust_domain = Some(bad.into());
+            assert_eq!(Issuer::new(&cfg, None).unwrap_err().0, "spiffe_trust_domain", "{bad}");
+        }
+    }
+
     #[test]
     fn types() {
         let i = issuer();
@@ -510,6 +716,7 @@ mod tests {
             hmac_secret: None,
             max_token_bytes: ByteSize::kib(1),
             keys: KeyFetchConfig::default(),
+            spiffe_trust_domain: None,
         };
         assert_eq!(Issuer::new(&cfg, None).unwrap_err().0, "algorithms");
         cfg.hmac_secret = Some(portcullis_config::Secret::new("x".repeat(32)));

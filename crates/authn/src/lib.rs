@@ -30,7 +30,7 @@ use portcullis_state::State;
 
 pub use apikey::ApiKeys;
 pub use dpop::Dpop;
-pub use error::{AuthnError, Schemes};
+pub use error::{AuthnError, REALM, Schemes};
 pub use introspection::Introspector;
 pub use jwt::Issuer;
 pub use mtls::ClientCert;
@@ -237,6 +237,12 @@ impl Authn {
             (None, true) => self.issuers.clone(),
             (Some(ids), true) => self.issuers.iter().filter(|i| ids.iter().any(|id| **id == *i.id)).cloned().collect(),
         };
+        // The issuers a route lists bind every path a token can take: a JWT of another issuer
+        // is refused, not sent to introspection, and an introspection answer that names an
+        // issuer must name one of these.
+        let allowed_issuers: Option<Vec<Arc<str>>> = rc.issuers.as_ref().map(|ids| {
+            self.issuers.iter().filter(|i| ids.iter().any(|id| **id == *i.id)).map(|i| i.issuer.clone()).collect()
+        });
         let introspection = if methods.contains(&AuthMethod::Introspection) { self.introspector.clone() } else { None };
         let api_keys = if methods.contains(&AuthMethod::ApiKey) { self.api_keys.clone() } else { None };
         let mut locations = Locations::default();
@@ -261,6 +267,7 @@ impl Authn {
             mtls: methods.contains(&AuthMethod::Mtls),
             certificate_bound: rc.certificate_bound,
             issuers,
+            allowed_issuers,
             introspection,
             api_keys,
             locations,
@@ -295,6 +302,10 @@ pub struct Authenticator {
     /// Only certificate-bound tokens are accepted.
     certificate_bound: bool,
     issuers: Vec<Arc<Issuer>>,
+    /// The `iss` of the issuers the route lists (`routes[].issuers`), when it lists them: a
+    /// JWT-shaped token must name one (whether verified here or by introspection), and so must
+    /// an introspection answer that has an `iss`.
+    allowed_issuers: Option<Vec<Arc<str>>>,
     introspection: Option<Arc<Introspector>>,
     api_keys: Option<Arc<ApiKeys>>,
     locations: Locations,
@@ -316,7 +327,9 @@ impl Authenticator {
                     Ok(extract::Authorization::Other(scheme, _)) if scheme.eq_ignore_ascii_case("dpop")
                 );
                 Err(e.into_problem(&Schemes {
+                    realm: REALM,
                     bearer: self.bearer,
+                    mtls: self.mtls,
                     dpop_algs: self.dpop.as_deref().map(|d| d.algs_header.as_str()),
                     api_key_header: self.api_keys.as_ref().map(|k| &k.header),
                     dpop_request,
@@ -461,6 +474,12 @@ impl Authenticator {
 
     /// Checks a bearer token: a JWT of an accepted issuer, else (if the route allows it) by
     /// introspection.
+    ///
+    /// On a route that lists its `issuers`, a token shaped like a JWT must name one of them in
+    /// `iss` (read before anything is verified, to choose the path) or is refused, whichever
+    /// path it would take: introspection does not rescue a JWT of an issuer the route does not
+    /// accept. An introspection answer with an `iss` must name one of them too; an answer
+    /// without `iss` is the endpoint's own word (set `introspection.issuer` to require one).
     pub async fn token(&self, token: &str) -> Result<Arc<Principal>, AuthnError> {
         if token.len() > self.max_token_bytes {
             return Err(AuthnError::invalid("token_too_large", "the token is larger than accepted"));
@@ -476,14 +495,16 @@ impl Authenticator {
         }
         // Checked here rather than where the token was found: a cached token passed it.
         let token = extract::b64token(token)?;
-        let jws = if self.issuers.is_empty() || !looks_like_jwt(token) {
+        let restricted = self.allowed_issuers.as_deref();
+        let jws = if (self.issuers.is_empty() && restricted.is_none()) || !looks_like_jwt(token) {
             None
         } else {
             match Jws::parse(token, HeaderPolicy::default()) {
                 Ok(jws) => Some(jws),
                 // Not `eyJ`-shaped (a header with leading whitespace was guessed): an opaque
-                // token that happens to look so much like one goes to introspection, below.
-                Err(_) if self.introspection.is_some() && !token.starts_with("eyJ") => None,
+                // token that happens to look so much like one goes to introspection, below,
+                // unless the route restricts issuers (then its issuer must be readable).
+                Err(_) if self.introspection.is_some() && restricted.is_none() && !token.starts_with("eyJ") => None,
                 Err(e) => return Err(e.into()),
             }
         };
@@ -493,6 +514,11 @@ impl Authenticator {
                 portcullis_jose::claims::Claim::Text(iss) => Some(&**iss),
                 _ => None,
             };
+            if let Some(allowed) = restricted
+                && !iss.is_some_and(|iss| allowed.iter().any(|a| **a == *iss))
+            {
+                return Err(AuthnError::invalid("issuer_unknown", "the token's issuer is not trusted here"));
+            }
             match self.issuers.iter().find(|i| Some(&*i.issuer) == iss) {
                 Some(issuer) => {
                     let (principal, key) = issuer.verify_parsed(&jws, &claims).await?;
@@ -511,7 +537,19 @@ impl Authenticator {
             }
         }
         match &self.introspection {
-            Some(i) => i.check(token, &cache::digest(token.as_bytes())).await,
+            Some(i) => {
+                let principal = i.check(token, &cache::digest(token.as_bytes())).await?;
+                // Checked on every answer, cached ones included: the cache is shared by routes.
+                if let (Some(allowed), Some(iss)) = (restricted, principal.issuer.as_deref())
+                    && !allowed.iter().any(|a| **a == *iss)
+                {
+                    return Err(AuthnError::invalid(
+                        "issuer_not_allowed",
+                        "the token's issuer (as introspection names it) is not trusted here",
+                    ));
+                }
+                Ok(principal)
+            }
             None => Err(AuthnError::invalid("token_malformed", "the token is not a JWT")),
         }
     }

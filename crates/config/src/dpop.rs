@@ -26,6 +26,12 @@ pub struct DpopConfig {
     /// generated at start when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nonce_secret: Option<Secret>,
+    /// The smallest RSA key (modulus bits) accepted in a proof (at least 2048).
+    pub rsa_min_bits: u32,
+    /// The largest RSA key (modulus bits) accepted in a proof (at most 8192). The cost of
+    /// checking a proof grows with its key, which the client chooses: a proof with a key
+    /// outside these bounds is refused (`invalid_dpop_proof`) before any signature work.
+    pub rsa_max_bits: u32,
 }
 
 impl Default for DpopConfig {
@@ -37,6 +43,8 @@ impl Default for DpopConfig {
             require_nonce: false,
             nonce_lifetime: Duration::from_secs(300),
             nonce_secret: None,
+            rsa_min_bits: 2048,
+            rsa_max_bits: 4096,
         }
     }
 }

@@ -58,6 +58,12 @@ pub struct IssuerConfig {
     /// How keys are fetched and cached.
     #[serde(default)]
     pub keys: KeyFetchConfig,
+    /// The SPIFFE trust domain whose JWT-SVIDs this issuer signs (e.g. `example.org`). Only
+    /// then is a token's `spiffe://` `sub` its SPIFFE ID (matched by `spiffe_ids` rules and
+    /// Cedar workload checks); a `sub` that is a SPIFFE ID of another trust domain refuses the
+    /// token. Without it, a `spiffe://` `sub` is an ordinary subject with no SPIFFE identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_trust_domain: Option<String>,
 }
 
 /// How an issuer's keys are fetched, cached and refreshed.

@@ -39,12 +39,19 @@ pub enum ChallengeScheme {
 }
 
 /// One `WWW-Authenticate` challenge (RFC 6750 §3, RFC 9449 §7.1).
+///
+/// Written as `Scheme realm="...", error="...", error_description="...", scope="...",
+/// algs="..."`, each attribute only when set. A challenge to a request that carried no
+/// credential has a realm and no error code (RFC 6750 §3.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Challenge {
     /// `Bearer` or `DPoP`.
     pub scheme: ChallengeScheme,
-    /// The error code: `invalid_token`, `insufficient_scope`, `invalid_dpop_proof`...
-    pub error: &'static str,
+    /// The protection space (`realm`), if any.
+    pub realm: Option<Cow<'static, str>>,
+    /// The error code: `invalid_token`, `insufficient_scope`, `invalid_dpop_proof`...; none
+    /// when the request carried no credential.
+    pub error: Option<&'static str>,
     /// A short, secret-free description for developers.
     pub description: Option<Cow<'static, str>>,
     /// Scopes needed (`insufficient_scope`).
@@ -56,7 +63,17 @@ pub struct Challenge {
 impl Challenge {
     /// A challenge with only an error code.
     pub fn new(scheme: ChallengeScheme, error: &'static str) -> Self {
-        Self { scheme, error, description: None, scope: None, algs: None }
+        Self { scheme, realm: None, error: Some(error), description: None, scope: None, algs: None }
+    }
+
+    /// A challenge to a request without a credential: a realm, no error code (RFC 6750 §3.1).
+    pub fn missing(scheme: ChallengeScheme, realm: impl Into<Cow<'static, str>>) -> Self {
+        Self { scheme, realm: Some(realm.into()), error: None, description: None, scope: None, algs: None }
+    }
+
+    /// The same challenge in protection space `realm`.
+    pub fn in_realm(self, realm: impl Into<Cow<'static, str>>) -> Self {
+        Self { realm: Some(realm.into()), ..self }
     }
 
     fn header_value(&self) -> HeaderValue {
@@ -65,15 +82,19 @@ impl Challenge {
             ChallengeScheme::Bearer => "Bearer",
             ChallengeScheme::DPoP => "DPoP",
         });
-        push_param(&mut s, "error", self.error, true);
-        if let Some(d) = &self.description {
-            push_param(&mut s, "error_description", d, false);
-        }
-        if let Some(scope) = &self.scope {
-            push_param(&mut s, "scope", scope, false);
-        }
-        if let Some(algs) = &self.algs {
-            push_param(&mut s, "algs", algs, false);
+        let params = [
+            ("realm", self.realm.as_deref()),
+            ("error", self.error),
+            ("error_description", self.description.as_deref()),
+            ("scope", self.scope.as_deref()),
+            ("algs", self.algs.as_deref()),
+        ];
+        let mut first = true;
+        for (name, value) in params {
+            if let Some(value) = value {
+                push_param(&mut s, name, value, first);
+                first = false;
+            }
         }
         HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
     }
@@ -215,6 +236,28 @@ mod tests {
         assert_eq!(
             h,
             r#"Bearer error="insufficient_scope", error_description="bad  quote    and newline  ", scope="orders.read orders.write""#
+        );
+    }
+
+    /// RFC 6750 §3.1: no error code without a credential; the realm comes first.
+    #[test]
+    fn a_missing_credential_has_a_realm_and_no_error() {
+        let r = Problem::new(StatusCode::UNAUTHORIZED, "credential_missing", "x")
+            .challenge(Challenge::missing(ChallengeScheme::Bearer, "portcullis"))
+            .challenge(Challenge {
+                algs: Some("ES256".into()),
+                ..Challenge::missing(ChallengeScheme::DPoP, "portcullis")
+            })
+            .challenge(Challenge::new(ChallengeScheme::Bearer, "invalid_token").in_realm("api \"x\""))
+            .to_response(None);
+        let all: Vec<_> = r.headers().get_all(WWW_AUTHENTICATE).iter().collect();
+        assert_eq!(
+            all,
+            [
+                r#"Bearer realm="portcullis""#,
+                r#"DPoP realm="portcullis", algs="ES256""#,
+                r#"Bearer realm="api  x ", error="invalid_token""#
+            ]
         );
     }
 

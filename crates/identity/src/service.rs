@@ -468,7 +468,7 @@ impl TokenService {
         if claims.contains_key("encrypted_claims") {
             return Err(AuthnError::invalid("token_encrypted", "a token with encrypted claims cannot be exchanged"));
         }
-        let mut p = portcullis_authn::jwt::principal_from_claims(
+        let mut p = portcullis_authn::jwt::principal_from_own_claims(
             claims,
             AuthnMethod::Jwt,
             Some(self.issuer.as_str().into()),

@@ -34,6 +34,10 @@ pub enum Claim<'a> {
         jkt: Option<Cow<'a, str>>,
         /// `x5t#S256`, if a string.
         x5t_s256: Option<Cow<'a, str>>,
+        /// Whether the object has anything else: another member (`jwk`, `kid`, `jku`, any
+        /// name), or a `jkt` or `x5t#S256` that is not a string. For `cnf` (RFC 7800) that is
+        /// a confirmation method a verifier of only those two cannot check.
+        other: bool,
     },
     /// `true` or `false`.
     Bool,
@@ -167,17 +171,21 @@ impl<'de> Visitor<'de> for ClaimVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         // Within a claim, a repeated member counts as its last value, as in a JSON map.
-        let (mut jkt, mut x5t_s256) = (None, None);
+        let (mut jkt, mut x5t_s256, mut other) = (None, None, false);
         while let Some(Name(name)) = map.next_key()? {
-            match &*name {
-                "jkt" => jkt = map.next_value::<Text>()?.0,
-                "x5t#S256" => x5t_s256 = map.next_value::<Text>()?.0,
+            let slot = match &*name {
+                "jkt" => &mut jkt,
+                "x5t#S256" => &mut x5t_s256,
                 _ => {
                     map.next_value::<Skip>()?;
+                    other = true;
+                    continue;
                 }
-            }
+            };
+            *slot = map.next_value::<Text>()?.0;
+            other |= slot.is_none();
         }
-        Ok(Claim::Object { jkt, x5t_s256 })
+        Ok(Claim::Object { jkt, x5t_s256, other })
     }
 }
 
@@ -208,7 +216,28 @@ mod tests {
         assert_eq!(c.azp, Claim::Absent);
         assert_eq!(c.scope, Claim::Text("r w".into()));
         assert_eq!(c.scp, Claim::List(vec!["x".into()]));
-        assert_eq!(c.cnf, Claim::Object { jkt: Some("T".into()), x5t_s256: None });
+        assert_eq!(c.cnf, Claim::Object { jkt: Some("T".into()), x5t_s256: None, other: true });
+        fn cnf(text: &str) -> Claim<'_> {
+            parse(text).unwrap().cnf
+        }
+        assert_eq!(
+            cnf(r#"{"cnf":{"jkt":"T"}}"#),
+            Claim::Object { jkt: Some("T".into()), x5t_s256: None, other: false }
+        );
+        assert_eq!(
+            cnf(r#"{"cnf":{"jkt":"T","x5t#S256":"X"}}"#),
+            Claim::Object { jkt: Some("T".into()), x5t_s256: Some("X".into()), other: false }
+        );
+        // What a verifier of `jkt` and `x5t#S256` cannot check is marked, never dropped.
+        for text in [
+            r#"{"cnf":{"jkt":["T"]}}"#,
+            r#"{"cnf":{"x5t#S256":null}}"#,
+            r#"{"cnf":{"jwk":{"kty":"EC"}}}"#,
+            r#"{"cnf":{"kid":"k"}}"#,
+            r#"{"cnf":{"jkt":"T","jku":"https://x"}}"#,
+        ] {
+            assert!(matches!(cnf(text), Claim::Object { other: true, .. }), "{text}");
+        }
         assert!(c.has("other") && c.has("email") && c.has("jti") && !c.has("azp"));
     }
 

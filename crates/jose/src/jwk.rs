@@ -174,6 +174,18 @@ impl Jwk {
         Ok((good, skipped))
     }
 
+    /// The size in bits of an RSA key's modulus (leading zero bytes not counted); `None` for
+    /// other keys.
+    pub fn rsa_bits(&self) -> Option<usize> {
+        match &self.kind {
+            KeyKind::Rsa { n, .. } => {
+                let n = strip_zeros(n);
+                Some((n.len() * 8).saturating_sub(n.first().map_or(8, |b| b.leading_zeros() as usize)))
+            }
+            _ => None,
+        }
+    }
+
     /// Whether this key may verify signatures made with `alg`.
     pub fn fits(&self, alg: Algorithm) -> bool {
         let type_fits = match (&self.kind, alg) {

@@ -75,6 +75,36 @@ fn exponentiation_agrees_with_num_bigint_at_the_edges() {
     }
 }
 
+/// `R^2 mod n`, made by Montgomery squaring after a short run of doublings, is exactly what
+/// num-bigint computes, for every width and at the edges of each.
+#[test]
+fn montgomery_constant_agrees_with_num_bigint() {
+    if skip() {
+        return;
+    }
+    fn rr_v<const V: usize>(n: &BigUint) -> BigUint {
+        let m = ifma::Modulus::<V>::new(&n.to_bytes_be(), 65537);
+        m.rr().as_flattened().iter().rev().fold(BigUint::ZERO, |acc, &w| (acc << 52u32) + BigUint::from(w))
+    }
+    for bits in [2048usize, 2049, 2078, 2079, 3072, 3326, 4096, 4097] {
+        for n in [
+            (BigUint::from(1u8) << bits) - 1u8,
+            (BigUint::from(1u8) << (bits - 1)) + 1u8,
+            odd_modulus(bits, &[0xa5, 0x3c, 0xff, 0x01]),
+            odd_modulus(bits, &[0x80, 0x00, 0x00, 0x00, 0x01]),
+        ] {
+            let (vectors, got) = match (bits + 2).div_ceil(52).div_ceil(8) {
+                5 => (5, rr_v::<5>(&n)),
+                8 => (8, rr_v::<8>(&n)),
+                10 => (10, rr_v::<10>(&n)),
+                _ => continue,
+            };
+            let r = BigUint::from(1u8) << (52 * 8 * vectors);
+            assert_eq!(got, (&r * &r) % &n, "{bits} bits, n = {n:x}");
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
