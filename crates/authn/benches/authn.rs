@@ -26,6 +26,14 @@
 //!   signature, claims, `ath`, and the `jti` insert into the in-memory replay cache.
 //!   `dpop/bearer_es256_cached` is the same token's work without DPoP (an unbound token as a
 //!   bearer token), so the difference is what DPoP adds per request.
+//! - `dpop_cost/*`: what an unauthenticated client can make one request cost with a proof
+//!   whose key it chose. Each proof passes every check but its signature (a forged one costs
+//!   the gateway exactly what a real one does) and is refused (`dpop_signature`):
+//!   `es256_fresh_key` and `rsa4096_fresh_key` with a key never seen before on every request
+//!   (so no per-key work is cached), `rsa4096_same_key` with one key again and again (its
+//!   per-key work cached by thumbprint), and `rsa4096_fresh_key_wrong_htu`, a proof refused
+//!   by a cheap check before any work on its key. `es384_fresh_key`, `eddsa_fresh_key` and
+//!   `ps256_rsa*_fresh_key` are the other default proof algorithms, for comparison.
 //! - `extract/*`: reading the bearer token out of the request head; and the SHA-256 of the
 //!   token, which keyed the cache before (and still keys the introspection cache).
 //!
@@ -303,6 +311,49 @@ fn public_key(alg: Algorithm, jwk: &Value) -> ParsedPublicKey {
     }
 }
 
+/// Refuses `parts` with the reason `code`, insisting on it.
+fn refuse(auth: &Authenticator, parts: &Parts, code: &str) {
+    match ready(auth.authenticate(black_box(parts), &CX)) {
+        Ok(_) => panic!("accepted"),
+        Err(problem) => assert_eq!(problem.code, code, "{problem:?}"),
+    }
+}
+
+/// A DPoP request whose proof carries `jwk` and `alg` and a signature of `sig_len` bytes of
+/// garbage, and is right in every other way (for `http://api.example{path}`, unless `htu`).
+/// The garbage is in range for the algorithm (an Ed25519 `S` below the group order), so that
+/// the verifier does all its work before it refuses, as it would for a real signature.
+fn forged_proof_request(jwk: &Value, alg: &str, sig_len: usize, auth: &str, token: &str, htu: &str, n: u64) -> Parts {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let header = json!({"typ": "dpop+jwt", "alg": alg, "jwk": jwk});
+    let ath = b64::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref());
+    let claims = json!({"htm": "GET", "htu": htu, "iat": now, "jti": format!("forged-{n}"), "ath": ath});
+    let proof = format!(
+        "{}.{}.{}",
+        b64::encode(header.to_string().as_bytes()),
+        b64::encode(claims.to_string().as_bytes()),
+        b64::encode(&{
+            let mut sig = vec![0x5a; sig_len];
+            sig[sig_len - 1] = 0;
+            sig
+        })
+    );
+    let mut parts = request("/dpop/orders", ("authorization", auth));
+    parts.headers.insert("dpop", proof.parse().expect("header"));
+    parts
+}
+
+/// The public JWK of an RSA key of exactly `bits` bits, never seen before: a random odd
+/// modulus (the public operation costs the same for any modulus of a size).
+fn random_rsa_jwk(bits: usize) -> Value {
+    let mut n = vec![0u8; bits / 8];
+    aws_lc_rs::rand::fill(&mut n).expect("random");
+    n[0] |= 0x80;
+    let last = n.len() - 1;
+    n[last] |= 1;
+    json!({"kty": "RSA", "n": b64::encode(&n), "e": "AQAB"})
+}
+
 fn benches(c: &mut Criterion) {
     let s = setup();
 
@@ -412,6 +463,99 @@ fn benches(c: &mut Criterion) {
             )
         });
     }
+    g.finish();
+
+    let mut g = c.benchmark_group("dpop_cost");
+    g.throughput(Throughput::Elements(1));
+    let holder = SigningKey::generate(Algorithm::ES256, "holder").expect("keygen");
+    let jkt = portcullis_jose::Jwk::from_value(holder.public_jwk()).expect("jwk").thumbprint;
+    let bound = token_with(es256.0, es256.1, 9, json!({"cnf": {"jkt": jkt}}));
+    let auth = format!("DPoP {bound}");
+    let htu = "http://api.example/dpop/orders";
+    let es256_jwk = || {
+        let mut jwk = SigningKey::generate(Algorithm::ES256, "fresh").expect("keygen").public_jwk();
+        jwk.as_object_mut().expect("jwk").retain(|k, _| !matches!(k.as_str(), "kid" | "alg" | "use"));
+        jwk
+    };
+    for (alg, sig_len) in [(Algorithm::ES384, 96), (Algorithm::EdDSA, 64)] {
+        let fresh = move || {
+            let mut jwk = SigningKey::generate(alg, "fresh").expect("keygen").public_jwk();
+            jwk.as_object_mut().expect("jwk").retain(|k, _| !matches!(k.as_str(), "kid" | "alg" | "use"));
+            jwk
+        };
+        g.bench_function(format!("{}_fresh_key", alg.name().to_ascii_lowercase()), |b| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    forged_proof_request(&fresh(), alg.name(), sig_len, &auth, &bound, htu, n)
+                },
+                |parts| refuse(&s.dpop, &parts, "dpop_signature"),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    g.bench_function("es256_fresh_key", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                forged_proof_request(&es256_jwk(), "ES256", 64, &auth, &bound, htu, n)
+            },
+            |parts| refuse(&s.dpop, &parts, "dpop_signature"),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("rsa4096_fresh_key", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                forged_proof_request(&random_rsa_jwk(4096), "RS256", 512, &auth, &bound, htu, n)
+            },
+            |parts| refuse(&s.dpop, &parts, "dpop_signature"),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("ps256_rsa4096_fresh_key", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                forged_proof_request(&random_rsa_jwk(4096), "PS256", 512, &auth, &bound, htu, n)
+            },
+            |parts| refuse(&s.dpop, &parts, "dpop_signature"),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("ps256_rsa2048_fresh_key", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                forged_proof_request(&random_rsa_jwk(2048), "PS256", 256, &auth, &bound, htu, n)
+            },
+            |parts| refuse(&s.dpop, &parts, "dpop_signature"),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let same = random_rsa_jwk(4096);
+    g.bench_function("rsa4096_same_key", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                forged_proof_request(&same, "RS256", 512, &auth, &bound, htu, n)
+            },
+            |parts| refuse(&s.dpop, &parts, "dpop_signature"),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("rsa4096_fresh_key_wrong_htu", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                let jwk = random_rsa_jwk(4096);
+                forged_proof_request(&jwk, "RS256", 512, &auth, &bound, "http://api.example/elsewhere", n)
+            },
+            |parts| refuse(&s.dpop, &parts, "dpop_htu"),
+            criterion::BatchSize::SmallInput,
+        )
+    });
     g.finish();
 
     let mut g = c.benchmark_group("extract");
