@@ -20,10 +20,13 @@ fn claims_agree(data: &[u8]) {
         (Claim::Number(a), Some(Value::Number(b))) => Some(*a) == b.as_f64(),
         (Claim::Text(a), Some(Value::String(b))) => a == b,
         (Claim::List(a), Some(Value::Array(b))) => a.iter().map(|s| &**s).eq(b.iter().filter_map(Value::as_str)),
-        (Claim::Object { jkt, x5t_s256 }, Some(Value::Object(o))) => {
+        (Claim::Object { jkt, x5t_s256, other }, Some(Value::Object(o))) => {
             let text = |o: &Map<String, Value>, k: &str| o.get(k).and_then(Value::as_str).map(str::to_owned);
+            let not_text = |k: &str| o.get(k).is_some_and(|v| !v.is_string());
+            let unknown = o.keys().any(|k| k != "jkt" && k != "x5t#S256");
             jkt.as_deref().map(str::to_owned) == text(o, "jkt")
                 && x5t_s256.as_deref().map(str::to_owned) == text(o, "x5t#S256")
+                && *other == (unknown || not_text("jkt") || not_text("x5t#S256"))
         }
         _ => false,
     };

@@ -171,21 +171,22 @@ impl<'de> Visitor<'de> for ClaimVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         // Within a claim, a repeated member counts as its last value, as in a JSON map.
-        let (mut jkt, mut x5t_s256, mut other) = (None, None, false);
+        // `None`: absent; `Some(None)`: there, but not a string.
+        let (mut jkt, mut x5t_s256, mut unknown) = (None, None, false);
         while let Some(Name(name)) = map.next_key()? {
             let slot = match &*name {
                 "jkt" => &mut jkt,
                 "x5t#S256" => &mut x5t_s256,
                 _ => {
                     map.next_value::<Skip>()?;
-                    other = true;
+                    unknown = true;
                     continue;
                 }
             };
-            *slot = map.next_value::<Text>()?.0;
-            other |= slot.is_none();
+            *slot = Some(map.next_value::<Text>()?.0);
         }
-        Ok(Claim::Object { jkt, x5t_s256, other })
+        let other = unknown || matches!(jkt, Some(None)) || matches!(x5t_s256, Some(None));
+        Ok(Claim::Object { jkt: jkt.flatten(), x5t_s256: x5t_s256.flatten(), other })
     }
 }
 
@@ -235,9 +236,15 @@ mod tests {
             r#"{"cnf":{"jwk":{"kty":"EC"}}}"#,
             r#"{"cnf":{"kid":"k"}}"#,
             r#"{"cnf":{"jkt":"T","jku":"https://x"}}"#,
+            r#"{"cnf":{"jkt":"T","jkt":7}}"#,
         ] {
             assert!(matches!(cnf(text), Claim::Object { other: true, .. }), "{text}");
         }
+        // A repeated member counts as its last value, as in a JSON map.
+        assert_eq!(
+            cnf(r#"{"cnf":{"jkt":7,"jkt":"T"}}"#),
+            Claim::Object { jkt: Some("T".into()), x5t_s256: None, other: false }
+        );
         assert!(c.has("other") && c.has("email") && c.has("jti") && !c.has("azp"));
     }
 
