@@ -23,7 +23,7 @@ use portcullis_telemetry::{AccessRecord, UpstreamErrorKind};
 use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::router::path::normalize;
-use crate::router::{PathParams, RouteError, route_host, strip_port};
+use crate::router::{PathParams, RouteError, read_host, strip_port};
 use crate::runtime::{Authn, Route, Runtime, Target};
 use crate::upstream::Failure;
 
@@ -206,7 +206,7 @@ async fn run(
     // A cheap clone (shared bytes): the path borrows from it while later stages may rewrite
     // `parts.uri` (removing a credential from the query).
     let uri = parts.uri.clone();
-    let mut authority = RequestAuthority::of(&parts)?;
+    let authority = RequestAuthority::of(&parts)?;
     // The authority of an absolute-form target (RFC 9112 §3.2.2) or of HTTP/2's `:authority`
     // (RFC 9113 §8.3.1) is the host: the `Host` field the upstream gets says the same, so
     // routing and the upstream can never see two different hosts.
@@ -216,15 +216,21 @@ async fn run(
     {
         parts.headers.insert(header::HOST, v);
     }
-    // `admin.example.com.` is `admin.example.com` to routing, and is forwarded so too.
-    if let Some(without) = authority.as_str().and_then(without_trailing_dot) {
-        parts.headers.insert(header::HOST, without.clone());
-        authority = RequestAuthority::Header(without);
-    }
     // Read once: a `Host` header's bytes are checked as text here, not again at each use.
-    let authority_str = authority.as_str();
-    let host = route_host(authority_str.unwrap_or_default())
+    let mut authority_str = authority.as_str();
+    let (host, dotted) = read_host(authority_str.unwrap_or_default())
         .map_err(|_| Problem::bad_request("bad_host", "the Host header is not a valid host name"))?;
+    let mut host_value = authority.header_value();
+    // `admin.example.com.` is `admin.example.com` to routing, and is forwarded so too.
+    let undotted: Option<HeaderValue>;
+    if dotted {
+        undotted = authority_str.and_then(without_trailing_dot);
+        if let Some(v) = &undotted {
+            parts.headers.insert(header::HOST, v.clone());
+        }
+        authority_str = undotted.as_ref().and_then(|v| v.to_str().ok());
+        host_value = undotted.as_ref();
+    }
 
     // The gateway's own endpoints: its keys and its token service.
     if let Some(ts) = &rt.token_service
@@ -303,7 +309,7 @@ async fn run(
         peer_value: &conn.peer_value,
         tls: conn.tls.is_some(),
         host: authority_str,
-        host_value: authority.header_value(),
+        host_value,
     };
     forward(rt, ctx, &route, parts, present, body, path, facts).await
 }
@@ -846,12 +852,17 @@ mod tests {
         assert_eq!(strip_port("example.com:http"), "example.com:http");
         assert_eq!(strip_port("a:1:2"), "a:1");
         assert_eq!(strip_port(""), "");
+        use crate::router::route_host;
         assert_eq!(route_host("API.Example:8443").unwrap(), "api.example");
         assert!(matches!(route_host("api.example:8443"), Ok(Cow::Borrowed("api.example"))));
     }
 
     #[test]
     fn hosts_are_read_without_a_trailing_dot_and_odd_spellings_refused() {
+        use crate::router::route_host;
+        assert_eq!(read_host("A.example.:80").unwrap(), (Cow::Owned("a.example".into()), true));
+        assert_eq!(read_host("a.example:80").unwrap(), (Cow::Borrowed("a.example"), false));
+        assert_eq!(read_host("").unwrap(), (Cow::Borrowed(""), false));
         assert_eq!(route_host("Admin.Example.COM.").unwrap(), "admin.example.com");
         assert_eq!(route_host("admin.example.com.:8443").unwrap(), "admin.example.com");
         assert_eq!(route_host("[::1]:80").unwrap(), "[::1]");

@@ -524,30 +524,55 @@ pub struct BadHost;
 /// the host at the first `:` and would serve `host`), an empty label (`a..b`, `.a`), more than
 /// one trailing dot, and percent-encodings, which servers decode differently.
 pub fn route_host(authority: &str) -> Result<Cow<'_, str>, BadHost> {
-    let h = strip_port(authority);
-    let port = &authority[h.len()..];
-    if let Some(digits) = port.strip_prefix(':')
-        && (digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()))
-    {
+    read_host(authority).map(|(host, _)| host)
+}
+
+/// [`route_host`], and whether the host had a trailing dot (which the forwarded `Host` must
+/// then lose too). One pass over the bytes: every request reads its host.
+pub fn read_host(authority: &str) -> Result<(Cow<'_, str>, bool), BadHost> {
+    let b = authority.as_bytes();
+    if b.first() == Some(&b'[') {
+        // An IP literal: `[…]`, then nothing or a port.
+        let close = b.iter().position(|&c| c == b']').ok_or(BadHost)?;
+        let port = &b[close + 1..];
+        if !port.is_empty() && (port[0] != b':' || port.len() > 6 || !port[1..].iter().all(u8::is_ascii_digit)) {
+            return Err(BadHost);
+        }
+        return Ok((lower(&authority[..=close]), false));
+    }
+    // The port: up to five digits after the last `:`.
+    let mut start = b.len();
+    while start > 0 && b[start - 1].is_ascii_digit() {
+        start -= 1;
+    }
+    let end = if start > 0 && b[start - 1] == b':' {
+        if b.len() - start > 5 {
+            return Err(BadHost);
+        }
+        start - 1
+    } else {
+        b.len()
+    };
+    let (end, dotted) = if end > 0 && b[end - 1] == b'.' { (end - 1, true) } else { (end, false) };
+    if dotted && end == 0 {
         return Err(BadHost);
     }
-    let h = if h.starts_with('[') {
-        if !h.ends_with(']') || !(port.is_empty() || port.starts_with(':')) {
+    // Labels are not empty; no `%` (decoded differently) and no `:` (a port that is no port).
+    let mut prev = b'.';
+    for &c in &b[..end] {
+        if matches!(c, b'%' | b':') || (c == b'.' && prev == b'.') {
             return Err(BadHost);
         }
-        h
-    } else {
-        let h = match h.strip_suffix('.') {
-            Some("") => return Err(BadHost),
-            Some(h) => h,
-            None => h,
-        };
-        if h.starts_with('.') || h.ends_with('.') || h.contains("..") || h.contains(['%', ':']) {
-            return Err(BadHost);
-        }
-        h
-    };
-    Ok(if h.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(h.to_ascii_lowercase()) } else { Cow::Borrowed(h) })
+        prev = c;
+    }
+    if prev == b'.' && end > 0 {
+        return Err(BadHost);
+    }
+    Ok((lower(&authority[..end]), dotted))
+}
+
+fn lower(h: &str) -> Cow<'_, str> {
+    if h.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(h.to_ascii_lowercase()) } else { Cow::Borrowed(h) }
 }
 
 /// The host of an authority: without its port (`:` and digits after the last `:`, or

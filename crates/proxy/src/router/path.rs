@@ -71,7 +71,8 @@ pub fn read(raw: &str, allow_encoded_slashes: bool) -> Result<Reading<'_>, PathE
 /// Whether any segment carries parameters: a `;`, or its encoding `%3B`.
 pub fn has_parameters(raw: &str) -> bool {
     let b = raw.as_bytes();
-    b.contains(&b';') || b.windows(3).any(|w| w[0] == b'%' && w[1] == b'3' && (w[2] | 0x20) == b'b')
+    b.contains(&b';')
+        || (b.contains(&b'%') && b.windows(3).any(|w| w[0] == b'%' && w[1] == b'3' && (w[2] | 0x20) == b'b'))
 }
 
 /// Where a segment's parameters start: its first `;` or `%3B`.

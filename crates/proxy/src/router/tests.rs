@@ -374,3 +374,23 @@ proptest::proptest! {
         }
     }
 }
+
+proptest::proptest! {
+    /// Whatever the authority, reading its host never panics, and a host it accepts has one
+    /// reading: no port left, no `%`, no empty label, lower case.
+    #[test]
+    fn a_host_that_is_read_has_one_reading(raw in "[a-zA-Z0-9.:%\\[\\]+-]{0,24}") {
+        if let Ok((host, dotted)) = read_host(&raw) {
+            if !host.starts_with('[') {
+                proptest::prop_assert!(!host.contains([':', '%']), "{raw} -> {host}");
+                proptest::prop_assert!(host.is_empty() || host.split('.').all(|l| !l.is_empty()), "{raw} -> {host}");
+            }
+            proptest::prop_assert!(!host.bytes().any(|b| b.is_ascii_uppercase()));
+            proptest::prop_assert!(raw.to_ascii_lowercase().starts_with(&*host), "{raw} -> {host}");
+            if dotted {
+                let with_dot = format!("{host}.");
+                proptest::prop_assert!(raw.to_ascii_lowercase().starts_with(&with_dot), "{raw}");
+            }
+        }
+    }
+}
