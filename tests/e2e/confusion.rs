@@ -6,14 +6,12 @@
 //! with the exact path `/account`; a JWT route for the host `admin.example.com`; a public route
 //! `/shop` that takes path parameters; upstreams that keep the client's `Host`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::harness::Gateway;
+use crate::proxy::raw_request;
 use crate::upstream::Upstream;
 
 const SECRET: &str = "an hmac secret of at least thirty-two bytes!";
@@ -85,13 +83,7 @@ fn token() -> String {
 
 /// Sends raw bytes on a fresh connection; returns the status, the head, and the body.
 fn send(gw: &Gateway, raw: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(gw.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(raw.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (status, text) = raw_request(gw, raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     (status, head.to_string(), body.to_string())
 }
