@@ -47,7 +47,7 @@ async fn a_bearer_token_guards_everything_but_the_probes() {
         let r = client().get(admin_url(&gw, path)).bearer_auth("not-the-token-at-all").send().await.unwrap();
         assert_eq!(
             r.headers()["www-authenticate"],
-            "Bearer realm=\"portcullis-admin\", error=\"invalid_token\"",
+            "Bearer error=\"invalid_token\", realm=\"portcullis-admin\"",
             "{path}"
         );
         problem(r, 401).await;

@@ -151,7 +151,7 @@ impl Fixture {
             r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
         let p = problem(r, 401).await;
         assert_eq!(p["type"], format!("urn:portcullis:problem:{}", reason.replace('_', "-")), "{p}");
-        assert!(challenge.starts_with(r#"Bearer realm="portcullis", error="invalid_token""#), "{challenge}");
+        assert!(challenge.starts_with(r#"Bearer error="invalid_token", realm="portcullis""#), "{challenge}");
         assert_eq!(self.up.count(), before, "a refused request never reaches the upstream");
     }
 }
@@ -194,7 +194,7 @@ async fn missing_and_ambiguous_credentials() {
     let r = client().get(f.gw.url("/orders/1")).bearer_auth("not-a-jwt").send().await.unwrap();
     let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
     assert!(
-        challenge.starts_with(r#"Bearer realm="portcullis", error="invalid_token", error_description=""#),
+        challenge.starts_with(r#"Bearer error="invalid_token", realm="portcullis", error_description=""#),
         "{challenge}"
     );
     problem(r, 401).await;

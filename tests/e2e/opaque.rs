@@ -354,7 +354,7 @@ async fn introspected_tokens_with_unverifiable_bindings_are_refused() {
         a.post("/admin/opaque", json!({"token": token, "claims": {"sub": "svc", "exp": exp, "cnf": cnf}})).await;
         let r = client().get(gw.url("/open/x")).bearer_auth(token).send().await.unwrap();
         let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
-        assert!(challenge.starts_with(r#"Bearer realm="portcullis", error="invalid_token""#), "{challenge}");
+        assert!(challenge.starts_with(r#"Bearer error="invalid_token", realm="portcullis""#), "{challenge}");
         assert_eq!(problem(r, 401).await["type"], "urn:portcullis:problem:cnf-unsupported", "{token}");
         let again = client().get(gw.url("/open/x")).bearer_auth(token).send().await.unwrap();
         problem(again, 401).await;

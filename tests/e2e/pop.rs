@@ -79,7 +79,7 @@ impl Dpop {
         let challenge = challenge.unwrap_or_default();
         let p = problem(resp, 401).await;
         assert_eq!(p["type"], format!("urn:portcullis:problem:{}", reason.replace('_', "-")), "{p}");
-        assert!(challenge.starts_with(&format!("DPoP realm=\"portcullis\", error=\"{error}\"")), "{challenge}");
+        assert!(challenge.starts_with(&format!("DPoP error=\"{error}\", realm=\"portcullis\"")), "{challenge}");
         assert!(challenge.contains("algs=\"ES256 ES384 EdDSA PS256 RS256\""), "{challenge}");
     }
 }
@@ -273,7 +273,7 @@ async fn bound_tokens_cannot_be_downgraded_to_bearer() {
         let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
         let p = problem(r, 401).await;
         assert_eq!(p["type"], "urn:portcullis:problem:token-dpop-bound", "{path}");
-        assert!(challenge.starts_with(r#"Bearer realm="portcullis", error="invalid_token""#), "{challenge}");
+        assert!(challenge.starts_with(r#"Bearer error="invalid_token", realm="portcullis""#), "{challenge}");
     }
     // A DPoP-only route refuses bearer tokens, bound or not, with a DPoP challenge.
     for t in [&token, &unbound] {
@@ -459,7 +459,7 @@ routes:
         r.headers()["www-authenticate"]
             .to_str()
             .unwrap()
-            .starts_with(r#"DPoP realm="portcullis", error="invalid_dpop_proof""#)
+            .starts_with(r#"DPoP error="invalid_dpop_proof", realm="portcullis""#)
     );
     problem(r, 401).await;
     let r = client().get(gw.url("/api")).bearer_auth(&token).send().await.unwrap();

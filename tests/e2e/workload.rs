@@ -291,7 +291,7 @@ async fn jwt_svids_count_only_from_their_trust_domains_issuer() {
     for sub in ["spiffe://evil.org/ns/prod/sa/api", "spiffe://example.org.evil.org/ns/prod/sa/api"] {
         let r = get(spire.token("ec", json!({"sub": sub})).await).await.unwrap();
         let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
-        assert!(challenge.starts_with(r#"Bearer realm="portcullis", error="invalid_token""#), "{challenge}");
+        assert!(challenge.starts_with(r#"Bearer error="invalid_token", realm="portcullis""#), "{challenge}");
         assert_eq!(problem(r, 401).await["type"], "urn:portcullis:problem:spiffe-id-foreign", "{sub}");
     }
     // A user of the JWT-SVID issuer is still a user, not a workload.

@@ -7,7 +7,7 @@
 //!
 //! - no credential: `Bearer realm="portcullis"` (and/or `DPoP realm="portcullis", algs=".."`,
 //!   `ApiKey header=".."`), without an error code (RFC 6750 §3.1);
-//! - a refused credential: `Bearer realm="portcullis", error="invalid_token",
+//! - a refused credential: `Bearer error="invalid_token", realm="portcullis",
 //!   error_description=".."`, or the `DPoP` form on DPoP routes (RFC 9449 §7.1);
 //! - a route whose only method is `mtls` has no HTTP authentication scheme to name: its `401`
 //!   carries no `WWW-Authenticate` (a `Bearer` challenge would send clients for a token the
@@ -245,10 +245,10 @@ mod tests {
         let bearer = Schemes { bearer: true, ..Default::default() };
         assert_eq!(
             challenges(e(), bearer).2,
-            [r#"Bearer realm="portcullis", error="invalid_token", error_description="the token has expired""#]
+            [r#"Bearer error="invalid_token", realm="portcullis", error_description="the token has expired""#]
         );
         let dpop = Schemes { dpop_algs: Some("ES256"), dpop_request: true, ..bearer };
-        assert!(challenges(e(), dpop).2[0].starts_with(r#"DPoP realm="portcullis", error="invalid_token""#));
+        assert!(challenges(e(), dpop).2[0].starts_with(r#"DPoP error="invalid_token", realm="portcullis""#));
     }
 
     /// A route that takes only client certificates names no HTTP scheme: no `Bearer`

@@ -40,7 +40,7 @@ pub enum ChallengeScheme {
 
 /// One `WWW-Authenticate` challenge (RFC 6750 §3, RFC 9449 §7.1).
 ///
-/// Written as `Scheme realm="...", error="...", error_description="...", scope="...",
+/// Written as `Scheme error="...", realm="...", error_description="...", scope="...",
 /// algs="..."`, each attribute only when set. A challenge to a request that carried no
 /// credential has a realm and no error code (RFC 6750 §3.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,9 +82,11 @@ impl Challenge {
             ChallengeScheme::Bearer => "Bearer",
             ChallengeScheme::DPoP => "DPoP",
         });
+        // The error code first: clients and tests that read `Bearer error="..."` find it
+        // where RFC 6750's examples put it when there is no realm.
         let params = [
-            ("realm", self.realm.as_deref()),
             ("error", self.error),
+            ("realm", self.realm.as_deref()),
             ("error_description", self.description.as_deref()),
             ("scope", self.scope.as_deref()),
             ("algs", self.algs.as_deref()),
@@ -239,7 +241,7 @@ mod tests {
         );
     }
 
-    /// RFC 6750 §3.1: no error code without a credential; the realm comes first.
+    /// RFC 6750 §3.1: no error code without a credential; the error code comes first.
     #[test]
     fn a_missing_credential_has_a_realm_and_no_error() {
         let r = Problem::new(StatusCode::UNAUTHORIZED, "credential_missing", "x")
@@ -256,7 +258,7 @@ mod tests {
             [
                 r#"Bearer realm="portcullis""#,
                 r#"DPoP realm="portcullis", algs="ES256""#,
-                r#"Bearer realm="api  x ", error="invalid_token""#
+                r#"Bearer error="invalid_token", realm="api  x ""#
             ]
         );
     }

@@ -250,7 +250,7 @@ fn authenticate(admin: Option<&AdminConfig>, headers: &HeaderMap, client_cert: b
 fn challenge(error: Option<&str>) -> HeaderValue {
     let v = match error {
         None => format!("Bearer realm=\"{REALM}\""),
-        Some(e) => format!("Bearer realm=\"{REALM}\", error=\"{e}\""),
+        Some(e) => format!("Bearer error=\"{e}\", realm=\"{REALM}\""),
     };
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
 }
