@@ -144,9 +144,15 @@ impl Introspector {
                 return Err(unavailable("response too large".into()));
             }
         }
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(m)) => Ok(m),
-            _ => Err(unavailable("the response is not a JSON object".into())),
+        // A member named twice, at any depth, is an answer two readers could read two ways
+        // (`"active":false,"active":true`): refused, as a token's claims are.
+        match serde_json::from_slice::<Strict>(&bytes) {
+            Ok(Strict(Value::Object(m))) => Ok(m),
+            Ok(_) => Err(unavailable("the response is not a JSON object".into())),
+            Err(e) if e.to_string().starts_with(DUPLICATE) => {
+                Err(unavailable("the response names a member twice".into()))
+            }
+            Err(_) => Err(unavailable("the response is not a JSON object".into())),
         }
     }
 
@@ -163,7 +169,7 @@ impl Introspector {
         if exp.is_some_and(|e| now > e) || number("nbf").is_some_and(|n| n > now) {
             return Err(inactive());
         }
-        if answer.contains_key("exp") && exp.is_none() {
+        if (answer.contains_key("exp") && exp.is_none()) || (answer.contains_key("nbf") && number("nbf").is_none()) {
             return Err(inactive());
         }
         // An `iss` that is there must be a string: one that is not is no issuer to check.
@@ -204,6 +210,68 @@ fn inactive() -> AuthnError {
     AuthnError::invalid("token_inactive", "the token is not active")
 }
 
+const DUPLICATE: &str = "duplicate member";
+
+/// A JSON value read as `serde_json::Value` reads it, except that an object naming a member
+/// twice is an error.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some((k, Strict(v))) = map.next_entry::<String, Strict>()? {
+            if out.insert(k, v).is_some() {
+                return Err(serde::de::Error::custom(DUPLICATE));
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +297,37 @@ mod tests {
 
     fn obj(v: Value) -> serde_json::Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    /// An answer that names a member twice, at any depth, could be read two ways.
+    #[test]
+    fn answers_that_name_a_member_twice_are_refused() {
+        let read = |t: &str| serde_json::from_slice::<Strict>(t.as_bytes()).map(|s| s.0);
+        for twice in [
+            r#"{"active":false,"active":true}"#,
+            r#"{"active":true,"iss":"https://evil.example","iss":"https://idp.example"}"#,
+            r#"{"active":true,"cnf":{"kid":"k","x5t#S256":"y","kid":"j"}}"#,
+            r#"{"active":true,"x":[{"a":1,"a":2}]}"#,
+            r#"{"active":true,"\u0061ctive":false}"#,
+        ] {
+            let e = read(twice).unwrap_err();
+            assert!(e.to_string().starts_with(DUPLICATE), "{twice}: {e}");
+        }
+        let v = read(r#"{"active":true,"exp":1.5e9,"n":-3,"x":[null,"s",{"a":{}}],"u":18446744073709551615}"#).unwrap();
+        assert_eq!(v, serde_json::from_str::<Value>(&v.to_string()).unwrap());
+        assert_eq!(v["x"][2]["a"], json!({}));
+        assert_eq!(v["u"], json!(u64::MAX));
+    }
+
+    #[test]
+    fn a_malformed_nbf_makes_an_answer_inactive() {
+        let i = introspector(vec![], None);
+        let now = 1_000;
+        for nbf in [json!("999"), json!(null), json!(-1), json!([1])] {
+            let r = i.judge(obj(json!({"active": true, "exp": 2_000, "nbf": nbf})), now);
+            assert!(r.is_err(), "{nbf}");
+        }
+        assert!(i.judge(obj(json!({"active": true, "exp": 2_000, "nbf": 999})), now).is_ok());
     }
 
     #[test]
