@@ -45,19 +45,9 @@ thread_local! {
     static DPOP_PRINCIPAL: RefCell<Option<(Arc<Principal>, Arc<Principal>)>> = const { RefCell::new(None) };
 }
 
-/// Called after a public-key signature check, whatever its outcome: lets the worker thread
-/// run the other requests that are ready before this one goes on.
-///
-/// A check is tens of microseconds (an RSA-2048 verification ~20 µs), the costliest step of a
-/// request by far. Without a pause, a worker with many new tokens to check alternates one
-/// check with one write to the upstream (or one refusal to the client): every write lands on
-/// a peer that has gone back to sleep, whose wake-up the kernel charges to this thread and,
-/// when the peer shares its core, lets the peer preempt it. Pausing here lets the checks of
-/// all the requests that are ready run first, and their writes then go out together: through
-/// the whole proxy, 1.25 × the throughput with a different token on every request, 1.19 ×
-/// with fresh DPoP proofs (`bench/RESULTS.md`). It also keeps a client that sends many new
-/// tokens at once from holding the worker between two of its checks. A cached token does not
-/// come here.
+/// Called after a public-key signature check, whatever its outcome: lets the worker run the
+/// other ready requests first, so that their upstream writes go out together instead of each
+/// waking a sleeping peer (`bench/RESULTS.md`, "A pause after each signature check").
 pub(crate) async fn after_signature_check() {
     tokio::task::yield_now().await;
 }

@@ -144,8 +144,8 @@ fn refused(ctx: &mut RequestCtx, problem: Problem, unread_body: bool) -> Respons
 type LogFields = (SystemTime, String, String, &'static str);
 
 /// The log stage's record. Out of line (not cold: many deployments log every request), so
-/// that `handle` holds only what every request runs (measured with the branches below moved
-/// likewise: 0.8 % fewer instructions a request, `bench/count.py`).
+/// that `handle` holds only what every request runs (`bench/RESULTS.md`, "The code a request
+/// touches").
 #[inline(never)]
 fn write_access_log(
     log: &portcullis_telemetry::AccessLog,
@@ -645,11 +645,9 @@ async fn forward(
     };
 
     let started = Instant::now();
-    // Boxed, once for the whole exchange (the lean client's futures are held inline below
-    // it): each enclosing future (this one, the pipeline's, the connection's) would otherwise
-    // hold the exchange's ~2 KiB state, and every idle connection that much more; one move
-    // into a box costs less than a box at each level (measured: one allocation a request
-    // instead of three, and no more bytes copied).
+    // Boxed once for the whole exchange, so that no enclosing future (nor any idle
+    // connection) holds its ~2 KiB state (`bench/RESULTS.md`, "Allocations and copies a
+    // request").
     let waits = crate::upstream::Waits { upstream: route.timeout, client_idle: rt.h1.header_read_timeout };
     let result = crate::boxed!(upstream.send(&mut parts, body, &added, path, waits, upgrade.is_some())).await;
     let took = started.elapsed();

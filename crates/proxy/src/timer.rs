@@ -11,10 +11,9 @@
 //! The wheel exists on worker threads only ([`install`]); elsewhere (tests, the control
 //! thread) the same types fall back to tokio's timer.
 //!
-//! The small functions every request runs are `#[inline]`: without the hint, whether they
-//! are inlined into callers in the crate's other codegen units depends on how the crate
-//! happens to be split, which any change elsewhere moves (measured once at 250 instructions
-//! a request, `bench/count.py`).
+//! The small functions every request runs are `#[inline]`, so that inlining them into the
+//! crate's other codegen units does not depend on how the crate happens to be split
+//! (`bench/RESULTS.md`, "The data a request writes").
 
 use std::cell::RefCell;
 use std::future::Future;
