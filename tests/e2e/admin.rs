@@ -276,3 +276,60 @@ async fn not_ready_when_no_route_can_serve() {
     assert!(v["reason"].as_str().unwrap().contains("no route can serve"), "{v}");
     assert_eq!(admin_get(gw.admin, "/readyz").unwrap(), (503, "not ready\n".into()));
 }
+
+/// The admin listener stays where it was bound until a restart: a reload may not take away
+/// the credential an off-loopback listener needs, by moving `admin.listen` to loopback or by
+/// dropping the `admin` block.
+#[tokio::test]
+async fn a_reload_cannot_open_an_admin_listener_bound_off_loopback() {
+    let dir = TempDir::new("admin-reload-open");
+    let (port, admin) = (free_port(), free_port());
+    let write = |admin_block: &str| {
+        dir.write(
+            "c.yaml",
+            format!(
+                "server:\n  listen: 127.0.0.1:{port}\n{admin_block}routes:\n  - id: r\n    upstream: echo\n    authenticate: [none]\n"
+            ),
+        )
+    };
+    let config = write(&format!("admin:\n  listen: 0.0.0.0:{admin}\n  auth:\n    bearer_token: \"{TOKEN}\"\n"));
+    let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let gw = Process(
+        Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{admin}/config");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client().get(&url).bearer_auth(TOKEN).send().await.map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rejected =
+        || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap().matches("reload rejected").count();
+    for (n, attempt) in [format!("admin:\n  listen: 127.0.0.1:{admin}\n"), String::new()].into_iter().enumerate() {
+        write(&attempt);
+        let _ = Command::new("kill").args(["-HUP", &gw.0.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rejected() < n + 1 {
+            assert!(Instant::now() < deadline, "the reload was not rejected: {attempt}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        problem(client().get(&url).send().await.unwrap(), 401).await;
+    }
+    // A reload that keeps a credential is taken.
+    write(&format!("admin:\n  listen: 0.0.0.0:{admin}\n  auth:\n    bearer_token: \"{TOKEN}-2\"\n"));
+    let _ = Command::new("kill").args(["-HUP", &gw.0.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client().get(&url).bearer_auth(format!("{TOKEN}-2")).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the new token never took effect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(!log.contains(TOKEN), "the token leaked into the log");
+}

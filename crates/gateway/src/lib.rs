@@ -112,6 +112,7 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
     let listen = server.listen;
     let max_connections = server.limits.max_connections;
     let admin_addr = loaded.config.admin.as_ref().map(|a| a.listen);
+    let admin_tls_at_start = loaded.config.admin.as_ref().and_then(|a| a.tls.clone());
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared::new(metrics.clone(), workers));
     let access_log = AccessLog::start(loaded.config.access_log.path.clone(), metrics.access_log_dropped.clone())?;
@@ -160,6 +161,7 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
         generation: 1,
         listen,
         admin: admin_addr,
+        admin_tls: admin_tls_at_start,
     };
     reloader.set_files(files);
     let mut hangup = signal(SignalKind::hangup())?;
@@ -212,7 +214,9 @@ struct Reloader {
     fingerprint: u64,
     generation: u64,
     listen: SocketAddr,
+    /// The admin listener's address and TLS settings, as bound at start.
     admin: Option<SocketAddr>,
+    admin_tls: Option<portcullis_config::TlsConfig>,
 }
 
 impl Reloader {
@@ -220,6 +224,24 @@ impl Reloader {
         self.watch.watch(&files);
         self.fingerprint = fingerprint(&files);
         self.files = files;
+    }
+
+    /// Why a new config would leave the admin listener open, if it would: the listener stays
+    /// where it was bound at start (and with the TLS it was started with), so a reload that
+    /// moves `admin.listen` to loopback, or drops the `admin` block, must not also drop the
+    /// credential a non-loopback listener needs.
+    fn opens_admin(&self, c: &portcullis_config::Config) -> Option<&'static str> {
+        let bound = self.admin?;
+        if bound.ip().is_loopback() {
+            return None;
+        }
+        let admin = c.admin.as_ref();
+        let token = admin.and_then(|a| a.auth.as_ref()).is_some_and(|a| a.bearer_token.is_some());
+        let client_ca = |t: Option<&portcullis_config::TlsConfig>| t.is_some_and(|t| t.client_ca.is_some());
+        let mtls = client_ca(self.admin_tls.as_ref()) && client_ca(admin.and_then(|a| a.tls.as_ref()));
+        (!token && !mtls).then_some(
+            "admin.listen: the admin listener is bound off loopback until a restart; keep admin.auth.bearer_token or admin.tls.client_ca",
+        )
     }
 
     /// Loads, validates and compiles the config again; swaps it in only if all of that
@@ -239,8 +261,22 @@ impl Reloader {
         match built {
             Ok(Ok((runtime, files))) => {
                 let c = &runtime.config.config;
+                if let Some(why) = self.opens_admin(c) {
+                    metrics.reload(false);
+                    tracing::error!(
+                        cause,
+                        generation = self.generation,
+                        why,
+                        "config reload rejected; still serving the previous config"
+                    );
+                    self.fingerprint = fingerprint(&self.files);
+                    return;
+                }
                 if c.server.listen != self.listen || c.admin.as_ref().map(|a| a.listen) != self.admin {
                     tracing::warn!("listen addresses changed; they take effect at the next restart");
+                }
+                if c.admin.as_ref().and_then(|a| a.tls.as_ref()) != self.admin_tls.as_ref() {
+                    tracing::warn!("admin.tls changed; it takes effect at the next restart");
                 }
                 self.access_log.reopen(c.access_log.path.clone());
                 self.access_log.keep_claims(c.access_log.claims.clone());
