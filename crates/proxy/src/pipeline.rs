@@ -587,7 +587,11 @@ fn forward_path(uri: &http::Uri, path: Cow<'_, str>, rewrite: Option<&(String, S
     }
     let path: Cow<'_, str> = match rewrite {
         Some((prefix, replacement)) => {
-            let rest = path.strip_prefix(prefix.as_str()).unwrap_or(&path);
+            // Without case: the route matched it, with case or (`ignore_case`) without.
+            let rest = match path.get(..prefix.len()) {
+                Some(head) if head.eq_ignore_ascii_case(prefix) => &path[prefix.len()..],
+                _ => &path,
+            };
             let joined = match (replacement.ends_with('/'), rest.starts_with('/')) {
                 (true, true) => format!("{replacement}{}", &rest[1..]),
                 (false, false) if !rest.is_empty() => format!("{replacement}/{rest}"),
@@ -805,6 +809,9 @@ mod tests {
         let root = ("/api".to_string(), "/".to_string());
         assert_eq!(forward_path(&uri, Cow::Borrowed("/api/orders/7"), Some(&root)), "/orders/7?x=1");
         assert_eq!(forward_path(&uri, Cow::Borrowed("/api"), Some(&root)), "/?x=1");
+        // A route that ignores case cuts its prefix whatever the request's case.
+        let ci = ("/api".to_string(), "/".to_string());
+        assert_eq!(forward_path(&uri, Cow::Borrowed("/API/Orders/7"), Some(&ci)), "/Orders/7?x=1");
         let dotted: http::Uri = "/a/../b?q".parse().unwrap();
         assert_eq!(forward_path(&dotted, Cow::Owned("/b".into()), None), "/b?q");
     }

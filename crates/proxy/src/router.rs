@@ -89,15 +89,21 @@ impl Matcher {
         };
         let path = if let Some(p) = &m.path {
             check_path(p, &format!("{at}.path"), &mut errors);
-            // Kept without its trailing slash: `/account` and `/account/` are one path.
-            let trimmed = if p.len() > 1 { p.strip_suffix('/').unwrap_or(p) } else { p };
-            PathMatch::Exact(fold(trimmed))
+            PathMatch::Exact(fold(p))
         } else if let Some(p) = &m.path_prefix {
             check_path(p, &format!("{at}.path_prefix"), &mut errors);
             if p == "/" { PathMatch::Any } else { PathMatch::Prefix(fold(p)) }
         } else if let Some(t) = &m.path_template {
-            match compile_template(&fold(t)) {
-                Ok(segs) => PathMatch::Template(segs),
+            match compile_template(t) {
+                // Literals compared without case; parameter names kept as written.
+                Ok(segs) => PathMatch::Template(
+                    segs.into_iter()
+                        .map(|seg| match seg {
+                            Segment::Literal(l) => Segment::Literal(fold(&l)),
+                            param => param,
+                        })
+                        .collect(),
+                ),
                 Err(msg) => {
                     errors.push(Invalid::new(format!("{at}.path_template"), msg));
                     PathMatch::Any
@@ -232,10 +238,16 @@ fn same_text(lit: &str, text: &str, ci: bool) -> bool {
     if ci { lit.eq_ignore_ascii_case(text) } else { lit == text }
 }
 
-/// `/account` matches `/account` and `/account/` (stored without the slash).
+/// `/account` matches `/account` and `/account/`; `/docs/` only `/docs/` (a broader route may
+/// claim `/docs`, and must keep it).
 fn exact_matches(exact: &str, path: &str, ci: bool) -> bool {
-    let path = if path.len() > 1 { path.strip_suffix('/').unwrap_or(path) } else { path };
-    same_text(exact, path, ci)
+    if same_text(exact, path, ci) {
+        return true;
+    }
+    !exact.ends_with('/')
+        && path.len() == exact.len() + 1
+        && path.ends_with('/')
+        && same_text(exact, &path[..exact.len()], ci)
 }
 
 /// `/orders` matches `/orders` and `/orders/…`, never `/orders-archive`. A prefix ending in

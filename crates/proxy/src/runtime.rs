@@ -417,6 +417,13 @@ fn compile_route(
             if !rw.path_prefix.starts_with('/') {
                 errors.push(Invalid::new(format!("{at}.rewrite.path_prefix"), "must start with `/`"));
             }
+            // A prefix cut from a path whose segments carry parameters would cut them apart.
+            if rc.matches.path_parameters {
+                errors.push(Invalid::new(
+                    format!("{at}.rewrite"),
+                    "cannot be combined with `match.path_parameters: true`",
+                ));
+            }
             Some((prefix.clone(), rw.path_prefix.clone()))
         }
         _ => None,

@@ -119,10 +119,12 @@ fn an_exact_path_matches_its_trailing_slash_form() {
     assert_eq!(find(&r, "h", "/account/", "GET"), Some("account"));
     assert_eq!(find(&r, "h", "/account/x", "GET"), Some("public"));
     assert_eq!(find(&r, "h", "/accounts", "GET"), Some("public"));
-    // `/account/` in the config is the same route, so the two collide.
-    let a = Matcher::compile(&m(None, "exact", "/account", None), "r", false).unwrap();
-    let b = Matcher::compile(&m(None, "exact", "/account/", None), "r", false).unwrap();
-    assert!(Router::new(vec![(a, 1, 0), (b, 2, 1)]).is_err());
+    // An exact path written with its slash takes only that form: a broader route keeps the
+    // path without it.
+    let r = router(vec![("docs", m(None, "prefix", "/docs", None)), ("index", m(None, "exact", "/docs/", None))]);
+    assert_eq!(find(&r, "h", "/docs/", "GET"), Some("index"));
+    assert_eq!(find(&r, "h", "/docs", "GET"), Some("docs"));
+    assert_eq!(find(&r, "h", "/docs/x", "GET"), Some("docs"));
 }
 
 #[test]
@@ -138,6 +140,11 @@ fn paths_can_be_matched_without_case() {
     let r = Router::new(vec![(t, "user", 0)]).unwrap();
     let Lookup::Found(_, params) = r.find("h", "/USERS/AbC", &Method::GET) else { panic!() };
     assert_eq!(&*params[0].1, "AbC");
+    // Parameter names are kept as written: policies read them by name.
+    let t = Matcher::compile(&m(None, "template", "/Orders/{orderId}", None), "r", true).unwrap();
+    let r = Router::new(vec![(t, "order", 0)]).unwrap();
+    let Lookup::Found(_, params) = r.find("h", "/orders/7", &Method::GET) else { panic!() };
+    assert_eq!((&*params[0].0, &*params[0].1), ("orderId", "7"));
     // Characters Java and .NET fold to ASCII letters are refused where case is ignored.
     let ci = RouteMatch { ignore_case: Some(true), ..m(None, "prefix", "/admin", None) };
     let r = router(vec![("public", m(None, "", "", None)), ("admin", ci)]);
