@@ -73,8 +73,14 @@ impl ApiKeys {
             p.scopes = c.scopes.iter().map(|s| Arc::from(s.as_str())).collect();
             p.consumer = Some(Consumer { name: c.name.as_str().into(), plan: c.plan.as_deref().map(Arc::from) });
             let p = Arc::new(p);
-            for k in &c.keys {
-                let d = parse_hash(k).ok_or_else(|| format!("`{k}` is not a sha256: key hash"))?;
+            for (i, k) in c.keys.iter().enumerate() {
+                // Never echo the entry: a raw key pasted in place of its hash is a secret.
+                let d = parse_hash(k).ok_or_else(|| {
+                    format!(
+                        "consumer `{}`: keys[{i}] is not a key hash; write `sha256:` and 64 hex digits (`portcullis apikey hash` makes one)",
+                        c.name
+                    )
+                })?;
                 by_prefix.entry(prefix(&d)).or_default().push((d, p.clone()));
             }
         }

@@ -58,9 +58,11 @@ impl Policies {
         let mut any = false;
         for p in self.all.policies() {
             let text = p.to_string();
-            for call in ["getTag(", "hasTag("] {
+            for call in ["getTag", "hasTag"] {
                 for (at, _) in text.match_indices(call) {
-                    let rest = text[at + call.len()..].trim_start();
+                    // Cedar allows space before the parenthesis: `getTag ("dept")`.
+                    let Some(rest) = text[at + call.len()..].trim_start().strip_prefix('(') else { continue };
+                    let rest = rest.trim_start();
                     let literal = rest.strip_prefix('"').and_then(|r| r.split_once('"')).map(|(n, _)| n);
                     match literal {
                         Some(n) if !n.contains('\\') => {
@@ -681,6 +683,25 @@ mod tests {
             risk: None,
         })
         .allowed
+    }
+
+    /// Replay is told of every claim a policy may read as a tag, however the call is spaced.
+    #[test]
+    fn the_tags_policies_read_are_found() {
+        let text = r#"
+permit(principal, action, resource) when { principal.hasTag("dept") && principal.getTag ("dept") == "ops" };
+permit(principal, action, resource) when { principal.hasTag("email") && principal.getTag(
+    "email") like "*@example.com" };
+forbid(principal, action, resource) when { principal.hasTag  ("locked") };
+"#;
+        let file = std::env::temp_dir().join(format!("portcullis-tags-{}.cedar", std::process::id()));
+        std::fs::write(&file, text).unwrap();
+        let cfg = CedarConfig { policies: vec![file.clone()], schema: None, entities: None };
+        let policies = Policies::load(&cfg, &AuthorizationConfig::default()).unwrap();
+        let _ = std::fs::remove_file(file);
+        let (names, any) = policies.tags_read();
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["dept", "email", "locked"]);
+        assert!(!any);
     }
 
     /// The per-thread context memo never carries one request's context into another's.
