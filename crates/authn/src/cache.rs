@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use portcullis_core::Principal;
 
-use crate::keys::Key;
+use crate::jwks::Key;
 
 /// Entries per worker and kind of credential.
 pub const CAPACITY: usize = 16 * 1024;
@@ -192,7 +192,7 @@ mod tests {
         let a = digest(b"a");
         c.insert(a, Entry { principal: principal(), owner: Arc::new(0), key: Some(key.clone()), until: 100 });
         assert!(c.get(&a, 0, |_| true).is_some());
-        crate::keys::retire_for_test(&key);
+        crate::jwks::retire_for_test(&key);
         assert!(c.get(&a, 0, |_| true).is_none());
     }
 }

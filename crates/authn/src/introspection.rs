@@ -56,8 +56,8 @@ fn form(pairs: &[(&str, &str)]) -> String {
 impl Introspector {
     /// Builds the introspector; problems as `(key, message)` relative to `introspection`.
     pub fn new(cfg: &IntrospectionConfig) -> Result<Introspector, (&'static str, String)> {
-        let endpoint = crate::keys::check_url(&cfg.endpoint, cfg.allow_http).map_err(|e| ("endpoint", e))?;
-        let client = crate::keys::http_client(cfg.timeout.get(), cfg.ca.as_deref()).map_err(|e| ("ca", e))?;
+        let endpoint = crate::jwks::check_url(&cfg.endpoint, cfg.allow_http).map_err(|e| ("endpoint", e))?;
+        let client = crate::jwks::http_client(cfg.timeout.get(), cfg.ca.as_deref()).map_err(|e| ("ca", e))?;
         Ok(Introspector {
             endpoint,
             client_id: cfg.client_id.clone(),

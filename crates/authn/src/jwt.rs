@@ -29,7 +29,7 @@ use portcullis_jose::{Algorithm, Jws, VerifyingKey};
 use serde_json::{Map, Value};
 
 use crate::AuthnError;
-use crate::keys::{Key, KeyStore, Lookup};
+use crate::jwks::{Key, KeyStore, Lookup};
 use portcullis_jose::claims::{Claim, TokenClaims};
 
 /// How long a request may wait for a refetch triggered by an unknown `kid`.

@@ -14,8 +14,8 @@ pub mod dpop;
 mod error;
 pub mod extract;
 pub mod introspection;
+pub mod jwks;
 pub mod jwt;
-pub mod keys;
 pub mod mtls;
 
 use std::cell::RefCell;
@@ -37,7 +37,7 @@ pub use mtls::ClientCert;
 
 use cache::{Cache, Entry};
 use extract::Locations;
-use keys::{KeyStore, Policy, Source};
+use jwks::{KeyStore, Policy, Source};
 
 thread_local! {
     static VERIFIED: RefCell<Cache<Arc<str>, Issuer, foldhash::quality::RandomState>> = RefCell::new(Cache::default());
@@ -109,10 +109,10 @@ impl Registry {
         let (source, key) = if let Some(f) = &cfg.jwks_file {
             (None, format!("file:{}:{}", f.display(), file_state(f)))
         } else if let Some(u) = &cfg.jwks_uri {
-            let url = keys::check_url(u, k.allow_http).map_err(|e| ("jwks_uri", e))?;
+            let url = jwks::check_url(u, k.allow_http).map_err(|e| ("jwks_uri", e))?;
             (Some(Source::Uri(url)), format!("uri:{u}"))
         } else if cfg.discovery {
-            keys::check_url(&cfg.issuer, k.allow_http).map_err(|e| ("issuer", e))?;
+            jwks::check_url(&cfg.issuer, k.allow_http).map_err(|e| ("issuer", e))?;
             (Some(Source::Discovery(cfg.issuer.clone())), format!("discovery:{}", cfg.issuer))
         } else {
             return Ok(None);
@@ -129,7 +129,7 @@ impl Registry {
         let store = match (source, &cfg.jwks_file) {
             (None, Some(f)) => KeyStore::from_file(&cfg.id, f, policy).map_err(|e| ("jwks_file", e))?,
             (Some(source), _) => {
-                let client = keys::http_client(policy.timeout, k.ca.as_deref()).map_err(|e| ("keys.ca", e))?;
+                let client = jwks::http_client(policy.timeout, k.ca.as_deref()).map_err(|e| ("keys.ca", e))?;
                 KeyStore::fetching(&cfg.id, source, policy, client)
             }
             (None, None) => return Ok(None),

@@ -7,13 +7,13 @@
 
 #![forbid(unsafe_code)]
 
-pub mod keys;
 pub mod propagate;
 pub mod service;
+pub mod signing_keys;
 
-pub use keys::{KeyRing, Registry};
 pub use propagate::Propagation;
 pub use service::{Caller, Endpoint, OAuthError, TokenService};
+pub use signing_keys::{KeyRing, Registry};
 
 /// A random, unguessable identifier (128 bits, base64url): token ids.
 pub(crate) fn random_id() -> String {
@@ -23,7 +23,7 @@ pub(crate) fn random_id() -> String {
     if aws_lc_rs::rand::fill(&mut bytes).is_err() {
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        bytes[..8].copy_from_slice(&keys::unix_now().to_be_bytes());
+        bytes[..8].copy_from_slice(&signing_keys::unix_now().to_be_bytes());
         bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
     }
     portcullis_jose::b64::encode(&bytes)

@@ -19,7 +19,7 @@ use portcullis_core::{Principal, Problem};
 use portcullis_jose::EncryptionKey;
 use serde_json::{Map, Value, json};
 
-use crate::keys::{KeyRing, unix_now};
+use crate::signing_keys::{KeyRing, unix_now};
 
 /// Minted tokens a worker keeps before it starts over.
 const CACHE_CAPACITY: usize = 4096;
@@ -208,7 +208,7 @@ impl InternalToken {
     }
 
     /// Signs (and, if configured, encrypts) a token; returns it with its expiry.
-    fn mint(&self, p: &Principal, now: u64, keys: &crate::keys::Keys) -> Result<(String, u64), String> {
+    fn mint(&self, p: &Principal, now: u64, keys: &crate::signing_keys::Keys) -> Result<(String, u64), String> {
         let exp = expiry(p, now, self.lifetime);
         let mut claims = identity_claims(p, &self.issuer, &self.audience, now, exp);
         let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).filter(|s| p.has_scope(s)).collect();
@@ -249,7 +249,7 @@ pub(crate) fn expiry(p: &Principal, now: u64, lifetime: u64) -> u64 {
 }
 
 /// Signs claims as an access token (RFC 9068 `typ`).
-pub(crate) fn sign(keys: &crate::keys::Keys, claims: Map<String, Value>) -> Result<String, String> {
+pub(crate) fn sign(keys: &crate::signing_keys::Keys, claims: Map<String, Value>) -> Result<String, String> {
     let mut header = Map::new();
     header.insert("typ".into(), json!("at+jwt"));
     keys.current.sign(header, Value::Object(claims).to_string().as_bytes()).map_err(|e| e.to_string())

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::StatusCode;
-use portcullis_authn::keys::{KeyStore, Policy};
+use portcullis_authn::jwks::{KeyStore, Policy};
 use portcullis_authn::{Authenticator, AuthnError, ClientCert, Issuer};
 use portcullis_authz::{Policies, RouteAuthz};
 use portcullis_config::{AuthorizationConfig, Invalid, IssuerConfig, KeyFetchConfig, Listener, TokenServiceConfig};
@@ -30,8 +30,8 @@ use portcullis_jose::{HeaderPolicy, Jws, parse_object_no_duplicates};
 use portcullis_state::State;
 use serde_json::{Map, Value, json};
 
-use crate::keys::{KeyRing, unix_now};
 use crate::propagate::{expiry, identity_claims, sign};
+use crate::signing_keys::{KeyRing, unix_now};
 
 /// Where the JWK Set is served.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
