@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use portcullis_config::{AuthorizationConfig, AuthorizeConfig};
+pub use portcullis_core::ClaimPath;
 use portcullis_core::Principal;
-use serde_json::Value;
 
 /// Why the route rules refused a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,37 +14,6 @@ pub struct RuleDenial {
     pub code: &'static str,
     /// A short, safe explanation for the caller.
     pub detail: &'static str,
-}
-
-/// A claim path (`realm_access.roles`): where roles or groups are found in the claims.
-#[derive(Clone, Debug)]
-pub struct ClaimPath(Vec<String>);
-
-impl ClaimPath {
-    /// Parses a dotted path (validated by the config).
-    pub fn new(path: &str) -> ClaimPath {
-        ClaimPath(path.split('.').map(str::to_string).collect())
-    }
-
-    /// The claim at this path in `principal`'s claims.
-    pub fn value<'a>(&self, principal: &'a Principal) -> Option<&'a Value> {
-        let mut at = principal.claims.as_ref()?.get(&self.0[0]);
-        for key in &self.0[1..] {
-            at = at?.get(key);
-        }
-        at
-    }
-
-    /// The strings at this path in `principal`'s claims: an array of strings, or a string of
-    /// space-separated values (as `scope` is).
-    pub fn values<'a>(&self, principal: &'a Principal) -> impl Iterator<Item = &'a str> + 'a {
-        let (list, words) = match self.value(principal) {
-            Some(Value::Array(a)) => (Some(a.iter().filter_map(Value::as_str)), None),
-            Some(Value::String(s)) => (None, Some(s.split(' ').filter(|s| !s.is_empty()))),
-            _ => (None, None),
-        };
-        list.into_iter().flatten().chain(words.into_iter().flatten())
-    }
 }
 
 /// A SPIFFE ID pattern: segments matched exactly, `*` for one segment, a final `**` for one

@@ -7,5 +7,5 @@ mod principal;
 mod problem;
 pub mod spiffe;
 
-pub use principal::{AuthnMethod, Claims, Confirmation, Consumer, Principal, PrincipalKind};
+pub use principal::{AuthnMethod, ClaimPath, Claims, Confirmation, Consumer, Principal, PrincipalKind};
 pub use problem::{Challenge, ChallengeScheme, Problem, Side};

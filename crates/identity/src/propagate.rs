@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use portcullis_authz::rules::ClaimPath;
 use portcullis_config::{Invalid, RouteConfig, TokenServiceConfig};
+use portcullis_core::ClaimPath;
 use portcullis_core::{Principal, Problem};
 use portcullis_jose::EncryptionKey;
 use serde_json::{Map, Value, json};
