@@ -201,20 +201,8 @@ pub const GUARDED: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-real-ip",
     "x-request-id",
-    "x-client-cert",
     "x-api-key",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-client-ip",
-    "true-client-ip",
-    "x-forwarded-client-cert",
 ];
 
 /// Fields that make servers act on another path than the request line's (`X-Original-URL`:
@@ -249,8 +237,9 @@ pub fn strip_overrides(headers: &mut HeaderMap, present: Present, trusted: bool)
     }
 }
 
-/// Removes fields whose names, with `_` read as `-`, are [`GUARDED`] or one of `extra` (the
-/// identity headers and API-key header the config names).
+/// Removes fields whose names, with `_` read as `-`, are [`GUARDED`], [`OVERRIDES`],
+/// [`CLIENT_FACTS`] or one of `extra` (the identity headers and API-key header the config
+/// names).
 pub fn strip_confusable(headers: &mut HeaderMap, extra: &[HeaderName]) {
     let dashed = |k: &HeaderName| k.as_str().replace('_', "-");
     let confusable: Vec<HeaderName> = headers
@@ -258,7 +247,8 @@ pub fn strip_confusable(headers: &mut HeaderMap, extra: &[HeaderName]) {
         .filter(|k| k.as_str().contains('_'))
         .filter(|k| {
             let d = dashed(k);
-            GUARDED.contains(&d.as_str()) || extra.iter().any(|n| n.as_str() == d)
+            [GUARDED, OVERRIDES, CLIENT_FACTS].iter().any(|list| list.contains(&d.as_str()))
+                || extra.iter().any(|n| n.as_str() == d)
         })
         .cloned()
         .collect();

@@ -210,19 +210,6 @@ impl Matcher {
         }
     }
 
-    /// Whether the request matches: its host, path and method.
-    pub fn matches(&self, host: &str, path: &str, method: &Method) -> Option<PathParams> {
-        if !self.takes(method) {
-            return None;
-        }
-        self.matches_place(host, path)
-    }
-
-    /// Whether the route takes paths with segment parameters (`match.path_parameters`).
-    pub fn takes_path_parameters(&self) -> bool {
-        self.path_parameters
-    }
-
     /// The length of the literal prefix matched (for `rewrite.path_prefix`).
     pub fn prefix(&self) -> Option<&str> {
         match &self.path {

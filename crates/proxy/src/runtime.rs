@@ -284,6 +284,7 @@ impl Runtime {
             h2
         });
 
+        let identity_headers = identity_headers(c);
         Ok(Runtime {
             generation,
             router,
@@ -297,8 +298,8 @@ impl Runtime {
             access_log: access_log.filter(|_| c.access_log.enabled),
             no_route: shared.metrics.route("(none)"),
             anonymous: Principal::anonymous(),
-            identity_headers: identity_headers(c),
-            guarded_headers: guarded_headers(c),
+            guarded_headers: guarded_headers(c, &identity_headers),
+            identity_headers,
             token_service,
             authn,
             config,
@@ -486,8 +487,8 @@ fn token_service(
 
 /// The headers besides [`crate::headers::GUARDED`] whose `_` spellings a client may not send:
 /// the identity headers and the API-key header.
-fn guarded_headers(c: &portcullis_config::Config) -> Arc<[http::HeaderName]> {
-    let mut names: Vec<http::HeaderName> = identity_headers(c).to_vec();
+fn guarded_headers(c: &portcullis_config::Config, identity: &[http::HeaderName]) -> Arc<[http::HeaderName]> {
+    let mut names: Vec<http::HeaderName> = identity.to_vec();
     if let Some(k) = &c.api_keys
         && let Ok(n) = http::HeaderName::from_bytes(k.header.as_bytes())
         && !names.contains(&n)

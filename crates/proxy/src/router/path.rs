@@ -71,16 +71,18 @@ pub fn read(raw: &str, allow_encoded_slashes: bool) -> Result<Reading<'_>, PathE
 /// Whether any segment carries parameters: a `;`, or its encoding `%3B`.
 pub fn has_parameters(raw: &str) -> bool {
     let b = raw.as_bytes();
-    b.contains(&b';')
-        || (b.contains(&b'%') && b.windows(3).any(|w| w[0] == b'%' && w[1] == b'3' && (w[2] | 0x20) == b'b'))
+    b.contains(&b';') || (b.contains(&b'%') && (0..b.len()).any(|i| parameters_at(b, i)))
+}
+
+/// Whether segment parameters start at `b[i]`: a `;` or `%3B`.
+fn parameters_at(b: &[u8], i: usize) -> bool {
+    b[i] == b';' || (b[i] == b'%' && b.get(i + 1) == Some(&b'3') && b.get(i + 2).is_some_and(|c| c | 0x20 == b'b'))
 }
 
 /// Where a segment's parameters start: its first `;` or `%3B`.
 fn parameters_start(seg: &str) -> Option<usize> {
     let b = seg.as_bytes();
-    (0..b.len()).find(|&i| {
-        b[i] == b';' || (b[i] == b'%' && b.get(i + 1) == Some(&b'3') && b.get(i + 2).is_some_and(|c| c | 0x20 == b'b'))
-    })
+    (0..b.len()).find(|&i| parameters_at(b, i))
 }
 
 /// The path with every segment's parameters removed (Tomcat, Jetty, Spring): `/a;x/..;/b`
