@@ -79,6 +79,24 @@ pub struct PrincipalFacts {
     pub claims_withheld: Vec<String>,
 }
 
+impl PrincipalFacts {
+    /// Keeps only the claims `keep` names (`access_log.claims`); the names of the others go
+    /// to `claims_withheld`, their values nowhere.
+    pub fn withhold_claims(&mut self, keep: &[String]) {
+        if self.claims.keys().all(|k| keep.contains(k)) {
+            return;
+        }
+        for (k, v) in std::mem::take(&mut self.claims) {
+            if keep.contains(&k) {
+                self.claims.insert(k, v);
+            } else {
+                self.claims_withheld.push(k);
+            }
+        }
+        self.claims_withheld.sort_unstable();
+    }
+}
+
 /// The context, as a record.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -218,5 +236,24 @@ fn kind_name(k: PrincipalKind) -> &'static str {
         PrincipalKind::User => "user",
         PrincipalKind::Client => "client",
         PrincipalKind::Workload => "workload",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_not_kept_are_withheld_by_name() {
+        let mut p = PrincipalFacts {
+            claims: serde_json::from_str(r#"{"sub":"a","email":"a@example.com","roles":["r"]}"#).unwrap(),
+            ..PrincipalFacts::default()
+        };
+        p.withhold_claims(&["roles".to_string()]);
+        assert_eq!(Value::Object(p.claims.clone()), serde_json::json!({"roles": ["r"]}));
+        assert_eq!(p.claims_withheld, ["email", "sub"]);
+        let before = p.clone();
+        p.withhold_claims(&["roles".to_string()]);
+        assert_eq!(p, before, "nothing more to withhold");
     }
 }

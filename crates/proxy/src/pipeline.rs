@@ -347,7 +347,12 @@ fn authorize(
     let decision = route.authz.decide(&input);
     ctx.decision = Some(if decision.allowed { "allow" } else { "deny" });
     if route.authz.uses_cedar() || !decision.allowed {
-        let facts = rt.access_log.as_ref().and_then(|_| serde_json::to_value(portcullis_authz::Facts::of(&input)).ok());
+        // Claims the log does not keep are withheld here, before the record is built.
+        let facts = rt.access_log.as_ref().and_then(|log| {
+            let mut facts = portcullis_authz::Facts::of(&input);
+            facts.principal.withhold_claims(&log.kept_claims());
+            serde_json::to_value(facts).ok()
+        });
         ctx.explained = Some(Explained { policies: decision.policies, errors: decision.errors, facts });
     }
     if decision.allowed {

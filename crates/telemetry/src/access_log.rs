@@ -132,6 +132,12 @@ impl AccessLog {
         Ok(AccessLog { tx, dropped, claims: Arc::default() })
     }
 
+    /// The claims a decision's record keeps (`access_log.claims`): the request path withholds
+    /// the others before it builds the record, so that [`AccessLog::write`] has nothing to copy.
+    pub fn kept_claims(&self) -> Arc<Vec<String>> {
+        self.claims.load_full()
+    }
+
     /// Sets the claims a decision's record keeps (`access_log.claims`); all others are
     /// withheld. Applies to every clone of this handle.
     pub fn keep_claims(&self, claims: Vec<String>) {
@@ -142,6 +148,8 @@ impl AccessLog {
     /// counted in `portcullis_access_log_dropped_total`.
     pub fn write(&self, record: &AccessRecord) {
         let mut line = Vec::with_capacity(384);
+        // The pipeline's records arrive with their claims withheld already (borrowed here,
+        // nothing copied); this holds the rule for any other record.
         let keep = self.claims.load();
         let authz = record.authz.as_ref().map(|a| withhold_claims(a, &keep));
         if serde_json::to_writer(&mut line, &Line { record, authz }).is_err() {
