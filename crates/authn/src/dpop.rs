@@ -41,7 +41,7 @@ const MAX_JTI: usize = 256;
 pub const KEY_CACHE: usize = 256;
 
 thread_local! {
-    /// Proof keys ready to verify, by thumbprint and algorithm: first in, first out.
+    /// Proof keys ready to verify, by thumbprint (with their algorithm): first in, first out.
     static KEYS: RefCell<KeyCache> = RefCell::new(KeyCache::default());
 }
 
@@ -51,24 +51,30 @@ thread_local! {
 /// `use`, `key_ops` members) is checked on every proof, before the cache is asked.
 #[derive(Default)]
 struct KeyCache {
-    keys: HashMap<(String, Algorithm), Arc<VerifyingKey>>,
-    order: VecDeque<(String, Algorithm)>,
+    /// By thumbprint: the algorithm the key was prepared for, and the prepared key.
+    keys: HashMap<String, (Algorithm, Arc<VerifyingKey>)>,
+    /// Thumbprints, oldest first.
+    order: VecDeque<String>,
 }
 
 impl KeyCache {
     fn get_or_make(&mut self, jwk: &Jwk, alg: Algorithm) -> Result<Arc<VerifyingKey>, portcullis_jose::Error> {
-        let name = (jwk.thumbprint.clone(), alg);
-        if let Some(k) = self.keys.get(&name) {
+        // Looked up by the borrowed thumbprint: a repeated key costs no allocation.
+        if let Some((a, k)) = self.keys.get(jwk.thumbprint.as_str())
+            && *a == alg
+        {
             return Ok(k.clone());
         }
         let key = Arc::new(jwk.verifying_key(&[alg])?);
-        if self.order.len() >= KEY_CACHE
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.keys.remove(&oldest);
+        // A key seen before with another algorithm (RS256, then PS256) takes its place.
+        if self.keys.insert(jwk.thumbprint.clone(), (alg, key.clone())).is_none() {
+            self.order.push_back(jwk.thumbprint.clone());
+            if self.order.len() > KEY_CACHE
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.keys.remove(&oldest);
+            }
         }
-        self.order.push_back(name.clone());
-        self.keys.insert(name, key.clone());
         Ok(key)
     }
 }

@@ -510,7 +510,11 @@ mod tests {
     use serde_json::json;
 
     fn issuer() -> Issuer {
-        let cfg = IssuerConfig {
+        Issuer::new(&issuer_config(), None).unwrap()
+    }
+
+    fn issuer_config() -> IssuerConfig {
+        IssuerConfig {
             id: "idp".into(),
             issuer: "https://idp.example".into(),
             jwks_file: None,
@@ -525,8 +529,7 @@ mod tests {
             max_token_bytes: ByteSize::kib(16),
             keys: KeyFetchConfig::default(),
             spiffe_trust_domain: None,
-        };
-        Issuer::new(&cfg, None).unwrap()
+        }
     }
 
     /// The claim rules on `v`, read as a token's claims are.
@@ -644,18 +647,9 @@ mod tests {
         let mut cfg = IssuerConfig {
             id: "spire".into(),
             issuer: "https://spire.example".into(),
-            jwks_file: None,
-            jwks_uri: None,
-            discovery: false,
-            audiences: vec!["orders".into()],
-            algorithms: vec!["ES256".into()],
-            leeway: D::from_secs(60),
             required_claims: vec![],
-            token_types: None,
-            hmac_secret: None,
-            max_token_bytes: ByteSize::kib(16),
-            keys: KeyFetchConfig::default(),
             spiffe_trust_domain: Some("example.org".into()),
+            ..issuer_config()
         };
         let svid = Issuer::new(&cfg, None).unwrap();
         let p = check(&svid, claims("spiffe://example.org/ns/prod/sa/api"), NOW).unwrap();
