@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_proxy::server::h1::{Settings, parse_requests};
-use portcullis_proxy::upstream::h1::Framing;
+use portcullis_http::framing::Framing;
+use portcullis_http::server::h1::{Settings, parse_requests};
 
 fuzz_target!(|data: &[u8]| {
     let settings =

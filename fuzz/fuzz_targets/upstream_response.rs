@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_proxy::upstream::h1::{parse_chunk_size, parse_response_bytes};
+use portcullis_http::client::h1::parse_response_bytes;
+use portcullis_http::framing::parse_chunk_size;
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_response_bytes(data, &http::Method::GET);

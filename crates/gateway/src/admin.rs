@@ -29,10 +29,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use portcullis_config::{AdminConfig, AuthMethod, Config, Listener};
 use portcullis_core::Problem;
+use portcullis_http::body::ResponseBody;
 use portcullis_identity::{Caller, Endpoint};
 use portcullis_proxy::Runtime;
-use portcullis_proxy::body::ResponseBody;
-use portcullis_proxy::pipeline::token_service;
+use portcullis_proxy::token_endpoint;
 use portcullis_telemetry::{Exposition, Metrics};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -163,7 +163,7 @@ async fn respond(
         let (parts, body) = req.into_parts();
         let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
         let caller = Caller { client_cert: None, client_ip: peer.ip(), tls: false, host: &host };
-        return match token_service(ts, endpoint, parts, body, caller).await {
+        return match token_endpoint::serve(ts, endpoint, parts, body, caller).await {
             Ok(r) => r,
             Err(p) => problem(p),
         };

@@ -16,7 +16,9 @@ use std::sync::atomic::Ordering;
 
 use arc_swap::ArcSwap;
 use portcullis_config::{ConfigErrors, Invalid, LoadedConfig, LogFormat, load_file};
-use portcullis_proxy::{Runtime, Shared, listener};
+use portcullis_http::listener;
+use portcullis_proxy::pipeline::Pipeline;
+use portcullis_proxy::{Runtime, Shared};
 use portcullis_telemetry::{AccessLog, Metrics, init_logging};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
@@ -130,8 +132,9 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
     metrics.config_generation.set(1);
     let (shutdown_tx, shutdown_rx) = channel::channel(false);
     let ctx = listener::WorkerContext {
-        runtime: swap.clone(),
-        metrics: metrics.clone(),
+        handler: Arc::new(Pipeline::new(swap.clone())),
+        connections_total: metrics.connections_total.clone(),
+        connections_active: metrics.connections_active.clone(),
         connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
         shutdown: shutdown_rx,
     };

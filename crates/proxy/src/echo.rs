@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use portcullis_core::Problem;
 use serde_json::{Map, Value, json};
 
-use crate::body::{RequestBody, ResponseBody, is_body_too_large};
+use portcullis_http::body::{RequestBody, ResponseBody, is_body_too_large};
 
 /// At most this much of the body is shown (it is all read and counted).
 const SHOWN: usize = 64 * 1024;
@@ -21,7 +21,7 @@ pub async fn respond(req: Request<RequestBody>) -> Result<Response<ResponseBody>
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             if is_body_too_large(e.as_ref()) {
-                crate::pipeline::body_too_large()
+                crate::pipeline::protect::body_too_large()
             } else {
                 Problem::bad_request("bad_body", "the request body could not be read")
             }

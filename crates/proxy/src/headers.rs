@@ -8,9 +8,11 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use portcullis_config::ForwardedHeaders;
+use portcullis_http::client::Added;
 
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static FORWARDED: HeaderName = header::FORWARDED;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -387,39 +389,6 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr
         }
     }
     ip
-}
-
-/// Headers the gateway adds on the way upstream. They are kept apart from the request's
-/// map until sending: the lean HTTP/1.1 client writes them straight into the request head
-/// (no hashing and no growing of the map), other senders insert them.
-#[derive(Clone, Debug, Default)]
-pub struct Added {
-    entries: [Option<(&'static HeaderName, HeaderValue)>; 6],
-    len: usize,
-}
-
-static FORWARDED: HeaderName = header::FORWARDED;
-
-impl Added {
-    /// Adds a header. The caller has removed any copy the client sent.
-    pub fn push(&mut self, name: &'static HeaderName, value: HeaderValue) {
-        if let Some(slot) = self.entries.get_mut(self.len) {
-            *slot = Some((name, value));
-            self.len += 1;
-        }
-    }
-
-    /// The added headers.
-    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.entries[..self.len].iter().flatten().map(|(n, v)| (*n, v))
-    }
-
-    /// Puts them into `map`, replacing what is there.
-    pub fn insert_into(&self, map: &mut HeaderMap) {
-        for (name, value) in self.iter() {
-            map.insert(name, value.clone());
-        }
-    }
 }
 
 /// Works out the forwarded headers into `added`. From a trusted proxy, its chain is

@@ -12,6 +12,7 @@ use portcullis_config::{
     ConfigErrors, ECHO_UPSTREAM, ForwardedHeaders, Invalid, LoadedConfig, RouteConfig, SpiffeConfig, UpstreamConfig,
 };
 use portcullis_core::Principal;
+use portcullis_http::ServerSettings;
 use portcullis_telemetry::{Metrics, RouteMetrics};
 
 use crate::router::{Matcher, Router};
@@ -124,6 +125,13 @@ pub struct Route {
     pub metrics: RouteMetrics,
 }
 
+impl Route {
+    /// The route forwards the caller's own credential.
+    pub fn passthrough(&self) -> bool {
+        self.propagate.as_ref().is_some_and(|p| p.passthrough)
+    }
+}
+
 /// Limits checked on every request head.
 #[derive(Clone, Copy, Debug)]
 pub struct HeadLimits {
@@ -140,13 +148,9 @@ pub struct Runtime {
     /// The config this was built from (shown, redacted, by the admin API).
     pub config: Arc<LoadedConfig>,
     pub(crate) router: Router<Arc<Route>>,
-    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
-    /// How HTTP/1.1 connections are served.
-    pub(crate) h1: crate::server::h1::Settings,
-    /// How HTTP/2 connections are served; `None` when `server.http2` is off.
-    pub(crate) h2: Option<hyper::server::conn::http2::Builder<TokioExecutor>>,
+    /// How the transport serves connections (TLS, HTTP/1.1, HTTP/2).
+    pub(crate) server: Arc<ServerSettings>,
     pub(crate) head_limits: HeadLimits,
-    pub(crate) handshake_timeout: Duration,
     pub(crate) trusted_proxies: Vec<IpNet>,
     pub(crate) forwarded: ForwardedHeaders,
     pub(crate) access_log: Option<portcullis_telemetry::AccessLog>,
@@ -264,7 +268,7 @@ impl Runtime {
 
         let limits = &c.server.limits;
         let max_header_bytes = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
-        let h1 = crate::server::h1::Settings {
+        let h1 = portcullis_http::server::h1::Settings {
             header_read_timeout: limits.header_read_timeout.get(),
             max_head: max_header_bytes,
             max_headers: limits.max_headers,
@@ -272,15 +276,15 @@ impl Runtime {
         };
         let h2 = c.server.http2.then(|| {
             let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            h2.timer(crate::timer::CoarseTimer)
+            h2.timer(portcullis_http::timer::CoarseTimer)
                 .max_concurrent_streams(limits.max_concurrent_streams)
                 // Heads between our limit and twice it get a problem+json 431 from the
                 // pipeline; hyper refuses larger ones on its own.
                 .max_header_list_size(u32::try_from(2 * max_header_bytes).unwrap_or(u32::MAX))
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .keep_alive_timeout(Duration::from_secs(20))
-                .initial_stream_window_size(crate::server::H2_STREAM_WINDOW)
-                .initial_connection_window_size(crate::server::H2_CONNECTION_WINDOW);
+                .initial_stream_window_size(portcullis_http::server::H2_STREAM_WINDOW)
+                .initial_connection_window_size(portcullis_http::server::H2_CONNECTION_WINDOW);
             h2
         });
 
@@ -288,11 +292,14 @@ impl Runtime {
         Ok(Runtime {
             generation,
             router,
-            tls,
-            h1,
-            h2,
+            server: Arc::new(ServerSettings {
+                tls,
+                handshake_timeout: limits.header_read_timeout.get(),
+                h1,
+                h2,
+                drain_timeout: c.server.drain_timeout.get(),
+            }),
             head_limits: HeadLimits { max_header_bytes, max_headers: limits.max_headers },
-            handshake_timeout: limits.header_read_timeout.get(),
             trusted_proxies: c.server.trusted_proxies.clone(),
             forwarded: c.server.forwarded_headers,
             access_log: access_log.filter(|_| c.access_log.enabled),

@@ -16,12 +16,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_config::{Invalid, SpiffeConfig, UpstreamConfig, UpstreamProtocol};
 use portcullis_telemetry::Counter;
 
-use crate::body::{
+use portcullis_http::body::{
     BoxError, ClientBodyErrorKind, HyperUpload, RequestBody, ResponseBody, Turn, UploadFailure, UpstreamBody,
 };
-use crate::headers::Added;
-
-pub mod h1;
+use portcullis_http::client::h1;
+use portcullis_http::client::{Added, Waits};
 
 /// How a request to an upstream failed.
 #[derive(Debug)]
@@ -72,7 +71,7 @@ pub struct Upstream {
     name: Arc<str>,
     endpoints: Box<[Endpoint]>,
     next: AtomicUsize,
-    /// One pool per worker (see [`crate::listener::worker_slot`]), so that a connection is
+    /// One pool per worker (see [`portcullis_http::listener::worker_slot`]), so that a connection is
     /// only ever used by the thread that drives it.
     clients: Box<[Client<HttpsConnector<HttpConnector>, HyperUpload>]>,
     /// Default time to wait for a response head (routes may override).
@@ -316,7 +315,7 @@ impl Upstream {
                 parts.authority = Some(ep.authority.clone());
                 parts.path_and_query = Some(path.clone());
                 *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::Connect)?;
-                let client = &self.clients[crate::listener::worker_slot().min(self.clients.len() - 1)];
+                let client = &self.clients[portcullis_http::listener::worker_slot().min(self.clients.len() - 1)];
                 // The timeout bounds the upstream's turns only, as on the lean path: a slow
                 // upload is the client's (held to `client_idle` by the body), never the
                 // endpoint's.
@@ -326,8 +325,8 @@ impl Upstream {
                 let answer = loop {
                     // While it is the client's turn, look again after a while.
                     let due = turn.upstream_deadline(timeout);
-                    let wait = due.unwrap_or_else(|| crate::timer::deadline(timeout));
-                    match crate::timer::timeout_at(wait, exchange.as_mut()).await {
+                    let wait = due.unwrap_or_else(|| portcullis_http::timer::deadline(timeout));
+                    match portcullis_http::timer::timeout_at(wait, exchange.as_mut()).await {
                         Ok(answer) => break Ok(answer),
                         // The same turn of the upstream's all along: it is late. (Compared as
                         // turns, not against the clock, which the wheel rounds.)
@@ -357,17 +356,6 @@ impl Upstream {
         }
         result
     }
-}
-
-/// How long an exchange waits, and for whom.
-#[derive(Clone, Copy, Debug)]
-pub struct Waits {
-    /// For the upstream: to take the head, each part of the body, and then to answer; then
-    /// the longest pause between two parts of its response body.
-    pub upstream: Duration,
-    /// For the client: the longest pause within its request body (HTTP/1.1 upstreams; a
-    /// stalled body is the client's failure, never the upstream's).
-    pub client_idle: Duration,
 }
 
 /// Reads an endpoint URL. Messages show the URL with any credentials in it masked: a

@@ -15,3 +15,4 @@ pub use histogram::AtomicHistogram;
 pub use logging::init_logging;
 pub use metrics::{Metrics, RouteMetrics, UpstreamErrorKind};
 pub use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::gauge::Gauge;

@@ -165,7 +165,7 @@ fn link_with(input: &[u8]) -> (Link, tokio::io::DuplexStream) {
 async fn a_chunked_body_is_decoded_with_its_trailers_and_no_more() {
     use http_body_util::BodyExt;
     let (link, _client) = link_with(b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nx-t: 1\r\n\r\nGET / HTTP/1.1\r\n");
-    let mut body = Body { link: link.clone(), framing: Framing::Chunked(crate::upstream::h1::Chunk::Size) };
+    let mut body = Body { link: link.clone(), framing: Framing::Chunked(crate::framing::Chunk::Size) };
     let mut data = Vec::new();
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
@@ -279,7 +279,7 @@ async fn responses_are_framed_for_their_request() {
 
 #[test]
 fn chunk_lines_are_strict() {
-    use crate::upstream::h1::parse_chunk_size;
+    use crate::framing::parse_chunk_size;
     assert_eq!(parse_chunk_size(b"1f\r\n").unwrap(), Some((4, 31)));
     assert_eq!(parse_chunk_size(b"3 ;name=value\r\n").unwrap(), Some((15, 3)), "white space before an extension");
     assert_eq!(parse_chunk_size(b"3;a=\"q s\"\r\n").unwrap(), Some((11, 3)));
@@ -288,7 +288,7 @@ fn chunk_lines_are_strict() {
         assert!(parse_chunk_size(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
     }
     assert!(parse_chunk_size(b"1000000000000000\r\n").is_err(), "sizes past 15 hex digits");
-    let mut framing = Framing::Chunked(crate::upstream::h1::Chunk::Trailers);
+    let mut framing = Framing::Chunked(crate::framing::Chunk::Trailers);
     let mut buf = BytesMut::from(&b"X-T: 1\n\n"[..]);
     assert!(decode(&mut framing, &mut buf, false).is_err(), "trailer lines end in CRLF");
 }

@@ -1,4 +1,4 @@
-//! Body types of the proxy. Bodies stream frame by frame in both directions (data and
+//! Body types of the transport. Bodies stream frame by frame in both directions (data and
 //! trailers, so gRPC works); they are never collected in memory. Enums rather than boxed
 //! trait objects keep the common path free of allocation.
 
@@ -20,9 +20,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of a request sent upstream.
 #[derive(Debug)]
 pub enum RequestBody {
-    /// The client's body, streamed, cut off past the route's size limit; of its trailers
-    /// only the integrity checks pass ([`request_trailer_allowed`]), and never a field the
-    /// gateway vouches for (the identity headers it sets).
+    /// The client's body, streamed, cut off past a size limit; of its trailers only the
+    /// integrity checks pass ([`request_trailer_allowed`]), and never one of the fields
+    /// named here (those the sender vouches for in the head, such as identity fields).
     Client(Limited<ClientBody>, Arc<[HeaderName]>),
     /// No body.
     Empty,
@@ -148,7 +148,7 @@ impl Body for RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            RequestBody::Client(b, identity) => {
+            RequestBody::Client(b, withheld) => {
                 let mut polled = Pin::new(b).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &mut polled
                     && let Some(trailers) = frame.trailers_mut()
@@ -158,7 +158,9 @@ impl Body for RequestBody {
                     for name in &dropped {
                         trailers.remove(name);
                     }
-                    crate::headers::strip_identity(trailers, identity);
+                    for name in withheld.iter() {
+                        trailers.remove(name);
+                    }
                 }
                 polled
             }
@@ -392,7 +394,7 @@ pub enum ResponseBody {
     /// carries a timer.
     Upstream(Box<UpstreamBody>),
     /// The upstream's body, streamed (the lean HTTP/1.1 client).
-    Lean(crate::upstream::h1::LeanBody),
+    Lean(crate::client::h1::LeanBody),
     /// A body the gateway made (problem details, echo, admin).
     Full(Option<Bytes>),
     /// Any body (tests of the codec).

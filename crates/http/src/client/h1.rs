@@ -31,14 +31,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ClientBodyErrorKind, RequestBody, client_body_error, is_body_too_large};
-use crate::headers::Added;
+use crate::client::{Added, Waits};
+use crate::framing::{Chunk, Decoded, Framing, HeadFacts, LengthError, decode};
 
 /// Largest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a response head or trailer section.
 const MAX_HEADERS: usize = 128;
-/// Longest chunk-size line (with extensions).
-const MAX_CHUNK_LINE: usize = 4096;
 /// Read granularity.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -207,7 +206,7 @@ pub async fn send(
     pool: &Arc<IdlePool>,
     authority: &Authority,
     connect_timeout: Duration,
-    waits: crate::upstream::Waits,
+    waits: Waits,
     parts: &http::request::Parts,
     body: RequestBody,
     added: &Added,
@@ -253,7 +252,7 @@ async fn exchange(
     added: &Added,
     host: Option<&HeaderValue>,
     mut body: RequestBody,
-    waits: crate::upstream::Waits,
+    waits: Waits,
 ) -> Result<Exchange, Error> {
     let timeout = waits.upstream;
     let has_body = !body.is_end_stream();
@@ -345,12 +344,7 @@ fn encode_head(
 /// may pause (the HTTP/1.1 codec enforces the same; HTTP/2 clients' bodies get it here, and
 /// only here, where nothing else is being relayed meanwhile: a gRPC stream relayed by hyper
 /// may stay quiet for as long as it likes).
-async fn send_body<B>(
-    conn: &mut Conn,
-    body: &mut B,
-    chunked: bool,
-    waits: crate::upstream::Waits,
-) -> Result<bool, Error>
+async fn send_body<B>(conn: &mut Conn, body: &mut B, chunked: bool, waits: Waits) -> Result<bool, Error>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
@@ -509,38 +503,62 @@ fn parse_head(buf: &mut BytesMut, at: &mut FieldOffsets, method: &Method) -> Res
     // their names and values): building a header map of them and writing it out again cost a
     // fifth of a proxied request. A map is made only where one is needed (HTTP/2 clients).
     let mut fields = Vec::with_capacity(at.len());
-    let mut facts = Facts::default();
+    let mut facts = HeadFacts::default();
+    // Fields named in `Connection` options (RFC 9110 §7.6.1), to be removed.
+    let mut named: Vec<HeaderName> = Vec::new();
+    let mut date = false;
     for &(ns, ne, vs, ve) in at.iter() {
         let name = &head[ns..ne];
         let raw = &head[vs..ve];
         match classify(name) {
-            Field::Connection => facts.connection(raw),
+            Field::Connection => facts.connection(raw, |option| named.extend(HeaderName::from_bytes(option).ok())),
             Field::TransferEncoding => facts.transfer_encoding(raw),
             Field::HopByHop => {}
-            Field::ContentLength => facts.content_length(raw)?,
+            Field::ContentLength => facts.content_length(raw, 19).map_err(|e| match e {
+                LengthError::Invalid => protocol("invalid Content-Length"),
+                LengthError::Conflicting => protocol("conflicting Content-Length values"),
+            })?,
             Field::Date => {
-                facts.date = true;
+                date = true;
                 fields.push([ns, ne, vs, ve].map(|o| o as u32));
             }
             Field::Other => fields.push([ns, ne, vs, ve].map(|o| o as u32)),
         }
     }
-    if !facts.named.is_empty() {
+    if !named.is_empty() {
         fields.retain(|f| {
             let name = &head[f[0] as usize..f[1] as usize];
-            !facts.named.iter().any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+            !named.iter().any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
         });
     }
 
     let keep_alive = version == Version::HTTP_11 && !facts.close;
-    let (framing, unambiguous) = facts.framing(method, status)?;
+    let (framing, unambiguous) = response_framing(&facts, method, status)?;
     // A chunked body is decoded here and framed anew towards the client: its length field
     // (if any) is not passed on.
-    let length = if facts.chunked || facts.te { None } else { facts.length };
-    let mut resp = Response::new(RawHead { head, fields, length, date: facts.date });
+    let length = if facts.te { None } else { facts.length };
+    let mut resp = Response::new(RawHead { head, fields, length, date });
     *resp.status_mut() = status;
     *resp.version_mut() = Version::HTTP_11;
     Ok(Some(Parsed::Final((resp, framing, keep_alive && unambiguous))))
+}
+
+/// How a response body is delimited (RFC 9112 §6.3), and whether that was unambiguous.
+fn response_framing(facts: &HeadFacts, method: &Method, status: StatusCode) -> Result<(Framing, bool), Error> {
+    if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Length(0), true));
+    }
+    if facts.te {
+        // Only bodies whose one coding is `chunked` are relayed. A final coding other than
+        // chunked (`gzip`) would be read to the close and passed on as if it were the
+        // content; `gzip, chunked` is chunked framing around gzip, which would be passed on
+        // with its coding unsaid once the framing is redone: both refused.
+        if !facts.chunked_only() {
+            return Err(protocol("unsupported transfer coding"));
+        }
+        return Ok((Framing::Chunked(Chunk::Size), facts.length.is_none()));
+    }
+    Ok((facts.length.map_or(Framing::Eof, Framing::Length), true))
 }
 
 /// The fields of an upstream's response head that are passed on, as they came: offsets into
@@ -624,124 +642,6 @@ fn classify(name: &[u8]) -> Field {
     }
 }
 
-/// Why a `Content-Length` value was refused.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum LengthError {
-    /// Not a list of digits (at most the allowed number of them).
-    Invalid,
-    /// Members, or fields, that differ.
-    Conflicting,
-}
-
-/// Reads a `Content-Length` field value into `length`, which holds what earlier fields of
-/// the same message said. A list of equal lengths is one length (RFC 9110 §8.6); members
-/// of more than `max_digits` digits are refused before they could overflow.
-pub(crate) fn content_length(raw: &[u8], max_digits: usize, length: &mut Option<u64>) -> Result<(), LengthError> {
-    for part in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-        if part.is_empty() || part.len() > max_digits || !part.iter().all(u8::is_ascii_digit) {
-            return Err(LengthError::Invalid);
-        }
-        let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-        if length.is_some_and(|l| l != n) {
-            return Err(LengthError::Conflicting);
-        }
-        *length = Some(n);
-    }
-    Ok(())
-}
-
-/// What the framing and connection fields of a response head said.
-#[derive(Default)]
-struct Facts {
-    length: Option<u64>,
-    te: bool,
-    chunked: bool,
-    /// Transfer codings other than one `chunked` (`gzip`, or `chunked` twice) were listed.
-    other_coding: bool,
-    close: bool,
-    /// Fields named in `Connection` options (RFC 9110 §7.6.1), to be removed.
-    named: Vec<HeaderName>,
-    /// A `Date` field is there.
-    date: bool,
-}
-
-impl Facts {
-    fn connection(&mut self, raw: &[u8]) {
-        for token in raw.split(|&b| b == b',').map(|t| t.trim_ascii()) {
-            if token.eq_ignore_ascii_case(b"close") {
-                self.close = true;
-            } else if !token.eq_ignore_ascii_case(b"keep-alive")
-                && let Ok(name) = HeaderName::from_bytes(token)
-            {
-                self.named.push(name);
-            }
-        }
-    }
-
-    /// Over all `Transfer-Encoding` fields: the gateway relays only bodies whose one coding
-    /// is `chunked`. `gzip, chunked` is chunked framing (RFC 9112 §6.3) around gzip, which
-    /// would be passed on with its coding unsaid once the framing is redone: refused too.
-    fn transfer_encoding(&mut self, raw: &[u8]) {
-        self.te = true;
-        for coding in raw.split(|&b| b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty()) {
-            if coding.eq_ignore_ascii_case(b"chunked") && !self.chunked {
-                self.chunked = true;
-            } else {
-                self.other_coding = true;
-            }
-        }
-    }
-
-    fn content_length(&mut self, raw: &[u8]) -> Result<(), Error> {
-        content_length(raw, 19, &mut self.length).map_err(|e| match e {
-            LengthError::Invalid => protocol("invalid Content-Length"),
-            LengthError::Conflicting => protocol("conflicting Content-Length values"),
-        })
-    }
-
-    /// How the body is delimited (RFC 9112 §6.3), and whether that was unambiguous.
-    fn framing(&self, method: &Method, status: StatusCode) -> Result<(Framing, bool), Error> {
-        if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            return Ok((Framing::Length(0), true));
-        }
-        if self.te {
-            // A final coding other than chunked (`gzip`) would be read to the close and passed
-            // on as if it were the content, its coding unsaid: refused instead.
-            if !self.chunked || self.other_coding {
-                return Err(protocol("unsupported transfer coding"));
-            }
-            return Ok((Framing::Chunked(Chunk::Size), self.length.is_none()));
-        }
-        Ok((self.length.map_or(Framing::Eof, Framing::Length), true))
-    }
-}
-
-/// How a message body is delimited, and how far reading it has got.
-#[derive(Clone, Copy, Debug)]
-pub enum Framing {
-    /// This many bytes remain.
-    Length(u64),
-    /// Chunked transfer coding.
-    Chunked(Chunk),
-    /// Until the upstream closes the connection.
-    Eof,
-    /// Complete.
-    Done,
-}
-
-/// Where in the chunked coding reading is.
-#[derive(Clone, Copy, Debug)]
-pub enum Chunk {
-    /// At a chunk-size line.
-    Size,
-    /// Inside a chunk, with this many bytes left.
-    Data(u64),
-    /// At the CRLF that ends a chunk.
-    DataEnd,
-    /// At the trailer section.
-    Trailers,
-}
-
 /// The body of an upstream response, read from the connection as the client consumes it.
 /// At its complete end the connection goes back to the idle pool.
 #[derive(Debug)]
@@ -775,100 +675,6 @@ impl LeanBody {
 fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
     conn.buf.reserve(READ_CHUNK);
     tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
-}
-
-/// The peer closed the connection in the middle of a body (rather than sending a broken
-/// one): for a request body, a client that went away.
-#[derive(Debug)]
-pub struct ClosedEarly;
-
-impl std::fmt::Display for ClosedEarly {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the connection closed in the middle of the body")
-    }
-}
-
-impl std::error::Error for ClosedEarly {}
-
-fn closed_early() -> BoxError {
-    ClosedEarly.into()
-}
-
-/// What the decoder made of the buffered bytes.
-#[derive(Debug)]
-pub enum Decoded {
-    /// Body bytes.
-    Data(Bytes),
-    /// The trailer section; the body is complete.
-    Trailers(HeaderMap),
-    /// The body is complete.
-    Done,
-    /// More bytes are needed (`eof`: none will come; that ends a read-until-close body and
-    /// is an error for any other).
-    NeedMore,
-}
-
-/// One step of decoding a body from `buf` under `framing`, with no I/O: the body loop reads
-/// more when told to, and the fuzz target drives the same code over arbitrary bytes.
-/// `eof` says the upstream has closed the connection.
-pub fn decode(framing: &mut Framing, buf: &mut BytesMut, eof: bool) -> Result<Decoded, BoxError> {
-    loop {
-        match framing {
-            Framing::Done | Framing::Length(0) => {
-                *framing = Framing::Done;
-                return Ok(Decoded::Done);
-            }
-            Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
-                if buf.is_empty() {
-                    return if eof { Err(closed_early()) } else { Ok(Decoded::NeedMore) };
-                }
-                let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                *left -= n as u64;
-                if let Framing::Chunked(c @ Chunk::Data(0)) = framing {
-                    *c = Chunk::DataEnd;
-                }
-                return Ok(Decoded::Data(buf.split_to(n).freeze()));
-            }
-            Framing::Eof => {
-                if buf.is_empty() {
-                    if eof {
-                        *framing = Framing::Done;
-                        return Ok(Decoded::Done);
-                    }
-                    return Ok(Decoded::NeedMore);
-                }
-                return Ok(Decoded::Data(buf.split().freeze()));
-            }
-            Framing::Chunked(Chunk::Size) => match parse_chunk_size(buf)? {
-                Some((line, size)) => {
-                    buf.advance(line);
-                    *framing = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
-                }
-                None if eof => return Err(closed_early()),
-                None => return Ok(Decoded::NeedMore),
-            },
-            Framing::Chunked(Chunk::DataEnd) => {
-                if buf.len() < 2 {
-                    return if eof { Err(closed_early()) } else { Ok(Decoded::NeedMore) };
-                }
-                if &buf[..2] != b"\r\n" {
-                    return Err("malformed chunked body".into());
-                }
-                buf.advance(2);
-                *framing = Framing::Chunked(Chunk::Size);
-            }
-            Framing::Chunked(Chunk::Trailers) => match parse_trailers(buf)? {
-                Some((len, trailers)) => {
-                    buf.advance(len);
-                    *framing = Framing::Done;
-                    return Ok(trailers.map_or(Decoded::Done, Decoded::Trailers));
-                }
-                None if buf.len() > MAX_HEAD => return Err("trailer section too large".into()),
-                None if eof => return Err(closed_early()),
-                None => return Ok(Decoded::NeedMore),
-            },
-        }
-    }
 }
 
 impl Body for LeanBody {
@@ -963,62 +769,6 @@ pub fn parse_response_bytes(bytes: &[u8], method: &Method) -> Result<Vec<Decoded
             Decoded::NeedMore => return Ok(out),
             d => out.push(d),
         }
-    }
-}
-
-/// A chunk-size line at the front of `buf`: `(line length with CRLF, size)`, or `None` if
-/// incomplete. Extensions (`;name=value`) are ignored, as RFC 9112 §7.1.1 allows.
-pub fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, BoxError> {
-    let Some(lf) = buf.iter().take(MAX_CHUNK_LINE).position(|&b| b == b'\n') else {
-        return if buf.len() >= MAX_CHUNK_LINE { Err("chunk-size line too long".into()) } else { Ok(None) };
-    };
-    if lf == 0 || buf[lf - 1] != b'\r' {
-        return Err("malformed chunk-size line".into());
-    }
-    let line = &buf[..lf - 1];
-    // chunk-size [ BWS ";" chunk-ext ] (RFC 9112 §7.1.1): white space only before an
-    // extension, and extensions of visible characters, spaces and tabs only (no CR, NUL or
-    // DEL that another parser in the path might read differently).
-    let (digits, ext) = match line.iter().position(|&b| b == b';') {
-        Some(i) => {
-            let end = line[..i].iter().rposition(|&b| b != b' ' && b != b'\t').map_or(0, |p| p + 1);
-            (&line[..end], Some(&line[i + 1..]))
-        }
-        None => (line, None),
-    };
-    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
-        return Err("malformed chunk size".into());
-    }
-    if ext.is_some_and(|e| !e.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))) {
-        return Err("malformed chunk extension".into());
-    }
-    let size = digits.iter().fold(0u64, |n, &b| n * 16 + u64::from((b as char).to_digit(16).unwrap_or(0)));
-    Ok(Some((lf + 1, size)))
-}
-
-/// The trailer section at the front of `buf`: `(length, trailers if any)`, or `None` if
-/// incomplete.
-fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, Option<HeaderMap>)>, BoxError> {
-    let mut slots = [httparse::EMPTY_HEADER; 32];
-    match httparse::parse_headers(buf, &mut slots) {
-        Ok(httparse::Status::Complete((len, fields))) => {
-            // Lines end in CRLF, as in the rest of the message (httparse also takes a bare LF).
-            if buf[..len].iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r')) {
-                return Err("malformed trailer section".into());
-            }
-            if fields.is_empty() {
-                return Ok(Some((len, None)));
-            }
-            let mut map = HeaderMap::with_capacity(fields.len());
-            for f in fields {
-                let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| "invalid trailer name")?;
-                let value = HeaderValue::from_bytes(f.value).map_err(|_| "invalid trailer value")?;
-                map.append(name, value);
-            }
-            Ok(Some((len, Some(map))))
-        }
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(e) => Err(format!("invalid trailer section: {e}").into()),
     }
 }
 

@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
+use crate::framing::{MAX_CHUNK_LINE, parse_chunk_size};
 
 /// One step of a scripted upstream.
 enum Step {
@@ -18,8 +19,8 @@ enum Step {
 }
 use Step::{Answer, AnswerAndClose};
 
-const WAITS: crate::upstream::Waits =
-    crate::upstream::Waits { upstream: Duration::from_secs(10), client_idle: Duration::from_secs(10) };
+const WAITS: crate::client::Waits =
+    crate::client::Waits { upstream: Duration::from_secs(10), client_idle: Duration::from_secs(10) };
 
 /// A server that answers each request on each connection with the next scripted step, and
 /// records the raw requests.
@@ -293,7 +294,8 @@ fn request_heads() {
     headers.insert("content-length", HeaderValue::from_static("7"));
     headers.insert("x-keep", HeaderValue::from_static("1"));
     let mut added = Added::default();
-    added.push(&crate::headers::X_REQUEST_ID, HeaderValue::from_static("rid"));
+    static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    added.push(&X_REQUEST_ID, HeaderValue::from_static("rid"));
     let upstream_host = HeaderValue::from_static("10.0.0.1:8080");
     let mut out = Vec::new();
     // With a length: sent as is, the client's Host replaced.

@@ -15,13 +15,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use portcullis_telemetry::Metrics;
+use portcullis_telemetry::{Counter, Gauge};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::pipeline::{ConnInfo, TlsInfo};
-use crate::runtime::Runtime;
+use crate::{ConnInfo, Handler, TlsInfo};
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
@@ -49,25 +47,38 @@ pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpLis
 }
 
 /// What every worker shares.
-#[derive(Clone)]
-pub struct WorkerContext {
-    /// The runtime being served; swapped on reload.
-    pub runtime: Arc<ArcSwap<Runtime>>,
-    /// Every metric.
-    pub metrics: Arc<Metrics>,
+pub struct WorkerContext<H> {
+    /// What requests are handed to.
+    pub handler: Arc<H>,
+    /// Client connections accepted.
+    pub connections_total: Counter,
+    /// Client connections open now.
+    pub connections_active: Gauge,
     /// Connection slots, shared by all workers (`server.limits.max_connections`).
     pub connections: Arc<Semaphore>,
     /// Turns true when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
 
+impl<H> Clone for WorkerContext<H> {
+    fn clone(&self) -> Self {
+        WorkerContext {
+            handler: self.handler.clone(),
+            connections_total: self.connections_total.clone(),
+            connections_active: self.connections_active.clone(),
+            connections: self.connections.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
 /// Starts worker `slot` (1-based) on its own thread, serving `listener` until shutdown and
 /// then draining. The thread ends when its connections are done or the drain deadline
-/// (`server.drain_timeout` of the config current at shutdown) has passed.
-pub fn spawn_worker(
+/// (the handler's [`crate::ServerSettings::drain_timeout`] at shutdown) has passed.
+pub fn spawn_worker<H: Handler>(
     slot: usize,
     listener: std::net::TcpListener,
-    ctx: WorkerContext,
+    ctx: WorkerContext<H>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(format!("portcullis-worker-{slot}")).spawn(move || {
         WORKER.set(slot);
@@ -87,9 +98,9 @@ pub fn spawn_worker(
                     return;
                 }
             };
-            let runtime = ctx.runtime.clone();
+            let handler = ctx.handler.clone();
             serve(tcp, ctx).await;
-            let deadline = runtime.load().config.config.server.drain_timeout.get();
+            let deadline = handler.settings().drain_timeout;
             if tokio::time::timeout(deadline, crate::drain::drain()).await.is_err() {
                 tracing::warn!(
                     worker = slot,
@@ -103,8 +114,8 @@ pub fn spawn_worker(
 
 /// Accepts connections until shutdown. The connections still open are this worker's to
 /// drain ([`crate::drain::drain`]).
-pub async fn serve(tcp: TcpListener, ctx: WorkerContext) {
-    let WorkerContext { runtime, metrics, connections, mut shutdown } = ctx;
+pub async fn serve<H: Handler>(tcp: TcpListener, ctx: WorkerContext<H>) {
+    let WorkerContext { handler, connections_total, connections_active, connections, mut shutdown } = ctx;
     loop {
         let (stream, peer) = tokio::select! {
             r = tcp.accept() => match r {
@@ -130,13 +141,13 @@ pub async fn serve(tcp: TcpListener, ctx: WorkerContext) {
             },
         };
         let _ = stream.set_nodelay(true);
-        metrics.connections_total.inc();
-        metrics.connections_active.inc();
-        let runtime = runtime.clone();
-        let metrics = metrics.clone();
+        connections_total.inc();
+        connections_active.inc();
+        let handler = handler.clone();
+        let active = connections_active.clone();
         tokio::spawn(async move {
-            connection(stream, peer, runtime).await;
-            metrics.connections_active.dec();
+            connection(stream, peer, handler).await;
+            active.dec();
             drop(permit);
         });
     }
@@ -147,17 +158,17 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, runtime: Arc<ArcSwap<Runtime>>) {
+async fn connection<H: Handler>(stream: TcpStream, peer: SocketAddr, handler: Arc<H>) {
     let Ok(local) = stream.local_addr() else { return };
-    let rt = runtime.load_full();
-    match rt.tls.clone() {
+    let settings = handler.settings();
+    match settings.tls.clone() {
         None => {
-            let info = Arc::new(ConnInfo { peer, local, peer_value: crate::headers::ip_value(peer.ip()), tls: None });
-            crate::server::serve(Box::new(stream), false, &rt, info, runtime).await;
+            let conn = Arc::new(handler.connect(ConnInfo { peer, local, tls: None }));
+            crate::server::serve(Box::new(stream), false, &settings, conn, handler).await;
         }
         Some(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            let tls = match tokio::time::timeout(rt.handshake_timeout, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -169,26 +180,16 @@ async fn connection(stream: TcpStream, peer: SocketAddr, runtime: Arc<ArcSwap<Ru
                 }
             };
             let session = tls.get_ref().1;
-            let peer_certificates: Option<Vec<_>> =
-                session.peer_certificates().map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
-            let client_cert = peer_certificates
-                .as_ref()
-                .and_then(|c| c.first())
-                .and_then(|leaf| portcullis_authn::ClientCert::from_leaf(leaf));
             let h2 = session.alpn_protocol() == Some(b"h2");
             let tls_info = TlsInfo {
                 alpn: session.alpn_protocol().map(<[u8]>::to_vec),
                 sni: session.server_name().map(str::to_string),
-                peer_certificates,
-                client_cert,
+                peer_certificates: session
+                    .peer_certificates()
+                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect()),
             };
-            let info = Arc::new(ConnInfo {
-                peer,
-                local,
-                peer_value: crate::headers::ip_value(peer.ip()),
-                tls: Some(tls_info),
-            });
-            crate::server::serve(Box::new(tls), h2, &rt, info, runtime).await;
+            let conn = Arc::new(handler.connect(ConnInfo { peer, local, tls: Some(tls_info) }));
+            crate::server::serve(Box::new(tls), h2, &settings, conn, handler).await;
         }
     }
 }

@@ -6,14 +6,14 @@
 //! cost ~7k instructions per request in its dispatcher (a quarter of a proxied request),
 //! measured under callgrind. Here an idle connection holds no buffer (it waits for
 //! readability, then borrows one from a per-worker pool), and a request is parsed, handed to
-//! the pipeline and answered by the connection's own task.
+//! the handler and answered by the connection's own task.
 //!
 //! Parsing is `httparse` (hyper's parser), strict. Message framing follows RFC 9112 and
 //! refuses every ambiguity a request smuggler could use rather than resolving it:
 //! `Transfer-Encoding` with `Content-Length`, `Transfer-Encoding` in HTTP/1.0, `chunked`
 //! that is not the one and only coding, and differing or malformed lengths are all refused
 //! and the connection closed. Bodies are decoded by the same code as upstream responses
-//! ([`crate::upstream::h1::decode`]). A request body is read only when the pipeline reads it,
+//! ([`crate::framing::decode`]). A request body is read only when the handler reads it,
 //! so `Expect: 100-continue` is answered only then, and never after a final response.
 
 use std::cell::RefCell;
@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -34,10 +33,9 @@ use portcullis_core::Problem;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{Io, Rewind};
+use crate::Handler;
 use crate::body::{BoxError, ClientBody, ClientBodyError, ClientBodyErrorKind, ResponseBody};
-use crate::pipeline::{self, ConnInfo};
-use crate::runtime::Runtime;
-use crate::upstream::h1::{ClosedEarly, Decoded, Framing, LengthError, content_length, decode};
+use crate::framing::{Chunk, ClosedEarly, Decoded, Framing, HeadFacts, LengthError, content_length, decode};
 
 /// How the codec treats a connection's requests.
 #[derive(Clone, Copy, Debug)]
@@ -196,7 +194,7 @@ impl Shared {
 }
 
 /// The body of a request on an HTTP/1.1 connection, read from the connection as the
-/// pipeline consumes it.
+/// handler consumes it.
 pub struct Body {
     link: Link,
     framing: Framing,
@@ -356,73 +354,29 @@ fn check_absolute_form(uri: &Uri) -> Result<(), Problem> {
     Ok(())
 }
 
-/// What the framing and connection fields of a request head said.
-#[derive(Default)]
-struct Facts {
-    length: Option<u64>,
-    /// Transfer codings, in order, across all `Transfer-Encoding` fields.
-    codings: usize,
-    chunked_at: Option<usize>,
-    te: bool,
-    close: bool,
-    keep_alive: bool,
-    upgrade: bool,
-}
-
-impl Facts {
-    fn content_length(&mut self, raw: &[u8]) -> Result<(), Problem> {
-        content_length(raw, 18, &mut self.length).map_err(|e| match e {
-            LengthError::Invalid => Problem::bad_request("bad_content_length", "invalid Content-Length"),
-            LengthError::Conflicting => Problem::bad_request("bad_content_length", "conflicting Content-Length values"),
-        })
-    }
-
-    fn transfer_encoding(&mut self, raw: &[u8]) {
-        self.te = true;
-        for coding in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
-            if coding.eq_ignore_ascii_case(b"chunked") && self.chunked_at.is_none() {
-                self.chunked_at = Some(self.codings);
-            }
-            self.codings += 1;
+/// How a request body is delimited (RFC 9112 §6.3), refusing every ambiguous case.
+fn request_framing(facts: &HeadFacts, version: Version) -> Result<Framing, Problem> {
+    if facts.te {
+        if version == Version::HTTP_10 {
+            return Err(Problem::bad_request("bad_transfer_encoding", "Transfer-Encoding in an HTTP/1.0 request"));
         }
-    }
-
-    fn connection(&mut self, raw: &[u8]) {
-        for token in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            if token.eq_ignore_ascii_case(b"close") {
-                self.close = true;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                self.keep_alive = true;
-            } else if token.eq_ignore_ascii_case(b"upgrade") {
-                self.upgrade = true;
-            }
+        if facts.length.is_some() {
+            return Err(Problem::bad_request(
+                "bad_transfer_encoding",
+                "a request may not carry both Transfer-Encoding and Content-Length",
+            ));
         }
+        return match facts.chunked_at {
+            _ if facts.chunked_only() => Ok(Framing::Chunked(Chunk::Size)),
+            Some(i) if i + 1 == facts.codings => Err(Problem::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported_transfer_coding",
+                "the only transfer coding accepted is chunked",
+            )),
+            _ => Err(Problem::bad_request("bad_transfer_encoding", "chunked must be the final transfer coding")),
+        };
     }
-
-    /// How the body is delimited (RFC 9112 §6.3), refusing every ambiguous case.
-    fn framing(&self, version: Version) -> Result<Framing, Problem> {
-        if self.te {
-            if version == Version::HTTP_10 {
-                return Err(Problem::bad_request("bad_transfer_encoding", "Transfer-Encoding in an HTTP/1.0 request"));
-            }
-            if self.length.is_some() {
-                return Err(Problem::bad_request(
-                    "bad_transfer_encoding",
-                    "a request may not carry both Transfer-Encoding and Content-Length",
-                ));
-            }
-            return match self.chunked_at {
-                Some(0) if self.codings == 1 => Ok(Framing::Chunked(crate::upstream::h1::Chunk::Size)),
-                Some(i) if i + 1 == self.codings => Err(Problem::new(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "unsupported_transfer_coding",
-                    "the only transfer coding accepted is chunked",
-                )),
-                _ => Err(Problem::bad_request("bad_transfer_encoding", "chunked must be the final transfer coding")),
-            };
-        }
-        Ok(Framing::Length(self.length.unwrap_or(0)))
-    }
+    Ok(Framing::Length(facts.length.unwrap_or(0)))
 }
 
 /// Where the parts of a head are in its buffer: the target, then each field's name and value.
@@ -499,19 +453,24 @@ fn parse_with(buf: &mut BytesMut, settings: &Settings, fields: &mut Offsets) -> 
     check_absolute_form(&uri)?;
 
     let mut headers = HeaderMap::with_capacity(fields.len());
-    let mut facts = Facts::default();
+    let mut facts = HeadFacts::default();
     let mut expect_continue = false;
     for &(ns, ne, vs, ve) in fields.iter() {
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| malformed("a header name is not valid"))?;
         let raw = &head[vs..ve];
         if name == header::CONTENT_LENGTH {
-            facts.content_length(raw)?;
+            facts.content_length(raw, 18).map_err(|e| match e {
+                LengthError::Invalid => Problem::bad_request("bad_content_length", "invalid Content-Length"),
+                LengthError::Conflicting => {
+                    Problem::bad_request("bad_content_length", "conflicting Content-Length values")
+                }
+            })?;
             // Set once below, as one value.
             continue;
         } else if name == header::TRANSFER_ENCODING {
             facts.transfer_encoding(raw);
         } else if name == header::CONNECTION {
-            facts.connection(raw);
+            facts.connection(raw, |_| {});
         } else if name == header::EXPECT && raw.eq_ignore_ascii_case(b"100-continue") {
             // The gateway meets this expectation itself (when the body is first read); an
             // upstream asked the same would answer with a `100` of its own mid-upload.
@@ -522,7 +481,7 @@ fn parse_with(buf: &mut BytesMut, settings: &Settings, fields: &mut Offsets) -> 
             HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| malformed("a header value is not valid"))?;
         headers.append(name, value);
     }
-    let framing = facts.framing(version)?;
+    let framing = request_framing(&facts, version)?;
     if let Some(n) = facts.length {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
@@ -682,11 +641,11 @@ enum After {
 
 /// Serves HTTP/1.1 requests on `io` until the connection closes. Returns the stream if the
 /// client turned out to speak HTTP/2.
-pub async fn serve(
+pub async fn serve<H: Handler>(
     io: Box<dyn Io>,
     settings: Settings,
-    info: Arc<ConnInfo>,
-    runtime: Arc<ArcSwap<Runtime>>,
+    conn: Arc<H::Conn>,
+    handler: Arc<H>,
 ) -> Option<Switch> {
     let link: Link = Arc::new(Mutex::new(Shared {
         io,
@@ -710,7 +669,7 @@ pub async fn serve(
                 return Some(Switch::Http2(Rewind::new(prefix, io)));
             }
             Read::Refused(problem) => {
-                runtime.load().no_route.request(problem.status.as_u16(), Duration::ZERO);
+                handler.refused(problem.status);
                 let resp = problem.to_response(None).map(ResponseBody::full);
                 let reply = Reply { head: false, version: Version::HTTP_11, keep_alive: false };
                 lock(&link).body_done = false;
@@ -737,7 +696,7 @@ pub async fn serve(
         };
         // Not boxed: moving a request's future into a box copied its whole state (~6 KiB)
         // on every request; held inline it costs an idle connection that much memory instead.
-        let resp = pipeline::handle(runtime.load_full(), info.clone(), Request::from_parts(parts, body)).await;
+        let resp = handler.handle(conn.clone(), Request::from_parts(parts, body)).await;
         let resp = if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !(upgrade.is_some() && lock(&link).body_done)
         {
             // The switch cannot happen on this connection (the request body is unread).

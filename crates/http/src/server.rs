@@ -3,7 +3,7 @@
 //!
 //! A connection is HTTP/2 when TLS negotiated `h2` (ALPN), or when a cleartext client opens
 //! with the HTTP/2 preface (prior knowledge); otherwise HTTP/1.1. Both hand requests to the
-//! same pipeline.
+//! same [`Handler`].
 
 pub mod h1;
 
@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -21,8 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::ClientBody;
-use crate::pipeline::{self, ConnInfo};
-use crate::runtime::Runtime;
+use crate::{Handler, ServerSettings};
 
 /// HTTP/2 flow-control windows of client connections.
 ///
@@ -34,9 +32,9 @@ use crate::runtime::Runtime;
 /// connection's window. The connection's window bounds what one client connection can make
 /// the gateway hold (4 MiB); a stream's, the speed of one upload (256 KiB in flight: about
 /// 20 Mbit/s at 100 ms round trips, more over shorter ones).
-pub(crate) const H2_STREAM_WINDOW: u32 = 256 * 1024;
+pub const H2_STREAM_WINDOW: u32 = 256 * 1024;
 /// See [`H2_STREAM_WINDOW`].
-pub(crate) const H2_CONNECTION_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
+pub const H2_CONNECTION_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
 
 /// A client connection's byte stream: TCP or TLS over TCP.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {
@@ -144,27 +142,29 @@ impl std::fmt::Debug for Rewind {
 
 /// Serves one client connection until it closes (or the worker drains it). `h2` says TLS
 /// negotiated HTTP/2.
-pub async fn serve(io: Box<dyn Io>, h2: bool, rt: &Runtime, info: Arc<ConnInfo>, runtime: Arc<ArcSwap<Runtime>>) {
-    if h2 && rt.h2.is_some() {
-        return serve_h2(Rewind::new(Bytes::new(), io), rt, info, runtime).await;
+pub async fn serve<H: Handler>(
+    io: Box<dyn Io>,
+    h2: bool,
+    settings: &ServerSettings,
+    conn: Arc<H::Conn>,
+    handler: Arc<H>,
+) {
+    if h2 && settings.h2.is_some() {
+        return serve_h2(Rewind::new(Bytes::new(), io), settings, conn, handler).await;
     }
-    let h1 = h1::serve(io, rt.h1, info.clone(), runtime.clone());
+    let h1 = h1::serve(io, settings.h1, conn.clone(), handler.clone());
     if let Some(h1::Switch::Http2(stream)) = crate::drain::track(h1, |_| {}).await {
-        serve_h2(stream, rt, info, runtime).await;
+        serve_h2(stream, settings, conn, handler).await;
     }
 }
 
-async fn serve_h2(io: Rewind, rt: &Runtime, info: Arc<ConnInfo>, runtime: Arc<ArcSwap<Runtime>>) {
-    let Some(builder) = &rt.h2 else { return };
+async fn serve_h2<H: Handler>(io: Rewind, settings: &ServerSettings, conn: Arc<H::Conn>, handler: Arc<H>) {
+    let Some(builder) = &settings.h2 else { return };
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let rt = runtime.load_full();
-        let info = info.clone();
-        async move {
-            // Boxed: hyper moves a stream's future several times on its way into the task it
-            // spawns for it; the pipeline's future is large, a box is not.
-            let resp = crate::boxed!(pipeline::handle(rt, info, req.map(ClientBody::Http2))).await;
-            Ok::<_, Infallible>(crate::body::materialize_head(resp))
-        }
+        // Boxed: hyper moves a stream's future several times on its way into the task it
+        // spawns for it; the handler's future is large, a box is not.
+        let resp = crate::boxed!(handler.handle(conn.clone(), req.map(ClientBody::Http2)));
+        async move { Ok::<_, Infallible>(crate::body::materialize_head(resp.await)) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     if let Err(e) = crate::drain::track(conn, |c| c.graceful_shutdown()).await {

@@ -1,0 +1,61 @@
+//! Authorize: the route's rules, then its policies, decide; the decision is kept in the
+//! request's context for the audit log.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::StatusCode;
+use portcullis_core::{Challenge, ChallengeScheme, Principal, Problem};
+
+use super::context::{Connection, Decision, Explained, RequestCtx};
+use crate::runtime::{Route, Runtime};
+
+/// The route's rules, then its policies. A refusal is `403` with RFC 6750 §3.1
+/// `insufficient_scope` (naming the scopes the route requires, when it does).
+#[allow(clippy::too_many_arguments)]
+pub fn authorize(
+    rt: &Runtime,
+    conn: &Connection,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    principal: &Arc<Principal>,
+    method: &http::Method,
+    host: &str,
+    path: &str,
+) -> Result<(), Problem> {
+    if route.authz.is_open() {
+        ctx.decision = Some(Decision::Allow);
+        return Ok(());
+    }
+    let input = portcullis_authz::Input {
+        principal,
+        route: &route.id,
+        method: method.as_str(),
+        host,
+        path,
+        params: &ctx.params,
+        client_ip: ctx.client_ip,
+        now: SystemTime::now(),
+        tls: conn.tls(),
+        mtls: conn.mtls(),
+        risk: None,
+    };
+    let decision = route.authz.decide(&input);
+    ctx.decision = Some(if decision.allowed { Decision::Allow } else { Decision::Deny });
+    if route.authz.uses_cedar() || !decision.allowed {
+        // Claims the log does not keep are withheld here, before the record is built.
+        let facts = rt.access_log.as_ref().and_then(|log| {
+            let mut facts = portcullis_authz::Facts::of(&input);
+            facts.principal.withhold_claims(&log.kept_claims());
+            serde_json::to_value(facts).ok()
+        });
+        ctx.explained = Some(Explained { policies: decision.policies, errors: decision.errors, facts });
+    }
+    if decision.allowed {
+        return Ok(());
+    }
+    Err(Problem::new(StatusCode::FORBIDDEN, decision.code, decision.detail).challenge(Challenge {
+        scope: route.authz.scope_list().map(|s| s.to_string()),
+        ..Challenge::new(ChallengeScheme::Bearer, "insufficient_scope")
+    }))
+}

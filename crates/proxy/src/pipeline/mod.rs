@@ -1,0 +1,168 @@
+//! The request pipeline: every request passes the same short list of stages, in order.
+//!
+//! ```text
+//! admit → route → authenticate → authorize → protect → propagate → forward → log
+//! ```
+//!
+//! Each stage is a file here with one job. A stage returns what it found (a typed value the
+//! later stages take), or stops the request with a [`Problem`], which [`handle`] turns into
+//! the response. Nothing reaches the upstream unless every stage before `forward` passed.
+//! Adding a stage is adding a file and a line to [`run`].
+
+pub mod admit;
+pub mod authenticate;
+pub mod authorize;
+pub mod context;
+pub mod forward;
+pub mod log;
+pub mod propagate;
+pub mod protect;
+pub mod route;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use portcullis_core::Problem;
+use portcullis_http::body::{ClientBody, ResponseBody};
+use portcullis_http::{ConnInfo, Handler, ServerSettings};
+
+pub use context::{Connection, Decision, Explained, RequestCtx};
+
+use crate::headers::{self, X_REQUEST_ID};
+use crate::runtime::Runtime;
+
+/// The pipeline as the transport's [`Handler`]: each request runs on the runtime current
+/// when it arrives, so a reload applies to open keep-alive connections too.
+pub struct Pipeline {
+    runtime: Arc<ArcSwap<Runtime>>,
+}
+
+impl Pipeline {
+    /// Serves requests with whatever runtime `runtime` holds at the time.
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Self {
+        Pipeline { runtime }
+    }
+}
+
+impl Handler for Pipeline {
+    type Conn = Connection;
+
+    fn settings(&self) -> Arc<ServerSettings> {
+        self.runtime.load().server.clone()
+    }
+
+    fn connect(&self, info: ConnInfo) -> Connection {
+        Connection::new(info)
+    }
+
+    fn handle(
+        &self,
+        conn: Arc<Connection>,
+        req: Request<ClientBody>,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + use<> {
+        handle(self.runtime.load_full(), conn, req)
+    }
+
+    fn refused(&self, status: StatusCode) {
+        self.runtime.load().no_route.request(status.as_u16(), std::time::Duration::ZERO);
+    }
+}
+
+/// Runs a request through the pipeline and returns the response to send.
+pub async fn handle(rt: Arc<Runtime>, conn: Arc<Connection>, req: Request<ClientBody>) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let mut ctx = RequestCtx {
+        request_id: headers::request_id(req.headers()),
+        client_ip: headers::client_ip(req.headers(), conn.peer_ip(), &rt.trusted_proxies),
+        route: None,
+        params: Vec::new(),
+        principal: None,
+        decision: None,
+        upstream_elapsed: None,
+        reason: None,
+        explained: None,
+    };
+    let log_fields = rt.access_log.as_ref().map(|_| log::log_fields(&req));
+
+    // A refused HTTP/1 request may leave its body unread: the connection cannot carry another
+    // request, and the client must be told so rather than find out by a reset.
+    let unread_body = req.version() <= Version::HTTP_11 && !http_body::Body::is_end_stream(req.body());
+    let mut resp = match run(&rt, &conn, &mut ctx, req).await {
+        Ok(resp) => resp,
+        Err(problem) => refused(&mut ctx, problem, unread_body),
+    };
+    resp.headers_mut().insert(&X_REQUEST_ID, ctx.request_id.clone());
+    log::log(&rt, &mut ctx, log_fields, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+/// The stages, in order.
+async fn run(
+    rt: &Runtime,
+    conn: &Connection,
+    ctx: &mut RequestCtx,
+    req: Request<ClientBody>,
+) -> Result<Response<ResponseBody>, Problem> {
+    let (mut parts, body) = req.into_parts();
+    // A cheap clone (shared bytes): the path borrows from it while later stages may rewrite
+    // `parts.uri` (removing a credential from the query).
+    let uri = parts.uri.clone();
+
+    let admitted = admit::admit(rt, &mut parts)?;
+    let routed = match route::route(rt, &admitted, uri.path(), &parts.method)? {
+        route::Destination::Route(routed) => routed,
+        route::Destination::Gateway(endpoint) => {
+            // Boxed: a rare path whose state would otherwise enlarge every request's future.
+            return portcullis_http::boxed!(own_endpoint(rt, conn, ctx, &admitted, endpoint, parts, body)).await;
+        }
+    };
+    let route = routed.route.clone();
+    ctx.route = Some(route.clone());
+    ctx.params = routed.params;
+    let principal = authenticate::authenticate(rt, conn, &admitted, &route, &mut parts).await?;
+    ctx.principal = Some(principal.clone());
+    authorize::authorize(rt, conn, ctx, &route, &principal, &parts.method, admitted.host(), &routed.path)?;
+    let body = protect::protect_body(&parts, body, route.max_body, &rt.identity_headers)?;
+    let propagated = propagate::propagate(rt, conn, ctx, &route, &admitted, &mut parts)?;
+    let path =
+        forward::forward_path(&parts.uri, routed.forward.map_or(routed.path, Into::into), route.rewrite.as_ref());
+    forward::forward(rt, ctx, &route, parts, propagated, body, path).await
+}
+
+/// The gateway's own endpoints on the public listener: its keys and its token service.
+async fn own_endpoint(
+    rt: &Runtime,
+    conn: &Connection,
+    ctx: &RequestCtx,
+    admitted: &admit::Admitted,
+    endpoint: portcullis_identity::Endpoint,
+    parts: http::request::Parts,
+    body: ClientBody,
+) -> Result<Response<ResponseBody>, Problem> {
+    let Some(ts) = &rt.token_service else { return Err(Problem::no_route()) };
+    let caller = portcullis_identity::Caller {
+        client_cert: conn.client_cert.as_ref(),
+        client_ip: ctx.client_ip,
+        tls: conn.tls(),
+        host: admitted.host(),
+    };
+    crate::token_endpoint::serve(ts, endpoint, parts, body, caller).await
+}
+
+/// The response for a request a stage stopped.
+#[cold]
+#[inline(never)]
+fn refused(ctx: &mut RequestCtx, problem: Problem, unread_body: bool) -> Response<ResponseBody> {
+    ctx.reason = Some(problem.code);
+    if problem.status.is_server_error() {
+        tracing::debug!(request_id = ctx.request_id.to_str().unwrap_or_default(), %problem, "request failed");
+    }
+    let mut resp = problem.to_response(ctx.request_id.to_str().ok()).map(ResponseBody::full);
+    if unread_body {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
