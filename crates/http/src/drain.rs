@@ -2,7 +2,7 @@
 //!
 //! hyper-util's graceful-shutdown wrapper polls a broadcast channel on every poll of every
 //! connection (measured: about 350 instructions per request). A worker's connections all
-//! live on its thread, so a thread-local registry does the same job: a connection registers
+//! live on its thread, so a thread-local list of them does the same job: a connection registers
 //! its waker once; shutdown sets a flag and wakes every connection, which then closes
 //! gracefully (HTTP/1: after the response in flight; HTTP/2: GOAWAY). A poll costs one
 //! thread-local read.
@@ -12,8 +12,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
+/// The worker's open connections: their wakers, and whether the worker is draining.
 #[derive(Default)]
-struct Registry {
+struct Connections {
     draining: bool,
     wakers: Vec<Option<Waker>>,
     free: Vec<usize>,
@@ -22,7 +23,7 @@ struct Registry {
 }
 
 thread_local! {
-    static REGISTRY: RefCell<Registry> = RefCell::new(Registry::default());
+    static CONNECTIONS: RefCell<Connections> = RefCell::new(Connections::default());
 }
 
 /// A connection registered with its worker's drain.
@@ -36,7 +37,7 @@ pub struct Tracked<C> {
 
 /// Registers `conn` with this thread's drain; `close` starts its graceful close.
 pub fn track<C: Future>(conn: C, close: fn(Pin<&mut C>)) -> Tracked<C> {
-    REGISTRY.with(|r| r.borrow_mut().open += 1);
+    CONNECTIONS.with(|r| r.borrow_mut().open += 1);
     Tracked { conn: Box::pin(conn), close, key: None, closing: false }
 }
 
@@ -46,7 +47,7 @@ impl<C: Future> Future for Tracked<C> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let this = &mut *self;
         if !this.closing {
-            let draining = REGISTRY.with(|r| {
+            let draining = CONNECTIONS.with(|r| {
                 let mut r = r.borrow_mut();
                 match this.key {
                     None => {
@@ -83,7 +84,7 @@ impl<C: Future> Future for Tracked<C> {
 
 impl<C> Drop for Tracked<C> {
     fn drop(&mut self) {
-        let _ = REGISTRY.try_with(|r| {
+        let _ = CONNECTIONS.try_with(|r| {
             let Ok(mut r) = r.try_borrow_mut() else { return };
             if let Some(k) = self.key {
                 r.wakers[k] = None;
@@ -101,7 +102,7 @@ impl<C> Drop for Tracked<C> {
 
 /// Asks every connection of this worker to finish, and returns once none is open.
 pub async fn drain() {
-    let wakers: Vec<Waker> = REGISTRY.with(|r| {
+    let wakers: Vec<Waker> = CONNECTIONS.with(|r| {
         let mut r = r.borrow_mut();
         r.draining = true;
         r.wakers.iter_mut().filter_map(Option::take).collect()
@@ -110,7 +111,7 @@ pub async fn drain() {
         w.wake();
     }
     std::future::poll_fn(|cx| {
-        REGISTRY.with(|r| {
+        CONNECTIONS.with(|r| {
             let mut r = r.borrow_mut();
             if r.open == 0 {
                 Poll::Ready(())
@@ -125,10 +126,10 @@ pub async fn drain() {
 
 /// Whether this worker is draining: a connection that notices closes once idle.
 pub fn draining() -> bool {
-    REGISTRY.with(|r| r.borrow().draining)
+    CONNECTIONS.with(|r| r.borrow().draining)
 }
 
 /// Connections of this worker still open.
 pub fn open() -> usize {
-    REGISTRY.with(|r| r.borrow().open)
+    CONNECTIONS.with(|r| r.borrow().open)
 }

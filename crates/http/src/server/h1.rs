@@ -118,7 +118,7 @@ fn give_write_buf(mut buf: Vec<u8>) {
 }
 
 /// The connection's state that the connection's task and the request body share.
-struct Shared {
+struct ConnState {
     io: Box<dyn Io>,
     /// Bytes read and not yet consumed; no capacity while the connection is idle.
     buf: BytesMut,
@@ -138,14 +138,14 @@ struct Shared {
     body_stall: Option<crate::timer::Sleep>,
 }
 
-type Link = Arc<Mutex<Shared>>;
+type Link = Arc<Mutex<ConnState>>;
 
-fn lock(link: &Link) -> MutexGuard<'_, Shared> {
+fn lock(link: &Link) -> MutexGuard<'_, ConnState> {
     // Locked only within a poll (never across an await), by tasks of one worker thread.
     link.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Shared {
+impl ConnState {
     /// Writes what is owed of a `100 Continue`.
     fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(done) = self.cont {
@@ -647,7 +647,7 @@ pub async fn serve<H: Handler>(
     conn: Arc<H::Conn>,
     handler: Arc<H>,
 ) -> Option<Switch> {
-    let link: Link = Arc::new(Mutex::new(Shared {
+    let link: Link = Arc::new(Mutex::new(ConnState {
         io,
         buf: BytesMut::new(),
         cont: None,

@@ -148,7 +148,7 @@ fn response_lengths_and_tokens() {
 /// the body reads from.
 fn link_with(input: &[u8]) -> (Link, tokio::io::DuplexStream) {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let link = Arc::new(Mutex::new(Shared {
+    let link = Arc::new(Mutex::new(ConnState {
         io: Box::new(ours),
         buf: BytesMut::from(input),
         cont: None,
