@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests start as real peers
-# (Python with PyJWT, jwcrypto and gRPC; Node with oidc-provider), then runs every test.
+# (Python with PyJWT, jwcrypto and gRPC; Node with oidc-provider), checks the dependencies
+# against deny.toml (installing cargo-deny if needed), then runs every test.
 # Arguments go to `cargo test` (e.g. `./test.sh --test e2e proxy::`).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,5 +28,12 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/helpers/requ
 
 # The OAuth 2.0 / OpenID Connect server the introspection tests run against (oidc-provider).
 (cd tests/helpers && npm ci --no-audit --no-fund --loglevel=error)
+
+# The dependency policy (deny.toml): licenses, banned crates, sources. Needs only crates.io;
+# `cargo deny check advisories` (the RustSec database) is not run here.
+if ! cargo deny --version >/dev/null 2>&1; then
+  cargo install cargo-deny@0.20.2 --locked
+fi
+cargo deny check --hide-inclusion-graph licenses bans sources
 
 exec cargo test --workspace "$@"
