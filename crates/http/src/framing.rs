@@ -25,6 +25,7 @@ pub enum LengthError {
 /// Reads a `Content-Length` field value into `length`, which holds what earlier fields of
 /// the same message said. A list of equal lengths is one length (RFC 9110 §8.6); members
 /// of more than `max_digits` digits are refused before they could overflow.
+#[inline]
 pub fn content_length(raw: &[u8], max_digits: usize, length: &mut Option<u64>) -> Result<(), LengthError> {
     for part in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
         if part.is_empty() || part.len() > max_digits || !part.iter().all(u8::is_ascii_digit) {
@@ -239,11 +240,13 @@ pub struct HeadFacts {
 
 impl HeadFacts {
     /// Reads a `Content-Length` field; see [`content_length`].
+    #[inline]
     pub fn content_length(&mut self, raw: &[u8], max_digits: usize) -> Result<(), LengthError> {
         content_length(raw, max_digits, &mut self.length)
     }
 
     /// Reads a `Transfer-Encoding` field.
+    #[inline]
     pub fn transfer_encoding(&mut self, raw: &[u8]) {
         self.te = true;
         for coding in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
@@ -255,12 +258,14 @@ impl HeadFacts {
     }
 
     /// `chunked` is the one and only transfer coding.
+    #[inline]
     pub fn chunked_only(&self) -> bool {
         self.codings == 1 && self.chunked_at == Some(0)
     }
 
     /// Reads a `Connection` field; `option` gets each option other than `close` and
     /// `keep-alive` (`upgrade` included): the fields it names are hop-by-hop.
+    #[inline]
     pub fn connection(&mut self, raw: &[u8], mut option: impl FnMut(&[u8])) {
         for token in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
             if token.eq_ignore_ascii_case(b"close") {

@@ -31,8 +31,10 @@ pub mod server;
 pub mod timer;
 pub mod tunnel;
 
+use std::any::Any;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,25 +42,29 @@ use http::{Request, Response, StatusCode};
 
 use body::{ClientBody, ResponseBody};
 
+/// What a handler keeps about one connection (made once, when it is accepted), handed back
+/// to it with each of the connection's requests.
+pub type Attached = Arc<dyn Any + Send + Sync>;
+
+/// A handler's response to come.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
+
 /// The application the transport hands requests to: its one seam, in the spirit of a
 /// proxy's phase list with a single phase. A handler is shared by every worker; what it
 /// serves with may change between requests (a reload), so each method reads it afresh.
+///
+/// A trait object, so that the transport is compiled once, as one unit, whatever serves
+/// behind it: its hot paths inline across its own modules as they did when they were one
+/// crate with the pipeline (`bench/RESULTS.md`, "The transport apart from the pipeline").
 pub trait Handler: Send + Sync + 'static {
-    /// What the handler keeps about one connection, made once when it is accepted.
-    type Conn: Send + Sync + 'static;
-
     /// The settings a connection accepted now is served with.
     fn settings(&self) -> Arc<ServerSettings>;
 
     /// The handler's record of a new connection.
-    fn connect(&self, info: ConnInfo) -> Self::Conn;
+    fn connect(&self, info: ConnInfo) -> Attached;
 
-    /// Serves one request that arrived on `conn`.
-    fn handle(
-        &self,
-        conn: Arc<Self::Conn>,
-        req: Request<ClientBody>,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send + use<Self>;
+    /// Serves one request that arrived on the connection `conn` was attached to.
+    fn handle(&self, conn: &Attached, req: Request<ClientBody>) -> ResponseFuture;
 
     /// The transport refused a request itself, before it could be handed on (a malformed or
     /// oversized head): for the handler's accounting.

@@ -47,9 +47,10 @@ pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpLis
 }
 
 /// What every worker shares.
-pub struct WorkerContext<H> {
+#[derive(Clone)]
+pub struct WorkerContext {
     /// What requests are handed to.
-    pub handler: Arc<H>,
+    pub handler: Arc<dyn Handler>,
     /// Client connections accepted.
     pub connections_total: Counter,
     /// Client connections open now.
@@ -60,25 +61,13 @@ pub struct WorkerContext<H> {
     pub shutdown: watch::Receiver<bool>,
 }
 
-impl<H> Clone for WorkerContext<H> {
-    fn clone(&self) -> Self {
-        WorkerContext {
-            handler: self.handler.clone(),
-            connections_total: self.connections_total.clone(),
-            connections_active: self.connections_active.clone(),
-            connections: self.connections.clone(),
-            shutdown: self.shutdown.clone(),
-        }
-    }
-}
-
 /// Starts worker `slot` (1-based) on its own thread, serving `listener` until shutdown and
 /// then draining. The thread ends when its connections are done or the drain deadline
 /// (the handler's [`crate::ServerSettings::drain_timeout`] at shutdown) has passed.
-pub fn spawn_worker<H: Handler>(
+pub fn spawn_worker(
     slot: usize,
     listener: std::net::TcpListener,
-    ctx: WorkerContext<H>,
+    ctx: WorkerContext,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(format!("portcullis-worker-{slot}")).spawn(move || {
         WORKER.set(slot);
@@ -114,7 +103,7 @@ pub fn spawn_worker<H: Handler>(
 
 /// Accepts connections until shutdown. The connections still open are this worker's to
 /// drain ([`crate::drain::drain`]).
-pub async fn serve<H: Handler>(tcp: TcpListener, ctx: WorkerContext<H>) {
+pub async fn serve(tcp: TcpListener, ctx: WorkerContext) {
     let WorkerContext { handler, connections_total, connections_active, connections, mut shutdown } = ctx;
     loop {
         let (stream, peer) = tokio::select! {
@@ -158,12 +147,12 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-async fn connection<H: Handler>(stream: TcpStream, peer: SocketAddr, handler: Arc<H>) {
+async fn connection(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Handler>) {
     let Ok(local) = stream.local_addr() else { return };
     let settings = handler.settings();
     match settings.tls.clone() {
         None => {
-            let conn = Arc::new(handler.connect(ConnInfo { peer, local, tls: None }));
+            let conn = handler.connect(ConnInfo { peer, local, tls: None });
             crate::server::serve(Box::new(stream), false, &settings, conn, handler).await;
         }
         Some(config) => {
@@ -188,7 +177,7 @@ async fn connection<H: Handler>(stream: TcpStream, peer: SocketAddr, handler: Ar
                     .peer_certificates()
                     .map(|c| c.iter().map(|c| c.clone().into_owned()).collect()),
             };
-            let conn = Arc::new(handler.connect(ConnInfo { peer, local, tls: Some(tls_info) }));
+            let conn = handler.connect(ConnInfo { peer, local, tls: Some(tls_info) });
             crate::server::serve(Box::new(tls), h2, &settings, conn, handler).await;
         }
     }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::ClientBody;
-use crate::{Handler, ServerSettings};
+use crate::{Attached, Handler, ServerSettings};
 
 /// HTTP/2 flow-control windows of client connections.
 ///
@@ -142,13 +142,7 @@ impl std::fmt::Debug for Rewind {
 
 /// Serves one client connection until it closes (or the worker drains it). `h2` says TLS
 /// negotiated HTTP/2.
-pub async fn serve<H: Handler>(
-    io: Box<dyn Io>,
-    h2: bool,
-    settings: &ServerSettings,
-    conn: Arc<H::Conn>,
-    handler: Arc<H>,
-) {
+pub async fn serve(io: Box<dyn Io>, h2: bool, settings: &ServerSettings, conn: Attached, handler: Arc<dyn Handler>) {
     if h2 && settings.h2.is_some() {
         return serve_h2(Rewind::new(Bytes::new(), io), settings, conn, handler).await;
     }
@@ -158,12 +152,12 @@ pub async fn serve<H: Handler>(
     }
 }
 
-async fn serve_h2<H: Handler>(io: Rewind, settings: &ServerSettings, conn: Arc<H::Conn>, handler: Arc<H>) {
+async fn serve_h2(io: Rewind, settings: &ServerSettings, conn: Attached, handler: Arc<dyn Handler>) {
     let Some(builder) = &settings.h2 else { return };
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        // Boxed: hyper moves a stream's future several times on its way into the task it
-        // spawns for it; the handler's future is large, a box is not.
-        let resp = crate::boxed!(handler.handle(conn.clone(), req.map(ClientBody::Http2)));
+        // Boxed by the handler: hyper moves a stream's future several times on its way into
+        // the task it spawns for it.
+        let resp = handler.handle(&conn, req.map(ClientBody::Http2));
         async move { Ok::<_, Infallible>(crate::body::materialize_head(resp.await)) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);

@@ -33,9 +33,9 @@ use portcullis_core::Problem;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{Io, Rewind};
-use crate::Handler;
 use crate::body::{BoxError, ClientBody, ClientBodyError, ClientBodyErrorKind, ResponseBody};
 use crate::framing::{Chunk, ClosedEarly, Decoded, Framing, HeadFacts, LengthError, content_length, decode};
+use crate::{Attached, Handler};
 
 /// How the codec treats a connection's requests.
 #[derive(Clone, Copy, Debug)]
@@ -641,12 +641,7 @@ enum After {
 
 /// Serves HTTP/1.1 requests on `io` until the connection closes. Returns the stream if the
 /// client turned out to speak HTTP/2.
-pub async fn serve<H: Handler>(
-    io: Box<dyn Io>,
-    settings: Settings,
-    conn: Arc<H::Conn>,
-    handler: Arc<H>,
-) -> Option<Switch> {
+pub async fn serve(io: Box<dyn Io>, settings: Settings, conn: Attached, handler: Arc<dyn Handler>) -> Option<Switch> {
     let link: Link = Arc::new(Mutex::new(ConnState {
         io,
         buf: BytesMut::new(),
@@ -694,9 +689,7 @@ pub async fn serve<H: Handler>(
             sh.cont = expect_continue.then_some(0);
             if sh.body_done { ClientBody::Empty } else { ClientBody::Http1(Body { link: link.clone(), framing }) }
         };
-        // Not boxed: moving a request's future into a box copied its whole state (~6 KiB)
-        // on every request; held inline it costs an idle connection that much memory instead.
-        let resp = handler.handle(conn.clone(), Request::from_parts(parts, body)).await;
+        let resp = handler.handle(&conn, Request::from_parts(parts, body)).await;
         let resp = if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !(upgrade.is_some() && lock(&link).body_done)
         {
             // The switch cannot happen on this connection (the request body is unread).

@@ -11,73 +11,62 @@ use crate::headers;
 use crate::router::{read_host, strip_port};
 use crate::runtime::Runtime;
 
-/// An admitted request's authority: the one routing reads and the upstream is sent.
-pub struct Admitted {
-    authority: RequestAuthority,
-    /// The host, when routing reads it otherwise than the authority spells it (upper case).
-    lowered: Option<String>,
-    /// Where the host ends in the authority (the port follows).
-    host_end: usize,
+/// Where a request's authority lives (in the pipeline's frame) while the stages borrow it.
+#[derive(Default)]
+pub struct AuthoritySlot {
+    read: RequestAuthority,
+    /// The authority without its host's trailing dot, when it had one.
+    undotted: Option<HeaderValue>,
 }
 
-impl Admitted {
+/// A request's authority as the later stages read it, borrowed from its [`AuthoritySlot`].
+#[derive(Clone)]
+pub struct Authority<'a> {
     /// The host as routing reads it: lower case, without port or trailing dot.
-    pub fn host(&self) -> &str {
-        match &self.lowered {
-            Some(h) => h,
-            None => self.authority.as_str().map_or("", |a| &a[..self.host_end]),
-        }
-    }
-
+    pub host: Cow<'a, str>,
     /// The authority as sent upstream, if the request had one.
-    pub fn authority(&self) -> Option<&str> {
-        self.authority.as_str()
-    }
-
+    pub text: Option<&'a str>,
     /// The `Host` header's value itself, when that is where the authority came from.
-    pub fn header_value(&self) -> Option<&HeaderValue> {
-        self.authority.header_value()
-    }
+    pub header_value: Option<&'a HeaderValue>,
 }
 
-/// Admits a request: limits, then the authority. The authority of an absolute-form target
-/// (RFC 9112 §3.2.2) or of HTTP/2's `:authority` (RFC 9113 §8.3.1) is the host: the `Host`
-/// field the upstream gets says the same, so routing and the upstream can never see two
-/// different hosts. `admin.example.com.` is `admin.example.com` to routing, and is forwarded
-/// so too.
-pub fn admit(rt: &Runtime, parts: &mut http::request::Parts) -> Result<Admitted, Problem> {
+/// Admits a request: limits, then the authority, which it leaves in `slot` for the later
+/// stages to borrow. The authority of an absolute-form target (RFC 9112 §3.2.2) or of
+/// HTTP/2's `:authority` (RFC 9113 §8.3.1) is the host: the `Host` field the upstream gets
+/// says the same, so routing and the upstream can never see two different hosts.
+/// `admin.example.com.` is `admin.example.com` to routing, and is forwarded so too.
+pub fn admit<'a>(
+    rt: &Runtime,
+    parts: &mut http::request::Parts,
+    slot: &'a mut AuthoritySlot,
+) -> Result<Authority<'a>, Problem> {
     limits(rt, parts)?;
-    let mut authority = RequestAuthority::of(parts)?;
-    if let RequestAuthority::Uri(a) = &authority
+    let AuthoritySlot { read, undotted } = slot;
+    *read = RequestAuthority::of(parts)?;
+    if let RequestAuthority::Uri(a) = &*read
         && parts.headers.get(header::HOST).is_none_or(|h| h.as_bytes() != a.as_str().as_bytes())
         && let Ok(v) = HeaderValue::from_str(a.as_str())
     {
         parts.headers.insert(header::HOST, v);
     }
+    let read: &'a RequestAuthority = read;
     // Read once: a `Host` header's bytes are checked as text here, not again at each use.
-    let (host, dotted) = read_host(authority.as_str().unwrap_or_default())
+    let text = read.as_str();
+    let (host, dotted) = read_host(text.unwrap_or_default())
         .map_err(|_| Problem::bad_request("bad_host", "the Host header is not a valid host name"))?;
-    let (mut lowered, host_end) = match host {
-        Cow::Borrowed(h) => (None, h.len()),
-        Cow::Owned(h) => {
-            let end = h.len();
-            (Some(h), end)
-        }
-    };
-    if dotted {
-        match authority.as_str().and_then(without_trailing_dot) {
-            Some(v) => {
-                parts.headers.insert(header::HOST, v.clone());
-                authority = RequestAuthority::Header(v);
-            }
-            None => {
-                lowered =
-                    Some(lowered.unwrap_or_else(|| authority.as_str().unwrap_or_default()[..host_end].to_owned()));
-                authority = RequestAuthority::Missing;
-            }
-        }
+    if !dotted {
+        return Ok(Authority { host, text, header_value: read.header_value() });
     }
-    Ok(Admitted { authority, lowered, host_end })
+    *undotted = text.and_then(without_trailing_dot);
+    let undotted: &'a Option<HeaderValue> = undotted;
+    if let Some(v) = undotted {
+        parts.headers.insert(header::HOST, v.clone());
+    }
+    Ok(Authority {
+        host,
+        text: undotted.as_ref().and_then(|v| std::str::from_utf8(v.as_bytes()).ok()),
+        header_value: undotted.as_ref(),
+    })
 }
 
 /// The head is within the configured limits (`431`). (Ambiguous framing, such as both
@@ -99,9 +88,11 @@ fn limits(rt: &Runtime, parts: &http::request::Parts) -> Result<(), Problem> {
 
 /// The authority (host and port) the client addressed: the URI's (HTTP/2 `:authority`, or
 /// an absolute-form request line), else the `Host` header. Cheap to clone.
+#[derive(Default)]
 enum RequestAuthority {
     Uri(http::uri::Authority),
     Header(HeaderValue),
+    #[default]
     Missing,
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use portcullis_core::{Principal, Problem};
 
-use super::admit::Admitted;
+use super::admit::Authority;
 use super::context::Connection;
 use crate::headers;
 use crate::runtime::{Authn, Route, Runtime};
@@ -15,7 +15,7 @@ use crate::runtime::{Authn, Route, Runtime};
 pub async fn authenticate(
     rt: &Runtime,
     conn: &Connection,
-    admitted: &Admitted,
+    authority: &Authority<'_>,
     route: &Route,
     parts: &mut http::request::Parts,
 ) -> Result<Arc<Principal>, Problem> {
@@ -28,7 +28,7 @@ pub async fn authenticate(
         conn.peer_ip(),
         &rt.trusted_proxies,
         conn.tls(),
-        admitted.authority().unwrap_or(admitted.host()),
+        authority.text.unwrap_or(&authority.host),
     );
     let cx = portcullis_authn::Context { https, authority: origin, client_cert: conn.client_cert.as_ref() };
     // Boxed: the authenticators' state would otherwise enlarge every request's future.

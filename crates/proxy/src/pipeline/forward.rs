@@ -9,12 +9,12 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
 use portcullis_core::Problem;
 use portcullis_http::body::{ClientBodyErrorKind, RequestBody, ResponseBody};
-use portcullis_http::client::Waits;
+use portcullis_http::client::{Added, Waits};
 use portcullis_http::server::OnUpgrade;
 use portcullis_telemetry::UpstreamErrorKind;
 
 use super::context::RequestCtx;
-use super::propagate::{Propagated, protocols};
+use super::propagate::protocols;
 use super::protect::body_too_large;
 use crate::headers;
 use crate::runtime::{Route, Runtime, Target};
@@ -56,16 +56,18 @@ pub fn forward_path(uri: &http::Uri, path: Cow<'_, str>, rewrite: Option<&(Strin
 }
 
 /// Sends the request to the route's target and relays the response.
+// The request, and what the stages before made of it, each borrowed or moved once.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     rt: &Runtime,
     ctx: &mut RequestCtx,
     route: &Route,
     mut parts: http::request::Parts,
-    propagated: Propagated,
+    added: &Added,
+    upgrade: Option<HeaderValue>,
     body: RequestBody,
     path: PathAndQuery,
 ) -> Result<Response<ResponseBody>, Problem> {
-    let Propagated { added, upgrade } = propagated;
     let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<OnUpgrade>());
 
     let upstream = match &route.target {
@@ -82,7 +84,7 @@ pub async fn forward(
     // connection) holds its ~2 KiB state (`bench/RESULTS.md`, "Allocations and copies a
     // request").
     let waits = Waits { upstream: route.timeout, client_idle: rt.server.h1.header_read_timeout };
-    let result = portcullis_http::boxed!(upstream.send(&mut parts, body, &added, path, waits, upgrade.is_some())).await;
+    let result = portcullis_http::boxed!(upstream.send(&mut parts, body, added, path, waits, upgrade.is_some())).await;
     let took = started.elapsed();
     ctx.upstream_elapsed = Some(took);
     route.metrics.upstream(took);

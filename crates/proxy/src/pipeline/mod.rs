@@ -27,7 +27,8 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use portcullis_core::Problem;
 use portcullis_http::body::{ClientBody, ResponseBody};
-use portcullis_http::{ConnInfo, Handler, ServerSettings};
+use portcullis_http::client::Added;
+use portcullis_http::{Attached, ConnInfo, Handler, ResponseFuture, ServerSettings};
 
 pub use context::{Connection, Decision, Explained, RequestCtx};
 
@@ -48,27 +49,40 @@ impl Pipeline {
 }
 
 impl Handler for Pipeline {
-    type Conn = Connection;
-
     fn settings(&self) -> Arc<ServerSettings> {
         self.runtime.load().server.clone()
     }
 
-    fn connect(&self, info: ConnInfo) -> Connection {
-        Connection::new(info)
+    fn connect(&self, info: ConnInfo) -> Attached {
+        Arc::new(Connection::new(info))
     }
 
-    fn handle(
-        &self,
-        conn: Arc<Connection>,
-        req: Request<ClientBody>,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send + use<> {
-        handle(self.runtime.load_full(), conn, req)
+    fn handle(&self, conn: &Attached, req: Request<ClientBody>) -> ResponseFuture {
+        let rt = self.runtime.load_full();
+        match conn.clone().downcast::<Connection>() {
+            // Built in its box: the request's future (kilobytes) is neither copied on its
+            // way to the connection's task nor held by an idle keep-alive connection.
+            Ok(conn) => {
+                let fut: std::pin::Pin<Box<_>> = portcullis_http::boxed!(handle(rt, conn, req));
+                fut
+            }
+            Err(_) => Box::pin(std::future::ready(unattached())),
+        }
     }
 
     fn refused(&self, status: StatusCode) {
         self.runtime.load().no_route.request(status.as_u16(), std::time::Duration::ZERO);
     }
+}
+
+/// A connection this handler did not record (it never happens: every connection is
+/// attached by `connect`): refused rather than served without its facts.
+#[cold]
+fn unattached() -> Response<ResponseBody> {
+    tracing::error!("a request arrived on a connection the pipeline did not record");
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the request could not be served")
+        .to_response(None)
+        .map(ResponseBody::full)
 }
 
 /// Runs a request through the pipeline and returns the response to send.
@@ -111,25 +125,27 @@ async fn run(
     // `parts.uri` (removing a credential from the query).
     let uri = parts.uri.clone();
 
-    let admitted = admit::admit(rt, &mut parts)?;
-    let routed = match route::route(rt, &admitted, uri.path(), &parts.method)? {
+    let mut slot = admit::AuthoritySlot::default();
+    let authority = admit::admit(rt, &mut parts, &mut slot)?;
+    let routed = match route::route(rt, &authority, uri.path(), &parts.method)? {
         route::Destination::Route(routed) => routed,
         route::Destination::Gateway(endpoint) => {
             // Boxed: a rare path whose state would otherwise enlarge every request's future.
-            return portcullis_http::boxed!(own_endpoint(rt, conn, ctx, &admitted, endpoint, parts, body)).await;
+            return portcullis_http::boxed!(own_endpoint(rt, conn, ctx, &authority.host, endpoint, parts, body)).await;
         }
     };
     let route = routed.route.clone();
     ctx.route = Some(route.clone());
     ctx.params = routed.params;
-    let principal = authenticate::authenticate(rt, conn, &admitted, &route, &mut parts).await?;
+    let principal = authenticate::authenticate(rt, conn, &authority, &route, &mut parts).await?;
     ctx.principal = Some(principal.clone());
-    authorize::authorize(rt, conn, ctx, &route, &principal, &parts.method, admitted.host(), &routed.path)?;
+    authorize::authorize(rt, conn, ctx, &route, &principal, &parts.method, &authority.host, &routed.path)?;
     let body = protect::protect_body(&parts, body, route.max_body, &rt.identity_headers)?;
-    let propagated = propagate::propagate(rt, conn, ctx, &route, &admitted, &mut parts)?;
+    let mut added = Added::default();
+    let upgrade = propagate::propagate(rt, conn, ctx, &route, &authority, &mut parts, &mut added)?;
     let path =
         forward::forward_path(&parts.uri, routed.forward.map_or(routed.path, Into::into), route.rewrite.as_ref());
-    forward::forward(rt, ctx, &route, parts, propagated, body, path).await
+    forward::forward(rt, ctx, &route, parts, &added, upgrade, body, path).await
 }
 
 /// The gateway's own endpoints on the public listener: its keys and its token service.
@@ -137,7 +153,7 @@ async fn own_endpoint(
     rt: &Runtime,
     conn: &Connection,
     ctx: &RequestCtx,
-    admitted: &admit::Admitted,
+    host: &str,
     endpoint: portcullis_identity::Endpoint,
     parts: http::request::Parts,
     body: ClientBody,
@@ -147,7 +163,7 @@ async fn own_endpoint(
         client_cert: conn.client_cert.as_ref(),
         client_ip: ctx.client_ip,
         tls: conn.tls(),
-        host: admitted.host(),
+        host,
     };
     crate::token_endpoint::serve(ts, endpoint, parts, body, caller).await
 }

@@ -8,28 +8,23 @@ use http::header::{self, HeaderValue};
 use portcullis_core::Problem;
 use portcullis_http::client::Added;
 
-use super::admit::Admitted;
+use super::admit::Authority;
 use super::context::{Connection, RequestCtx};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::runtime::{Route, Runtime};
 
-/// What propagation adds to the request on its way upstream.
-pub struct Propagated {
-    /// The fields to add when sending.
-    pub added: Added,
-    /// The protocols of an upgrade request the route allows, if this is one.
-    pub upgrade: Option<HeaderValue>,
-}
-
-/// Shapes the request's fields for the upstream.
+/// Shapes the request's fields for the upstream; the fields to add when sending go to
+/// `added` (kept in the pipeline's frame rather than moved from stage to stage). Returns the
+/// protocols of an upgrade request the route allows, if this is one.
 pub fn propagate(
     rt: &Runtime,
     conn: &Connection,
     ctx: &RequestCtx,
     route: &Route,
-    admitted: &Admitted,
+    authority: &Authority<'_>,
     parts: &mut http::request::Parts,
-) -> Result<Propagated, Problem> {
+    added: &mut Added,
+) -> Result<Option<HeaderValue>, Problem> {
     let present = headers::Present::scan(&parts.headers);
     if !route.passthrough() {
         headers::strip_credentials(&mut parts.headers, present);
@@ -60,16 +55,15 @@ pub fn propagate(
         peer: conn.peer_ip(),
         peer_value: &conn.peer_value,
         tls: conn.tls(),
-        host: admitted.authority(),
-        host_value: admitted.header_value(),
+        host: authority.text,
+        host_value: authority.header_value,
     };
-    let mut added = Added::default();
-    headers::set_forwarded(&mut parts.headers, present, &facts, &rt.trusted_proxies, rt.forwarded, &mut added);
+    headers::set_forwarded(&mut parts.headers, present, &facts, &rt.trusted_proxies, rt.forwarded, added);
     if present.any(headers::Present::X_REQUEST_ID) {
         parts.headers.remove(&X_REQUEST_ID);
     }
     added.push(&X_REQUEST_ID, ctx.request_id.clone());
-    Ok(Propagated { added, upgrade })
+    Ok(upgrade)
 }
 
 /// What an HTTP/1.1 upgrade request may pass on: the protocols it offers that the route

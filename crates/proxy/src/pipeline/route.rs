@@ -7,7 +7,7 @@ use http::header::{self, HeaderValue};
 use portcullis_core::Problem;
 use portcullis_identity::Endpoint;
 
-use super::admit::Admitted;
+use super::admit::Authority;
 use crate::router::path::normalize;
 use crate::router::{RouteError, Routed};
 use crate::runtime::{Route, Runtime};
@@ -23,7 +23,7 @@ pub enum Destination<'r, 'p> {
 /// Finds the request's destination, or the problem that no route takes it.
 pub fn route<'r, 'p>(
     rt: &'r Runtime,
-    admitted: &Admitted,
+    authority: &Authority<'_>,
     path: &'p str,
     method: &http::Method,
 ) -> Result<Destination<'r, 'p>, Problem> {
@@ -34,7 +34,7 @@ pub fn route<'r, 'p>(
     {
         return Ok(Destination::Gateway(endpoint));
     }
-    rt.router.route(admitted.host(), path, method).map(Destination::Route).map_err(refused)
+    rt.router.route(&authority.host, path, method).map(Destination::Route).map_err(refused)
 }
 
 /// The problem for a request no route takes.
