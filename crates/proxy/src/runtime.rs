@@ -327,11 +327,11 @@ impl Runtime {
     }
 
     /// Authorizes a described request offline, as the pipeline would (for `authz explain`
-    /// and `authz replay`): the route named by the facts (or matched from their method,
+    /// and `authz replay`): the route named by the record (or matched from its method,
     /// host and path), then its rules and policies. `None` when no route takes the request.
     pub fn judge(
         &self,
-        facts: &portcullis_authz::Facts,
+        facts: &portcullis_authz::InputRecord,
         principal: &Arc<Principal>,
     ) -> Result<Option<(Arc<str>, portcullis_authz::Decision)>, String> {
         let method = http::Method::from_bytes(facts.method.as_bytes()).map_err(|_| "invalid method".to_string())?;
