@@ -1,6 +1,6 @@
 //! The authenticate stage: who is calling.
 //!
-//! A route lists the methods it accepts; its [`Authenticator`] finds the credential
+//! A route lists the methods it accepts; its [`RouteAuthenticator`] finds the credential
 //! (`Authorization: Bearer`, or where the route says; an API-key header), checks it (a JWT
 //! against the configured issuers and their keys, an opaque token by introspection, a key
 //! against its hash) and produces the [`Principal`] that later stages read. Every failure is a
@@ -67,10 +67,11 @@ fn as_dpop(token: Arc<Principal>) -> Arc<Principal> {
     })
 }
 
-/// State that outlives any one config: key stores, so that a reload keeps the keys (and the
-/// cache entries they verified) of issuers whose key source did not change.
+/// What authentication keeps across reloads: issuers' key stores, so that a reload keeps the
+/// keys (and the cache entries they verified) of issuers whose key source did not change, and
+/// the shared-state backend.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub struct Retained {
     stores: Mutex<HashMap<String, Weak<KeyStore>>>,
     /// The shared-state backend and the settings it was made with: kept while they do not
     /// change, so the DPoP replay window survives a reload.
@@ -82,7 +83,7 @@ fn file_state(path: &Path) -> String {
     format!("{:?}{:?}", meta.as_ref().map(|m| m.len()), meta.and_then(|m| m.modified().ok()))
 }
 
-impl Registry {
+impl Retained {
     /// The shared-state backend for `cfg`, the same one as before when `cfg` is unchanged.
     pub fn state(&self, cfg: &StateConfig) -> Result<State, String> {
         let mut held = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -139,22 +140,23 @@ impl Registry {
     }
 }
 
-/// Everything authentication needs from one config.
+/// The credential verifiers of one config: its issuers, introspection, API keys and DPoP.
+/// Each route's [`RouteAuthenticator`] takes the ones it accepts from them.
 #[derive(Debug, Default)]
-pub struct Authn {
+pub struct Verifiers {
     issuers: Vec<Arc<Issuer>>,
     introspector: Option<Arc<Introspector>>,
     api_keys: Option<Arc<ApiKeys>>,
     dpop: Option<Arc<Dpop>>,
 }
 
-impl Authn {
+impl Verifiers {
     /// Builds issuers, the introspector and the API keys; problems are located by key path.
-    pub fn build(config: &Config, registry: &Registry) -> Result<Authn, Vec<Invalid>> {
+    pub fn build(config: &Config, retained: &Retained) -> Result<Verifiers, Vec<Invalid>> {
         let mut errors = Vec::new();
         let mut issuers = Vec::new();
         for (i, ic) in config.issuers.iter().enumerate() {
-            let built = registry.key_store(ic).and_then(|store| Issuer::new(ic, store));
+            let built = retained.key_store(ic).and_then(|store| Issuer::new(ic, store));
             match built {
                 Ok(issuer) => issuers.push(Arc::new(issuer)),
                 Err((key, msg)) => errors.push(Invalid::new(format!("issuers[{i}].{key}"), msg)),
@@ -182,7 +184,7 @@ impl Authn {
         };
         let uses_dpop =
             config.routes.iter().any(|r| r.authenticate.as_deref().unwrap_or_default().contains(&AuthMethod::Dpop));
-        let dpop = match registry.state(&config.state) {
+        let dpop = match retained.state(&config.state) {
             Err(msg) if uses_dpop => {
                 errors.push(Invalid::new("state.backend", msg));
                 None
@@ -196,7 +198,7 @@ impl Authn {
                 }
             },
         };
-        if errors.is_empty() { Ok(Authn { issuers, introspector, api_keys, dpop }) } else { Err(errors) }
+        if errors.is_empty() { Ok(Verifiers { issuers, introspector, api_keys, dpop }) } else { Err(errors) }
     }
 
     /// Whether every issuer has its keys (readiness).
@@ -210,7 +212,7 @@ impl Authn {
     }
 
     /// The authenticator of a route, or `None` for a public route. `at` is its key path.
-    pub fn route(&self, rc: &RouteConfig, at: &str) -> Result<Option<Authenticator>, Vec<Invalid>> {
+    pub fn route(&self, rc: &RouteConfig, at: &str) -> Result<Option<RouteAuthenticator>, Vec<Invalid>> {
         let methods = rc.authenticate.as_deref().unwrap_or_default();
         if methods == [AuthMethod::None] {
             return Ok(None);
@@ -251,7 +253,7 @@ impl Authn {
             return Err(errors);
         }
         let max_token_bytes = issuers.iter().map(|i| i.max_token_bytes).max().unwrap_or(16 * 1024);
-        Ok(Some(Authenticator {
+        Ok(Some(RouteAuthenticator {
             bearer: jwt || introspection.is_some(),
             dpop,
             mtls: methods.contains(&AuthMethod::Mtls),
@@ -280,9 +282,11 @@ pub struct Context<'a> {
     pub client_cert: Option<&'a ClientCert>,
 }
 
-/// How one route authenticates callers.
+/// How one route authenticates callers: the credentials it accepts, where it finds them and
+/// the verifiers that check them. (The token service checks subject and actor tokens with one
+/// built like a route's.)
 #[derive(Debug)]
-pub struct Authenticator {
+pub struct RouteAuthenticator {
     /// Bearer tokens are accepted (JWT or introspection): 401s carry Bearer challenges.
     bearer: bool,
     /// DPoP-bound tokens are accepted, with their proofs.
@@ -302,7 +306,7 @@ pub struct Authenticator {
     max_token_bytes: usize,
 }
 
-impl Authenticator {
+impl RouteAuthenticator {
     /// Authenticates a request: the principal, or the problem that refuses it.
     pub async fn authenticate(
         &self,
@@ -660,7 +664,7 @@ mod tests {
         );
         let loaded = portcullis_config::load_str(yaml, &dir.join("portcullis.yaml")).unwrap_or_else(|e| panic!("{e}"));
         let config = &loaded.config;
-        let authn = Authn::build(config, &Registry::default()).unwrap_or_else(|e| panic!("{e:?}"));
+        let authn = Verifiers::build(config, &Retained::default()).unwrap_or_else(|e| panic!("{e:?}"));
         let route = |i: usize| authn.route(&config.routes[i], "routes").unwrap().unwrap();
         let (bearer_route, dpop_route) = (route(0), route(1));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -7,15 +7,15 @@ use std::sync::Arc;
 
 use portcullis_authz::{Decision, InputRecord};
 use portcullis_config::load_file;
-use portcullis_proxy::{Runtime, Shared};
+use portcullis_proxy::{Lasting, Runtime};
 use portcullis_telemetry::Metrics;
 use serde::Serialize;
 
 /// Builds the runtime of a config without serving it.
 fn runtime(config: &Path) -> Result<Runtime, String> {
     let loaded = load_file(config).map_err(|e| e.to_string())?;
-    let shared = Shared::new(Arc::new(Metrics::new()), 1);
-    Runtime::build(Arc::new(loaded), &shared, None, 1).map_err(|e| e.to_string())
+    let lasting = Lasting::new(Arc::new(Metrics::new()), 1);
+    Runtime::build(Arc::new(loaded), &lasting, None, 1).map_err(|e| e.to_string())
 }
 
 /// Why a request would be allowed or denied.

@@ -165,14 +165,14 @@ fn generate(alg: Algorithm) -> Result<Arc<SigningKey>, String> {
     Ok(Arc::new(key.with_kid(kid)))
 }
 
-/// Key rings that outlive a config: a reload whose signing settings (and key files) did not
-/// change keeps its keys, so tokens already handed out stay verifiable.
+/// The gateway's signing key rings, kept across reloads: a reload whose signing settings (and
+/// key files) did not change keeps its keys, so tokens already handed out stay verifiable.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub struct KeyRings {
     rings: Mutex<HashMap<String, Weak<KeyRing>>>,
 }
 
-impl Registry {
+impl KeyRings {
     /// The key ring for `cfg`, the same as before when nothing changed.
     pub fn ring(&self, cfg: &SigningKeysConfig) -> Result<Arc<KeyRing>, (String, String)> {
         let mut key = serde_json::to_string(cfg).unwrap_or_default();

@@ -31,4 +31,4 @@ pub mod tls;
 mod tunnel;
 pub mod upstream;
 
-pub use runtime::{Runtime, Shared};
+pub use runtime::{Lasting, Runtime};

@@ -24,7 +24,7 @@ use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::router::path::normalize;
 use crate::router::{PathParams, RouteError, read_host, strip_port};
-use crate::runtime::{Authn, Route, Runtime, Target};
+use crate::runtime::{Authentication, Route, Runtime, Target};
 use crate::upstream::Failure;
 
 /// What the gateway knows about the connection a request came on.
@@ -255,8 +255,8 @@ async fn run(
     // Authenticate.
     let passthrough = route.propagate.as_ref().is_some_and(|p| p.passthrough);
     let principal = match &route.authn {
-        Authn::Public => rt.anonymous.clone(),
-        Authn::Required(a) => {
+        Authentication::Public => rt.anonymous.clone(),
+        Authentication::Required(a) => {
             let (https, origin) = headers::external_origin(
                 &parts.headers,
                 conn.peer.ip(),

@@ -17,27 +17,27 @@ use portcullis_telemetry::{Metrics, RouteMetrics};
 use crate::router::{Matcher, Router};
 use crate::upstream::Upstream;
 
-/// State that outlives any one config: metrics, and upstream connection pools reused by
-/// later configs whose upstream settings are unchanged.
+/// State that outlives any one config: metrics, and what later configs reuse while their
+/// settings are unchanged (issuers' key stores, signing key rings, upstream connection pools).
 #[derive(Debug)]
-pub struct Shared {
+pub struct Lasting {
     /// Every metric.
     pub metrics: Arc<Metrics>,
     /// Data-plane worker threads (fixed for the life of the process).
     pub workers: usize,
     /// Key stores of token issuers, kept across reloads.
-    pub authn: portcullis_authn::Registry,
+    pub authn: portcullis_authn::Retained,
     /// The gateway's signing keys, kept across reloads.
-    pub identity: portcullis_identity::Registry,
+    pub key_rings: portcullis_identity::KeyRings,
     /// Upstreams by their settings; weak so that ones no config uses any more are freed.
     /// Locked only while a config is compiled, never on the request path.
     upstreams: Mutex<HashMap<String, Weak<Upstream>>>,
 }
 
-impl Shared {
-    /// Shared state with these metrics, for `workers` data-plane workers.
+impl Lasting {
+    /// Lasting state with these metrics, for `workers` data-plane workers.
     pub fn new(metrics: Arc<Metrics>, workers: usize) -> Self {
-        Self { metrics, workers, authn: Default::default(), identity: Default::default(), upstreams: Mutex::default() }
+        Self { metrics, workers, authn: Default::default(), key_rings: Default::default(), upstreams: Mutex::default() }
     }
 
     fn upstream(
@@ -88,13 +88,13 @@ pub enum Target {
     Upstream(Arc<Upstream>),
 }
 
-/// How a route authenticates callers.
+/// Whether a route's callers must authenticate, and how.
 #[derive(Debug)]
-pub enum Authn {
+pub enum Authentication {
     /// A public route: every caller is the anonymous principal.
     Public,
     /// Callers must present one of the route's accepted credentials.
-    Required(portcullis_authn::Authenticator),
+    Required(portcullis_authn::RouteAuthenticator),
 }
 
 /// A compiled route.
@@ -105,7 +105,7 @@ pub struct Route {
     /// Where requests go.
     pub target: Target,
     /// How callers authenticate.
-    pub authn: Authn,
+    pub authn: Authentication,
     /// What a caller must have or be: the route's rules and its slice of the policies.
     pub authz: portcullis_authz::RouteAuthz,
     /// Time to wait for the upstream's response head.
@@ -158,7 +158,7 @@ pub struct Runtime {
     pub(crate) guarded_headers: Arc<[http::HeaderName]>,
     /// The token service, when configured.
     pub token_service: Option<Arc<portcullis_identity::TokenService>>,
-    authn: portcullis_authn::Authn,
+    verifiers: portcullis_authn::Verifiers,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -171,7 +171,7 @@ impl Runtime {
     /// Compiles `config`. Every problem found is returned, located in the config file.
     pub fn build(
         config: Arc<LoadedConfig>,
-        shared: &Shared,
+        lasting: &Lasting,
         access_log: Option<portcullis_telemetry::AccessLog>,
         generation: u64,
     ) -> Result<Runtime, ConfigErrors> {
@@ -187,7 +187,7 @@ impl Runtime {
 
         let mut upstreams = HashMap::new();
         for (name, up) in &c.upstreams {
-            match shared.upstream(name, up, &c.spiffe, &format!("upstreams.{name}")) {
+            match lasting.upstream(name, up, &c.spiffe, &format!("upstreams.{name}")) {
                 Ok(u) => {
                     upstreams.insert(name.as_str(), u);
                 }
@@ -195,11 +195,11 @@ impl Runtime {
             }
         }
 
-        let authn = match portcullis_authn::Authn::build(c, &shared.authn) {
+        let verifiers = match portcullis_authn::Verifiers::build(c, &lasting.authn) {
             Ok(a) => a,
             Err(e) => {
                 errors.extend(e);
-                portcullis_authn::Authn::default()
+                portcullis_authn::Verifiers::default()
             }
         };
 
@@ -209,14 +209,14 @@ impl Runtime {
         });
 
         let ring = c.token_service.as_ref().and_then(|ts| {
-            shared
-                .identity
+            lasting
+                .key_rings
                 .ring(&ts.keys)
                 .map_err(|(key, msg)| errors.push(Invalid::new(format!("token_service.keys.{key}"), msg)))
                 .ok()
         });
         let token_service = match (&c.token_service, &ring) {
-            (Some(ts), Some(ring)) => token_service(c, ts, ring, &authn, policies.as_ref(), shared)
+            (Some(ts), Some(ring)) => token_service(c, ts, ring, &verifiers, policies.as_ref(), lasting)
                 .map_err(|e| errors.extend(e))
                 .ok()
                 .map(Arc::new),
@@ -242,7 +242,7 @@ impl Runtime {
                     .ok()
                     .flatten();
             let route =
-                compile_route(rc, &at, shared, &authn, authz, &upstreams, c.server.limits.max_body_bytes.bytes())
+                compile_route(rc, &at, lasting, &verifiers, authz, &upstreams, c.server.limits.max_body_bytes.bytes())
                     .map_err(|e| errors.extend(e))
                     .ok()
                     .map(|r| Route { propagate, ..r });
@@ -296,24 +296,24 @@ impl Runtime {
             trusted_proxies: c.server.trusted_proxies.clone(),
             forwarded: c.server.forwarded_headers,
             access_log: access_log.filter(|_| c.access_log.enabled),
-            no_route: shared.metrics.route("(none)"),
+            no_route: lasting.metrics.route("(none)"),
             anonymous: Principal::anonymous(),
             guarded_headers: guarded_headers(c, &identity_headers),
             identity_headers,
             token_service,
-            authn,
+            verifiers,
             config,
         })
     }
 
     /// Whether everything needed to serve is loaded (issuers' keys): `/readyz`.
     pub fn ready(&self) -> bool {
-        self.authn.ready()
+        self.verifiers.ready()
     }
 
     /// The ids of the issuers without usable keys: routes that need one are not ready.
     pub fn issuers_without_keys(&self) -> Vec<Arc<str>> {
-        self.authn.issuers_without_keys()
+        self.verifiers.issuers_without_keys()
     }
 
     /// A route's authorization, by id (for `authz replay`).
@@ -373,8 +373,8 @@ impl Runtime {
 fn compile_route(
     rc: &RouteConfig,
     at: &str,
-    shared: &Shared,
-    authn: &portcullis_authn::Authn,
+    lasting: &Lasting,
+    verifiers: &portcullis_authn::Verifiers,
     authz: portcullis_authz::RouteAuthz,
     upstreams: &HashMap<&str, Arc<Upstream>>,
     default_max_body: u64,
@@ -385,7 +385,7 @@ fn compile_route(
     } else if rc.upstream.contains("://") {
         // A URL: an anonymous upstream with default settings, named after the route.
         let cfg = UpstreamConfig::for_endpoint(rc.upstream.clone());
-        match shared.upstream(&rc.id, &cfg, &SpiffeConfig::default(), &format!("{at}.upstream")) {
+        match lasting.upstream(&rc.id, &cfg, &SpiffeConfig::default(), &format!("{at}.upstream")) {
             Ok(u) => {
                 let t = u.request_timeout;
                 (Some(Target::Upstream(u)), t)
@@ -404,9 +404,9 @@ fn compile_route(
         }
     };
 
-    let authn = match authn.route(rc, at) {
-        Ok(None) => Some(Authn::Public),
-        Ok(Some(a)) => Some(Authn::Required(a)),
+    let authn = match verifiers.route(rc, at) {
+        Ok(None) => Some(Authentication::Public),
+        Ok(Some(a)) => Some(Authentication::Required(a)),
         Err(e) => {
             errors.extend(e);
             None
@@ -449,7 +449,7 @@ fn compile_route(
             max_body: rc.limits.as_ref().map_or(default_max_body, |l| l.max_body_bytes.bytes()),
             rewrite,
             propagate: None,
-            metrics: shared.metrics.route(&rc.id),
+            metrics: lasting.metrics.route(&rc.id),
         }),
         _ => Err(errors),
     }
@@ -461,9 +461,9 @@ fn token_service(
     c: &portcullis_config::Config,
     ts: &portcullis_config::TokenServiceConfig,
     ring: &Arc<portcullis_identity::KeyRing>,
-    authn: &portcullis_authn::Authn,
+    verifiers: &portcullis_authn::Verifiers,
     policies: Option<&Arc<portcullis_authz::Policies>>,
-    shared: &Shared,
+    lasting: &Lasting,
 ) -> Result<portcullis_identity::TokenService, Vec<Invalid>> {
     let mut methods = Vec::new();
     if !c.issuers.is_empty() {
@@ -479,9 +479,9 @@ fn token_service(
             "id": "token_service", "upstream": ECHO_UPSTREAM, "authenticate": methods,
         }))
         .map_err(|e| vec![Invalid::new("token_service", e.to_string())])?;
-        authn.route(&rc, "token_service")?
+        verifiers.route(&rc, "token_service")?
     };
-    let state = shared.authn.state(&c.state).ok();
+    let state = lasting.authn.state(&c.state).ok();
     portcullis_identity::TokenService::new(ts, ring.clone(), &c.authorization, policies, tokens, state)
 }
 
