@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
 use portcullis_config::{AuthMethod, Config, Invalid, IssuerConfig, RouteConfig, StateConfig};
-use portcullis_core::{AuthnMethod, Principal, Problem};
+use portcullis_core::{AuthnMethod, ByPrincipal, Principal, Problem};
 use portcullis_jose::{HeaderPolicy, Jws};
 use portcullis_state::State;
 
@@ -41,8 +41,8 @@ use jwks::{KeyStore, Policy, Source};
 
 thread_local! {
     static VERIFIED: RefCell<Cache<Arc<str>, Issuer, foldhash::quality::RandomState>> = RefCell::new(Cache::default());
-    /// The DPoP form of the last principal a DPoP request presented: (token's, DPoP's).
-    static DPOP_PRINCIPAL: RefCell<Option<(Arc<Principal>, Arc<Principal>)>> = const { RefCell::new(None) };
+    /// The DPoP form of the last token principal a DPoP request presented.
+    static DPOP_PRINCIPAL: RefCell<ByPrincipal<Arc<Principal>>> = RefCell::new(ByPrincipal::new(1));
 }
 
 /// Called after a public-key signature check, whatever its outcome: lets the worker run the
@@ -57,13 +57,12 @@ pub(crate) async fn after_signature_check() {
 /// (as a client reuses its token), so a request neither copies the principal nor gives later
 /// stages a new one (the authorization stage reuses its work for the same shared principal).
 fn as_dpop(token: Arc<Principal>) -> Arc<Principal> {
-    DPOP_PRINCIPAL.with_borrow_mut(|last| match last {
-        Some((source, derived)) if Arc::ptr_eq(source, &token) => derived.clone(),
-        _ => {
-            let derived = Arc::new(Principal { method: AuthnMethod::Dpop, ..(*token).clone() });
-            *last = Some((token, derived.clone()));
-            derived
+    DPOP_PRINCIPAL.with_borrow_mut(|last| {
+        if let Some(derived) = last.get(&token, ()) {
+            return derived.clone();
         }
+        let derived = Arc::new(Principal { method: AuthnMethod::Dpop, ..(*token).clone() });
+        last.insert(&token, (), derived).clone()
     })
 }
 
