@@ -20,11 +20,10 @@ pub mod mtls;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
-use portcullis_config::{AuthMethod, Config, Invalid, IssuerConfig, RouteConfig, StateConfig};
-use portcullis_core::{AuthnMethod, ByPrincipal, Principal, Problem};
+use portcullis_config::{AuthMethod, Config, Invalid, IssuerConfig, KeyFetchConfig, RouteConfig, StateConfig};
+use portcullis_core::{AuthnMethod, ByPrincipal, FileStamp, Principal, Problem};
 use portcullis_jose::{HeaderPolicy, Jws};
 use portcullis_state::State;
 
@@ -71,15 +70,48 @@ fn as_dpop(token: Arc<Principal>) -> Arc<Principal> {
 /// the shared-state backend.
 #[derive(Debug, Default)]
 pub struct Retained {
-    stores: Mutex<HashMap<String, Weak<KeyStore>>>,
+    stores: Mutex<HashMap<KeySource, Weak<KeyStore>>>,
     /// The shared-state backend and the settings it was made with: kept while they do not
     /// change, so the DPoP replay window survives a reload.
     state: Mutex<Option<(StateConfig, State)>>,
 }
 
-fn file_state(path: &Path) -> String {
-    let meta = std::fs::metadata(path).ok();
-    format!("{:?}{:?}", meta.as_ref().map(|m| m.len()), meta.and_then(|m| m.modified().ok()))
+/// What makes two issuers' key stores one: where the keys come from, how they are fetched,
+/// and the files read for them as they are on disk. (The issuer's id is not part of it: two
+/// issuers with one source share a store.)
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct KeySource {
+    origin: KeyOrigin,
+    fetch: KeyFetchConfig,
+    /// `keys.ca`.
+    ca: Option<FileStamp>,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum KeyOrigin {
+    /// `jwks_file`.
+    File(FileStamp),
+    /// `jwks_uri`.
+    Uri(String),
+    /// OIDC discovery for the issuer.
+    Discovery(String),
+}
+
+impl KeySource {
+    /// The source of `cfg`'s keys; `None` for an issuer without keys to fetch or read.
+    fn of(cfg: &IssuerConfig) -> Option<KeySource> {
+        let origin = if let Some(f) = &cfg.jwks_file {
+            KeyOrigin::File(FileStamp::of(f))
+        } else if let Some(u) = &cfg.jwks_uri {
+            KeyOrigin::Uri(u.clone())
+        } else if cfg.discovery {
+            KeyOrigin::Discovery(cfg.issuer.clone())
+        } else {
+            return None;
+        };
+        Some(KeySource { origin, fetch: cfg.keys.clone(), ca: cfg.keys.ca.as_deref().map(FileStamp::of) })
+    }
 }
 
 impl Retained {
@@ -97,6 +129,7 @@ impl Retained {
     }
 
     fn key_store(&self, cfg: &IssuerConfig) -> Result<Option<Arc<KeyStore>>, (&'static str, String)> {
+        let Some(source) = KeySource::of(cfg) else { return Ok(None) };
         let k = &cfg.keys;
         let policy = Policy {
             min_cache: k.min_cache.get(),
@@ -106,35 +139,30 @@ impl Retained {
             timeout: k.timeout.get(),
             allow_http: k.allow_http,
         };
-        let (source, key) = if let Some(f) = &cfg.jwks_file {
-            (None, format!("file:{}:{}", f.display(), file_state(f)))
-        } else if let Some(u) = &cfg.jwks_uri {
-            let url = jwks::check_url(u, k.allow_http).map_err(|e| ("jwks_uri", e))?;
-            (Some(Source::Uri(url)), format!("uri:{u}"))
-        } else if cfg.discovery {
-            jwks::check_url(&cfg.issuer, k.allow_http).map_err(|e| ("issuer", e))?;
-            (Some(Source::Discovery(cfg.issuer.clone())), format!("discovery:{}", cfg.issuer))
-        } else {
-            return Ok(None);
+        let fetched = match &source.origin {
+            KeyOrigin::File(_) => None,
+            KeyOrigin::Uri(u) => Some(Source::Uri(jwks::check_url(u, k.allow_http).map_err(|e| ("jwks_uri", e))?)),
+            KeyOrigin::Discovery(issuer) => {
+                jwks::check_url(issuer, k.allow_http).map_err(|e| ("issuer", e))?;
+                Some(Source::Discovery(issuer.clone()))
+            }
         };
-        let key = format!(
-            "{key}\n{}",
-            serde_json::to_string(k).unwrap_or_default() + &k.ca.as_deref().map(file_state).unwrap_or_default()
-        );
         let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
         stores.retain(|_, w| w.strong_count() > 0);
-        if let Some(s) = stores.get(&key).and_then(Weak::upgrade) {
+        if let Some(s) = stores.get(&source).and_then(Weak::upgrade) {
             return Ok(Some(s));
         }
-        let store = match (source, &cfg.jwks_file) {
-            (None, Some(f)) => KeyStore::from_file(&cfg.id, f, policy).map_err(|e| ("jwks_file", e))?,
-            (Some(source), _) => {
+        let store = match (fetched, &source.origin) {
+            (Some(fetched), _) => {
                 let client = jwks::http_client(policy.timeout, k.ca.as_deref()).map_err(|e| ("keys.ca", e))?;
-                KeyStore::fetching(&cfg.id, source, policy, client)
+                KeyStore::fetching(&cfg.id, fetched, policy, client)
             }
-            (None, None) => return Ok(None),
+            (None, KeyOrigin::File(f)) => {
+                KeyStore::from_file(&cfg.id, &f.path, policy).map_err(|e| ("jwks_file", e))?
+            }
+            (None, _) => return Ok(None),
         };
-        stores.insert(key, Arc::downgrade(&store));
+        stores.insert(source, Arc::downgrade(&store));
         Ok(Some(store))
     }
 }
@@ -735,5 +763,39 @@ mod tests {
             assert!(outcome.is_ok(), "{outcome:?}");
             assert_eq!(pauses, expected, "proof {jti}");
         }
+    }
+
+    /// A reload keeps an issuer's key store while its source is unchanged, and builds a new
+    /// one when the key file changes on disk or the fetch settings change.
+    #[test]
+    fn key_stores_are_kept_while_their_source_is_unchanged() {
+        let dir = std::env::temp_dir().join(format!("portcullis-authn-retained-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let jwks = dir.join("jwks.json");
+        let key = |kid: &str| SigningKey::generate(Algorithm::ES256, kid).unwrap().public_jwk();
+        std::fs::write(&jwks, json!({"keys": [key("k1")]}).to_string()).unwrap();
+        let yaml = format!(
+            "server:\n  listen: 127.0.0.1:0\nissuers:\n\
+             \x20 - id: idp\n    issuer: https://idp.example\n    jwks_file: {}\n    audiences: [api]\n    algorithms: [ES256]\n\
+             routes:\n\
+             \x20 - id: jwt\n    match: {{ path_prefix: / }}\n    upstream: echo\n    authenticate: [jwt]\n",
+            jwks.display()
+        );
+        let loaded = portcullis_config::load_str(yaml, &dir.join("portcullis.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let issuer = &loaded.config.issuers[0];
+        let retained = Retained::default();
+        let store = |ic: &IssuerConfig| retained.key_store(ic).unwrap().unwrap();
+
+        let first = store(issuer);
+        assert!(Arc::ptr_eq(&first, &store(issuer)), "nothing changed");
+        let mut other_settings = issuer.clone();
+        other_settings.keys.stale_for = portcullis_config::values::Duration::from_secs(60);
+        let other = store(&other_settings);
+        assert!(!Arc::ptr_eq(&first, &other), "other fetch settings");
+        std::fs::write(&jwks, json!({"keys": [key("k1"), key("k2")]}).to_string()).unwrap();
+        let rewritten = store(issuer);
+        assert!(!Arc::ptr_eq(&first, &rewritten), "the key file changed");
+        assert!(Arc::ptr_eq(&rewritten, &store(issuer)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
