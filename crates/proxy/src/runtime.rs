@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use portcullis_config::{
     ConfigErrors, ECHO_UPSTREAM, ForwardedHeaders, Invalid, LoadedConfig, RouteConfig, SpiffeConfig, UpstreamConfig,
 };
-use portcullis_core::Principal;
+use portcullis_core::{FileStamp, Principal};
 use portcullis_telemetry::{Metrics, RouteMetrics};
 
 use crate::router::{Matcher, Router};
@@ -25,13 +25,42 @@ pub struct Lasting {
     pub metrics: Arc<Metrics>,
     /// Data-plane worker threads (fixed for the life of the process).
     pub workers: usize,
-    /// Key stores of token issuers, kept across reloads.
+    /// Key stores of token issuers and the shared-state backend, kept across reloads.
     pub authn: portcullis_authn::Retained,
     /// The gateway's signing keys, kept across reloads.
     pub key_rings: portcullis_identity::KeyRings,
-    /// Upstreams by their settings; weak so that ones no config uses any more are freed.
+    /// Upstreams by their source; weak so that ones no config uses any more are freed.
     /// Locked only while a config is compiled, never on the request path.
-    upstreams: Mutex<HashMap<String, Weak<Upstream>>>,
+    upstreams: Mutex<HashMap<UpstreamSource, Weak<Upstream>>>,
+}
+
+/// What makes two upstream configs one pool: the name, the settings, and the files the
+/// connections read (CA, client certificate and key, the gateway's SVID, the trust bundle)
+/// as they are on disk, so a changed file (a rotated SVID, a new trust bundle) builds a new
+/// pool.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct UpstreamSource {
+    name: String,
+    settings: UpstreamConfig,
+    files: Vec<FileStamp>,
+}
+
+impl UpstreamSource {
+    fn of(name: &str, cfg: &UpstreamConfig, spiffe: &SpiffeConfig) -> UpstreamSource {
+        let mut files = Vec::new();
+        if let Some(tls) = &cfg.tls {
+            let svid = spiffe.svid.as_ref().filter(|_| tls.svid).map(|s| [&s.cert, &s.key]);
+            let bundle = tls
+                .spiffe_id
+                .as_deref()
+                .and_then(portcullis_core::spiffe::parse_id)
+                .and_then(|(domain, _)| spiffe.trust_domains.get(domain));
+            let paths =
+                [&tls.ca, &tls.cert, &tls.key].into_iter().flatten().chain(svid.into_iter().flatten()).chain(bundle);
+            files.extend(paths.map(|f| FileStamp::of(f)));
+        }
+        UpstreamSource { name: name.to_string(), settings: cfg.clone(), files }
+    }
 }
 
 impl Lasting {
@@ -47,27 +76,7 @@ impl Lasting {
         spiffe: &SpiffeConfig,
         at: &str,
     ) -> Result<Arc<Upstream>, Vec<Invalid>> {
-        // The key covers the settings and the state of any files they name, so a changed
-        // CA or client certificate (a rotated SVID, a new trust bundle) builds a new pool.
-        let mut key = format!("{name}\n{}", serde_json::to_string(cfg).unwrap_or_default());
-        if let Some(tls) = &cfg.tls {
-            let svid = spiffe.svid.as_ref().filter(|_| tls.svid).map(|s| [&s.cert, &s.key]);
-            let bundle = tls
-                .spiffe_id
-                .as_deref()
-                .and_then(portcullis_core::spiffe::parse_id)
-                .and_then(|(domain, _)| spiffe.trust_domains.get(domain));
-            let files =
-                [&tls.ca, &tls.cert, &tls.key].into_iter().flatten().chain(svid.into_iter().flatten()).chain(bundle);
-            for f in files {
-                let meta = std::fs::metadata(f).ok();
-                key.push_str(&format!(
-                    "\n{:?}{:?}",
-                    meta.as_ref().map(|m| m.len()),
-                    meta.and_then(|m| m.modified().ok())
-                ));
-            }
-        }
+        let key = UpstreamSource::of(name, cfg, spiffe);
         let mut cache = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
         cache.retain(|_, w| w.strong_count() > 0);
         if let Some(up) = cache.get(&key).and_then(Weak::upgrade) {
