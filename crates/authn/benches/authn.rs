@@ -1,6 +1,6 @@
 //! The authenticate stage, measured through the same public API the proxy uses: a config is
-//! loaded (`portcullis_config::load_str`), compiled (`Authn::build`, `Authn::route`) and every
-//! request goes through `Authenticator::authenticate`.
+//! loaded (`portcullis_config::load_str`), compiled (`Verifiers::build`, `Verifiers::route`)
+//! and every request goes through `RouteAuthenticator::authenticate`.
 //!
 //! - `jwt/cached_rs256`: one RS256 token repeated; after the first request it is served from
 //!   the per-worker verified-token cache (a seeded fast hash of the token, one map lookup and
@@ -52,7 +52,7 @@ use aws_lc_rs::signature::{self, ParsedPublicKey, RsaPublicKeyComponents};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::request::Parts;
 use portcullis_authn::extract::{self, Locations};
-use portcullis_authn::{Authenticator, Authn, Registry, apikey, cache};
+use portcullis_authn::{Retained, RouteAuthenticator, Verifiers, apikey, cache};
 use portcullis_jose::{Algorithm, HeaderPolicy, Jws, SigningKey, b64};
 use serde_json::{Map, Value, json};
 
@@ -81,9 +81,9 @@ fn ready<F: Future>(f: F) -> F::Output {
 struct Setup {
     _dir: TempDir,
     keys: Vec<Arc<Signer>>,
-    jwt: Authenticator,
-    api_key: Authenticator,
-    dpop: Authenticator,
+    jwt: RouteAuthenticator,
+    api_key: RouteAuthenticator,
+    dpop: RouteAuthenticator,
     api_key_value: String,
 }
 
@@ -175,7 +175,7 @@ fn setup() -> Setup {
     yaml += "  - id: dpop\n    match: { path_prefix: /dpop }\n    upstream: echo\n    authenticate: [dpop]\n";
     let loaded = portcullis_config::load_str(yaml, &dir.0.join("portcullis.yaml")).unwrap_or_else(|e| panic!("{e}"));
     let config = &loaded.config;
-    let authn = Authn::build(config, &Registry::default()).unwrap_or_else(|e| panic!("{e:?}"));
+    let authn = Verifiers::build(config, &Retained::default()).unwrap_or_else(|e| panic!("{e:?}"));
     let route = |i: usize| {
         authn.route(&config.routes[i], &format!("routes[{i}]")).unwrap_or_else(|e| panic!("{e:?}")).expect("not public")
     };
@@ -261,7 +261,7 @@ fn proof(holder: &SigningKey, path: &str, token: &str, n: u64) -> String {
 
 /// Authenticates `parts`, insisting that it succeeds (a benchmark of refusals would be
 /// meaningless here).
-fn accept(auth: &Authenticator, parts: &Parts) {
+fn accept(auth: &RouteAuthenticator, parts: &Parts) {
     match ready(auth.authenticate(black_box(parts), &CX)) {
         Ok(p) => {
             black_box(p);
@@ -312,7 +312,7 @@ fn public_key(alg: Algorithm, jwk: &Value) -> ParsedPublicKey {
 }
 
 /// Refuses `parts` with the reason `code`, insisting on it.
-fn refuse(auth: &Authenticator, parts: &Parts, code: &str) {
+fn refuse(auth: &RouteAuthenticator, parts: &Parts, code: &str) {
     match ready(auth.authenticate(black_box(parts), &CX)) {
         Ok(_) => panic!("accepted"),
         Err(problem) => assert_eq!(problem.code, code, "{problem:?}"),

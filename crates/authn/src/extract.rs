@@ -42,8 +42,8 @@ pub enum Authorization<'a> {
     /// No header.
     None,
     /// `Bearer <token>` (scheme case-insensitive): the token as sent, ASCII but not yet held
-    /// to the `b64token` grammar. [`crate::Authenticator::token`] applies [`b64token`] to a
-    /// token that its verified-token cache does not hold (the cache holds only tokens that
+    /// to the `b64token` grammar. [`crate::RouteAuthenticator::token`] applies [`b64token`] to
+    /// a token that its verified-token cache does not hold (the cache holds only tokens that
     /// passed it), so a repeated token is not scanned again on every request.
     Bearer(&'a str),
     /// Another scheme (e.g. `DPoP`, `Basic`) with its credentials.
@@ -241,7 +241,8 @@ mod tests {
     }
 
     /// The `Authorization` parsing without the fast path, kept as the reference it must agree
-    /// with. Neither holds the token to the `b64token` grammar: `Authenticator::token` does.
+    /// with. Neither holds the token to the `b64token` grammar: `RouteAuthenticator::token`
+    /// does.
     fn reference(value: &HeaderValue) -> Result<Authorization<'_>, &'static str> {
         let value = value.to_str().map_err(|_| "credential_malformed")?;
         let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));

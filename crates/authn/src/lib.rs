@@ -1,6 +1,6 @@
 //! The authenticate stage: who is calling.
 //!
-//! A route lists the methods it accepts; its [`Authenticator`] finds the credential
+//! A route lists the methods it accepts; its [`RouteAuthenticator`] finds the credential
 //! (`Authorization: Bearer`, or where the route says; an API-key header), checks it (a JWT
 //! against the configured issuers and their keys, an opaque token by introspection, a key
 //! against its hash) and produces the [`Principal`] that later stages read. Every failure is a
@@ -20,11 +20,10 @@ pub mod mtls;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
-use portcullis_config::{AuthMethod, Config, Invalid, IssuerConfig, RouteConfig, StateConfig};
-use portcullis_core::{AuthnMethod, Principal, Problem};
+use portcullis_config::{AuthMethod, Config, Invalid, IssuerConfig, KeyFetchConfig, RouteConfig, StateConfig};
+use portcullis_core::{AuthnMethod, ByPrincipal, FileStamp, Principal, Problem};
 use portcullis_jose::{HeaderPolicy, Jws};
 use portcullis_state::State;
 
@@ -41,8 +40,8 @@ use jwks::{KeyStore, Policy, Source};
 
 thread_local! {
     static VERIFIED: RefCell<Cache<Arc<str>, Issuer, foldhash::quality::RandomState>> = RefCell::new(Cache::default());
-    /// The DPoP form of the last principal a DPoP request presented: (token's, DPoP's).
-    static DPOP_PRINCIPAL: RefCell<Option<(Arc<Principal>, Arc<Principal>)>> = const { RefCell::new(None) };
+    /// The DPoP form of the last token principal a DPoP request presented.
+    static DPOP_PRINCIPAL: RefCell<ByPrincipal<Arc<Principal>>> = RefCell::new(ByPrincipal::new(1));
 }
 
 /// Called after a public-key signature check, whatever its outcome: lets the worker run the
@@ -57,32 +56,65 @@ pub(crate) async fn after_signature_check() {
 /// (as a client reuses its token), so a request neither copies the principal nor gives later
 /// stages a new one (the authorization stage reuses its work for the same shared principal).
 fn as_dpop(token: Arc<Principal>) -> Arc<Principal> {
-    DPOP_PRINCIPAL.with_borrow_mut(|last| match last {
-        Some((source, derived)) if Arc::ptr_eq(source, &token) => derived.clone(),
-        _ => {
-            let derived = Arc::new(Principal { method: AuthnMethod::Dpop, ..(*token).clone() });
-            *last = Some((token, derived.clone()));
-            derived
+    DPOP_PRINCIPAL.with_borrow_mut(|last| {
+        if let Some(derived) = last.get(&token, ()) {
+            return derived.clone();
         }
+        let derived = Arc::new(Principal { method: AuthnMethod::Dpop, ..(*token).clone() });
+        last.insert(&token, (), derived).clone()
     })
 }
 
-/// State that outlives any one config: key stores, so that a reload keeps the keys (and the
-/// cache entries they verified) of issuers whose key source did not change.
+/// What authentication keeps across reloads: issuers' key stores, so that a reload keeps the
+/// keys (and the cache entries they verified) of issuers whose key source did not change, and
+/// the shared-state backend.
 #[derive(Debug, Default)]
-pub struct Registry {
-    stores: Mutex<HashMap<String, Weak<KeyStore>>>,
+pub struct Retained {
+    stores: Mutex<HashMap<KeySource, Weak<KeyStore>>>,
     /// The shared-state backend and the settings it was made with: kept while they do not
     /// change, so the DPoP replay window survives a reload.
     state: Mutex<Option<(StateConfig, State)>>,
 }
 
-fn file_state(path: &Path) -> String {
-    let meta = std::fs::metadata(path).ok();
-    format!("{:?}{:?}", meta.as_ref().map(|m| m.len()), meta.and_then(|m| m.modified().ok()))
+/// What makes two issuers' key stores one: where the keys come from, how they are fetched,
+/// and the files read for them as they are on disk. (The issuer's id is not part of it: two
+/// issuers with one source share a store.)
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct KeySource {
+    origin: KeyOrigin,
+    fetch: KeyFetchConfig,
+    /// `keys.ca`.
+    ca: Option<FileStamp>,
 }
 
-impl Registry {
+/// Where an issuer's keys come from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum KeyOrigin {
+    /// `jwks_file`.
+    File(FileStamp),
+    /// `jwks_uri`.
+    Uri(String),
+    /// OIDC discovery for the issuer.
+    Discovery(String),
+}
+
+impl KeySource {
+    /// The source of `cfg`'s keys; `None` for an issuer without keys to fetch or read.
+    fn of(cfg: &IssuerConfig) -> Option<KeySource> {
+        let origin = if let Some(f) = &cfg.jwks_file {
+            KeyOrigin::File(FileStamp::of(f))
+        } else if let Some(u) = &cfg.jwks_uri {
+            KeyOrigin::Uri(u.clone())
+        } else if cfg.discovery {
+            KeyOrigin::Discovery(cfg.issuer.clone())
+        } else {
+            return None;
+        };
+        Some(KeySource { origin, fetch: cfg.keys.clone(), ca: cfg.keys.ca.as_deref().map(FileStamp::of) })
+    }
+}
+
+impl Retained {
     /// The shared-state backend for `cfg`, the same one as before when `cfg` is unchanged.
     pub fn state(&self, cfg: &StateConfig) -> Result<State, String> {
         let mut held = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -97,6 +129,7 @@ impl Registry {
     }
 
     fn key_store(&self, cfg: &IssuerConfig) -> Result<Option<Arc<KeyStore>>, (&'static str, String)> {
+        let Some(source) = KeySource::of(cfg) else { return Ok(None) };
         let k = &cfg.keys;
         let policy = Policy {
             min_cache: k.min_cache.get(),
@@ -106,55 +139,51 @@ impl Registry {
             timeout: k.timeout.get(),
             allow_http: k.allow_http,
         };
-        let (source, key) = if let Some(f) = &cfg.jwks_file {
-            (None, format!("file:{}:{}", f.display(), file_state(f)))
-        } else if let Some(u) = &cfg.jwks_uri {
-            let url = jwks::check_url(u, k.allow_http).map_err(|e| ("jwks_uri", e))?;
-            (Some(Source::Uri(url)), format!("uri:{u}"))
-        } else if cfg.discovery {
-            jwks::check_url(&cfg.issuer, k.allow_http).map_err(|e| ("issuer", e))?;
-            (Some(Source::Discovery(cfg.issuer.clone())), format!("discovery:{}", cfg.issuer))
-        } else {
-            return Ok(None);
+        let fetched = match &source.origin {
+            KeyOrigin::File(_) => None,
+            KeyOrigin::Uri(u) => Some(Source::Uri(jwks::check_url(u, k.allow_http).map_err(|e| ("jwks_uri", e))?)),
+            KeyOrigin::Discovery(issuer) => {
+                jwks::check_url(issuer, k.allow_http).map_err(|e| ("issuer", e))?;
+                Some(Source::Discovery(issuer.clone()))
+            }
         };
-        let key = format!(
-            "{key}\n{}",
-            serde_json::to_string(k).unwrap_or_default() + &k.ca.as_deref().map(file_state).unwrap_or_default()
-        );
         let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
         stores.retain(|_, w| w.strong_count() > 0);
-        if let Some(s) = stores.get(&key).and_then(Weak::upgrade) {
+        if let Some(s) = stores.get(&source).and_then(Weak::upgrade) {
             return Ok(Some(s));
         }
-        let store = match (source, &cfg.jwks_file) {
-            (None, Some(f)) => KeyStore::from_file(&cfg.id, f, policy).map_err(|e| ("jwks_file", e))?,
-            (Some(source), _) => {
+        let store = match (fetched, &source.origin) {
+            (Some(fetched), _) => {
                 let client = jwks::http_client(policy.timeout, k.ca.as_deref()).map_err(|e| ("keys.ca", e))?;
-                KeyStore::fetching(&cfg.id, source, policy, client)
+                KeyStore::fetching(&cfg.id, fetched, policy, client)
             }
-            (None, None) => return Ok(None),
+            (None, KeyOrigin::File(f)) => {
+                KeyStore::from_file(&cfg.id, &f.path, policy).map_err(|e| ("jwks_file", e))?
+            }
+            (None, _) => return Ok(None),
         };
-        stores.insert(key, Arc::downgrade(&store));
+        stores.insert(source, Arc::downgrade(&store));
         Ok(Some(store))
     }
 }
 
-/// Everything authentication needs from one config.
+/// The credential verifiers of one config: its issuers, introspection, API keys and DPoP.
+/// Each route's [`RouteAuthenticator`] takes the ones it accepts from them.
 #[derive(Debug, Default)]
-pub struct Authn {
+pub struct Verifiers {
     issuers: Vec<Arc<Issuer>>,
     introspector: Option<Arc<Introspector>>,
     api_keys: Option<Arc<ApiKeys>>,
     dpop: Option<Arc<Dpop>>,
 }
 
-impl Authn {
+impl Verifiers {
     /// Builds issuers, the introspector and the API keys; problems are located by key path.
-    pub fn build(config: &Config, registry: &Registry) -> Result<Authn, Vec<Invalid>> {
+    pub fn build(config: &Config, retained: &Retained) -> Result<Verifiers, Vec<Invalid>> {
         let mut errors = Vec::new();
         let mut issuers = Vec::new();
         for (i, ic) in config.issuers.iter().enumerate() {
-            let built = registry.key_store(ic).and_then(|store| Issuer::new(ic, store));
+            let built = retained.key_store(ic).and_then(|store| Issuer::new(ic, store));
             match built {
                 Ok(issuer) => issuers.push(Arc::new(issuer)),
                 Err((key, msg)) => errors.push(Invalid::new(format!("issuers[{i}].{key}"), msg)),
@@ -182,7 +211,7 @@ impl Authn {
         };
         let uses_dpop =
             config.routes.iter().any(|r| r.authenticate.as_deref().unwrap_or_default().contains(&AuthMethod::Dpop));
-        let dpop = match registry.state(&config.state) {
+        let dpop = match retained.state(&config.state) {
             Err(msg) if uses_dpop => {
                 errors.push(Invalid::new("state.backend", msg));
                 None
@@ -196,7 +225,7 @@ impl Authn {
                 }
             },
         };
-        if errors.is_empty() { Ok(Authn { issuers, introspector, api_keys, dpop }) } else { Err(errors) }
+        if errors.is_empty() { Ok(Verifiers { issuers, introspector, api_keys, dpop }) } else { Err(errors) }
     }
 
     /// Whether every issuer has its keys (readiness).
@@ -210,7 +239,7 @@ impl Authn {
     }
 
     /// The authenticator of a route, or `None` for a public route. `at` is its key path.
-    pub fn route(&self, rc: &RouteConfig, at: &str) -> Result<Option<Authenticator>, Vec<Invalid>> {
+    pub fn route(&self, rc: &RouteConfig, at: &str) -> Result<Option<RouteAuthenticator>, Vec<Invalid>> {
         let methods = rc.authenticate.as_deref().unwrap_or_default();
         if methods == [AuthMethod::None] {
             return Ok(None);
@@ -251,7 +280,7 @@ impl Authn {
             return Err(errors);
         }
         let max_token_bytes = issuers.iter().map(|i| i.max_token_bytes).max().unwrap_or(16 * 1024);
-        Ok(Some(Authenticator {
+        Ok(Some(RouteAuthenticator {
             bearer: jwt || introspection.is_some(),
             dpop,
             mtls: methods.contains(&AuthMethod::Mtls),
@@ -280,9 +309,11 @@ pub struct Context<'a> {
     pub client_cert: Option<&'a ClientCert>,
 }
 
-/// How one route authenticates callers.
+/// How one route authenticates callers: the credentials it accepts, where it finds them and
+/// the verifiers that check them. (The token service checks subject and actor tokens with one
+/// built like a route's.)
 #[derive(Debug)]
-pub struct Authenticator {
+pub struct RouteAuthenticator {
     /// Bearer tokens are accepted (JWT or introspection): 401s carry Bearer challenges.
     bearer: bool,
     /// DPoP-bound tokens are accepted, with their proofs.
@@ -302,7 +333,7 @@ pub struct Authenticator {
     max_token_bytes: usize,
 }
 
-impl Authenticator {
+impl RouteAuthenticator {
     /// Authenticates a request: the principal, or the problem that refuses it.
     pub async fn authenticate(
         &self,
@@ -660,7 +691,7 @@ mod tests {
         );
         let loaded = portcullis_config::load_str(yaml, &dir.join("portcullis.yaml")).unwrap_or_else(|e| panic!("{e}"));
         let config = &loaded.config;
-        let authn = Authn::build(config, &Registry::default()).unwrap_or_else(|e| panic!("{e:?}"));
+        let authn = Verifiers::build(config, &Retained::default()).unwrap_or_else(|e| panic!("{e:?}"));
         let route = |i: usize| authn.route(&config.routes[i], "routes").unwrap().unwrap();
         let (bearer_route, dpop_route) = (route(0), route(1));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -732,5 +763,39 @@ mod tests {
             assert!(outcome.is_ok(), "{outcome:?}");
             assert_eq!(pauses, expected, "proof {jti}");
         }
+    }
+
+    /// A reload keeps an issuer's key store while its source is unchanged, and builds a new
+    /// one when the key file changes on disk or the fetch settings change.
+    #[test]
+    fn key_stores_are_kept_while_their_source_is_unchanged() {
+        let dir = std::env::temp_dir().join(format!("portcullis-authn-retained-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let jwks = dir.join("jwks.json");
+        let key = |kid: &str| SigningKey::generate(Algorithm::ES256, kid).unwrap().public_jwk();
+        std::fs::write(&jwks, json!({"keys": [key("k1")]}).to_string()).unwrap();
+        let yaml = format!(
+            "server:\n  listen: 127.0.0.1:0\nissuers:\n\
+             \x20 - id: idp\n    issuer: https://idp.example\n    jwks_file: {}\n    audiences: [api]\n    algorithms: [ES256]\n\
+             routes:\n\
+             \x20 - id: jwt\n    match: {{ path_prefix: / }}\n    upstream: echo\n    authenticate: [jwt]\n",
+            jwks.display()
+        );
+        let loaded = portcullis_config::load_str(yaml, &dir.join("portcullis.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let issuer = &loaded.config.issuers[0];
+        let retained = Retained::default();
+        let store = |ic: &IssuerConfig| retained.key_store(ic).unwrap().unwrap();
+
+        let first = store(issuer);
+        assert!(Arc::ptr_eq(&first, &store(issuer)), "nothing changed");
+        let mut other_settings = issuer.clone();
+        other_settings.keys.stale_for = portcullis_config::values::Duration::from_secs(60);
+        let other = store(&other_settings);
+        assert!(!Arc::ptr_eq(&first, &other), "other fetch settings");
+        std::fs::write(&jwks, json!({"keys": [key("k1"), key("k2")]}).to_string()).unwrap();
+        let rewritten = store(issuer);
+        assert!(!Arc::ptr_eq(&first, &rewritten), "the key file changed");
+        assert!(Arc::ptr_eq(&rewritten, &store(issuer)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -14,7 +14,7 @@ use cedar_policy::{
     PolicySet, Request, ResourceConstraint, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use portcullis_config::{AuthorizationConfig, CedarConfig};
-use portcullis_core::{Principal, PrincipalKind};
+use portcullis_core::{ByPrincipal, Principal, PrincipalKind};
 use serde_json::Value;
 
 use crate::Input;
@@ -264,11 +264,21 @@ impl Policies {
         // their transitive closure, most of a decision's cost. The context (time, address,
         // TLS) is built for every request.
         let response = MEMO.with_borrow_mut(|memo| {
-            if !memo.as_ref().is_some_and(|m| m.matches(self.generation, slice, input)) {
-                let (principal_uid, resource_uid, entities) = self.entities(slice, input)?;
-                *memo = Some(Memo {
+            let judge = |m: &Memo| {
+                let request =
+                    Request::new(m.principal_uid.clone(), slice.action.clone(), m.resource_uid.clone(), context, None)
+                        .map_err(|e| flatten(&e))?;
+                Ok::<_, String>(self.authorizer.is_authorized(&request, &slice.policies, &m.entities))
+            };
+            if let Some(m) = memo.get(input.principal, ()).filter(|m| m.matches(self.generation, slice, input)) {
+                return judge(m);
+            }
+            let (principal_uid, resource_uid, entities) = self.entities(slice, input)?;
+            let kept = memo.insert(
+                input.principal,
+                (),
+                Memo {
                     generation: self.generation,
-                    principal: input.principal.clone(),
                     action: slice.action.clone(),
                     route: input.route.to_string(),
                     host: input.host.to_string(),
@@ -278,13 +288,9 @@ impl Policies {
                     principal_uid,
                     resource_uid,
                     entities,
-                });
-            }
-            let m = memo.as_ref().ok_or_else(|| "no entities".to_string())?;
-            let request =
-                Request::new(m.principal_uid.clone(), slice.action.clone(), m.resource_uid.clone(), context, None)
-                    .map_err(|e| flatten(&e))?;
-            Ok::<_, String>(self.authorizer.is_authorized(&request, &slice.policies, &m.entities))
+                },
+            );
+            judge(kept)
         });
         let response = match response {
             Ok(r) => r,
@@ -312,29 +318,15 @@ impl Policies {
         // per worker for its recent credentials: a caller's next request, on whatever path or
         // route, adds only the resource's part to it.
         let (principal_uid, base) = PRINCIPALS.with_borrow_mut(|cache| {
-            // Keyed by the principal's address: the entry holds its `Arc`, so no other
-            // principal can have that address while the entry lives.
-            let key = Arc::as_ptr(input.principal) as usize;
-            let fresh =
-                |m: &PrincipalMemo| m.generation == self.generation && Arc::ptr_eq(&m.principal, input.principal);
-            if !cache.map.get(&key).is_some_and(fresh) {
-                let (uid, principal, parents) = self.principal_entity(input.principal)?;
-                let mut seen: HashSet<EntityUid> = HashSet::new();
-                let mut entities = vec![principal];
-                self.add_entities(parents, &mut seen, &mut entities);
-                let entities = Entities::from_entities(entities, None).map_err(|e| flatten(&e))?;
-                let memo =
-                    PrincipalMemo { generation: self.generation, principal: input.principal.clone(), uid, entities };
-                if cache.map.insert(key, memo).is_none() {
-                    cache.order.push_back(key);
-                    if cache.order.len() > PRINCIPALS_KEPT
-                        && let Some(oldest) = cache.order.pop_front()
-                    {
-                        cache.map.remove(&oldest);
-                    }
-                }
+            if let Some(m) = cache.get(input.principal, ()).filter(|m| m.generation == self.generation) {
+                return Ok((m.uid.clone(), m.entities.clone()));
             }
-            let m = cache.map.get(&key).ok_or_else(|| "no principal entities".to_string())?;
+            let (uid, principal, parents) = self.principal_entity(input.principal)?;
+            let mut seen: HashSet<EntityUid> = HashSet::new();
+            let mut entities = vec![principal];
+            self.add_entities(parents, &mut seen, &mut entities);
+            let entities = Entities::from_entities(entities, None).map_err(|e| flatten(&e))?;
+            let m = cache.insert(input.principal, (), PrincipalMemo { generation: self.generation, uid, entities });
             Ok::<_, String>((m.uid.clone(), m.entities.clone()))
         })?;
 
@@ -484,8 +476,10 @@ impl Policies {
 }
 
 thread_local! {
-    static MEMO: RefCell<Option<Memo>> = const { RefCell::new(None) };
-    static PRINCIPALS: RefCell<PrincipalCache> = RefCell::new(PrincipalCache::default());
+    /// The worker's last decision's entities, by its principal.
+    static MEMO: RefCell<ByPrincipal<Memo>> = RefCell::new(ByPrincipal::new(1));
+    /// The principals' parts of the entities.
+    static PRINCIPALS: RefCell<ByPrincipal<PrincipalMemo>> = RefCell::new(ByPrincipal::new(PRINCIPALS_KEPT));
     static CONTEXT: RefCell<Option<(ContextKey, Context)>> = const { RefCell::new(None) };
 }
 
@@ -506,27 +500,17 @@ struct ContextKey {
 /// tags): a few KiB for usual tokens.
 const PRINCIPALS_KEPT: usize = 256;
 
-/// The principals' parts of the entities, by the principal's address.
-#[derive(Default)]
-struct PrincipalCache {
-    map: std::collections::HashMap<usize, PrincipalMemo>,
-    order: std::collections::VecDeque<usize>,
-}
-
 /// A principal's part of the entities: its entity and the entity data above it, closed.
-/// Holding the principal's `Arc` keeps its address from being reused by another principal.
 struct PrincipalMemo {
     generation: u64,
-    principal: Arc<Principal>,
     uid: EntityUid,
     entities: Entities,
 }
 
-/// The entities of a worker's last decision, and what they were built from. Holding the
-/// principal's `Arc` keeps its address from being reused by another principal.
+/// The entities of a worker's last decision, and what they were built from besides its
+/// principal (the key they are kept under).
 struct Memo {
     generation: u64,
-    principal: Arc<Principal>,
     action: EntityUid,
     route: String,
     host: String,
@@ -541,7 +525,6 @@ struct Memo {
 impl Memo {
     fn matches(&self, generation: u64, slice: &Slice, input: &Input<'_>) -> bool {
         self.generation == generation
-            && Arc::ptr_eq(&self.principal, input.principal)
             && self.route == input.route
             && self.path == input.path
             && self.method == input.method

@@ -7,11 +7,11 @@
 //!   nothing, and failing closed (no permit, a forbid, or any evaluation error denies).
 //!
 //! Every [`Decision`] says why: a reason code, the policies that decided and the errors met.
-//! [`facts`] turns a decision's input into a record for the audit log, and back, which is what
+//! [`record`] turns a decision's input into a record for the audit log, and back, which is what
 //! `portcullis authz explain` and `portcullis authz replay` run on.
 
 pub mod cedar;
-pub mod facts;
+pub mod record;
 pub mod rules;
 
 use std::collections::HashMap;
@@ -23,7 +23,7 @@ use portcullis_config::{AuthorizationConfig, AuthorizeConfig, Config};
 use portcullis_core::Principal;
 
 pub use cedar::{DEFAULT_SCHEMA, Policies, Slice, Verdict};
-pub use facts::Facts;
+pub use record::InputRecord;
 pub use rules::{RuleDenial, Rules};
 
 /// What authorization judges.

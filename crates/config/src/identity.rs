@@ -65,7 +65,7 @@ pub enum Listener {
 /// others are only published, so a new key can be announced before it signs and an old one
 /// kept while tokens it signed live); generated, they live in memory and rotate on a
 /// schedule, each new key published one period before it signs and kept one period after.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields, default)]
 pub struct SigningKeysConfig {
     /// `ES256` (default), `ES384`, `EdDSA`, `PS256` or `RS256`.

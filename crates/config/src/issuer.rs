@@ -67,7 +67,7 @@ pub struct IssuerConfig {
 }
 
 /// How an issuer's keys are fetched, cached and refreshed.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeyFetchConfig {
     /// Keys are kept at least this long, whatever `Cache-Control` says.

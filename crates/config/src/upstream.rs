@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::values::Duration;
 
 /// A named upstream service, referred to by routes as `upstream: NAME`.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// One or more base URLs (`http://host:port` or `https://host:port`), used in turn
@@ -70,7 +70,7 @@ pub enum UpstreamProtocol {
 }
 
 /// Timeouts towards an upstream. Expiry is answered with `504` (connect failures `502`).
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamTimeouts {
     /// Time to establish a connection (TCP and TLS).
@@ -91,7 +91,7 @@ impl Default for UpstreamTimeouts {
 /// (connect errors, timeouts, `502`/`503`/`504`) is ejected for `ejection_time`, doubling on
 /// each repeat up to `max_ejection_time`. When every endpoint is ejected, requests are
 /// still tried rather than refused.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealth {
     /// Failures in a row that eject an endpoint.
@@ -113,7 +113,7 @@ impl Default for PassiveHealth {
 }
 
 /// TLS towards an upstream.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// PEM bundle of CAs trusted for the upstream's certificate; the system roots when absent.

@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use portcullis_config::{ConfigErrors, Invalid, LoadedConfig, LogFormat, load_file};
 use portcullis_http::listener;
 use portcullis_proxy::pipeline::Pipeline;
-use portcullis_proxy::{Runtime, Shared};
+use portcullis_proxy::{Lasting, Runtime};
 use portcullis_telemetry::{AccessLog, Metrics, init_logging};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
@@ -71,9 +71,9 @@ pub struct CheckSummary {
 /// start-up (syntax, types, cross-references, unreadable certificates...).
 pub fn check(path: &Path) -> Result<CheckSummary, ConfigErrors> {
     let loaded = load_file(path)?;
-    let shared = Shared::new(Arc::new(Metrics::new()), 1);
+    let lasting = Lasting::new(Arc::new(Metrics::new()), 1);
     admin_tls(&loaded)?;
-    let runtime = Runtime::build(Arc::new(loaded), &shared, None, 1)?;
+    let runtime = Runtime::build(Arc::new(loaded), &lasting, None, 1)?;
     Ok(CheckSummary { routes: runtime.route_ids() })
 }
 
@@ -116,13 +116,13 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
     let admin_addr = loaded.config.admin.as_ref().map(|a| a.listen);
     let admin_tls_at_start = loaded.config.admin.as_ref().and_then(|a| a.tls.clone());
     let metrics = Arc::new(Metrics::new());
-    let shared = Arc::new(Shared::new(metrics.clone(), workers));
+    let lasting = Arc::new(Lasting::new(metrics.clone(), workers));
     let access_log = AccessLog::start(loaded.config.access_log.path.clone(), metrics.access_log_dropped.clone())?;
     access_log.keep_claims(loaded.config.access_log.claims.clone());
     let admin_tls = admin_tls(&loaded).map_err(Error::Config)?;
     let files = watched_files(&path, &loaded);
 
-    let runtime = Runtime::build(Arc::new(loaded), &shared, Some(access_log.clone()), 1).map_err(Error::Config)?;
+    let runtime = Runtime::build(Arc::new(loaded), &lasting, Some(access_log.clone()), 1).map_err(Error::Config)?;
     let routes = runtime.route_ids().len();
     let sockets =
         listener::bind(listen, workers).map_err(|source| Error::Bind { key: "server.listen", addr: listen, source })?;
@@ -155,7 +155,7 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
 
     let mut reloader = Reloader {
         path,
-        shared,
+        lasting,
         swap: swap.clone(),
         access_log,
         watch: FileWatch::new(),
@@ -209,7 +209,7 @@ fn watched_files(path: &Path, loaded: &LoadedConfig) -> Vec<PathBuf> {
 
 struct Reloader {
     path: PathBuf,
-    shared: Arc<Shared>,
+    lasting: Arc<Lasting>,
     swap: Arc<ArcSwap<Runtime>>,
     access_log: AccessLog,
     watch: FileWatch,
@@ -251,16 +251,16 @@ impl Reloader {
     /// succeeds. Requests in flight finish on the runtime they started with.
     async fn reload(&mut self, cause: &'static str) {
         let path = self.path.clone();
-        let shared = self.shared.clone();
+        let lasting = self.lasting.clone();
         let log = self.access_log.clone();
         let generation = self.generation + 1;
         let built = tokio::task::spawn_blocking(move || {
             let loaded = load_file(&path)?;
             let files = watched_files(&path, &loaded);
-            Runtime::build(Arc::new(loaded), &shared, Some(log), generation).map(|rt| (rt, files))
+            Runtime::build(Arc::new(loaded), &lasting, Some(log), generation).map(|rt| (rt, files))
         })
         .await;
-        let metrics = &self.shared.metrics;
+        let metrics = &self.lasting.metrics;
         match built {
             Ok(Ok((runtime, files))) => {
                 let c = &runtime.config.config;

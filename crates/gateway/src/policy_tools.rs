@@ -5,17 +5,17 @@ use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
 
-use portcullis_authz::{Decision, Facts};
+use portcullis_authz::{Decision, InputRecord};
 use portcullis_config::load_file;
-use portcullis_proxy::{Runtime, Shared};
+use portcullis_proxy::{Lasting, Runtime};
 use portcullis_telemetry::Metrics;
 use serde::Serialize;
 
 /// Builds the runtime of a config without serving it.
 fn runtime(config: &Path) -> Result<Runtime, String> {
     let loaded = load_file(config).map_err(|e| e.to_string())?;
-    let shared = Shared::new(Arc::new(Metrics::new()), 1);
-    Runtime::build(Arc::new(loaded), &shared, None, 1).map_err(|e| e.to_string())
+    let lasting = Lasting::new(Arc::new(Metrics::new()), 1);
+    Runtime::build(Arc::new(loaded), &lasting, None, 1).map_err(|e| e.to_string())
 }
 
 /// Why a request would be allowed or denied.
@@ -36,12 +36,12 @@ pub struct Explanation {
     pub errors: Vec<String>,
 }
 
-/// Explains the decision on one request described as [`Facts`] (JSON).
+/// Explains the decision on one request described as an [`InputRecord`] (JSON).
 pub fn explain(config: &Path, request_json: &str) -> Result<Explanation, String> {
     let rt = runtime(config)?;
-    let facts: Facts = serde_json::from_str(request_json).map_err(|e| format!("request: {e}"))?;
-    let principal = std::sync::Arc::new(facts.principal.principal().map_err(|e| format!("request: principal: {e}"))?);
-    Ok(match rt.judge(&facts, &principal).map_err(|e| format!("request: {e}"))? {
+    let input: InputRecord = serde_json::from_str(request_json).map_err(|e| format!("request: {e}"))?;
+    let principal = std::sync::Arc::new(input.principal.principal().map_err(|e| format!("request: principal: {e}"))?);
+    Ok(match rt.judge(&input, &principal).map_err(|e| format!("request: {e}"))? {
         None => Explanation::no_route(),
         Some((route, d)) => explanation(Some(route.to_string()), d),
     })
@@ -159,27 +159,27 @@ pub fn replay(config: &Path, log: impl BufRead) -> Result<Replay, String> {
                 continue;
             }
         };
-        let (Some(facts), Some(was)) = (record.get("authz"), record.get("decision").and_then(|d| d.as_str())) else {
+        let (Some(logged), Some(was)) = (record.get("authz"), record.get("decision").and_then(|d| d.as_str())) else {
             report.skipped += 1;
             continue;
         };
-        let facts: Facts = match serde_json::from_value(facts.clone()) {
+        let input: InputRecord = match serde_json::from_value(logged.clone()) {
             Ok(f) => f,
             Err(e) => {
                 report.unreadable.push(format!("line {}: authz: {e}", i + 1));
                 continue;
             }
         };
-        let principal = match facts.principal.principal() {
+        let principal = match input.principal.principal() {
             Ok(p) => std::sync::Arc::new(p),
             Err(e) => {
                 report.unreadable.push(format!("line {}: principal: {e}", i + 1));
                 continue;
             }
         };
-        let now = match rt.judge(&facts, &principal) {
+        let now = match rt.judge(&input, &principal) {
             Ok(Some((route, d))) => {
-                let withheld = &facts.principal.claims_withheld;
+                let withheld = &input.principal.claims_withheld;
                 let missing = rt.route_authz(&route).map(|a| a.claims_read().missing(withheld)).unwrap_or_default();
                 if !missing.is_empty() {
                     let names = missing.join(", ");
@@ -187,7 +187,7 @@ pub fn replay(config: &Path, log: impl BufRead) -> Result<Replay, String> {
                     report.not_judged.push(NotJudged {
                         line: i + 1,
                         request_id: record.get("request_id").and_then(|v| v.as_str()).map(str::to_string),
-                        request: format!("{} {}", facts.method, facts.path),
+                        request: format!("{} {}", input.method, input.path),
                         route: route.to_string(),
                         was: was.to_string(),
                         missing_claims: missing.iter().map(|m| m.to_string()).collect(),
@@ -214,7 +214,7 @@ pub fn replay(config: &Path, log: impl BufRead) -> Result<Replay, String> {
             time: text("time"),
             request_id: text("request_id"),
             principal: text("principal"),
-            request: format!("{} {}", facts.method, facts.path),
+            request: format!("{} {}", input.method, input.path),
             was: was.to_string(),
             now,
         };

@@ -13,7 +13,7 @@ pub mod signing_keys;
 
 pub use propagate::Propagation;
 pub use service::{Caller, Endpoint, OAuthError, TokenService};
-pub use signing_keys::{KeyRing, Registry};
+pub use signing_keys::{KeyRing, KeyRings};
 
 /// A random, unguessable identifier (128 bits, base64url): token ids.
 pub(crate) fn random_id() -> String {

@@ -8,29 +8,27 @@
 //!   names is removed first, so they cannot be spoofed.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use portcullis_config::{Invalid, RouteConfig, TokenServiceConfig};
 use portcullis_core::ClaimPath;
-use portcullis_core::{Principal, Problem};
+use portcullis_core::{ByPrincipal, Principal, Problem};
 use portcullis_jose::EncryptionKey;
 use serde_json::{Map, Value, json};
 
 use crate::signing_keys::{KeyRing, unix_now};
 
-/// Minted tokens a worker keeps before it starts over.
+/// Minted tokens a worker keeps (the oldest is dropped first).
 const CACHE_CAPACITY: usize = 4096;
 
 thread_local! {
-    static MINTED: RefCell<HashMap<(usize, u64), Minted, foldhash::fast::RandomState>> = RefCell::default();
+    /// By principal and route (its [`InternalToken::id`]).
+    static MINTED: RefCell<ByPrincipal<Minted, u64>> = RefCell::new(ByPrincipal::new(CACHE_CAPACITY));
 }
 
 struct Minted {
-    /// Held so that the address in the key cannot be reused by another principal.
-    _principal: Arc<Principal>,
     value: HeaderValue,
     refresh_at: u64,
     key_generation: u64,
@@ -176,9 +174,10 @@ impl InternalToken {
     fn header_value(&self, principal: &Arc<Principal>) -> Result<HeaderValue, String> {
         let now = unix_now();
         let keys = self.ring.keys_at(now);
-        let key = (Arc::as_ptr(principal) as usize, self.id);
         let cached = MINTED.with_borrow(|m| {
-            m.get(&key).filter(|e| e.refresh_at > now && e.key_generation == keys.generation).map(|e| e.value.clone())
+            m.get(principal, self.id)
+                .filter(|e| e.refresh_at > now && e.key_generation == keys.generation)
+                .map(|e| e.value.clone())
         });
         if let Some(v) = cached {
             return Ok(v);
@@ -191,18 +190,7 @@ impl InternalToken {
         value.set_sensitive(true);
         let refresh_at = now + (exp.saturating_sub(now)) * 2 / 3;
         MINTED.with_borrow_mut(|m| {
-            if m.len() >= CACHE_CAPACITY {
-                m.clear();
-            }
-            m.insert(
-                key,
-                Minted {
-                    _principal: principal.clone(),
-                    value: value.clone(),
-                    refresh_at,
-                    key_generation: keys.generation,
-                },
-            );
+            m.insert(principal, self.id, Minted { value: value.clone(), refresh_at, key_generation: keys.generation });
         });
         Ok(value)
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::StatusCode;
 use portcullis_authn::jwks::{KeyStore, Policy};
-use portcullis_authn::{Authenticator, AuthnError, ClientCert, Issuer};
+use portcullis_authn::{AuthnError, ClientCert, Issuer, RouteAuthenticator};
 use portcullis_authz::{Policies, RouteAuthz};
 use portcullis_config::{AuthorizationConfig, Invalid, IssuerConfig, KeyFetchConfig, Listener, TokenServiceConfig};
 use portcullis_core::{AuthnMethod, Principal, PrincipalKind};
@@ -159,7 +159,7 @@ pub struct TokenService {
     on_admin: bool,
     audiences: HashMap<String, AudienceGrant>,
     /// Checks subject and actor tokens of the configured issuers and introspection.
-    tokens: Option<Authenticator>,
+    tokens: Option<RouteAuthenticator>,
     clients: HashMap<String, Client>,
     state: Option<State>,
 }
@@ -178,7 +178,7 @@ impl TokenService {
         ring: Arc<KeyRing>,
         authorization: &AuthorizationConfig,
         policies: Option<&Arc<Policies>>,
-        tokens: Option<Authenticator>,
+        tokens: Option<RouteAuthenticator>,
         state: Option<State>,
     ) -> Result<TokenService, Vec<Invalid>> {
         let mut errors = Vec::new();

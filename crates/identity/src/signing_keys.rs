@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use portcullis_config::SigningKeysConfig;
+use portcullis_core::FileStamp;
 use portcullis_jose::{Algorithm, SigningKey, VerifyingKey};
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
@@ -165,28 +166,38 @@ fn generate(alg: Algorithm) -> Result<Arc<SigningKey>, String> {
     Ok(Arc::new(key.with_kid(kid)))
 }
 
-/// Key rings that outlive a config: a reload whose signing settings (and key files) did not
-/// change keeps its keys, so tokens already handed out stay verifiable.
+/// The gateway's signing key rings, kept across reloads: a reload whose signing settings (and
+/// key files) did not change keeps its keys, so tokens already handed out stay verifiable.
 #[derive(Debug, Default)]
-pub struct Registry {
-    rings: Mutex<HashMap<String, Weak<KeyRing>>>,
+pub struct KeyRings {
+    rings: Mutex<HashMap<RingSource, Weak<KeyRing>>>,
 }
 
-impl Registry {
+/// What makes two signing-key settings one key ring: the settings, and the key files as they
+/// are on disk.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct RingSource {
+    settings: SigningKeysConfig,
+    files: Vec<FileStamp>,
+}
+
+impl RingSource {
+    fn of(cfg: &SigningKeysConfig) -> RingSource {
+        RingSource { settings: cfg.clone(), files: cfg.files.iter().map(|f| FileStamp::of(f)).collect() }
+    }
+}
+
+impl KeyRings {
     /// The key ring for `cfg`, the same as before when nothing changed.
     pub fn ring(&self, cfg: &SigningKeysConfig) -> Result<Arc<KeyRing>, (String, String)> {
-        let mut key = serde_json::to_string(cfg).unwrap_or_default();
-        for f in &cfg.files {
-            let meta = std::fs::metadata(f).ok();
-            key.push_str(&format!("\n{:?}{:?}", meta.as_ref().map(|m| m.len()), meta.and_then(|m| m.modified().ok())));
-        }
+        let source = RingSource::of(cfg);
         let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
         rings.retain(|_, w| w.strong_count() > 0);
-        if let Some(r) = rings.get(&key).and_then(Weak::upgrade) {
+        if let Some(r) = rings.get(&source).and_then(Weak::upgrade) {
             return Ok(r);
         }
         let ring = Arc::new(KeyRing::new(cfg)?);
-        rings.insert(key, Arc::downgrade(&ring));
+        rings.insert(source, Arc::downgrade(&ring));
         Ok(ring)
     }
 }
@@ -225,6 +236,16 @@ mod tests {
         let third = ring.keys();
         assert!(!kids(&third).contains(&first.current.kid().to_string()));
         assert!(third.verifier(first.current.kid()).is_none());
+    }
+
+    #[test]
+    fn key_rings_are_kept_while_their_settings_are_unchanged() {
+        let rings = KeyRings::default();
+        let cfg = SigningKeysConfig::default();
+        let first = rings.ring(&cfg).unwrap();
+        assert!(Arc::ptr_eq(&first, &rings.ring(&cfg.clone()).unwrap()), "the same settings");
+        let other = SigningKeysConfig { rotate_every: portcullis_config::values::Duration::from_secs(3600), ..cfg };
+        assert!(!Arc::ptr_eq(&first, &rings.ring(&other).unwrap()), "other settings");
     }
 
     #[test]

@@ -15,4 +15,4 @@ pub mod tls;
 pub mod token_endpoint;
 pub mod upstream;
 
-pub use runtime::{Runtime, Shared};
+pub use runtime::{Lasting, Runtime};

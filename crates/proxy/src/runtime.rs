@@ -11,34 +11,63 @@ use ipnet::IpNet;
 use portcullis_config::{
     ConfigErrors, ECHO_UPSTREAM, ForwardedHeaders, Invalid, LoadedConfig, RouteConfig, SpiffeConfig, UpstreamConfig,
 };
-use portcullis_core::Principal;
+use portcullis_core::{FileStamp, Principal};
 use portcullis_http::ServerSettings;
 use portcullis_telemetry::{Metrics, RouteMetrics};
 
 use crate::router::{Matcher, Router};
 use crate::upstream::Upstream;
 
-/// State that outlives any one config: metrics, and upstream connection pools reused by
-/// later configs whose upstream settings are unchanged.
+/// State that outlives any one config: metrics, and what later configs reuse while their
+/// settings are unchanged (issuers' key stores, signing key rings, upstream connection pools).
 #[derive(Debug)]
-pub struct Shared {
+pub struct Lasting {
     /// Every metric.
     pub metrics: Arc<Metrics>,
     /// Data-plane worker threads (fixed for the life of the process).
     pub workers: usize,
-    /// Key stores of token issuers, kept across reloads.
-    pub authn: portcullis_authn::Registry,
+    /// Key stores of token issuers and the shared-state backend, kept across reloads.
+    pub authn: portcullis_authn::Retained,
     /// The gateway's signing keys, kept across reloads.
-    pub identity: portcullis_identity::Registry,
-    /// Upstreams by their settings; weak so that ones no config uses any more are freed.
+    pub key_rings: portcullis_identity::KeyRings,
+    /// Upstreams by their source; weak so that ones no config uses any more are freed.
     /// Locked only while a config is compiled, never on the request path.
-    upstreams: Mutex<HashMap<String, Weak<Upstream>>>,
+    upstreams: Mutex<HashMap<UpstreamSource, Weak<Upstream>>>,
 }
 
-impl Shared {
-    /// Shared state with these metrics, for `workers` data-plane workers.
+/// What makes two upstream configs one pool: the name, the settings, and the files the
+/// connections read (CA, client certificate and key, the gateway's SVID, the trust bundle)
+/// as they are on disk, so a changed file (a rotated SVID, a new trust bundle) builds a new
+/// pool.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct UpstreamSource {
+    name: String,
+    settings: UpstreamConfig,
+    files: Vec<FileStamp>,
+}
+
+impl UpstreamSource {
+    fn of(name: &str, cfg: &UpstreamConfig, spiffe: &SpiffeConfig) -> UpstreamSource {
+        let mut files = Vec::new();
+        if let Some(tls) = &cfg.tls {
+            let svid = spiffe.svid.as_ref().filter(|_| tls.svid).map(|s| [&s.cert, &s.key]);
+            let bundle = tls
+                .spiffe_id
+                .as_deref()
+                .and_then(portcullis_core::spiffe::parse_id)
+                .and_then(|(domain, _)| spiffe.trust_domains.get(domain));
+            let paths =
+                [&tls.ca, &tls.cert, &tls.key].into_iter().flatten().chain(svid.into_iter().flatten()).chain(bundle);
+            files.extend(paths.map(|f| FileStamp::of(f)));
+        }
+        UpstreamSource { name: name.to_string(), settings: cfg.clone(), files }
+    }
+}
+
+impl Lasting {
+    /// Lasting state with these metrics, for `workers` data-plane workers.
     pub fn new(metrics: Arc<Metrics>, workers: usize) -> Self {
-        Self { metrics, workers, authn: Default::default(), identity: Default::default(), upstreams: Mutex::default() }
+        Self { metrics, workers, authn: Default::default(), key_rings: Default::default(), upstreams: Mutex::default() }
     }
 
     fn upstream(
@@ -48,27 +77,7 @@ impl Shared {
         spiffe: &SpiffeConfig,
         at: &str,
     ) -> Result<Arc<Upstream>, Vec<Invalid>> {
-        // The key covers the settings and the state of any files they name, so a changed
-        // CA or client certificate (a rotated SVID, a new trust bundle) builds a new pool.
-        let mut key = format!("{name}\n{}", serde_json::to_string(cfg).unwrap_or_default());
-        if let Some(tls) = &cfg.tls {
-            let svid = spiffe.svid.as_ref().filter(|_| tls.svid).map(|s| [&s.cert, &s.key]);
-            let bundle = tls
-                .spiffe_id
-                .as_deref()
-                .and_then(portcullis_core::spiffe::parse_id)
-                .and_then(|(domain, _)| spiffe.trust_domains.get(domain));
-            let files =
-                [&tls.ca, &tls.cert, &tls.key].into_iter().flatten().chain(svid.into_iter().flatten()).chain(bundle);
-            for f in files {
-                let meta = std::fs::metadata(f).ok();
-                key.push_str(&format!(
-                    "\n{:?}{:?}",
-                    meta.as_ref().map(|m| m.len()),
-                    meta.and_then(|m| m.modified().ok())
-                ));
-            }
-        }
+        let key = UpstreamSource::of(name, cfg, spiffe);
         let mut cache = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
         cache.retain(|_, w| w.strong_count() > 0);
         if let Some(up) = cache.get(&key).and_then(Weak::upgrade) {
@@ -89,13 +98,13 @@ pub enum Target {
     Upstream(Arc<Upstream>),
 }
 
-/// How a route authenticates callers.
+/// Whether a route's callers must authenticate, and how.
 #[derive(Debug)]
-pub enum Authn {
+pub enum Authentication {
     /// A public route: every caller is the anonymous principal.
     Public,
     /// Callers must present one of the route's accepted credentials.
-    Required(portcullis_authn::Authenticator),
+    Required(portcullis_authn::RouteAuthenticator),
 }
 
 /// A compiled route.
@@ -106,7 +115,7 @@ pub struct Route {
     /// Where requests go.
     pub target: Target,
     /// How callers authenticate.
-    pub authn: Authn,
+    pub authn: Authentication,
     /// What a caller must have or be: the route's rules and its slice of the policies.
     pub authz: portcullis_authz::RouteAuthz,
     /// Time to wait for the upstream's response head.
@@ -162,7 +171,7 @@ pub struct Runtime {
     pub(crate) guarded_headers: Arc<[http::HeaderName]>,
     /// The token service, when configured.
     pub token_service: Option<Arc<portcullis_identity::TokenService>>,
-    authn: portcullis_authn::Authn,
+    verifiers: portcullis_authn::Verifiers,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -175,7 +184,7 @@ impl Runtime {
     /// Compiles `config`. Every problem found is returned, located in the config file.
     pub fn build(
         config: Arc<LoadedConfig>,
-        shared: &Shared,
+        lasting: &Lasting,
         access_log: Option<portcullis_telemetry::AccessLog>,
         generation: u64,
     ) -> Result<Runtime, ConfigErrors> {
@@ -191,7 +200,7 @@ impl Runtime {
 
         let mut upstreams = HashMap::new();
         for (name, up) in &c.upstreams {
-            match shared.upstream(name, up, &c.spiffe, &format!("upstreams.{name}")) {
+            match lasting.upstream(name, up, &c.spiffe, &format!("upstreams.{name}")) {
                 Ok(u) => {
                     upstreams.insert(name.as_str(), u);
                 }
@@ -199,11 +208,11 @@ impl Runtime {
             }
         }
 
-        let authn = match portcullis_authn::Authn::build(c, &shared.authn) {
+        let verifiers = match portcullis_authn::Verifiers::build(c, &lasting.authn) {
             Ok(a) => a,
             Err(e) => {
                 errors.extend(e);
-                portcullis_authn::Authn::default()
+                portcullis_authn::Verifiers::default()
             }
         };
 
@@ -213,14 +222,14 @@ impl Runtime {
         });
 
         let ring = c.token_service.as_ref().and_then(|ts| {
-            shared
-                .identity
+            lasting
+                .key_rings
                 .ring(&ts.keys)
                 .map_err(|(key, msg)| errors.push(Invalid::new(format!("token_service.keys.{key}"), msg)))
                 .ok()
         });
         let token_service = match (&c.token_service, &ring) {
-            (Some(ts), Some(ring)) => token_service(c, ts, ring, &authn, policies.as_ref(), shared)
+            (Some(ts), Some(ring)) => token_service(c, ts, ring, &verifiers, policies.as_ref(), lasting)
                 .map_err(|e| errors.extend(e))
                 .ok()
                 .map(Arc::new),
@@ -246,7 +255,7 @@ impl Runtime {
                     .ok()
                     .flatten();
             let route =
-                compile_route(rc, &at, shared, &authn, authz, &upstreams, c.server.limits.max_body_bytes.bytes())
+                compile_route(rc, &at, lasting, &verifiers, authz, &upstreams, c.server.limits.max_body_bytes.bytes())
                     .map_err(|e| errors.extend(e))
                     .ok()
                     .map(|r| Route { propagate, ..r });
@@ -303,24 +312,24 @@ impl Runtime {
             trusted_proxies: c.server.trusted_proxies.clone(),
             forwarded: c.server.forwarded_headers,
             access_log: access_log.filter(|_| c.access_log.enabled),
-            no_route: shared.metrics.route("(none)"),
+            no_route: lasting.metrics.route("(none)"),
             anonymous: Principal::anonymous(),
             guarded_headers: guarded_headers(c, &identity_headers),
             identity_headers,
             token_service,
-            authn,
+            verifiers,
             config,
         })
     }
 
     /// Whether everything needed to serve is loaded (issuers' keys): `/readyz`.
     pub fn ready(&self) -> bool {
-        self.authn.ready()
+        self.verifiers.ready()
     }
 
     /// The ids of the issuers without usable keys: routes that need one are not ready.
     pub fn issuers_without_keys(&self) -> Vec<Arc<str>> {
-        self.authn.issuers_without_keys()
+        self.verifiers.issuers_without_keys()
     }
 
     /// A route's authorization, by id (for `authz replay`).
@@ -334,11 +343,11 @@ impl Runtime {
     }
 
     /// Authorizes a described request offline, as the pipeline would (for `authz explain`
-    /// and `authz replay`): the route named by the facts (or matched from their method,
+    /// and `authz replay`): the route named by the record (or matched from its method,
     /// host and path), then its rules and policies. `None` when no route takes the request.
     pub fn judge(
         &self,
-        facts: &portcullis_authz::Facts,
+        facts: &portcullis_authz::InputRecord,
         principal: &Arc<Principal>,
     ) -> Result<Option<(Arc<str>, portcullis_authz::Decision)>, String> {
         let method = http::Method::from_bytes(facts.method.as_bytes()).map_err(|_| "invalid method".to_string())?;
@@ -380,8 +389,8 @@ impl Runtime {
 fn compile_route(
     rc: &RouteConfig,
     at: &str,
-    shared: &Shared,
-    authn: &portcullis_authn::Authn,
+    lasting: &Lasting,
+    verifiers: &portcullis_authn::Verifiers,
     authz: portcullis_authz::RouteAuthz,
     upstreams: &HashMap<&str, Arc<Upstream>>,
     default_max_body: u64,
@@ -392,7 +401,7 @@ fn compile_route(
     } else if rc.upstream.contains("://") {
         // A URL: an anonymous upstream with default settings, named after the route.
         let cfg = UpstreamConfig::for_endpoint(rc.upstream.clone());
-        match shared.upstream(&rc.id, &cfg, &SpiffeConfig::default(), &format!("{at}.upstream")) {
+        match lasting.upstream(&rc.id, &cfg, &SpiffeConfig::default(), &format!("{at}.upstream")) {
             Ok(u) => {
                 let t = u.request_timeout;
                 (Some(Target::Upstream(u)), t)
@@ -411,9 +420,9 @@ fn compile_route(
         }
     };
 
-    let authn = match authn.route(rc, at) {
-        Ok(None) => Some(Authn::Public),
-        Ok(Some(a)) => Some(Authn::Required(a)),
+    let authn = match verifiers.route(rc, at) {
+        Ok(None) => Some(Authentication::Public),
+        Ok(Some(a)) => Some(Authentication::Required(a)),
         Err(e) => {
             errors.extend(e);
             None
@@ -456,7 +465,7 @@ fn compile_route(
             max_body: rc.limits.as_ref().map_or(default_max_body, |l| l.max_body_bytes.bytes()),
             rewrite,
             propagate: None,
-            metrics: shared.metrics.route(&rc.id),
+            metrics: lasting.metrics.route(&rc.id),
         }),
         _ => Err(errors),
     }
@@ -468,9 +477,9 @@ fn token_service(
     c: &portcullis_config::Config,
     ts: &portcullis_config::TokenServiceConfig,
     ring: &Arc<portcullis_identity::KeyRing>,
-    authn: &portcullis_authn::Authn,
+    verifiers: &portcullis_authn::Verifiers,
     policies: Option<&Arc<portcullis_authz::Policies>>,
-    shared: &Shared,
+    lasting: &Lasting,
 ) -> Result<portcullis_identity::TokenService, Vec<Invalid>> {
     let mut methods = Vec::new();
     if !c.issuers.is_empty() {
@@ -486,9 +495,9 @@ fn token_service(
             "id": "token_service", "upstream": ECHO_UPSTREAM, "authenticate": methods,
         }))
         .map_err(|e| vec![Invalid::new("token_service", e.to_string())])?;
-        authn.route(&rc, "token_service")?
+        verifiers.route(&rc, "token_service")?
     };
-    let state = shared.authn.state(&c.state).ok();
+    let state = lasting.authn.state(&c.state).ok();
     portcullis_identity::TokenService::new(ts, ring.clone(), &c.authorization, policies, tokens, state)
 }
 

@@ -8,7 +8,7 @@ use portcullis_core::{Principal, Problem};
 use super::admit::Authority;
 use super::context::Connection;
 use crate::headers;
-use crate::runtime::{Authn, Route, Runtime};
+use crate::runtime::{Authentication, Route, Runtime};
 
 /// The caller, or why it could not be told. Unless the route passes the caller's
 /// credential through, the credential is removed from the request here.
@@ -20,8 +20,8 @@ pub async fn authenticate(
     parts: &mut http::request::Parts,
 ) -> Result<Arc<Principal>, Problem> {
     let a = match &route.authn {
-        Authn::Public => return Ok(rt.anonymous.clone()),
-        Authn::Required(a) => a,
+        Authentication::Public => return Ok(rt.anonymous.clone()),
+        Authentication::Required(a) => a,
     };
     let (https, origin) = headers::external_origin(
         &parts.headers,

@@ -45,7 +45,7 @@ pub fn authorize(
     if route.authz.uses_cedar() || !decision.allowed {
         // Claims the log does not keep are withheld here, before the record is built.
         let facts = rt.access_log.as_ref().and_then(|log| {
-            let mut facts = portcullis_authz::Facts::of(&input);
+            let mut facts = portcullis_authz::InputRecord::of(&input);
             facts.principal.withhold_claims(&log.kept_claims());
             serde_json::to_value(facts).ok()
         });

@@ -1,4 +1,4 @@
-//! The facts a decision was made on, as a record: written to the audit log with every
+//! A decision's input as a record ([`InputRecord`]): written to the audit log with every
 //! decision, read back by `portcullis authz explain` (a request described by hand) and
 //! `portcullis authz replay` (past decisions judged by new policies).
 
@@ -13,10 +13,11 @@ use serde_json::{Map, Value};
 
 use crate::Input;
 
-/// A decision's input, owned and serialisable.
+/// A decision's input, owned and serialisable: the record the audit log keeps and the
+/// request `authz explain` and `authz replay` read.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct Facts {
+pub struct InputRecord {
     /// The route's id (matched from the method, host and path when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
@@ -32,16 +33,16 @@ pub struct Facts {
     pub params: BTreeMap<String, String>,
     /// Who.
     #[serde(default)]
-    pub principal: PrincipalFacts,
+    pub principal: PrincipalRecord,
     /// In what context.
     #[serde(default)]
-    pub context: ContextFacts,
+    pub context: ContextRecord,
 }
 
 /// The principal, as a record.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct PrincipalFacts {
+pub struct PrincipalRecord {
     /// `user`, `client`, `workload` or `anonymous` (derived from the claims when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
@@ -79,7 +80,7 @@ pub struct PrincipalFacts {
     pub claims_withheld: Vec<String>,
 }
 
-impl PrincipalFacts {
+impl PrincipalRecord {
     /// Keeps only the claims `keep` names (`access_log.claims`); the names of the others go
     /// to `claims_withheld`, their values nowhere.
     pub fn withhold_claims(&mut self, keep: &[String]) {
@@ -100,7 +101,7 @@ impl PrincipalFacts {
 /// The context, as a record.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct ContextFacts {
+pub struct ContextRecord {
     /// The client's address.
     #[serde(default = "unspecified")]
     pub client_ip: IpAddr,
@@ -118,9 +119,9 @@ pub struct ContextFacts {
     pub risk: Option<i64>,
 }
 
-impl Default for ContextFacts {
+impl Default for ContextRecord {
     fn default() -> Self {
-        ContextFacts { client_ip: unspecified(), time: None, tls: false, mtls: false, risk: None }
+        ContextRecord { client_ip: unspecified(), time: None, tls: false, mtls: false, risk: None }
     }
 }
 
@@ -128,18 +129,18 @@ fn unspecified() -> IpAddr {
     IpAddr::V4(Ipv4Addr::UNSPECIFIED)
 }
 
-impl Facts {
+impl InputRecord {
     /// The record of a request's input.
-    pub fn of(input: &Input<'_>) -> Facts {
+    pub fn of(input: &Input<'_>) -> InputRecord {
         let p = input.principal;
         let s = |v: &Option<Arc<str>>| v.as_deref().map(str::to_string);
-        Facts {
+        InputRecord {
             route: Some(input.route.to_string()),
             method: input.method.to_string(),
             host: input.host.to_string(),
             path: input.path.to_string(),
             params: input.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            principal: PrincipalFacts {
+            principal: PrincipalRecord {
                 kind: Some(kind_name(p.kind).to_string()),
                 auth_method: Some(p.method.as_str().to_string()),
                 subject: s(&p.subject),
@@ -152,7 +153,7 @@ impl Facts {
                 claims: p.claims.as_ref().map(|c| c.map().clone()).unwrap_or_default(),
                 claims_withheld: Vec::new(),
             },
-            context: ContextFacts {
+            context: ContextRecord {
                 client_ip: input.client_ip,
                 time: input.now.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs()),
                 tls: input.tls,
@@ -168,8 +169,8 @@ impl Facts {
     }
 }
 
-impl PrincipalFacts {
-    /// The principal these facts describe. Fields the record leaves out are taken from the
+impl PrincipalRecord {
+    /// The principal this record describes. Fields the record leaves out are taken from the
     /// claims the way token authentication takes them (`sub`, `client_id`/`azp`,
     /// `scope`/`scp`, `iat`; a SPIFFE ID in `sub` makes a workload).
     pub fn principal(&self) -> Result<Principal, String> {
@@ -245,9 +246,9 @@ mod tests {
 
     #[test]
     fn claims_not_kept_are_withheld_by_name() {
-        let mut p = PrincipalFacts {
+        let mut p = PrincipalRecord {
             claims: serde_json::from_str(r#"{"sub":"a","email":"a@example.com","roles":["r"]}"#).unwrap(),
-            ..PrincipalFacts::default()
+            ..PrincipalRecord::default()
         };
         p.withhold_claims(&["roles".to_string()]);
         assert_eq!(Value::Object(p.claims.clone()), serde_json::json!({"roles": ["r"]}));
