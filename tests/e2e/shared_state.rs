@@ -45,7 +45,7 @@ impl Redis {
             .args(["--dir", self._dir.path().to_str().unwrap()])
             .args(&self.args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(self._dir.path().join("redis.log")).unwrap())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (test.sh installs it)");
@@ -54,7 +54,10 @@ impl Redis {
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 // The port was taken: the caller tries another.
-                let _ = status;
+                eprintln!(
+                    "redis-server exited with {status}: {}",
+                    std::fs::read_to_string(self._dir.path().join("redis.log")).unwrap_or_default()
+                );
                 self.child = None;
                 return false;
             }
@@ -243,6 +246,46 @@ async fn a_redis_outage_fails_closed_quickly_and_recovers_without_a_restart() {
         .map(|k| gw.metric(&format!("portcullis_state_errors_total{{kind=\"{k}\"}}")))
         .sum();
     assert!(errors >= 3.0, "{m}");
+}
+
+/// A Redis ACL user whose password comes from a file: the replica is ready only when Redis
+/// accepts it, and a wrong one keeps it out of readiness.
+#[tokio::test]
+async fn redis_credentials_from_config_secrets() {
+    let redis = Redis::start(&[
+        "--user",
+        "gw",
+        "on",
+        ">s3cret-pass",
+        "~portcullis:*",
+        "+set",
+        "+ping",
+        "+client",
+        "+select",
+        "--user",
+        "default",
+        "off",
+    ]);
+    let body = |pass: &str| {
+        let dir = TempDir::new("redis-acl");
+        dir.write("redis.pass", format!("{pass}\n"));
+        let config = format!(
+            "state:\n  backend: redis\n  redis_url: {}\n  redis:\n    username: gw\n    password: {{ file: redis.pass }}\n    timeout: 200ms\nroutes:\n  - id: r\n    upstream: echo\n    authenticate: [none]\n",
+            redis.url()
+        );
+        (dir, config)
+    };
+    let (dir, config) = body("s3cret-pass");
+    let gw = Gateway::start_in(dir, &config);
+    assert_eq!(admin_get(gw.admin, "/readyz").unwrap().0, 200);
+    let (dir, config) = body("wrong-pass");
+    let mut bad = Gateway::start_alive_in(dir, &config);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, text) = admin_get(bad.admin, "/readyz").unwrap();
+    assert_eq!(status, 503, "{text}");
+    let log = bad.stderr();
+    assert!(!log.contains("s3cret-pass") && !log.contains("wrong-pass"), "{log}");
+    bad.terminate(Duration::from_secs(5));
 }
 
 #[test]
