@@ -23,7 +23,8 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// A server on a free port, with extra arguments (`--requirepass x`).
+    /// A server on a free port, with extra arguments (`--requirepass x`; `{port}` in them is
+    /// the port).
     pub fn start(args: &[&str]) -> Redis {
         for _ in 0..3 {
             let mut r = Redis {
@@ -43,7 +44,7 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--dir", self._dir.path().to_str().unwrap()])
-            .args(&self.args)
+            .args(self.args.iter().map(|a| a.replace("{port}", &self.port.to_string())))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(self._dir.path().join("redis.log")).unwrap())
             .stderr(Stdio::null())
@@ -286,6 +287,49 @@ async fn redis_credentials_from_config_secrets() {
     let log = bad.stderr();
     assert!(!log.contains("s3cret-pass") && !log.contains("wrong-pass"), "{log}");
     bad.terminate(Duration::from_secs(5));
+}
+
+/// `rediss://` with the server verified against a CA and a client certificate (Redis asks
+/// for one): the replica is ready once the TLS connection answers, and serves DPoP.
+#[tokio::test]
+async fn rediss_with_a_private_ca_and_a_client_certificate() {
+    let ca = crate::pki::Ca::new("redis-ca");
+    let (server, client_pair) = (ca.server(), ca.client("gateway"));
+    let files = TempDir::new("redis-tls");
+    let path = |name: &str, text: &str| files.write(name, text).to_str().unwrap().to_string();
+    let (ca_pem, cert, key) = (path("ca.pem", &ca.pem()), path("s.pem", &server.cert), path("s-key.pem", &server.key));
+    let redis = Redis::start(&[
+        "--port",
+        "0",
+        "--tls-port",
+        "{port}",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca_pem,
+        "--tls-auth-clients",
+        "yes",
+    ]);
+    let dir = TempDir::new("gw-redis-tls");
+    dir.write("ca.pem", ca.pem());
+    dir.write("c.pem", &client_pair.cert);
+    dir.write("c-key.pem", &client_pair.key);
+    let f = Fixture::new(&redis).await;
+    let config = f.config.replace(
+        &format!("redis_url: {}\n", redis.url()),
+        &format!(
+            "redis_url: rediss://127.0.0.1:{}\n  redis:\n    timeout: 500ms\n    tls: {{ ca: ca.pem, cert: c.pem, key: c-key.pem }}\n",
+            redis.port
+        ),
+    );
+    let gw = Gateway::start_in(dir, &config);
+    let authority = gw.addr.to_string();
+    let token = f.token().await;
+    let proof = f.proof(&gw.url("/dpop/t"), &token).await;
+    assert_eq!(send(&gw, &authority, "/dpop/t", &token, &proof).await.status(), 200);
+    problem(send(&gw, &authority, "/dpop/t", &token, &proof).await, 401).await;
 }
 
 #[test]
