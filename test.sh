@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests start as real peers
-# (Python with PyJWT, jwcrypto and gRPC; Node with oidc-provider), checks the dependencies
-# against deny.toml (installing cargo-deny if needed), then runs every test.
+# (Python with PyJWT, jwcrypto and gRPC; Node with oidc-provider; redis-server), checks the
+# dependencies against deny.toml (installing cargo-deny if needed), then runs every test.
 # Arguments go to `cargo test` (e.g. `./test.sh --test e2e proxy::`).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -13,6 +13,9 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
 missing=()
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+# Redis for the shared-state tests; each test starts its own on a free port (the system
+# service is not used by them).
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if ! command -v cargo >/dev/null 2>&1; then
   echo "test.sh: needs a Rust toolchain (cargo, Rust >= 1.89) on PATH" >&2
   exit 1

@@ -102,6 +102,11 @@ impl Gateway {
         Self::start_with(TempDir::new("gw"), body, "/healthz")
     }
 
+    /// Like [`Gateway::start_alive`], in a folder the test already filled.
+    pub fn start_alive_in(dir: TempDir, body: &str) -> Gateway {
+        Self::start_with(dir, body, "/healthz")
+    }
+
     /// Like [`Gateway::start`], in a folder the test already filled (certificates...).
     pub fn start_in(dir: TempDir, body: &str) -> Gateway {
         Self::start_with(dir, body, "/readyz")

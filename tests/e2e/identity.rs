@@ -775,3 +775,62 @@ routes:
     let r = client().get(gw.url("/billing/invoices")).bearer_auth(&subject).send().await.unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// Replicas sharing a Redis: a client assertion accepted by one is refused by the other; with
+/// Redis down, the assertion cannot be checked and the token endpoint fails closed.
+#[tokio::test]
+async fn a_client_assertion_replayed_to_another_replica_is_refused() {
+    let mut redis = crate::shared_state::Redis::start(&[]);
+    let client_keys = rp("sig_keygen", json!({"alg": "ES256", "kid": "reporting-1"}));
+    let idp = Idp::start();
+    idp.key("ec", "ES256").await;
+    let config = format!(
+        "state:\n  backend: redis\n  redis_url: {}\n{}\ntoken_service:\n  issuer: {ISSUER}\n  clients:\n    - id: reporting\n      jwks_file: reporting.jwks.json\n      scopes: [reports.read]\n  audiences:\n    reports-api:\n      scopes: [reports.read]\n      client_credentials: {{ clients: [reporting] }}\n{NO_ROUTES}",
+        redis.url(),
+        issuer_yaml(&idp, ""),
+    );
+    let replica = || {
+        let dir = TempDir::new("pkjwt-replica");
+        dir.write("reporting.jwks.json", client_keys["jwks"].to_string());
+        Gateway::start_in(dir, &config)
+    };
+    let (a, b) = (replica(), replica());
+    let assertion = |jti: &str| {
+        let claims = json!({"iss": "reporting", "sub": "reporting", "aud": format!("{ISSUER}/oauth2/token"), "jti": jti, "iat": now(), "exp": now() + 60});
+        rp(
+            "sign",
+            json!({"private_pem": client_keys["private_pem"], "alg": "ES256", "kid": "reporting-1", "claims": claims}),
+        )["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let send = |gw: &Gateway, a: String| {
+        let url = gw.url("/oauth2/token");
+        async move {
+            let form = [
+                ("grant_type", "client_credentials".to_string()),
+                ("audience", "reports-api".to_string()),
+                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_string()),
+                ("client_assertion", a),
+            ];
+            client().post(url).form(&form).send().await.unwrap()
+        }
+    };
+    let good = assertion("r1");
+    let (status, body) = token_response(send(&a, good.clone()).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        token_response(send(&b, good).await).await,
+        (
+            401,
+            json!({"error": "invalid_client", "error_description": "the client assertion is not valid: it was used before"})
+        )
+    );
+    // Redis down: refused, never issued unchecked.
+    redis.stop();
+    let r = send(&b, assertion("r2")).await;
+    assert_eq!(r.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    let (status, body) = token_response(r).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("temporarily_unavailable")), "{body}");
+}

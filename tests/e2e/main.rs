@@ -18,5 +18,6 @@ mod pop;
 mod protocols;
 mod proxy;
 mod robustness;
+mod shared_state;
 mod streaming;
 mod workload;

@@ -458,16 +458,19 @@ fn keep_alive(gw: &Gateway) -> TcpStream {
 #[tokio::test]
 async fn metrics_access_log_and_effective_config() {
     let up = Upstream::start();
+    // A Redis that needs the password in the URL: the gateway is ready only once it answers.
+    let redis = crate::shared_state::Redis::start(&["--requirepass", "hunter2-secret"]);
     let gw = Gateway::start(&format!(
         r#"
 state:
   backend: redis
-  redis_url: "redis://:hunter2-secret@127.0.0.1:6379"
+  redis_url: "redis://:hunter2-secret@127.0.0.1:{}"
 routes:
   - id: r
     upstream: {}
     authenticate: [none]
 "#,
+        redis.port,
         up.url()
     ));
     let c = client();

@@ -244,9 +244,10 @@ impl Dpop {
         match self.state.insert_once("dpop-jti", key.as_bytes(), ttl).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(proof_error("dpop_replay", "this DPoP proof has been used before")),
-            Err(e) => {
-                Err(AuthnError::unavailable("replay_cache_unavailable", format!("cannot check DPoP replay: {e}")))
-            }
+            Err(e) => Err(AuthnError::unavailable(
+                crate::error::REPLAY_CACHE_UNAVAILABLE,
+                format!("cannot check DPoP replay: {e}"),
+            )),
         }
     }
 }

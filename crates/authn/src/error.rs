@@ -173,13 +173,19 @@ impl AuthnError {
                 with(p, token_challenge("invalid_request", description))
             }
             AuthnError::Unavailable { description, .. } => {
+                // A replay check waits on shared state that is usually back within a second;
+                // keys and introspection take longer.
+                let retry = if code == REPLAY_CACHE_UNAVAILABLE { "1" } else { "5" };
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
                     .side(Side::Internal)
-                    .header(RETRY_AFTER, HeaderValue::from_static("5"))
+                    .header(RETRY_AFTER, HeaderValue::from_static(retry))
             }
         }
     }
 }
+
+/// The code of a request refused because its replay check could not be made.
+pub const REPLAY_CACHE_UNAVAILABLE: &str = "replay_cache_unavailable";
 
 /// The schemes a route accepts, for the challenges of its refusals.
 #[derive(Clone, Copy, Debug)]

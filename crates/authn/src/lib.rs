@@ -116,7 +116,7 @@ impl KeySource {
 
 impl Retained {
     /// The shared-state backend for `cfg`, the same one as before when `cfg` is unchanged.
-    pub fn state(&self, cfg: &StateConfig) -> Result<State, String> {
+    pub fn state(&self, cfg: &StateConfig) -> Result<State, (&'static str, String)> {
         let mut held = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((c, s)) = &*held
             && c == cfg
@@ -175,6 +175,7 @@ pub struct Verifiers {
     introspector: Option<Arc<Introspector>>,
     api_keys: Option<Arc<ApiKeys>>,
     dpop: Option<Arc<Dpop>>,
+    state: Option<State>,
 }
 
 impl Verifiers {
@@ -209,15 +210,16 @@ impl Verifiers {
                 }
             },
         };
-        let uses_dpop =
-            config.routes.iter().any(|r| r.authenticate.as_deref().unwrap_or_default().contains(&AuthMethod::Dpop));
-        let dpop = match retained.state(&config.state) {
-            Err(msg) if uses_dpop => {
-                errors.push(Invalid::new("state.backend", msg));
+        let state = match retained.state(&config.state) {
+            Err((key, msg)) => {
+                errors.push(Invalid::new(format!("state.{key}"), msg));
                 None
             }
-            Err(_) => None,
-            Ok(state) => match Dpop::new(&config.dpop, state) {
+            Ok(state) => Some(state),
+        };
+        let dpop = match state.clone() {
+            None => None,
+            Some(state) => match Dpop::new(&config.dpop, state) {
                 Ok(d) => Some(Arc::new(d)),
                 Err((key, msg)) => {
                     errors.push(Invalid::new(format!("dpop.{key}"), msg));
@@ -225,7 +227,12 @@ impl Verifiers {
                 }
             },
         };
-        if errors.is_empty() { Ok(Verifiers { issuers, introspector, api_keys, dpop }) } else { Err(errors) }
+        if errors.is_empty() { Ok(Verifiers { issuers, introspector, api_keys, dpop, state }) } else { Err(errors) }
+    }
+
+    /// The shared-state backend of the config.
+    pub fn state(&self) -> Option<&State> {
+        self.state.as_ref()
     }
 
     /// Whether every issuer has its keys (readiness).

@@ -42,7 +42,7 @@ pub use route::{
 };
 pub use server::{ClientAuth, ForwardedHeaders, Limits, ServerConfig, TlsConfig};
 pub use spiffe::{SpiffeConfig, SvidConfig};
-pub use state::{StateBackend, StateConfig};
+pub use state::{RedisConfig, RedisTls, StateBackend, StateConfig};
 pub use telemetry::{AccessLogConfig, LogConfig, LogFormat};
 pub use upstream::{PassiveHealth, UpstreamConfig, UpstreamProtocol, UpstreamTimeouts, UpstreamTls};
 pub use values::{ByteSize, Duration, Secret};
@@ -129,6 +129,9 @@ impl Config {
         if let Some(s) = self.admin.as_mut().and_then(|a| a.auth.as_mut()).and_then(|a| a.bearer_token.as_mut()) {
             secret(s, "admin.auth.bearer_token".into());
         }
+        if let Some(s) = &mut self.state.redis.password {
+            secret(s, "state.redis.password".into());
+        }
         let fix = |p: &mut PathBuf| *p = resolve(p);
         if let Some(tls) = &mut self.server.tls {
             fix(&mut tls.cert);
@@ -146,6 +149,11 @@ impl Config {
         }
         if let Some(path) = &mut self.access_log.path {
             fix(path);
+        }
+        if let Some(tls) = &mut self.state.redis.tls {
+            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key].into_iter().flatten() {
+                fix(p);
+            }
         }
         self.spiffe.trust_domains.values_mut().for_each(fix);
         if let Some(svid) = &mut self.spiffe.svid {

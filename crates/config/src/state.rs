@@ -1,7 +1,11 @@
 //! Where shared state (rate limits, replay caches, revocations) lives.
 
+use std::path::PathBuf;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::{Duration, Secret};
 
 /// Where state shared by requests lives: in this process, or in Redis for a replica pool.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -19,6 +23,9 @@ pub struct StateConfig {
     )]
     #[schemars(with = "Option<String>")]
     pub redis_url: Option<url::Url>,
+    /// Settings of the Redis connection (with `backend: redis`).
+    #[serde(default)]
+    pub redis: RedisConfig,
 }
 
 /// A shared-state backend.
@@ -30,4 +37,62 @@ pub enum StateBackend {
     Memory,
     /// Redis, shared by every replica.
     Redis,
+}
+
+/// How the gateway talks to Redis.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// User name (Redis ACL); overrides one in `redis_url`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password; overrides one in `redis_url`. Inline, `{ env: VAR }` or `{ file: path }`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// The longest a command may take, connecting included: past it the request that needed
+    /// it is refused (`503`) rather than held.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: Duration,
+    /// Prefix of every key the gateway writes, so that gateways can share a Redis with
+    /// other applications or with each other.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// TLS settings for a `rediss://` URL.
+    #[serde(default)]
+    pub tls: Option<RedisTls>,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            username: None,
+            password: None,
+            timeout: default_redis_timeout(),
+            key_prefix: default_key_prefix(),
+            tls: None,
+        }
+    }
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+fn default_key_prefix() -> String {
+    "portcullis:".into()
+}
+
+/// TLS towards Redis (`rediss://`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTls {
+    /// PEM bundle of CAs trusted for the server's certificate; the system roots when absent.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM chain) for mutual TLS.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Private key of `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }

@@ -177,6 +177,38 @@ fn malformed_configs_get_precise_errors() {
             3,
             "needs `redis_url`",
         ),
+        (
+            "redis unknown key",
+            "admin:\n",
+            "state:\n  backend: redis\n  redis_url: redis://127.0.0.1:6379\n  redis:\n    timout: 10ms\nadmin:\n",
+            "state.redis.timout",
+            7,
+            "did you mean `timeout`?",
+        ),
+        (
+            "redis timeout without unit",
+            "admin:\n",
+            "state:\n  backend: redis\n  redis_url: redis://127.0.0.1:6379\n  redis: { timeout: 50 }\nadmin:\n",
+            "state.redis.timeout",
+            6,
+            "needs a unit",
+        ),
+        (
+            "redis url with another scheme",
+            "admin:\n",
+            "state:\n  backend: redis\n  redis_url: http://127.0.0.1:6379\nadmin:\n",
+            "state.redis_url",
+            5,
+            "redis:// or rediss://",
+        ),
+        (
+            "redis tls on a plain url",
+            "admin:\n",
+            "state:\n  backend: redis\n  redis_url: redis://127.0.0.1:6379\n  redis:\n    tls: { ca: ca.pem }\nadmin:\n",
+            "state.redis.tls",
+            7,
+            "rediss://",
+        ),
         ("jwt without issuers", ISSUERS, "", "routes[0].authenticate", 11, "needs at least one entry in `issuers`"),
         ("admin on server port", "127.0.0.1:9901", "127.0.0.1:8080", "admin.listen", 4, "must differ"),
         ("yaml syntax", "    match:\n", "    match: [\n", "", 15, "did not find expected"),
@@ -386,12 +418,53 @@ fn schema_is_generated_from_the_types() {
 }
 
 #[test]
+fn redis_settings_parse_with_defaults() {
+    let text = VALID.replace("admin:\n", "state: { backend: redis, redis_url: redis://127.0.0.1:6379 }\nadmin:\n");
+    let c = load(&text).unwrap().config;
+    assert_eq!(c.state.backend, crate::StateBackend::Redis);
+    assert_eq!(c.state.redis.timeout, crate::Duration::from_millis(50));
+    assert_eq!(c.state.redis.key_prefix, "portcullis:");
+    assert!(c.state.redis.password.is_none() && c.state.redis.tls.is_none());
+    let text = VALID.replace(
+        "admin:\n",
+        "state:\n  backend: redis\n  redis_url: rediss://redis.internal:6380/2\n  redis:\n    username: gw\n    \
+         password: { file: redis.pass }\n    timeout: 20ms\n    key_prefix: \"gw-a:\"\n    \
+         tls: { ca: ca.pem, cert: c.pem, key: k.pem }\nadmin:\n",
+    );
+    let errors = load(&text).unwrap_err();
+    // The password file does not exist: reported at its key, everything else was accepted.
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    assert_eq!(errors.0[0].path, "state.redis.password", "{errors}");
+    let dir = std::env::temp_dir().join(format!("portcullis-redis-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("redis.pass"), "pa55word\n").unwrap();
+    let c = load_str(text, &dir.join("gw.yaml")).unwrap().config;
+    let r = &c.state.redis;
+    assert_eq!(r.password.as_ref().unwrap().expose(), "pa55word");
+    assert_eq!(r.username.as_deref(), Some("gw"));
+    assert_eq!(r.timeout, crate::Duration::from_millis(20));
+    assert_eq!(r.key_prefix, "gw-a:");
+    assert_eq!(r.tls.as_ref().unwrap().ca.as_deref(), Some(dir.join("ca.pem").as_path()));
+    let dump = serde_json::to_string(&crate::redacted(&c)).unwrap();
+    assert!(!dump.contains("pa55word"), "{dump}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn effective_config_dump_has_no_secrets() {
     let text =
         VALID.replace("admin:\n", "state: { backend: redis, redis_url: \"redis://:s3cr3t@127.0.0.1:6379\" }\nadmin:\n");
     let c = load(&text).unwrap().config;
     let dump = serde_json::to_string(&c).unwrap();
     assert!(!dump.contains("s3cr3t"), "{dump}");
+    let text = VALID.replace(
+        "admin:\n",
+        "state:\n  backend: redis\n  redis_url: redis://127.0.0.1:6379\n  redis: { password: \"s3cr3t-inline\" }\nadmin:\n",
+    );
+    let c = load(&text).unwrap().config;
+    let dump = serde_json::to_string(&crate::redacted(&c)).unwrap();
+    assert!(!dump.contains("s3cr3t"), "{dump}");
+    assert!(format!("{:?}", c.state).contains("redacted"));
 }
 
 /// Secret-bearing values that cannot be read are reported by key and line, and the error

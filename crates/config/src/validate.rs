@@ -26,7 +26,44 @@ pub(crate) fn validate(config: &Config) -> Vec<Invalid> {
     {
         out.push(Invalid::new("state.redis_url", "must be a redis:// or rediss:// URL"));
     }
+    state(config, &mut out);
     out
+}
+
+fn state(config: &Config, out: &mut Vec<Invalid>) {
+    let s = &config.state;
+    let r = &s.redis;
+    if s.backend == StateBackend::Redis
+        && let Some(url) = &s.redis_url
+    {
+        if url.host_str().is_none_or(str::is_empty) {
+            out.push(Invalid::new("state.redis_url", "names no host, e.g. redis://127.0.0.1:6379"));
+        }
+        if url.path().len() > 1 && url.path()[1..].parse::<u32>().is_err() {
+            out.push(Invalid::new("state.redis_url", "the path must be a database number, e.g. redis://host:6379/0"));
+        }
+        if r.tls.is_some() && url.scheme() != "rediss" {
+            out.push(Invalid::new("state.redis.tls", "TLS settings need a rediss:// URL"));
+        }
+    }
+    if r.timeout.get().is_zero() {
+        out.push(Invalid::new("state.redis.timeout", "must be more than zero"));
+    }
+    if r.timeout.get() > std::time::Duration::from_secs(10) {
+        out.push(Invalid::new("state.redis.timeout", "at most 10s: a request waits this long when Redis is down"));
+    }
+    if r.key_prefix.len() > 128 {
+        out.push(Invalid::new("state.redis.key_prefix", "at most 128 bytes"));
+    }
+    if let Some(tls) = &r.tls
+        && tls.cert.is_some() != tls.key.is_some()
+    {
+        let at = if tls.cert.is_some() { "state.redis.tls.key" } else { "state.redis.tls.cert" };
+        out.push(Invalid::new(at, "`cert` and `key` go together"));
+    }
+    if r.username.is_some() && r.password.is_none() {
+        out.push(Invalid::new("state.redis.password", "`username` needs `password`"));
+    }
 }
 
 fn server(config: &Config, out: &mut Vec<Invalid>) {

@@ -190,12 +190,29 @@ async fn respond(
     match endpoint {
         AdminEndpoint::Healthz => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
         AdminEndpoint::Readyz => {
-            let r = readiness(state, &rt);
+            let mut r = readiness(state, &rt);
+            // The shared state answers (a `PING` within `state.redis.timeout`): a replay check
+            // it cannot make refuses the request, so the replica is not ready without it.
+            if let Some(s) = rt.state()
+                && let Err(e) = s.ping().await
+            {
+                r.state = Some(format!("{}: {e}", s.backend()));
+                if r.ready {
+                    r.ready = false;
+                    r.status = "not ready";
+                    r.reason = Some(format!("shared state ({}) unavailable", s.backend()));
+                }
+            }
             let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             if verbose {
                 text(status, "application/json", serde_json::to_string(&r).unwrap_or_default())
             } else {
-                text(status, "text/plain; charset=utf-8", if r.ready { "ready\n" } else { "not ready\n" }.into())
+                let body = match (&r.ready, &r.reason) {
+                    (true, _) => "ready\n".to_string(),
+                    (false, Some(reason)) if r.state.is_some() => format!("not ready: {reason}\n"),
+                    (false, _) => "not ready\n".to_string(),
+                };
+                text(status, "text/plain; charset=utf-8", body)
             }
         }
         AdminEndpoint::Metrics => {
@@ -273,6 +290,9 @@ pub struct Readiness {
     /// Why not, when not ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Why the shared-state backend cannot answer, when it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
     /// The config generation being served.
     pub generation: u64,
     /// Each route, in config order.
@@ -355,6 +375,7 @@ pub fn readiness(state: &AdminState, rt: &Runtime) -> Readiness {
         ready: reason.is_none(),
         status: if reason.is_none() { "ready" } else { "not ready" },
         reason,
+        state: None,
         generation: rt.generation,
         routes,
     }

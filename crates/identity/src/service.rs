@@ -511,7 +511,8 @@ impl TokenService {
             Ok(true) => {}
             Ok(false) => return Err(bad("it was used before")),
             Err(e) => {
-                tracing::warn!(error = %e, "client assertion replay check failed");
+                // The state backend logs an outage once; this is one request of it.
+                tracing::debug!(error = %e, "client assertion replay check failed");
                 return Err(OAuthError::new("temporarily_unavailable", "the assertion cannot be checked now"));
             }
         }

@@ -327,6 +327,11 @@ impl Runtime {
         self.verifiers.ready()
     }
 
+    /// The shared-state backend (readiness pings it).
+    pub fn state(&self) -> Option<&portcullis_state::State> {
+        self.verifiers.state()
+    }
+
     /// The ids of the issuers without usable keys: routes that need one are not ready.
     pub fn issuers_without_keys(&self) -> Vec<Arc<str>> {
         self.verifiers.issuers_without_keys()

@@ -75,7 +75,13 @@ where
             };
             Ok(match result {
                 Ok(body) => json(StatusCode::OK, body, "no-store"),
-                Err(e) => json(e.status, e.body(), "no-store"),
+                Err(e) => {
+                    let mut resp = json(e.status, e.body(), "no-store");
+                    if e.status == StatusCode::SERVICE_UNAVAILABLE {
+                        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    }
+                    resp
+                }
             })
         }
     }

@@ -1,7 +1,7 @@
 //! Shared state: facts that every request of a deployment must agree on, such as "this DPoP
-//! proof has been seen". One replica keeps them in memory; a replica pool will keep them in
+//! proof has been seen". One replica keeps them in memory; a replica pool keeps them in
 //! Redis, behind the same interface, so that a proof sent to two replicas is still refused
-//! at the second.
+//! at the second. No other crate talks to Redis.
 //!
 //! Callers treat every error as a refusal (fail closed): a replay check that cannot be made
 //! is a request that is not let through.
@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod memory;
+mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use portcullis_config::{StateBackend, StateConfig};
 
 pub use memory::Memory;
+pub use redis::Redis;
 
 /// Why the state could not answer. The request that needed it is refused.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,14 +35,17 @@ pub enum StateError {
 pub enum State {
     /// In this process.
     Memory(Arc<Memory>),
+    /// In Redis, shared by every replica that uses the same one.
+    Redis(Arc<Redis>),
 }
 
 impl State {
-    /// The backend `config` asks for. `Err` says why it cannot be had.
-    pub fn build(config: &StateConfig) -> Result<State, String> {
+    /// The backend `config` asks for. `Err` names the key under `state` at fault and says
+    /// why the backend cannot be had.
+    pub fn build(config: &StateConfig) -> Result<State, (&'static str, String)> {
         match config.backend {
             StateBackend::Memory => Ok(State::Memory(Arc::new(Memory::new(memory::DEFAULT_CAPACITY)))),
-            StateBackend::Redis => Err("the Redis backend is not available in this build; use `memory`".into()),
+            StateBackend::Redis => Ok(State::Redis(Arc::new(Redis::new(config)?))),
         }
     }
 
@@ -55,6 +60,24 @@ impl State {
     pub async fn insert_once(&self, ns: &str, key: &[u8], ttl: Duration) -> Result<bool, StateError> {
         match self {
             State::Memory(m) => m.insert_once(ns, key, ttl),
+            State::Redis(r) => r.insert_once(ns, key, ttl).await,
+        }
+    }
+
+    /// Whether the backend can answer now (readiness): always for memory, a `PING` within
+    /// the timeout for Redis.
+    pub async fn ping(&self) -> Result<(), StateError> {
+        match self {
+            State::Memory(_) => Ok(()),
+            State::Redis(r) => r.ping().await,
+        }
+    }
+
+    /// The backend's name, for readiness reports.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            State::Memory(_) => "memory",
+            State::Redis(_) => "redis",
         }
     }
 
@@ -63,6 +86,8 @@ impl State {
     pub fn same(&self, other: &State) -> bool {
         match (self, other) {
             (State::Memory(a), State::Memory(b)) => Arc::ptr_eq(a, b),
+            (State::Redis(a), State::Redis(b)) => Arc::ptr_eq(a, b),
+            _ => false,
         }
     }
 }

@@ -59,6 +59,55 @@ pub enum UpstreamErrorKind {
     protocol,
 }
 
+/// Why a command to the shared-state backend (Redis) failed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum StateErrorKind {
+    /// No answer within `state.redis.timeout`.
+    timeout,
+    /// No connection, or it broke.
+    connection,
+    /// An answer that is an error or not the one expected.
+    protocol,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateErrorLabel {
+    kind: StateErrorKind,
+}
+
+/// The shared-state backend's metrics. Process-wide: the backend outlives configs and is
+/// built where the metrics registry is not at hand; [`Metrics::new`] exports them.
+#[derive(Debug)]
+pub struct StateMetrics {
+    duration: AtomicHistogram,
+    errors: Family<StateErrorLabel, Counter>,
+    by_kind: [Counter; 3],
+}
+
+impl StateMetrics {
+    /// Records how long a command took (answered or not).
+    pub fn command(&self, elapsed: Duration) {
+        self.duration.observe(elapsed);
+    }
+
+    /// Records a failed command.
+    pub fn error(&self, kind: StateErrorKind) {
+        self.by_kind[kind as usize].inc();
+    }
+}
+
+/// The process's shared-state metrics.
+pub fn state_metrics() -> &'static StateMetrics {
+    static STATE: OnceLock<StateMetrics> = OnceLock::new();
+    STATE.get_or_init(|| {
+        let errors = Family::<StateErrorLabel, Counter>::default();
+        let by_kind = [StateErrorKind::timeout, StateErrorKind::connection, StateErrorKind::protocol]
+            .map(|kind| errors.get_or_create_owned(&StateErrorLabel { kind }));
+        StateMetrics { duration: AtomicHistogram::default(), errors, by_kind }
+    })
+}
+
 const KINDS: [UpstreamErrorKind; 3] =
     [UpstreamErrorKind::connect, UpstreamErrorKind::timeout, UpstreamErrorKind::protocol];
 
@@ -133,6 +182,13 @@ impl Metrics {
             "Access-log lines dropped under overload",
             m.access_log_dropped.clone(),
         );
+        let state = state_metrics();
+        registry.register(
+            "state_command_duration_seconds",
+            "Time a shared-state (Redis) command took, answered or not",
+            state.duration.clone(),
+        );
+        registry.register("state_errors", "Failed shared-state (Redis) commands by kind", state.errors.clone());
         Metrics { registry, ..m }
     }
 

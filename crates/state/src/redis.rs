@@ -1,0 +1,268 @@
+//! The Redis backend: one multiplexed connection per store, shared by every worker, that
+//! reconnects by itself with backoff (`redis::aio::ConnectionManager`). A request never opens
+//! a connection nor takes a lock; every command is bounded by `state.redis.timeout`, past
+//! which the caller gets [`StateError::Unavailable`] and refuses its request.
+//!
+//! Keys are `<prefix><namespace>:<key>`. A caller's key that is short and made of plain
+//! characters is used as it is (readable in `redis-cli`); any other is replaced by `#` and
+//! the base64url SHA-256 of it, so that a key has a bounded size whatever the caller's.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use portcullis_config::StateConfig;
+use portcullis_telemetry::{StateErrorKind, state_metrics};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, IntoConnectionInfo, RedisError};
+
+use crate::StateError;
+
+/// Caller keys longer than this are hashed.
+const MAX_RAW_KEY: usize = 64;
+
+/// A Redis store.
+pub struct Redis {
+    client: Client,
+    /// Made on first use (or at build, within a runtime): making it spawns a task.
+    conn: OnceLock<ConnectionManager>,
+    timeout: Duration,
+    prefix: String,
+    /// The last command failed; cleared by the next that succeeds. Logs an outage once.
+    down: AtomicBool,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client holds the password: not shown.
+        f.debug_struct("Redis").field("timeout", &self.timeout).field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// A store for `config`'s Redis. Connects in the background when called within a tokio
+    /// runtime, else on first use. `Err` names the key (under `state`) and what is wrong with
+    /// it, and never shows a password.
+    pub fn new(config: &StateConfig) -> Result<Redis, (&'static str, String)> {
+        let url = config.redis_url.clone().ok_or(("redis_url", "`backend: redis` needs `redis_url`".to_string()))?;
+        let r = &config.redis;
+        let scrub = |e: RedisError| scrub(&e.to_string(), r.password.as_ref().map(|p| p.expose()), url.password());
+        let mut info = url.clone().into_connection_info().map_err(|e| ("redis_url", scrub(e)))?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &r.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &r.password {
+            settings = settings.set_password(password.expose());
+        }
+        info = info.set_redis_settings(settings);
+        let client = match &r.tls {
+            Some(tls) => {
+                let read = |p: &std::path::Path, key: &'static str| {
+                    std::fs::read(p).map_err(|e| (key, format!("cannot read {}: {e}", p.display())))
+                };
+                let client_tls = match (&tls.cert, &tls.key) {
+                    (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+                        client_cert: read(c, "redis.tls.cert")?,
+                        client_key: read(k, "redis.tls.key")?,
+                    }),
+                    _ => None,
+                };
+                let root_cert = tls.ca.as_deref().map(|c| read(c, "redis.tls.ca")).transpose()?;
+                Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert })
+                    .map_err(|e| ("redis.tls", scrub(e)))?
+            }
+            None => Client::open(info).map_err(|e| ("redis_url", scrub(e)))?,
+        };
+        let redis = Redis {
+            client,
+            conn: OnceLock::new(),
+            timeout: r.timeout.get(),
+            prefix: r.key_prefix.clone(),
+            down: AtomicBool::new(false),
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            redis.connection();
+        }
+        Ok(redis)
+    }
+
+    /// The connection manager; made on first call (which must be within a tokio runtime).
+    fn connection(&self) -> ConnectionManager {
+        self.conn
+            .get_or_init(|| {
+                // Reconnection is tried on demand, a few times with short backoff: a request
+                // waits at most `timeout` for it, and the next request tries again.
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(250))))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(2)
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(Duration::from_millis(200));
+                match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
+                    Ok(c) => c,
+                    // Only a configuration this crate does not use can fail here.
+                    Err(e) => panic!("redis connection manager: {e}"),
+                }
+            })
+            .clone()
+    }
+
+    /// The Redis key of `key` in namespace `ns`.
+    pub(crate) fn key(&self, ns: &str, key: &[u8]) -> Vec<u8> {
+        build_key(&self.prefix, ns, key)
+    }
+
+    /// See [`crate::State::insert_once`]: `SET key 1 NX PX ttl`.
+    pub async fn insert_once(&self, ns: &str, key: &[u8], ttl: Duration) -> Result<bool, StateError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(ns, key)).arg(1).arg("NX").arg("PX").arg(ms);
+        match self.run(&cmd).await? {
+            redis::Value::Okay => Ok(true),
+            redis::Value::Nil => Ok(false),
+            redis::Value::SimpleString(s) if s == "OK" => Ok(true),
+            other => Err(self.failed(StateErrorKind::protocol, &format!("unexpected answer to SET: {other:?}"))),
+        }
+    }
+
+    /// `PING`, within the timeout: whether the store can answer now.
+    pub async fn ping(&self) -> Result<(), StateError> {
+        match self.run(&redis::cmd("PING")).await? {
+            redis::Value::SimpleString(_) | redis::Value::Okay | redis::Value::BulkString(_) => Ok(()),
+            other => Err(self.failed(StateErrorKind::protocol, &format!("unexpected answer to PING: {other:?}"))),
+        }
+    }
+
+    async fn run(&self, cmd: &redis::Cmd) -> Result<redis::Value, StateError> {
+        let mut conn = self.connection();
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, conn.send_packed_command(cmd)).await;
+        state_metrics().command(started.elapsed());
+        match result {
+            Ok(Ok(value)) => {
+                if self.down.swap(false, Ordering::AcqRel) {
+                    tracing::info!("shared state: Redis answers again");
+                }
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                let kind = if e.is_timeout() {
+                    StateErrorKind::timeout
+                } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                    StateErrorKind::connection
+                } else {
+                    StateErrorKind::protocol
+                };
+                Err(self.failed(kind, &e.to_string()))
+            }
+            Err(_) => Err(self.failed(StateErrorKind::timeout, "no answer in time")),
+        }
+    }
+
+    /// Counts a failure, logs the start of an outage, and says what the caller reports.
+    fn failed(&self, kind: StateErrorKind, detail: &str) -> StateError {
+        state_metrics().error(kind);
+        if !self.down.swap(true, Ordering::AcqRel) {
+            tracing::warn!(kind = ?kind, error = %detail, "shared state: Redis unavailable; requests that need it are refused until it answers");
+        }
+        StateError::Unavailable(
+            match kind {
+                StateErrorKind::timeout => "Redis did not answer in time",
+                StateErrorKind::connection => "Redis cannot be reached",
+                StateErrorKind::protocol => "Redis answered with an error",
+            }
+            .into(),
+        )
+    }
+}
+
+/// `<prefix><ns>:<key>`, the key hashed unless short and plain.
+pub(crate) fn build_key(prefix: &str, ns: &str, key: &[u8]) -> Vec<u8> {
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':' | b'/' | b'=');
+    let mut out = Vec::with_capacity(prefix.len() + ns.len() + 1 + MAX_RAW_KEY);
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(ns.as_bytes());
+    out.push(b':');
+    if key.len() <= MAX_RAW_KEY && !key.is_empty() && key.iter().all(plain) {
+        out.extend_from_slice(key);
+    } else {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key);
+        out.push(b'#');
+        out.extend_from_slice(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref()).as_bytes());
+    }
+    out
+}
+
+/// `text` without the passwords it might quote.
+fn scrub(text: &str, a: Option<&str>, b: Option<&str>) -> String {
+    let mut out = text.to_string();
+    for p in [a, b].into_iter().flatten().filter(|p| !p.is_empty()) {
+        out = out.replace(p, "***");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_short_keys_are_kept_and_others_hashed() {
+        assert_eq!(build_key("portcullis:", "dpop-jti", b"abc-123"), b"portcullis:dpop-jti:abc-123");
+        let long = build_key("p:", "ns", &[b'a'; 65]);
+        assert!(long.starts_with(b"p:ns:#"), "{}", String::from_utf8_lossy(&long));
+        assert_eq!(long.len(), "p:ns:#".len() + 43);
+        // A newline (the DPoP key joins thumbprint and jti with one) is not plain.
+        let joined = build_key("p:", "dpop-jti", b"thumb\njti");
+        assert!(joined.starts_with(b"p:dpop-jti:#"));
+        // Distinct keys stay distinct; one key gives one Redis key.
+        assert_ne!(build_key("p:", "ns", b"a\n"), build_key("p:", "ns", b"a\r"));
+        assert_eq!(build_key("p:", "ns", b"a\n"), build_key("p:", "ns", b"a\n"));
+        // A raw key cannot look like a hashed one.
+        assert!(build_key("p:", "ns", b"#x").starts_with(b"p:ns:#"));
+        assert_ne!(build_key("p:", "ns", b"#x"), b"p:ns:#x");
+        // Namespaces and prefixes separate.
+        assert_ne!(build_key("p:", "a", b"k"), build_key("p:", "b", b"k"));
+        assert_ne!(build_key("p:", "ns", b"k"), build_key("q:", "ns", b"k"));
+        assert_eq!(build_key("", "ns", b""), {
+            let mut k = b"ns:#".to_vec();
+            k.extend_from_slice(b"47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU");
+            k
+        });
+    }
+
+    #[test]
+    fn scrub_hides_passwords() {
+        assert_eq!(scrub("auth failed for s3cret", Some("s3cret"), None), "auth failed for ***");
+        assert_eq!(scrub("x", Some(""), None), "x");
+    }
+
+    fn config(yaml: &str) -> StateConfig {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn builds_without_a_runtime_and_without_connecting() {
+        let c = config("backend: redis\nredis_url: redis://127.0.0.1:1\nredis: { key_prefix: 'gw1:' }\n");
+        let r = Redis::new(&c).unwrap();
+        assert_eq!(r.key("dpop-jti", b"k"), b"gw1:dpop-jti:k");
+        assert_eq!(r.timeout, Duration::from_millis(50));
+        assert!(r.conn.get().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_is_unavailable_within_the_timeout() {
+        // Port 1 on loopback: nothing listens, the connection is refused.
+        let c = config("backend: redis\nredis_url: redis://127.0.0.1:1\nredis: { timeout: 100ms }\n");
+        let r = Redis::new(&c).unwrap();
+        for _ in 0..3 {
+            let started = Instant::now();
+            let e = r.insert_once("dpop-jti", b"k", Duration::from_secs(5)).await.unwrap_err();
+            assert!(matches!(e, StateError::Unavailable(_)), "{e:?}");
+            assert!(started.elapsed() < Duration::from_millis(400), "{:?}", started.elapsed());
+            assert!(r.ping().await.is_err());
+        }
+    }
+}
