@@ -10,8 +10,19 @@ Method (the machines are shared and noisy, so absolute numbers drift between run
   * measurements are taken in rounds; in each round every proxy runs once, back to back, in
     alternating order; the ratio Portcullis/peer is computed within each round, and the
     median over rounds is reported, with the median absolute numbers;
+  * `--connections` takes one count (default 64) or a list (`8,32,64,256`): each scenario
+    runs its warm-up and rounds at each count in turn, on the same servers, and reports each
+    count's table and ratios, then, against each peer, the ratios at every count and the worst
+    of them: the lowest throughput ratio and the highest p99 ratio (`h2` has its own count);
   * CPU time per request (user + system, from /proc) of each proxy process is reported too:
-    how much work each does per request, whatever else the machine is doing.
+    how much work each does per request, whatever else the machine is doing;
+  * the "other" column is the CPU time of processes the bench did not start (builds beside
+    it, say) and time the host stole, in % of one CPU; runs where it passed 5 % are marked
+    `*`. Such work takes a CPU from the bench even at `nice 19`: with autogroup scheduling a
+    build started from another session gets as much of a CPU as the bench. Whichever server
+    runs then loses throughput and gets a p99 of several milliseconds (when it is wrk's CPU,
+    the server's CPU goes partly idle too). Such runs are noise, not a property of the server;
+    `--wait-quiet S` waits up to S seconds before each run for a second without such work.
 
 Scenarios:
   plain          no authentication: plain reverse proxying;
@@ -34,9 +45,15 @@ Scenarios:
                  coordinated omission): p50/p99 at the same load.
 nginx (plain `proxy_pass`, no authentication) is the baseline in every scenario, sent the
 same requests (it ignores the token): the ratio says what the security costs. In `plain`,
-`nginx-fwd` joins it: nginx also sending the upstream what Portcullis sends it on every request
-(`X-Forwarded-For`, `-Proto`, `-Host` and `X-Request-Id`), the like-for-like comparison; the bar
-is set against plain nginx. HAProxy, when
+`jwt-repeated`, `jwt-distinct`, `jwt-cedar` and `latency`, `nginx-tuned` joins it: nginx as
+operators tune it (`multi_accept on`, `tcp_nodelay on`, upstream `keepalive 128` over HTTP/1.1
+with `Connection` cleared, `proxy_buffering on`, `Host $host`, `X-Forwarded-For`; nginx's
+default `keepalive_requests` of 1,000 per upstream connection, and beyond 128 idle upstream
+connections the rest are closed, which costs it at 256 connections). In `plain` every server
+is sent a bearer token the size of the JWT scenarios' (unchecked), so that every server gets
+the same request bytes in every scenario; `nginx-fwd` joins it there: nginx also sending the
+upstream what Portcullis sends it on every request (`X-Forwarded-For`, `-Proto`, `-Host` and
+`X-Request-Id`), the like-for-like comparison; the bar is set against plain nginx. HAProxy, when
 installed, joins `plain` as a plain proxy and the JWT scenarios as `haproxy-jwt`, verifying
 the same RS256 tokens with `jwt_verify` (alg, iss, aud, exp and the signature; it has no
 cache, so every request costs a verification). Every JWT server is first checked to refuse
@@ -45,6 +62,8 @@ no token, an expired one, one for another audience and a forged signature.
     bench/run.py                              # all scenarios
     bench/run.py --rounds 9 --duration 5 --scenarios plain
     bench/run.py --rounds 5 --duration 5 --scenarios plain,jwt-repeated,jwt-distinct
+    bench/run.py --rounds 5 --duration 5 --connections 8,32,64,256 --scenarios plain,jwt-repeated
+    bench/run.py --wait-quiet 300 --connections 8,256      # on a machine shared with builds
     bench/run.py --json bench/out/results.json
     bench/run.py --binary /tmp/target/release/portcullis   # or PORTCULLIS_BIN=...
     bench/run.py --binary target/pgo/portcullis            # the profile-guided build (bench/pgo.py)
@@ -99,10 +118,13 @@ def wait_port(port, timeout=10):
 class Server:
     """A process pinned to the server CPU (or to `cpu`)."""
 
+    running = []  # started and not yet stopped: with the load generators, the bench's own work
+
     def __init__(self, name, cmd, port, work, cpu=None):
         self.name, self.port = name, port
         self.proc = subprocess.Popen(["taskset", "-c", cpu or SERVER_CPU] + cmd, cwd=work, stdout=subprocess.DEVNULL,
                                      stderr=open(os.path.join(work, f"{name}-{port}.err"), "w"))
+        Server.running.append(self)
         wait_port(port)
 
     def cpu_ticks(self):
@@ -116,6 +138,8 @@ class Server:
         return 0
 
     def stop(self):
+        if self in Server.running:
+            Server.running.remove(self)
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(5)
@@ -123,7 +147,7 @@ class Server:
             self.proc.kill()
 
 
-def nginx_conf(work, port, body):
+def nginx_conf(work, port, body, events_extra=""):
     conf = os.path.join(work, f"nginx-{port}.conf")
     with open(conf, "w") as f:
         f.write(f"""
@@ -132,7 +156,7 @@ daemon off;
 master_process off;
 pid {work}/nginx-{port}.pid;
 error_log {work}/nginx-{port}.error.log warn;
-events {{ worker_connections 20000; }}
+events {{ worker_connections 20000;{events_extra} }}
 http {{
     access_log off;
     client_body_temp_path {work}/body-{port};
@@ -180,6 +204,47 @@ def start_nginx_proxy(work, upstream_port, listen_extra="", server_extra="", loc
         }}
     }}""")
     return Server(name, ["nginx", "-c", conf], port, work)
+
+
+def start_nginx_tuned(work, upstream_port, name="nginx-tuned"):
+    """nginx as operators tune it in front of an application: `multi_accept`, `tcp_nodelay`,
+    a keep-alive pool of 128 upstream connections (HTTP/1.1, `Connection` cleared), response
+    buffering, and the client's `Host` and `X-Forwarded-For` passed on. One worker, as every
+    server here."""
+    port = free_port()
+    conf = nginx_conf(work, port, f"""
+    tcp_nodelay on;
+    upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 128; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}""", events_extra=" multi_accept on;")
+    return Server(name, ["nginx", "-c", conf], port, work)
+
+
+# The nginx baselines: sent every request, they authenticate none (never checked for refusals).
+NGINX_BASELINES = ("nginx", "nginx-tuned", "nginx-fwd")
+
+
+def bearer_token():
+    """A bearer token of the size and shape of the JWT scenarios' (an RS256 access token, a
+    2048-bit signature), for the plain scenario: every server is sent the same request bytes
+    there as in the JWT scenarios. Not signed (nobody checks it there); no crypto needed."""
+    import base64
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    now = int(time.time())
+    header = {"alg": "RS256", "kid": "bench-rs256", "typ": "at+jwt"}
+    claims = {"iss": JWT_ISSUER, "sub": "user-0", "aud": JWT_AUDIENCE, "client_id": "web-app",
+              "scope": "orders:read orders:write profile", "iat": now, "exp": now + 3600, "jti": "bench-0"}
+    part = lambda d: b64(json.dumps(d, separators=(",", ":")).encode())
+    return f"{part(header)}.{part(claims)}.{b64(os.urandom(256))}"
 
 
 def start_haproxy(work, upstream_port, idp=None, bind_extra=""):
@@ -250,30 +315,54 @@ PLAIN_ROUTE = """  - id: bench
 """
 
 def cpu_busy_ticks(cpu):
-    """(busy, total) clock ticks of one CPU so far, from /proc/stat."""
+    """(busy, total, tasks) clock ticks of one CPU so far, from /proc/stat; `tasks`: what
+    processes ran (user, nice, system) and what the host stole, without interrupts."""
     for line in open("/proc/stat"):
         if line.startswith(f"cpu{cpu} "):
             t = [int(x) for x in line.split()[1:]]
-            return sum(t) - t[3] - t[4], sum(t)  # idle and iowait are not busy
-    return 0, 0
+            # idle and iowait are not busy; t[7] is steal
+            return sum(t) - t[3] - t[4], sum(t), t[0] + t[1] + t[2] + (t[7] if len(t) > 7 else 0)
+    return 0, 0, 0
+
+
+def own_ticks():
+    """Clock ticks of CPU time the bench's own processes have used so far: the servers still
+    running, the load generators (and servers) it has waited for, and this script."""
+    t = os.times()
+    ticks = (t.user + t.system + t.children_user + t.children_system) * CLK_TCK
+    for s in Server.running:
+        try:
+            ticks += s.cpu_ticks()
+        except OSError:
+            pass
+    return ticks
 
 
 class CpuBusy:
     """How busy the servers' CPU and the load generator's CPU were over a run. Near 100 % on
     the load side, the load generator (and whatever shares its CPU) rather than the server may
     be what limits the throughput; well below 100 % on the servers' side, the server was not
-    what limited it either (the load side's latency, or a host that did not run the CPU)."""
+    what limited it either (the load side's latency, or a host that did not run the CPU).
+    `other`: the CPU time of processes the bench did not start (other work, such as builds),
+    and time the host stole, as a share of one CPU. Such work need not be low priority to the
+    bench even at `nice 19`: with autogroup scheduling (`/proc/sys/kernel/sched_autogroup_enabled`)
+    a build started from another session gets as much of a CPU as the bench, and whichever
+    server runs at that moment loses throughput and gets a p99 of several milliseconds."""
 
     def __enter__(self):
         self.before = {cpu: cpu_busy_ticks(cpu) for cpu in (SERVER_CPU, LOAD_CPU)}
+        self.own = own_ticks()
         return self
 
     def __exit__(self, *exc):
-        busy = {}
-        for cpu, (busy0, total0) in self.before.items():
-            busy1, total1 = cpu_busy_ticks(cpu)
+        busy, tasks, elapsed = {}, 0, 0
+        for cpu, (busy0, total0, tasks0) in self.before.items():
+            busy1, total1, tasks1 = cpu_busy_ticks(cpu)
             busy[cpu] = (busy1 - busy0) / (total1 - total0) if total1 > total0 else None
+            tasks += tasks1 - tasks0
+            elapsed = max(elapsed, total1 - total0)
         self.server, self.load = busy[SERVER_CPU], busy[LOAD_CPU]
+        self.other = max(0.0, tasks - (own_ticks() - self.own)) / elapsed if elapsed else 0.0
 
 
 LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$")
@@ -303,24 +392,34 @@ def wrk(server, connections, duration, headers=(), script=None, scheme="http"):
         "cpu_us_per_req": ticks / CLK_TCK * 1e6 / max(requests, 1),
         "server_cpu_busy": cpu.server,
         "load_cpu_busy": cpu.load,
+        "other_cpu": cpu.other,
         "errors": (int(non2xx.group(1)) if non2xx else 0) + (1 if sock else 0),
     }
 
 
-def rounds(servers, args, headers=(), scripts=None, load=None):
-    """Runs every server once per round, alternating the order; returns runs per server.
-    `scripts` maps a server's name to the wrk Lua script that makes its requests; `load`
-    replaces wrk: a function (server, duration) -> one run's figures."""
+def rounds(servers, args, headers=(), scripts=None, load=None, counts=None):
+    """For each connection count (`--connections`, or `counts`), in turn: a warm-up run of
+    every server, then `args.rounds` rounds, each running every server once, alternating the
+    order. Returns {connections: {server: [runs]}}. `scripts` maps a server's name to the wrk
+    Lua script that makes its requests; `load` replaces wrk: a function (server, duration,
+    name, connections) -> one run's figures."""
     scripts = scripts or {}
-    load = load or (lambda s, d, name: wrk(s, args.connections, d, headers, scripts.get(name)))
-    for name, s in servers.items():  # warm-up: pools filled, caches hot
-        load(s, 2, name)
-    runs = {name: [] for name in servers}
+    measure = load or (lambda s, d, name, c: wrk(s, c, d, headers, scripts.get(name)))
+
+    def load(s, d, name, c):
+        wait_quiet(args.wait_quiet)
+        return measure(s, d, name, c)
+
     names = list(servers)
-    for r in range(args.rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            runs[name].append(load(servers[name], args.duration, name))
-    return runs
+    by_count = {}
+    for c in counts or args.connections:
+        for name, s in servers.items():  # warm-up: pools filled (at this count), caches hot
+            load(s, 2, name, c)
+        runs = by_count[c] = {name: [] for name in servers}
+        for r in range(args.rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                runs[name].append(load(servers[name], args.duration, name, c))
+    return by_count
 
 
 H2_CONNECTIONS = 8
@@ -348,6 +447,7 @@ def h2load(server, duration):
         "cpu_us_per_req": ticks / CLK_TCK * 1e6 / max(int(done.group(1)), 1),
         "server_cpu_busy": cpu.server,
         "load_cpu_busy": cpu.load,
+        "other_cpu": cpu.other,
         "errors": int(done.group(3)) + (int(done.group(1)) - int(status.group(1)) if status else 0),
     }
 
@@ -364,7 +464,7 @@ def scenario_h2(work, args):
     if shutil.which("haproxy"):
         servers["haproxy"] = start_haproxy(work, upstream.port, bind_extra=" proto h2")
     try:
-        runs = rounds(servers, args, load=lambda s, d, name: h2load(s, d))
+        runs = rounds(servers, args, load=lambda s, d, name, c: h2load(s, d), counts=[H2_CONNECTIONS])
     finally:
         for s in list(servers.values()) + [upstream]:
             s.stop()
@@ -414,8 +514,7 @@ def scenario_tls_new_conn(work, args):
     if shutil.which("haproxy"):
         servers["haproxy"] = start_haproxy(work, upstream.port, bind_extra=f" ssl crt {tls['both']} ssl-min-ver TLSv1.3")
     try:
-        runs = rounds(servers, args,
-                      load=lambda s, d, name: wrk(s, args.connections, d, ["Connection: close"], scheme="https"))
+        runs = rounds(servers, args, load=lambda s, d, name, c: wrk(s, c, d, ["Connection: close"], scheme="https"))
     finally:
         for s in list(servers.values()) + [upstream]:
             s.stop()
@@ -423,11 +522,13 @@ def scenario_tls_new_conn(work, args):
 
 
 def scenario_plain(work, args):
-    """(a) No authentication: plain reverse proxying."""
+    """(a) No authentication: plain reverse proxying (a JWT-sized bearer token sent, unchecked)."""
     upstream = start_upstream(work)
+    token = bearer_token()
     servers = {
         "portcullis": start_portcullis(work, upstream.port, PLAIN_ROUTE),
         "nginx": start_nginx_proxy(work, upstream.port),
+        "nginx-tuned": start_nginx_tuned(work, upstream.port),
         "nginx-fwd": start_nginx_proxy(work, upstream.port, location_extra=NGINX_GATEWAY_HEADERS, name="nginx-fwd"),
     }
     if shutil.which("haproxy"):
@@ -435,11 +536,11 @@ def scenario_plain(work, args):
     try:
         time.sleep(0.5)
         idle = servers["portcullis"].rss_kib()
-        runs = rounds(servers, args)
+        runs = rounds(servers, args, headers=[f"Authorization: Bearer {token}"])
     finally:
         for s in list(servers.values()) + [upstream]:
             s.stop()
-    return {"runs": runs, "portcullis_idle_rss_kib": idle}
+    return {"runs": runs, "portcullis_idle_rss_kib": idle, "token_bytes": len(token)}
 
 
 JWT_ISSUER = "https://idp.bench.example"
@@ -522,6 +623,7 @@ def jwt_servers(work, idp):
     servers = {
         "portcullis": start_portcullis(work, upstream.port, JWT_ROUTE, extra=idp.config),
         "nginx": start_nginx_proxy(work, upstream.port),
+        "nginx-tuned": start_nginx_tuned(work, upstream.port),
     }
     if shutil.which("haproxy"):
         servers["haproxy-jwt"] = start_haproxy(work, upstream.port, idp)
@@ -533,7 +635,7 @@ def run_repeated_token(servers, upstream, token, args, idp):
     rounds with `token` on every request; stops the servers."""
     try:
         for name, server in servers.items():
-            if name != "nginx":
+            if name not in NGINX_BASELINES:
                 check_auth(server, token, idp)
         runs = rounds(servers, args, headers=[f"Authorization: Bearer {token}"])
     finally:
@@ -604,7 +706,7 @@ def scenario_jwt_distinct(work, args):
     scripts = {name: distinct_tokens_script(work, name, token_file) for name in servers}
     try:
         for name, server in servers.items():
-            if name != "nginx":
+            if name not in NGINX_BASELINES:
                 check_auth(server, tokens[-1], idp)
         runs = rounds(servers, args, scripts=scripts)
         rss = servers["portcullis"].rss_kib()  # with a full verified-token cache
@@ -633,6 +735,7 @@ def scenario_jwt_cedar(work, args):
     servers = {
         "portcullis": start_portcullis(work, upstream.port, JWT_ROUTE, extra=extra),
         "nginx": start_nginx_proxy(work, upstream.port),
+        "nginx-tuned": start_nginx_tuned(work, upstream.port),
     }
     return run_repeated_token(servers, upstream, token, args, idp)
 
@@ -685,8 +788,9 @@ def scenario_dpop(work, args):
     # Proofs name the URL: one set for the gateway's port (nginx ignores them, and is sent
     # its own copy so that both walk their lists at their own pace).
     htu = f"http://127.0.0.1:{servers['portcullis'].port}/"
-    # Enough single-use proofs for every request of every round at up to ~12k req/s.
-    count = int(12_000 * (args.duration * (args.rounds + 1)))
+    # Enough single-use proofs for every request of every round, at every connection count,
+    # at up to ~12k req/s.
+    count = int(12_000 * (args.duration * (args.rounds + 1)) * len(args.connections))
     started = time.time()
     token, proofs = dpop_material(idp, htu, count)
     print(f"(minted {len(proofs)} DPoP proofs in {time.time() - started:.1f}s)", file=sys.stderr)
@@ -805,6 +909,7 @@ def oha_fixed_rate(server, connections, duration, rate, headers=()):
         "cpu_us_per_req": ticks / CLK_TCK * 1e6 / max(done, 1),
         "server_cpu_busy": cpu.server,
         "load_cpu_busy": cpu.load,
+        "other_cpu": cpu.other,
         # Requests still in flight when the run's time is up are aborted, not failed.
         "errors": done - codes.get("200", 0) + sum(n for e, n in out.get("errorDistribution", {}).items()
                                                    if "deadline" not in e),
@@ -825,10 +930,9 @@ def scenario_latency(work, args):
     headers = [f"Authorization: Bearer {token}"]
     try:
         for name, server in servers.items():
-            if name != "nginx":
+            if name not in NGINX_BASELINES:
                 check_auth(server, token, idp)
-        runs = rounds(servers, args,
-                      load=lambda s, d, name: oha_fixed_rate(s, args.connections, d, LATENCY_RATE, headers))
+        runs = rounds(servers, args, load=lambda s, d, name, c: oha_fixed_rate(s, c, d, LATENCY_RATE, headers))
     finally:
         for s in list(servers.values()) + [upstream]:
             s.stop()
@@ -846,35 +950,95 @@ def med(values):
     return statistics.median(values) if values else float("nan")
 
 
+def wait_quiet(limit):
+    """Waits, up to `limit` seconds, for a second in which other work (processes the bench did
+    not start, the host) took at most twice OTHER_WORK of a CPU (a second is 100 clock ticks,
+    and the system's own daemons take a few); returns whether it came."""
+    if limit <= 0:
+        return True
+    deadline = time.time() + limit
+    while True:
+        with CpuBusy() as cpu:
+            time.sleep(1)
+        if cpu.other <= 2 * OTHER_WORK:
+            return True
+        if time.time() >= deadline:
+            return False
+
+
+# A run during which other work (processes the bench did not start, the host) took more of a
+# CPU than this is marked as disturbed.
+OTHER_WORK = 0.05
+
+
+def ratios(ours, theirs):
+    """Medians of the per-round ratios Portcullis / peer."""
+    return {
+        "throughput": med(a["rps"] / b["rps"] for a, b in zip(ours, theirs)),
+        "p99": med(a["p99_ms"] / b["p99_ms"] for a, b in zip(ours, theirs) if a["p99_ms"] and b["p99_ms"]),
+        "cpu_per_request": med(a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(ours, theirs)),
+    }
+
+
+def report_count(runs):
+    """One connection count's table and ratios; returns its summary."""
+    print(f"{'proxy':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'server CPU':>11} {'load CPU':>9} "
+          f"{'other':>6}   req/s per round")
+    summary = {}
+    for proxy, rs in runs.items():
+        m = {k: med(r.get(k) for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req",
+                                                   "server_cpu_busy", "load_cpu_busy", "other_cpu")}
+        summary[proxy] = m
+        print(f"{proxy:<15} {m['rps']:>9.0f} {m['p50_ms']:>8.3f} {m['p99_ms']:>8.3f} {m['cpu_us_per_req']:>11.2f} "
+              f"{m['server_cpu_busy'] * 100:>10.0f}% {m['load_cpu_busy'] * 100:>8.0f}% {m['other_cpu'] * 100:>5.0f}%   "
+              + " ".join(f"{r['rps']:.0f}" + ("*" if r.get("other_cpu", 0) > OTHER_WORK else "") for r in rs))
+        if any(r["errors"] for r in rs):
+            print(f"   !! {proxy}: errors or non-2xx responses in some runs")
+    disturbed = sum(any(rs[i].get("other_cpu", 0) > OTHER_WORK for rs in runs.values())
+                    for i in range(min(map(len, runs.values()), default=0)))
+    if disturbed:
+        print(f"   !! other work took over {OTHER_WORK:.0%} of a CPU in some runs (marked *): "
+              f"{disturbed} of {min(map(len, runs.values()))} rounds disturbed")
+    summary["disturbed_rounds"] = disturbed
+    ours = runs.get("portcullis")
+    for peer, rs in runs.items():
+        if peer == "portcullis" or not ours:
+            continue
+        r = summary[f"ratio_vs_{peer}"] = ratios(ours, rs)
+        print(f"portcullis / {peer} (median of per-round ratios): throughput {r['throughput']:.2f}x, "
+              f"p99 latency {r['p99']:.2f}x, CPU per request {r['cpu_per_request']:.2f}x")
+    return summary
+
+
 def report(name, data):
-    runs = data["runs"]
+    """Prints a scenario's figures: for each connection count its table and ratios, then,
+    against each peer, the ratios at every count and the worst of them (the lowest throughput
+    ratio, the highest p99 ratio). Returns the summary: {connections: {...}, "worst": {...}}."""
+    by_count = data["runs"]
     print(f"\n## {name}: {SCENARIOS[name].__doc__.strip()}")
     if "memory" in data:
         for proxy, m in data["memory"].items():
             print(f"{proxy:<15} idle RSS {m['idle_kib'] / 1024:6.1f} MiB, with {m['connections']} keep-alive "
                   f"connections ({m['answered']} answered 200) {m['held_kib'] / 1024:6.1f} MiB")
         return data["memory"]
-    print(f"{'proxy':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'server CPU':>11} {'load CPU':>9}   "
-          "req/s per round")
     summary = {}
-    for proxy, rs in runs.items():
-        m = {k: med(r.get(k) for r in rs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req",
-                                                   "server_cpu_busy", "load_cpu_busy")}
-        summary[proxy] = m
-        print(f"{proxy:<15} {m['rps']:>9.0f} {m['p50_ms']:>8.3f} {m['p99_ms']:>8.3f} {m['cpu_us_per_req']:>11.2f} "
-              f"{m['server_cpu_busy'] * 100:>10.0f}% {m['load_cpu_busy'] * 100:>8.0f}%   " + " ".join(f"{r['rps']:.0f}" for r in rs))
-        if any(r["errors"] for r in rs):
-            print(f"   !! {proxy}: errors or non-2xx responses in some runs")
-    ours = runs.get("portcullis")
-    for peer, rs in runs.items():
-        if peer == "portcullis" or not ours:
-            continue
-        thr = med(a["rps"] / b["rps"] for a, b in zip(ours, rs))
-        p99 = med(a["p99_ms"] / b["p99_ms"] for a, b in zip(ours, rs) if a["p99_ms"] and b["p99_ms"])
-        cpu = med(a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(ours, rs))
-        summary[f"ratio_vs_{peer}"] = {"throughput": thr, "p99": p99, "cpu_per_request": cpu}
-        print(f"portcullis / {peer} (median of per-round ratios): throughput {thr:.2f}x, "
-              f"p99 latency {p99:.2f}x, CPU per request {cpu:.2f}x")
+    for count, runs in by_count.items():
+        print(f"\n### {count} connections")
+        summary[count] = report_count(runs)
+    peers = [p for p in next(iter(by_count.values()), {}) if p != "portcullis"]
+    if peers and "portcullis" in next(iter(by_count.values())):
+        print(f"\n### {name}: Portcullis / peer at each connection count (throughput; p99)")
+        print(f"{'peer':<15} " + " ".join(f"{str(c) + ' conns':>15}" for c in by_count) + "   lowest throughput; highest p99")
+        summary["worst"] = {}
+        for peer in peers:
+            rs = [(c, summary[c][f"ratio_vs_{peer}"]) for c in by_count]
+            cells = " ".join(f"{'%.2f; %.2f' % (r['throughput'], r['p99']):>15}" for _, r in rs)
+            low = min(rs, key=lambda cr: cr[1]["throughput"])
+            p99s = [cr for cr in rs if cr[1]["p99"] == cr[1]["p99"]]  # not NaN (h2load has no p99)
+            high = max(p99s, key=lambda cr: cr[1]["p99"]) if p99s else (None, {"p99": float("nan")})
+            summary["worst"][peer] = {"throughput": low[1]["throughput"], "throughput_at": low[0],
+                                      "p99": high[1]["p99"], "p99_at": high[0]}
+            print(f"{peer:<15} {cells}   {low[1]['throughput']:.2f}x (at {low[0]}); {high[1]['p99']:.2f}x (at {high[0]})")
     if "portcullis_idle_rss_kib" in data:
         print(f"portcullis idle RSS: {data['portcullis_idle_rss_kib'] / 1024:.1f} MiB")
     if "portcullis_rss_kib" in data:
@@ -885,16 +1049,31 @@ def report(name, data):
     return summary
 
 
+def connection_counts(text):
+    """`--connections`: one count or a comma-separated list of them."""
+    try:
+        counts = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of connection counts: {text!r}") from None
+    if not counts or any(c < 1 for c in counts):
+        raise argparse.ArgumentTypeError(f"not a list of connection counts: {text!r}")
+    return counts
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--connections", type=connection_counts, default=[64],
+                    help="wrk's connections, or a list of counts (8,32,64,256): every scenario runs at each")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--json")
     ap.add_argument("--upstream-cpu", default=SERVER_CPU,
                     help=f"the CPU the upstream is pinned to (default {SERVER_CPU}, the servers'; "
                          f"{LOAD_CPU} puts it beside the load generator)")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                    help="before each run, wait up to this long for a second in which other work (processes "
+                         "the bench did not start, the host) took at most 10%% of a CPU")
     ap.add_argument("--binary", help="the portcullis binary (default: $PORTCULLIS_BIN or target/release/portcullis)")
     args = ap.parse_args()
     global BINARY, UPSTREAM_CPU
@@ -910,7 +1089,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed")
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} | {os.cpu_count()} CPUs | servers on CPU {SERVER_CPU}, wrk on CPU "
-          f"{LOAD_CPU}, upstream on CPU {UPSTREAM_CPU} | {args.connections} connections | {args.rounds} rounds x {args.duration}s per proxy")
+          f"{LOAD_CPU}, upstream on CPU {UPSTREAM_CPU} | {','.join(map(str, args.connections))} connections | {args.rounds} rounds x {args.duration}s per proxy")
     print(f"# portcullis: {BINARY}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="portcullis-bench-") as work:
