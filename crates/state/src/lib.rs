@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod gcra;
 mod memory;
 mod redis;
 
@@ -23,7 +24,7 @@ pub use redis::Redis;
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StateError {
     /// The store is full of unexpired entries.
-    #[error("the replay cache is full")]
+    #[error("the in-memory state is full")]
     Full,
     /// The backend cannot be reached.
     #[error("shared state unavailable: {0}")]
@@ -61,6 +62,17 @@ impl State {
         match self {
             State::Memory(m) => m.insert_once(ns, key, ttl),
             State::Redis(r) => r.insert_once(ns, key, ttl).await,
+        }
+    }
+
+    /// Counts a request against rate-limit buckets (GCRA, see [`gcra`]), atomically: it is
+    /// admitted only if every bucket admits it, and then counted by all of them. Of N
+    /// concurrent checks against a bucket with room for M < N, exactly M are admitted.
+    /// Bucket keys are namespaced by `ns`.
+    pub async fn gcra(&self, ns: &str, buckets: &[gcra::Bucket<'_>]) -> Result<gcra::Checked, StateError> {
+        match self {
+            State::Memory(m) => m.gcra(ns, buckets),
+            State::Redis(r) => r.gcra(ns, buckets).await,
         }
     }
 

@@ -7,10 +7,12 @@
 //! forget a live one, which would let a replay through.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::StateError;
+use crate::gcra::{self, Bucket, Checked};
 
 /// Default number of entries: room for a million proofs within their replay window.
 pub(crate) const DEFAULT_CAPACITY: usize = 1 << 20;
@@ -23,6 +25,7 @@ pub struct Memory {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
     epoch: Instant,
+    buckets: Buckets,
 }
 
 #[derive(Debug, Default)]
@@ -36,7 +39,18 @@ impl Memory {
     /// A store holding at most `capacity` live entries.
     pub fn new(capacity: usize) -> Memory {
         let per_shard = capacity.div_ceil(SHARDS).max(1);
-        Memory { shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(), per_shard, epoch: Instant::now() }
+        Memory {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard,
+            epoch: Instant::now(),
+            buckets: Buckets::new(capacity),
+        }
+    }
+
+    /// See [`crate::State::gcra`].
+    pub fn gcra(&self, ns: &str, buckets: &[Bucket<'_>]) -> Result<Checked, StateError> {
+        let now = self.epoch.elapsed().as_micros() as u64;
+        self.buckets.check(ns, buckets, now)
     }
 
     /// See [`crate::State::insert_once`].
@@ -67,6 +81,88 @@ impl Memory {
                 Ok(true)
             }
         }
+    }
+}
+
+/// Rate-limit buckets: key → TAT (µs since the store's epoch). A bucket whose TAT has
+/// passed is full, the same as absent, and is swept like an expired replay entry. Keys
+/// longer than a digest are stored as their SHA-256, so an entry's size is bounded.
+#[derive(Debug)]
+struct Buckets {
+    shards: Box<[Mutex<BucketShard>]>,
+    per_shard: usize,
+    hasher: std::hash::RandomState,
+}
+
+#[derive(Debug, Default)]
+struct BucketShard {
+    tats: HashMap<Box<[u8]>, u64>,
+    next_sweep: u64,
+}
+
+impl Buckets {
+    fn new(capacity: usize) -> Buckets {
+        Buckets {
+            shards: (0..SHARDS).map(|_| Mutex::new(BucketShard::default())).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    fn check(&self, ns: &str, buckets: &[Bucket<'_>], now: u64) -> Result<Checked, StateError> {
+        let keys: Vec<Box<[u8]>> = buckets.iter().map(|b| stored_key(ns, b.key)).collect();
+        let shard_of = |k: &[u8]| (self.hasher.hash_one(k) as usize) % SHARDS;
+        // The shards of all the buckets are held together, taken in ascending order (so two
+        // checks cannot deadlock): the decision and the update are one step.
+        let mut order: Vec<usize> = keys.iter().map(|k| shard_of(k)).collect();
+        order.sort_unstable();
+        order.dedup();
+        let mut held: Vec<MutexGuard<'_, BucketShard>> =
+            order.iter().map(|&i| self.shards[i].lock().unwrap_or_else(|e| e.into_inner())).collect();
+        let at: Vec<usize> = keys.iter().map(|k| order.binary_search(&shard_of(k)).unwrap_or_default()).collect();
+        let checked = gcra::decide(
+            buckets,
+            keys.iter().zip(&at).map(|(k, &h)| held[h].tats.get(k).copied().filter(|tat| *tat > now)),
+            now,
+        );
+        if !checked.admitted {
+            return Ok(checked);
+        }
+        // Room first, for every bucket: a request is counted by all its limits or by none.
+        for (key, &h) in keys.iter().zip(&at) {
+            let shard = &mut held[h];
+            if shard.tats.len() >= self.per_shard || now >= shard.next_sweep {
+                shard.tats.retain(|_, tat| *tat > now);
+                shard.next_sweep = now + 1_000_000;
+            }
+            if shard.tats.len() >= self.per_shard && !shard.tats.contains_key(key) {
+                return Err(StateError::Full);
+            }
+        }
+        for ((key, &h), ahead) in keys.into_iter().zip(&at).zip(&checked.ahead_us) {
+            held[h].tats.insert(key, now + ahead);
+        }
+        Ok(checked)
+    }
+}
+
+/// The map key of `key` in namespace `ns`: the bytes themselves when short, else a digest.
+fn stored_key(ns: &str, key: &[u8]) -> Box<[u8]> {
+    if ns.len() + 1 + key.len() <= 64 {
+        let mut k = Vec::with_capacity(ns.len() + 1 + key.len());
+        k.extend_from_slice(ns.as_bytes());
+        k.push(0);
+        k.extend_from_slice(key);
+        k.into_boxed_slice()
+    } else {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(&(ns.len() as u64).to_be_bytes());
+        ctx.update(ns.as_bytes());
+        ctx.update(key);
+        // Marked by a first byte that no namespace starts with.
+        let mut k = vec![0u8];
+        k.extend_from_slice(ctx.finish().as_ref());
+        k.into_boxed_slice()
     }
 }
 

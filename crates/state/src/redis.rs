@@ -18,6 +18,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, RedisError};
 
 use crate::StateError;
+use crate::gcra::{Bucket, Checked};
 
 /// Caller keys longer than this are hashed.
 const MAX_RAW_KEY: usize = 64;
@@ -127,6 +128,26 @@ impl Redis {
         }
     }
 
+    /// See [`crate::State::gcra`]: one script call, whatever the number of buckets.
+    pub async fn gcra(&self, ns: &str, buckets: &[Bucket<'_>]) -> Result<Checked, StateError> {
+        let script = gcra_script();
+        let mut call = script.prepare_invoke();
+        for b in buckets {
+            call.key(self.key(ns, b.key));
+        }
+        for b in buckets {
+            call.arg(b.interval_us).arg(b.capacity_us);
+        }
+        let mut conn = self.connection();
+        let answer: Vec<i64> = self.timed(call.invoke_async(&mut conn)).await?;
+        match answer.split_first() {
+            Some((&ok, ahead)) if ahead.len() == buckets.len() && ahead.iter().all(|a| *a >= 0) => {
+                Ok(Checked { admitted: ok == 1, ahead_us: ahead.iter().map(|a| *a as u64).collect() })
+            }
+            _ => Err(self.failed(StateErrorKind::protocol, "unexpected answer to the rate-limit script")),
+        }
+    }
+
     /// `PING`, within the timeout: whether the store can answer now.
     pub async fn ping(&self) -> Result<(), StateError> {
         match self.run(&redis::cmd("PING")).await? {
@@ -137,8 +158,13 @@ impl Redis {
 
     async fn run(&self, cmd: &redis::Cmd) -> Result<redis::Value, StateError> {
         let mut conn = self.connection();
+        self.timed(conn.send_packed_command(cmd)).await
+    }
+
+    /// Awaits a command within the timeout, recording its latency and any failure.
+    async fn timed<T>(&self, command: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StateError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, conn.send_packed_command(cmd)).await;
+        let result = tokio::time::timeout(self.timeout, command).await;
         state_metrics().command(started.elapsed());
         match result {
             Ok(Ok(value)) => {
@@ -176,6 +202,12 @@ impl Redis {
             .into(),
         )
     }
+}
+
+/// The rate-limit script, hashed once (`EVALSHA`, loaded again if the server lost it).
+fn gcra_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(crate::gcra::SCRIPT))
 }
 
 /// `<prefix><ns>:<key>`, the key hashed unless short and plain.
