@@ -43,6 +43,9 @@ Scenarios:
                  beside the same JWT route without it.
   latency        jwt-repeated at one fixed rate for every server (oha, corrected for
                  coordinated omission): p50/p99 at the same load.
+  jwt-limit      jwt-repeated with a per-consumer rate limit that is never reached, on
+                 memory and (with redis-server installed) on a local Redis, beside the
+                 same route without it.
 nginx (plain `proxy_pass`, no authentication) is the baseline in every scenario, sent the
 same requests (it ignores the token): the ratio says what the security costs. In `plain`,
 `jwt-repeated`, `jwt-distinct`, `jwt-cedar` and `latency`, `nginx-tuned` joins it: nginx as
@@ -652,6 +655,57 @@ def scenario_jwt_repeated(work, args):
     return run_repeated_token(servers, upstream, token, args, idp)
 
 
+LIMIT_ROUTE = """  - id: bench
+    upstream: {upstream}
+    authenticate: [jwt]
+    authorize: { scopes: ["orders:read"] }
+    rate_limits: [{key: consumer, limit: 1000000, per: 1s}]
+"""
+
+
+class RedisServer:
+    """A `redis-server` on a free loopback port, without persistence, on the servers' CPU."""
+
+    def __init__(self, work):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", "0", "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", work],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def scenario_jwt_limit(work, args):
+    """(b) with a per-consumer rate limit (never reached): on memory (`portcullis`), on a
+    local Redis (`portcullis-redis`, when redis-server is installed), beside the same route
+    without a limit (`portcullis-jwt`)."""
+    idp = Idp(work)
+    token = idp.token(0)
+    upstream = start_upstream(work)
+    servers = {
+        "portcullis": start_portcullis(work, upstream.port, LIMIT_ROUTE, extra=idp.config),
+        "portcullis-jwt": start_portcullis(work, upstream.port, JWT_ROUTE, extra=idp.config),
+        "nginx": start_nginx_proxy(work, upstream.port),
+    }
+    redis = None
+    if shutil.which("redis-server"):
+        redis = RedisServer(work)
+        state = f"state:\n  backend: redis\n  redis_url: {redis.url()}\n"
+        servers["portcullis-redis"] = start_portcullis(work, upstream.port, LIMIT_ROUTE, extra=idp.config + state)
+    try:
+        return run_repeated_token(servers, upstream, token, args, idp)
+    finally:
+        if redis:
+            redis.stop()
+
+
 def cycling_script(work, name, lines_file, headers_lua):
     """A wrk script that walks a file's lines in order, one per request, wrapping round;
     `headers_lua` is the Lua table of request headers, with the current line as `line`.
@@ -781,10 +835,12 @@ def scenario_dpop(work, args):
     idp = Idp(work)
     upstream = start_upstream(work)
     # Proofs are made in advance, so the replay window is an hour for the run.
+    dpop = idp.config + "dpop:\n  max_age: 1h\n"
     servers = {
-        "portcullis": start_portcullis(work, upstream.port, DPOP_ROUTE, extra=idp.config + "dpop:\n  max_age: 1h\n"),
+        "portcullis": start_portcullis(work, upstream.port, DPOP_ROUTE, extra=dpop),
         "nginx": start_nginx_proxy(work, upstream.port),
     }
+    redis = None
     # Proofs name the URL: one set for the gateway's port (nginx ignores them, and is sent
     # its own copy so that both walk their lists at their own pace).
     htu = f"http://127.0.0.1:{servers['portcullis'].port}/"
@@ -807,6 +863,8 @@ def scenario_dpop(work, args):
     finally:
         for s in list(servers.values()) + [upstream]:
             s.stop()
+        if redis:
+            redis.stop()
     return {"runs": runs, "token_bytes": len(token)}
 
 
@@ -942,7 +1000,7 @@ def scenario_latency(work, args):
 SCENARIOS = {"plain": scenario_plain, "jwt-repeated": scenario_jwt_repeated, "jwt-distinct": scenario_jwt_distinct,
              "jwt-cedar": scenario_jwt_cedar, "dpop": scenario_dpop, "jwt-propagate": scenario_jwt_propagate,
              "memory": scenario_memory, "h2": scenario_h2, "tls-new-conn": scenario_tls_new_conn,
-             "latency": scenario_latency}
+             "latency": scenario_latency, "jwt-limit": scenario_jwt_limit}
 
 
 def med(values):

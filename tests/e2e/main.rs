@@ -13,6 +13,7 @@ mod confusion;
 mod docs;
 mod identity;
 mod lifecycle;
+mod limits;
 mod opaque;
 mod pop;
 mod protocols;

@@ -11,6 +11,7 @@ mod authz;
 mod dpop;
 mod identity;
 mod issuer;
+mod limits;
 mod load;
 mod route;
 mod server;
@@ -35,6 +36,9 @@ pub use identity::{
     TokenClientConfig, TokenServiceConfig,
 };
 pub use issuer::{ApiKeysConfig, ClientAuthMethod, ConsumerConfig, IntrospectionConfig, IssuerConfig, KeyFetchConfig};
+pub use limits::{
+    ConcurrencyConfig, FailMode, IpListEntry, IpRulesConfig, KeyPart, LimitKey, PlanConfig, RateLimitConfig,
+};
 pub use load::{ConfigError, ConfigErrors, Invalid, LoadedConfig, load_file, load_str};
 pub use route::{
     AuthMethod, AuthorizeConfig, CredentialsConfig, OtherMethods, Rewrite, RouteConfig, RouteLimits, RouteMatch,
@@ -97,6 +101,14 @@ pub struct Config {
     /// Routes, matched most specific first.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Plans by name: the limits of the consumers on each. A consumer's plan comes from
+    /// `api_keys.consumers[].plan` or from the token claim `plan_claim`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plans: BTreeMap<String, PlanConfig>,
+    /// The token (or introspection) claim that names the caller's plan, e.g. `plan`. None
+    /// by default: plans come from API consumers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_claim: Option<String>,
 }
 
 impl Config {
@@ -188,6 +200,13 @@ impl Config {
             {
                 fix(&mut e.key);
             }
+            if let Some(rules) = &mut route.client_ips {
+                for entry in rules.allow.iter_mut().chain(&mut rules.deny) {
+                    if let IpListEntry::File { file } = entry {
+                        fix(file);
+                    }
+                }
+            }
         }
         problems
     }
@@ -222,6 +241,12 @@ impl Config {
         if let Some(ts) = &self.token_service {
             files.extend(ts.keys.files.iter().cloned());
             files.extend(ts.clients.iter().map(|c| c.jwks_file.clone()));
+        }
+        for rules in self.routes.iter().filter_map(|r| r.client_ips.as_ref()) {
+            files.extend(rules.allow.iter().chain(&rules.deny).filter_map(|e| match e {
+                IpListEntry::File { file } => Some(file.clone()),
+                IpListEntry::Net(_) => None,
+            }));
         }
         files.extend(
             self.routes

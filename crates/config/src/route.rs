@@ -42,6 +42,17 @@ pub struct RouteConfig {
     /// Limits for this route, overriding the listener's.
     #[serde(default)]
     pub limits: Option<RouteLimits>,
+    /// Client addresses allowed and denied (`server.trusted_proxies` decides which address
+    /// is the client's), checked before authentication; a refusal is `403`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ips: Option<crate::IpRulesConfig>,
+    /// Rate limits for this route; a request must be within all of them (and within its
+    /// plan's). A refusal is `429` with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<crate::RateLimitConfig>,
+    /// Requests in flight on this route at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<crate::ConcurrencyConfig>,
     /// What the upstream learns of the caller: an internal token, identity headers, or (only
     /// when asked) the caller's own credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -34,6 +34,9 @@ pub struct UpstreamConfig {
     /// beyond it are closed when their exchange ends; 0 opens a connection per request.
     #[serde(default = "default_max_idle_connections")]
     pub max_idle_connections: usize,
+    /// Requests in flight to this upstream at most, over all routes that use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<crate::ConcurrencyConfig>,
 }
 
 fn default_max_idle_connections() -> usize {
@@ -52,6 +55,7 @@ impl UpstreamConfig {
             tls: None,
             preserve_host: false,
             max_idle_connections: default_max_idle_connections(),
+            concurrency: None,
         }
     }
 }

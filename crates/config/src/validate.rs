@@ -27,7 +27,86 @@ pub(crate) fn validate(config: &Config) -> Vec<Invalid> {
         out.push(Invalid::new("state.redis_url", "must be a redis:// or rediss:// URL"));
     }
     state(config, &mut out);
+    limits(config, &mut out);
     out
+}
+
+fn limits(config: &Config, out: &mut Vec<Invalid>) {
+    let mut check = |limits: &[crate::RateLimitConfig], at: &dyn Fn(usize, &str) -> String| {
+        let mut names = HashSet::new();
+        for (j, l) in limits.iter().enumerate() {
+            if l.limit == 0 {
+                out.push(Invalid::new(at(j, "limit"), "must be at least 1"));
+            }
+            let per = l.per.get();
+            if per < std::time::Duration::from_millis(1) {
+                out.push(Invalid::new(at(j, "per"), "must be at least 1ms"));
+            } else if per > std::time::Duration::from_secs(366 * 86_400) {
+                out.push(Invalid::new(at(j, "per"), "at most 366d; use a quota for longer periods"));
+            } else if l.limit > 0 && per.as_micros() / u128::from(l.limit) == 0 {
+                out.push(Invalid::new(at(j, "limit"), "more than one request per microsecond cannot be counted"));
+            }
+            if l.burst == Some(0) {
+                out.push(Invalid::new(at(j, "burst"), "must be at least 1"));
+            }
+            let name = l.name.clone().unwrap_or_else(|| l.key.name());
+            if let Some(n) = &l.name
+                && (n.is_empty()
+                    || n.len() > 64
+                    || !n.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\'))
+            {
+                out.push(Invalid::new(at(j, "name"), "1 to 64 printable ASCII characters, without `\"` and `\\`"));
+            }
+            if !names.insert(name.clone()) {
+                out.push(Invalid::new(
+                    at(j, "name"),
+                    format!("`{name}` names another limit here too; give each a `name`"),
+                ));
+            }
+        }
+    };
+    for (i, r) in config.routes.iter().enumerate() {
+        check(&r.rate_limits, &|j, k| format!("routes[{i}].rate_limits[{j}].{k}"));
+    }
+    for (name, plan) in &config.plans {
+        check(&plan.rate_limits, &|j, k| format!("plans.{name}.rate_limits[{j}].{k}"));
+    }
+    if let Some(keys) = &config.api_keys
+        && !config.plans.is_empty()
+    {
+        for (i, c) in keys.consumers.iter().enumerate() {
+            if let Some(plan) = &c.plan
+                && !config.plans.contains_key(plan)
+            {
+                out.push(Invalid::new(format!("api_keys.consumers[{i}].plan"), format!("no plan `{plan}` in `plans`")));
+            }
+        }
+    }
+    let concurrency = config
+        .routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((format!("routes[{i}].concurrency"), r.concurrency.as_ref()?)))
+        .chain(
+            config
+                .upstreams
+                .iter()
+                .filter_map(|(n, u)| Some((format!("upstreams.{n}.concurrency"), u.concurrency.as_ref()?))),
+        );
+    for (at, c) in concurrency {
+        if c.max == 0 {
+            out.push(Invalid::new(format!("{at}.max"), "must be at least 1"));
+        }
+        if c.queue > 0 && c.wait.get().is_zero() {
+            out.push(Invalid::new(format!("{at}.wait"), "must be more than zero when `queue` is given"));
+        }
+        if c.wait.get() > std::time::Duration::from_secs(60) {
+            out.push(Invalid::new(format!("{at}.wait"), "at most 60s"));
+        }
+    }
+    if config.plan_claim.as_deref().is_some_and(str::is_empty) {
+        out.push(Invalid::new("plan_claim", "must not be empty"));
+    }
 }
 
 fn state(config: &Config, out: &mut Vec<Invalid>) {
@@ -698,6 +777,6 @@ fn is_protected_header(name: &str) -> bool {
 }
 
 /// A character of an RFC 9110 `token` (§5.6.2).
-fn is_tchar(b: u8) -> bool {
+pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }

@@ -130,6 +130,12 @@ pub struct Route {
     pub rewrite: Option<(String, String)>,
     /// What the upstream learns of the caller.
     pub propagate: Option<portcullis_identity::Propagation>,
+    /// Which client addresses may use the route.
+    pub client_ips: Option<portcullis_limits::ip::IpRules>,
+    /// The route's rate limits.
+    pub rate_limits: Arc<[portcullis_limits::RateLimit]>,
+    /// Requests in flight on the route at most.
+    pub concurrency: Option<portcullis_limits::concurrency::Concurrency>,
     /// Metric handles.
     pub metrics: RouteMetrics,
 }
@@ -171,6 +177,8 @@ pub struct Runtime {
     pub(crate) guarded_headers: Arc<[http::HeaderName]>,
     /// The token service, when configured.
     pub token_service: Option<Arc<portcullis_identity::TokenService>>,
+    /// The plans and their limits.
+    pub(crate) plans: portcullis_limits::Plans,
     verifiers: portcullis_authn::Verifiers,
 }
 
@@ -317,6 +325,7 @@ impl Runtime {
             guarded_headers: guarded_headers(c, &identity_headers),
             identity_headers,
             token_service,
+            plans: portcullis_limits::Plans::new(c),
             verifiers,
             config,
         })
@@ -451,6 +460,13 @@ fn compile_route(
         _ => None,
     };
 
+    let client_ips = match &rc.client_ips {
+        Some(rules) => portcullis_limits::ip::IpRules::build(rules, &format!("{at}.client_ips"))
+            .map_err(|e| errors.extend(e.into_iter().map(|(key, msg)| Invalid::new(key, msg))))
+            .ok(),
+        None => None,
+    };
+
     match (target, authn, errors.is_empty()) {
         (Some(target), Some(authn), true) => Ok(Route {
             id: rc.id.as_str().into(),
@@ -470,6 +486,9 @@ fn compile_route(
             max_body: rc.limits.as_ref().map_or(default_max_body, |l| l.max_body_bytes.bytes()),
             rewrite,
             propagate: None,
+            client_ips,
+            rate_limits: portcullis_limits::route_limits(&rc.id, &rc.rate_limits),
+            concurrency: rc.concurrency.as_ref().map(portcullis_limits::concurrency::Concurrency::new),
             metrics: lasting.metrics.route(&rc.id),
         }),
         _ => Err(errors),

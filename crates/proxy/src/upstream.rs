@@ -83,6 +83,8 @@ pub struct Upstream {
     max_ejection_time: Duration,
     epoch: Instant,
     ejection_counter: Counter,
+    /// Requests in flight to it at most, over every route.
+    pub concurrency: Option<portcullis_limits::concurrency::Concurrency>,
 }
 
 impl Upstream {
@@ -176,6 +178,7 @@ impl Upstream {
             max_ejection_time: cfg.health.max_ejection_time.get(),
             epoch: Instant::now(),
             ejection_counter,
+            concurrency: cfg.concurrency.as_ref().map(portcullis_limits::concurrency::Concurrency::new),
         })
     }
 

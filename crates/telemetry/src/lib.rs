@@ -13,6 +13,8 @@ pub use access_log::{AccessLog, AccessRecord, withhold_claims};
 pub use exposition::{Exposition, PrometheusText};
 pub use histogram::AtomicHistogram;
 pub use logging::init_logging;
-pub use metrics::{Metrics, RouteMetrics, StateErrorKind, StateMetrics, UpstreamErrorKind, state_metrics};
+pub use metrics::{
+    LimitMetrics, Metrics, RouteMetrics, StateErrorKind, StateMetrics, UpstreamErrorKind, limit_metrics, state_metrics,
+};
 pub use prometheus_client::metrics::counter::Counter;
 pub use prometheus_client::metrics::gauge::Gauge;

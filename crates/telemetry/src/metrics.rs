@@ -108,6 +108,45 @@ pub fn state_metrics() -> &'static StateMetrics {
     })
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    owner: String,
+    limit: String,
+}
+
+/// Rate-limit metrics. Process-wide, like [`StateMetrics`]: the limits are compiled where
+/// the registry is not at hand.
+#[derive(Debug, Default)]
+pub struct LimitMetrics {
+    refused: Family<LimitLabels, Counter>,
+    failed_open: Counter,
+    failed_closed: Counter,
+}
+
+impl LimitMetrics {
+    /// The counter of requests refused by limit `limit` of `owner` (`route:orders`,
+    /// `plan:gold`): labels come from the config, so their number is bounded.
+    pub fn refused(&self, owner: &str, limit: &str) -> Counter {
+        self.refused.get_or_create_owned(&LimitLabels { owner: owner.to_string(), limit: limit.to_string() })
+    }
+
+    /// Counts a request whose limits could not be checked, let through (`on_error: open`)
+    /// or refused (`closed`).
+    pub fn unchecked(&self, passed: bool) {
+        if passed {
+            self.failed_open.inc()
+        } else {
+            self.failed_closed.inc()
+        };
+    }
+}
+
+/// The process's rate-limit metrics.
+pub fn limit_metrics() -> &'static LimitMetrics {
+    static LIMITS: OnceLock<LimitMetrics> = OnceLock::new();
+    LIMITS.get_or_init(LimitMetrics::default)
+}
+
 const KINDS: [UpstreamErrorKind; 3] =
     [UpstreamErrorKind::connect, UpstreamErrorKind::timeout, UpstreamErrorKind::protocol];
 
@@ -189,6 +228,22 @@ impl Metrics {
             state.duration.clone(),
         );
         registry.register("state_errors", "Failed shared-state (Redis) commands by kind", state.errors.clone());
+        let limits = limit_metrics();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by owner and limit",
+            limits.refused.clone(),
+        );
+        registry.register(
+            "rate_limit_failed_open",
+            "Requests let through because their rate limits could not be checked (on_error: open)",
+            limits.failed_open.clone(),
+        );
+        registry.register(
+            "rate_limit_failed_closed",
+            "Requests refused because their rate limits could not be checked (on_error: closed)",
+            limits.failed_closed.clone(),
+        );
         Metrics { registry, ..m }
     }
 

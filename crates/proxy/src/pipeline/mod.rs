@@ -1,7 +1,7 @@
 //! The request pipeline: every request passes the same short list of stages, in order.
 //!
 //! ```text
-//! admit → route → authenticate → authorize → protect → propagate → forward → log
+//! admit → route → screen → authenticate → authorize → limit → protect → propagate → forward → log
 //! ```
 //!
 //! Each stage is a file here with one job. A stage returns what it found (a typed value the
@@ -14,10 +14,12 @@ pub mod authenticate;
 pub mod authorize;
 pub mod context;
 pub mod forward;
+pub mod limit;
 pub mod log;
 pub mod propagate;
 pub mod protect;
 pub mod route;
+pub mod screen;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -137,15 +139,23 @@ async fn run(
     let route = routed.route.clone();
     ctx.route = Some(route.clone());
     ctx.params = routed.params;
+    screen::screen(ctx, &route)?;
     let principal = authenticate::authenticate(rt, conn, &authority, &route, &mut parts).await?;
     ctx.principal = Some(principal.clone());
     authorize::authorize(rt, conn, ctx, &route, &principal, &parts.method, &authority.host, &routed.path)?;
+    let limited = limit::limit(rt, ctx, &route, &principal, &parts.headers).await?;
     let body = protect::protect_body(&parts, body, route.max_body, &rt.identity_headers)?;
     let mut added = Added::default();
     let upgrade = propagate::propagate(rt, conn, ctx, &route, &authority, &mut parts, &mut added)?;
     let path =
         forward::forward_path(&parts.uri, routed.forward.map_or(routed.path, Into::into), route.rewrite.as_ref());
-    forward::forward(rt, ctx, &route, parts, &added, upgrade, body, path).await
+    let mut resp = forward::forward(rt, ctx, &route, parts, &added, upgrade, body, path).await?;
+    if let Some(report) = limited.report {
+        report.apply(resp.headers_mut());
+    }
+    // The slots are given back once the response head is in.
+    drop(limited.slots);
+    Ok(resp)
 }
 
 /// The gateway's own endpoints on the public listener: its keys and its token service.

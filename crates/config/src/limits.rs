@@ -1,0 +1,242 @@
+//! Traffic limits: how many requests a caller may make, per route and per plan.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::Duration;
+
+/// A rate limit: at most `limit` requests `per` period for each value of `key`, spread
+/// evenly (GCRA), with up to `burst` of them at once.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// The name given in the `RateLimit` and `RateLimit-Policy` response fields and in
+    /// metrics. Default: the key, e.g. `consumer` or `client_ip+route`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What is counted separately: `consumer` (the API consumer, else the principal's
+    /// subject, else its client), `subject`, `client_id`, `client_ip`, `spiffe_id`, `route`,
+    /// `header:<name>`, or several of them (a list, or joined by `+`). A request that lacks
+    /// an identity part (an anonymous caller and `consumer`) is counted by its client IP.
+    /// Default `consumer`.
+    #[serde(default)]
+    pub key: LimitKey,
+    /// Requests allowed per period.
+    pub limit: u64,
+    /// The period, e.g. `1s`, `1m`, `1h`.
+    pub per: Duration,
+    /// How many requests may arrive at once (the bucket's size). Default: `limit`, so that
+    /// a fresh caller may send `limit` requests at once, then one every `per / limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// What happens when the shared state cannot answer (Redis down): `open` lets the
+    /// request through (counted in a metric and logged once per outage), `closed` refuses it
+    /// with `503`. Default `open`.
+    #[serde(default)]
+    pub on_error: FailMode,
+}
+
+/// What a limit does when its state cannot be reached.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Let the request through.
+    #[default]
+    Open,
+    /// Refuse the request (`503`).
+    Closed,
+}
+
+/// One part of a limit's key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KeyPart {
+    /// The API consumer, else the subject, else the client application.
+    Consumer,
+    /// The principal's subject.
+    Subject,
+    /// The client application (`client_id` / `azp`).
+    ClientId,
+    /// The client's IP address (see `server.trusted_proxies`).
+    ClientIp,
+    /// The workload's SPIFFE ID.
+    SpiffeId,
+    /// The route (one count for all callers of it).
+    Route,
+    /// A request header's value (lower-case name).
+    Header(String),
+}
+
+impl KeyPart {
+    /// Reads one part as written in config; `Err` says what is accepted.
+    pub fn parse(s: &str) -> Result<KeyPart, String> {
+        Ok(match s.trim() {
+            "consumer" => KeyPart::Consumer,
+            "subject" => KeyPart::Subject,
+            "client_id" => KeyPart::ClientId,
+            "client_ip" => KeyPart::ClientIp,
+            "spiffe_id" => KeyPart::SpiffeId,
+            "route" => KeyPart::Route,
+            other => match other.strip_prefix("header:") {
+                Some(name) if !name.is_empty() && name.bytes().all(crate::validate::is_tchar) => {
+                    KeyPart::Header(name.to_ascii_lowercase())
+                }
+                Some(_) => return Err(format!("`{other}`: `header:` needs a header name")),
+                None => {
+                    return Err(format!(
+                        "`{other}` is not a key part: one of consumer, subject, client_id, client_ip, spiffe_id, \
+                         route, header:<name>"
+                    ));
+                }
+            },
+        })
+    }
+
+    /// As written in config.
+    pub fn name(&self) -> String {
+        match self {
+            KeyPart::Consumer => "consumer".into(),
+            KeyPart::Subject => "subject".into(),
+            KeyPart::ClientId => "client_id".into(),
+            KeyPart::ClientIp => "client_ip".into(),
+            KeyPart::SpiffeId => "spiffe_id".into(),
+            KeyPart::Route => "route".into(),
+            KeyPart::Header(h) => format!("header:{h}"),
+        }
+    }
+}
+
+/// A limit's key: one part or several. Written `consumer`, `client_ip+route` or
+/// `[client_ip, route]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitKey(pub Vec<KeyPart>);
+
+impl Default for LimitKey {
+    fn default() -> Self {
+        LimitKey(vec![KeyPart::Consumer])
+    }
+}
+
+impl LimitKey {
+    /// As written in config (`client_ip+route`).
+    pub fn name(&self) -> String {
+        self.0.iter().map(KeyPart::name).collect::<Vec<_>>().join("+")
+    }
+
+    fn from_parts<'a, E: de::Error>(parts: impl Iterator<Item = &'a str>) -> Result<LimitKey, E> {
+        let mut out: Vec<KeyPart> = Vec::new();
+        for p in parts {
+            let part = KeyPart::parse(p).map_err(E::custom)?;
+            if out.contains(&part) {
+                return Err(E::custom(format!("`{}` is given twice", part.name())));
+            }
+            out.push(part);
+        }
+        if out.is_empty() {
+            return Err(E::custom("a key needs at least one part"));
+        }
+        Ok(LimitKey(out))
+    }
+}
+
+impl<'de> Deserialize<'de> for LimitKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LimitKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key such as `consumer`, `client_ip+route` or a list of key parts")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LimitKey, E> {
+                LimitKey::from_parts(v.split('+'))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LimitKey, A::Error> {
+                let mut parts: Vec<String> = Vec::new();
+                while let Some(p) = seq.next_element::<String>()? {
+                    parts.push(p);
+                }
+                LimitKey::from_parts(parts.iter().map(String::as_str))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl Serialize for LimitKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl JsonSchema for LimitKey {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "LimitKey".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`consumer`, `subject`, `client_id`, `client_ip`, `spiffe_id`, `route`, `header:<name>`, or several joined by `+` or listed",
+            "anyOf": [g.subschema_for::<String>(), g.subschema_for::<Vec<String>>()]
+        })
+    }
+}
+
+/// A plan: the limits that apply to every consumer on it, on every route.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Rate limits of each consumer on the plan (key `consumer` unless given), counted
+    /// across all routes.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitConfig>,
+}
+
+/// An entry of an IP list: an address or CIDR block (`10.0.0.0/8`, `2001:db8::/32`,
+/// `192.0.2.7`), or a file of them, one per line (`#` starts a comment), read again when
+/// it changes.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum IpListEntry {
+    /// An address or CIDR block.
+    Net(String),
+    /// A file of addresses and CIDR blocks.
+    File {
+        /// The file's path (relative to the config file).
+        file: std::path::PathBuf,
+    },
+}
+
+/// Which client addresses may use a route, checked before authentication.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IpRulesConfig {
+    /// Only these addresses may use the route (all when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<IpListEntry>,
+    /// These addresses may not, even when `allow` lists them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<IpListEntry>,
+}
+
+/// How many requests may be in flight at once (to a route or an upstream), to protect a
+/// slow service: past `max`, up to `queue` requests wait up to `wait` for a slot, and the
+/// rest are refused with `503`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyConfig {
+    /// Requests in flight at most (from the end of the checks until the upstream's response
+    /// head arrives).
+    pub max: u32,
+    /// Requests that may wait for a slot (default 0: refused at once).
+    #[serde(default)]
+    pub queue: u32,
+    /// The longest a request waits for a slot (default `1s`).
+    #[serde(default = "default_wait")]
+    pub wait: Duration,
+}
+
+fn default_wait() -> Duration {
+    Duration::from_secs(1)
+}

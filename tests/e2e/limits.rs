@@ -1,0 +1,480 @@
+//! Rate limits, end to end: exact at the boundary, exact under 64 racing clients, refilled
+//! as GCRA says, shared by replicas on one Redis, and failing open or closed as configured
+//! when Redis is gone. The `RateLimit` fields are read with a structured-field parser written
+//! here from RFC 8941 and the draft, not with the gateway's code.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Gateway, client, problem, run_cli};
+use crate::shared_state::Redis;
+use crate::upstream::Upstream;
+
+/// A structured-field item as the draft uses them: a string or token, and integer,
+/// string, token or boolean parameters.
+#[derive(Debug, PartialEq)]
+struct Item {
+    value: String,
+    params: BTreeMap<String, Param>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Param {
+    Int(i64),
+    Str(String),
+    Bool(bool),
+}
+
+/// RFC 8941 §4.2.1 (lists), restricted to what the RateLimit fields can hold; `Err` for
+/// anything that does not parse, as a client would reject the field.
+fn parse_list(input: &str) -> Result<Vec<Item>, String> {
+    let s = input.as_bytes();
+    let mut i = 0;
+    let skip_sp = |i: &mut usize| {
+        while *i < s.len() && s[*i] == b' ' {
+            *i += 1;
+        }
+    };
+    let mut out = Vec::new();
+    skip_sp(&mut i);
+    while i < s.len() {
+        let value = if s[i] == b'"' {
+            i += 1;
+            let mut v = String::new();
+            loop {
+                match s.get(i) {
+                    None => return Err("unterminated string".into()),
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'\\') => return Err("escapes not expected".into()),
+                    Some(&c) if (0x20..0x7f).contains(&c) => v.push(c as char),
+                    Some(_) => return Err("not a printable character".into()),
+                }
+                i += 1;
+            }
+            v
+        } else if s[i].is_ascii_alphabetic() || s[i] == b'*' {
+            let start = i;
+            while i < s.len() && (s[i].is_ascii_alphanumeric() || b":/!#$%&'*+-.^_`|~".contains(&s[i])) {
+                i += 1;
+            }
+            input[start..i].to_string()
+        } else {
+            return Err(format!("an item cannot start with {:?}", s[i] as char));
+        };
+        let mut params = BTreeMap::new();
+        while i < s.len() && s[i] == b';' {
+            i += 1;
+            skip_sp(&mut i);
+            let start = i;
+            if !s.get(i).is_some_and(|c| c.is_ascii_lowercase() || *c == b'*') {
+                return Err("a parameter key starts with lcalpha or *".into());
+            }
+            while i < s.len() && (s[i].is_ascii_lowercase() || s[i].is_ascii_digit() || b"_-.*".contains(&s[i])) {
+                i += 1;
+            }
+            let key = input[start..i].to_string();
+            let value = if s.get(i) == Some(&b'=') {
+                i += 1;
+                let start = i;
+                if s.get(i) == Some(&b'-') {
+                    i += 1;
+                }
+                if s.get(i).is_some_and(u8::is_ascii_digit) {
+                    while i < s.len() && s[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    if i - start > 15 {
+                        return Err("integer too long".into());
+                    }
+                    Param::Int(input[start..i].parse().map_err(|e| format!("{e}"))?)
+                } else if s.get(i) == Some(&b'"') {
+                    let end = input[i + 1..].find('"').ok_or("unterminated string")?;
+                    let v = input[i + 1..i + 1 + end].to_string();
+                    i += end + 2;
+                    Param::Str(v)
+                } else {
+                    return Err(format!("unexpected parameter value in {input:?}"));
+                }
+            } else {
+                Param::Bool(true)
+            };
+            params.insert(key, value);
+        }
+        out.push(Item { value, params });
+        skip_sp(&mut i);
+        if i == s.len() {
+            break;
+        }
+        if s[i] != b',' {
+            return Err(format!("expected `,` at {i} in {input:?}"));
+        }
+        i += 1;
+        skip_sp(&mut i);
+        if i == s.len() {
+            return Err("trailing comma".into());
+        }
+    }
+    Ok(out)
+}
+
+fn int(item: &Item, key: &str) -> i64 {
+    match item.params.get(key) {
+        Some(Param::Int(n)) => *n,
+        other => panic!("{key} is {other:?} in {item:?}"),
+    }
+}
+
+/// The single item of the `RateLimit` and `RateLimit-Policy` fields of `r`.
+fn fields(r: &reqwest::Response) -> (Item, Item) {
+    let one = |name: &str| {
+        let v = r.headers().get(name).unwrap_or_else(|| panic!("no {name} in {:?}", r.headers()));
+        let mut list = parse_list(v.to_str().unwrap()).unwrap();
+        assert_eq!(list.len(), 1, "{v:?}");
+        list.remove(0)
+    };
+    (one("ratelimit-policy"), one("ratelimit"))
+}
+
+#[test]
+fn the_test_parser_reads_the_drafts_examples_and_rejects_bad_fields() {
+    let l = parse_list(r#""default";q=100;w=10, "daily";q=1000;w=86400"#).unwrap();
+    assert_eq!(l.len(), 2);
+    assert_eq!(int(&l[1], "w"), 86400);
+    assert_eq!(parse_list(r#""default";r=50;t=30"#).unwrap()[0].value, "default");
+    for bad in [r#""a";q="#, r#""a";Q=1"#, r#""a"  x"#, "\"a,", r#""a";q=1,"#, "1;q=2"] {
+        assert!(parse_list(bad).is_err(), "{bad}");
+    }
+}
+
+fn route(up: &Upstream, limits: &str) -> String {
+    format!(
+        "routes:\n  - id: orders\n    match: {{ path_prefix: /orders }}\n    upstream: {}\n    authenticate: [none]\n    rate_limits: {limits}\n",
+        up.url()
+    )
+}
+
+#[tokio::test]
+async fn exactly_the_limit_passes_and_the_fields_count_down() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&route(&up, "[{key: client_ip, limit: 20, per: 1m}]"));
+    let c = client();
+    for i in 0..20 {
+        let r = c.get(gw.url("/orders/1")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        let (policy, current) = fields(&r);
+        assert_eq!((policy.value.as_str(), int(&policy, "q"), int(&policy, "w")), ("client_ip", 20, 60));
+        assert_eq!(current.value, "client_ip");
+        assert_eq!(int(&current, "r"), 19 - i, "{current:?}");
+        // Full again once every request counted so far has drained: 3 s each.
+        let t = int(&current, "t");
+        assert!((3 * (i + 1) - 1..=3 * (i + 1)).contains(&t), "t={t} after {}", i + 1);
+    }
+    let r = c.get(gw.url("/orders/1")).send().await.unwrap();
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3).contains(&retry), "{retry}");
+    let (_, current) = fields(&r);
+    assert_eq!(int(&current, "r"), 0);
+    let p = problem(r, 429).await;
+    assert_eq!(p["type"], "urn:portcullis:problem:rate-limited", "{p}");
+    assert_eq!(up.count(), 20);
+    // The refusal is counted by route and limit.
+    assert_eq!(gw.metric("portcullis_rate_limited_total{owner=\"route:orders\",limit=\"client_ip\"}"), 1.0);
+}
+
+#[tokio::test]
+async fn a_burst_then_one_per_interval() {
+    let up = Upstream::start();
+    // One a second, three at once.
+    let gw = Gateway::start(&route(&up, "[{name: smooth, key: route, limit: 60, per: 1m, burst: 3}]"));
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(c.get(gw.url("/orders")).send().await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = c.get(gw.url("/orders")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (policy, current) = fields(&r);
+    assert_eq!((int(&policy, "q"), int(&policy, "w")), (3, 3));
+    assert_eq!(int(&current, "r"), 0);
+    assert_eq!(c.get(gw.url("/orders")).send().await.unwrap().status(), 429);
+    assert_eq!(up.count(), 4);
+}
+
+/// 64 clients, each on its own connection, race for a limit of 100: exactly 100 pass.
+async fn race(gateways: &[&Gateway], path: &str) -> usize {
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let url = gateways[i % gateways.len()].url(path);
+            tokio::spawn(async move {
+                let c = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+                let mut ok = 0;
+                for _ in 0..4 {
+                    match c.get(&url).send().await.unwrap().status().as_u16() {
+                        200 => ok += 1,
+                        429 => {}
+                        s => panic!("status {s}"),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_racing_clients_get_exactly_the_limit() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&route(&up, "[{key: route, limit: 100, per: 1h}]"));
+    assert_eq!(race(&[&gw], "/orders").await, 100);
+    assert_eq!(up.count(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_one_redis_share_a_limit_exactly() {
+    let redis = Redis::start(&[]);
+    let up = Upstream::start();
+    let config = format!(
+        "state:\n  backend: redis\n  redis_url: {}\n{}",
+        redis.url(),
+        route(&up, "[{key: route, limit: 100, per: 1h}, {name: per-ip, key: client_ip, limit: 10, per: 1h}]")
+    );
+    let a = Gateway::start(&config);
+    let b = Gateway::start(&config);
+    // Alternating replicas, one client: the per-address limit of 10 holds across both.
+    let c = client();
+    let mut ok = 0;
+    for i in 0..14 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = c.get(gw.url("/orders")).header("x-forwarded-for", "192.0.2.1").send().await.unwrap();
+        if r.status() == 200 {
+            ok += 1;
+        }
+    }
+    // `x-forwarded-for` is not trusted: both replicas count the loopback address.
+    assert_eq!(ok, 10);
+    // The keys live in Redis, under the prefix, and expire.
+    let keys = redis.command(&["KEYS", "portcullis:rl:*"]);
+    assert!(keys.starts_with("*2\r\n"), "{keys:?}");
+    redis.command(&["FLUSHALL"]);
+    // 64 racing clients spread over both replicas: exactly the shared limit of 100.
+    let route_only = config.replace(", {name: per-ip, key: client_ip, limit: 10, per: 1h}", "");
+    a.write_config(&route_only);
+    b.write_config(&route_only);
+    a.reload();
+    b.reload();
+    assert_eq!(race(&[&a, &b], "/orders").await, 100);
+    assert_eq!(up.count(), 110);
+}
+
+#[tokio::test]
+async fn a_redis_outage_fails_open_or_closed_per_limit() {
+    let mut redis = Redis::start(&[]);
+    let up = Upstream::start();
+    let config = format!(
+        "state:\n  backend: redis\n  redis_url: {url}\n  redis: {{ timeout: 100ms }}\n\
+         routes:\n  - id: open\n    match: {{ path_prefix: /open }}\n    upstream: {up}\n    authenticate: [none]\n    rate_limits: [{{key: route, limit: 1000, per: 1m}}]\n\
+         \x20 - id: closed\n    match: {{ path_prefix: /closed }}\n    upstream: {up}\n    authenticate: [none]\n    rate_limits: [{{key: route, limit: 1000, per: 1m, on_error: closed}}]\n",
+        url = redis.url(),
+        up = up.url()
+    );
+    let gw = Gateway::start(&config);
+    let c = client();
+    assert_eq!(c.get(gw.url("/open")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(gw.url("/closed")).send().await.unwrap().status(), 200);
+    redis.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = c.get(gw.url("/open")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        // Let through without a count, so without the fields that would claim one.
+        assert!(r.headers().get("ratelimit").is_none());
+        let r = c.get(gw.url("/closed")).send().await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(800), "{:?}", started.elapsed());
+        assert_eq!(r.headers()["retry-after"], "1");
+        let p = problem(r, 503).await;
+        assert_eq!(p["type"], "urn:portcullis:problem:state-unavailable", "{p}");
+    }
+    assert_eq!(gw.metric("portcullis_rate_limit_failed_open_total"), 3.0);
+    assert_eq!(gw.metric("portcullis_rate_limit_failed_closed_total"), 3.0);
+    assert_eq!(up.count(), 5);
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get(gw.url("/closed")).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "still refused 10s after Redis came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn plans_limit_each_consumer_across_routes() {
+    let new_key = || {
+        let (_, out, _) = run_cli(&["apikey", "new"]);
+        let key = out.lines().find_map(|l| l.strip_prefix("key:  ")).unwrap().to_string();
+        let hash = out.lines().find_map(|l| l.strip_prefix("hash: ")).unwrap().to_string();
+        (key, hash)
+    };
+    let (gold_key, gold_hash) = new_key();
+    let (free_key, free_hash) = new_key();
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        r#"
+plans:
+  gold: {{ rate_limits: [{{name: gold, limit: 4, per: 1h}}] }}
+  free: {{ rate_limits: [{{name: free, limit: 2, per: 1h}}] }}
+api_keys:
+  consumers:
+    - {{ name: acme, plan: gold, keys: ["{gold_hash}"] }}
+    - {{ name: solo, plan: free, keys: ["{free_hash}"] }}
+routes:
+  - id: a
+    match: {{ path_prefix: /a }}
+    upstream: {up}
+    authenticate: [api_key]
+  - id: b
+    match: {{ path_prefix: /b }}
+    upstream: {up}
+    authenticate: [api_key]
+"#,
+        up = up.url()
+    ));
+    let c = client();
+    let send = |path: &'static str, key: String| {
+        let c = c.clone();
+        let url = gw.url(path);
+        async move { c.get(url).header("x-api-key", key).send().await.unwrap() }
+    };
+    let mut gold = Vec::new();
+    for path in ["/a", "/b", "/a", "/b", "/a"] {
+        gold.push(send(path, gold_key.clone()).await.status().as_u16());
+    }
+    assert_eq!(gold, [200, 200, 200, 200, 429]);
+    let r = send("/a", free_key.clone()).await;
+    let (policy, _) = fields(&r);
+    assert_eq!((policy.value.as_str(), int(&policy, "q")), ("free", 2));
+    assert_eq!(send("/b", free_key.clone()).await.status(), 200);
+    assert_eq!(send("/a", free_key.clone()).await.status(), 429);
+    assert_eq!(gw.metric("portcullis_rate_limited_total{owner=\"plan:gold\",limit=\"gold\"}"), 1.0);
+}
+
+#[test]
+fn limit_mistakes_are_named_with_their_key() {
+    let dir = crate::harness::TempDir::new("limits-check");
+    let path = dir.write(
+        "bad.yaml",
+        "server: { listen: 127.0.0.1:0 }\n\
+         plans:\n  gold: { rate_limits: [{limit: 0, per: 1m}] }\n\
+         api_keys:\n  consumers:\n    - { name: a, plan: silver, keys: [\"sha256:0000000000000000000000000000000000000000000000000000000000000000\"] }\n\
+         routes:\n  - id: r\n    upstream: echo\n    authenticate: [none]\n    rate_limits:\n      - {key: 'client_ip+nope', limit: 1, per: 1s}\n",
+    );
+    let (code, _, err) = run_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("routes[0].rate_limits[0].key"), "{err}");
+    assert!(err.contains("`nope` is not a key part"), "{err}");
+    assert!(err.contains("plans.gold.rate_limits[0].limit"), "{err}");
+    assert!(err.contains("api_keys.consumers[0].plan"), "{err}");
+}
+
+/// Allow and deny lists, one of them a file that is read again when it changes; the address
+/// is the client's as `trusted_proxies` says, so a forwarded address counts only from a
+/// trusted proxy.
+#[tokio::test]
+async fn client_ip_lists_refuse_before_authentication_and_follow_their_file() {
+    let up = Upstream::start();
+    let dir = crate::harness::TempDir::new("ip-lists");
+    dir.write("allow.txt", "# partners\n198.51.100.0/24\n");
+    let gw = Gateway::start_in(
+        dir,
+        &format!(
+            "server:\n  listen: {{listen}}\n  trusted_proxies: [127.0.0.1/32]\n\
+             routes:\n  - id: orders\n    match: {{ path_prefix: /orders }}\n    upstream: {}\n    authenticate: [api_key]\n    \
+             client_ips:\n      allow: [203.0.113.0/24, {{file: allow.txt}}]\n      deny: [203.0.113.66]\n\
+             api_keys:\n  consumers: []\n",
+            up.url()
+        ),
+    );
+    let c = client();
+    let from = |ip: &'static str| {
+        let c = c.clone();
+        let url = gw.url("/orders/1");
+        async move { c.get(url).header("x-forwarded-for", ip).send().await.unwrap() }
+    };
+    // Allowed addresses get as far as authentication (no key: 401).
+    assert_eq!(from("203.0.113.5").await.status(), 401);
+    assert_eq!(from("198.51.100.9").await.status(), 401);
+    // Others are refused before it, whatever they carry.
+    let p = problem(from("192.0.2.1").await, 403).await;
+    assert_eq!(p["type"], "urn:portcullis:problem:address-denied", "{p}");
+    problem(from("203.0.113.66").await, 403).await;
+    // The file changes: the reload follows.
+    let generation = gw.metric("portcullis_config_generation");
+    std::fs::write(gw.dir.path().join("allow.txt"), "192.0.2.0/24\n").unwrap();
+    gw.wait_metric("a reload after the list changed", |g| g.metric("portcullis_config_generation") > generation);
+    assert_eq!(from("192.0.2.1").await.status(), 401);
+    problem(from("198.51.100.9").await, 403).await;
+    // A bad line is rejected with its file and line, and the last good list keeps serving.
+    std::fs::write(gw.dir.path().join("allow.txt"), "192.0.2.0/24\nnot-an-ip\n").unwrap();
+    gw.wait_metric("a failed reload", |g| g.metric("portcullis_config_reloads_total{result=\"failure\"}") >= 1.0);
+    assert!(gw.stderr().contains("allow.txt, line 2"), "{}", gw.stderr());
+    assert_eq!(from("192.0.2.1").await.status(), 401);
+    assert_eq!(up.count(), 0);
+}
+
+/// A slow service behind a route and an upstream with concurrency limits: past `max`, the
+/// queue holds what it may for as long as it may, and the rest are refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrency_limits_protect_a_slow_upstream() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  slow: {{ endpoints: [\"{}\"], concurrency: {{max: 3}} }}\n\
+         routes:\n  - id: queued\n    match: {{ path_prefix: /queued }}\n    upstream: slow\n    authenticate: [none]\n    \
+         concurrency: {{max: 2, queue: 1, wait: 2s}}\n\
+         \x20 - id: other\n    match: {{ path_prefix: /other }}\n    upstream: slow\n    authenticate: [none]\n",
+        up.url()
+    ));
+    let send = |path: &str| {
+        let url = gw.url(path);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = reqwest::Client::new().get(url).send().await.unwrap();
+            (r.status().as_u16(), started.elapsed(), r.headers().get("retry-after").cloned())
+        })
+    };
+    // Four at once on a route of 2 slots and a queue of 1: two served, one waits and is
+    // served after them, one refused at once.
+    let tasks: Vec<_> = (0..4).map(|_| send("/queued/slow?ms=400")).collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    results.sort_by_key(|r| r.1);
+    let statuses: Vec<u16> = results.iter().map(|r| r.0).collect();
+    assert_eq!(statuses, [503, 200, 200, 200], "{results:?}");
+    assert!(results[0].1 < Duration::from_millis(300), "{results:?}");
+    assert_eq!(results[0].2.as_ref().map(|v| v.to_str().unwrap()), Some("1"));
+    assert!(results[3].1 >= Duration::from_millis(750), "the queued one waited: {results:?}");
+    // The upstream's limit of 3 holds across routes.
+    let tasks: Vec<_> =
+        (0..2).map(|_| send("/queued/slow?ms=400")).chain((0..2).map(|_| send("/other/slow?ms=400"))).collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let late = send("/other/slow?ms=10").await.unwrap();
+    assert_eq!(late.0, 503, "{late:?}");
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap().0 == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 3);
+    // Slots are given back: all is quiet again.
+    assert_eq!(send("/other/slow?ms=10").await.unwrap().0, 200);
+}
