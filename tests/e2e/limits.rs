@@ -262,9 +262,15 @@ async fn replicas_on_one_redis_share_a_limit_exactly() {
     }
     // `x-forwarded-for` is not trusted: both replicas count the loopback address.
     assert_eq!(ok, 10);
-    // The keys live in Redis, under the prefix, and expire.
+    // The keys live in Redis, under the prefix, as digests (no caller's value in clear),
+    // and expire when their buckets are full again: within the hour.
     let keys = redis.command(&["KEYS", "portcullis:rl:*"]);
-    assert!(keys.starts_with("*2\r\n"), "{keys:?}");
+    assert!(keys.starts_with("*2\r\n") && keys.matches("portcullis:rl:#").count() == 2, "{keys:?}");
+    assert!(!keys.contains("127.0.0.1") && !keys.contains("orders"), "{keys:?}");
+    for key in keys.lines().filter(|l| l.starts_with("portcullis:")) {
+        let ttl: i64 = redis.command(&["PTTL", key]).trim_start_matches(':').trim().parse().unwrap();
+        assert!(ttl > 0 && ttl <= 3_600_001, "{key}: {ttl}");
+    }
     redis.command(&["FLUSHALL"]);
     // 64 racing clients spread over both replicas: exactly the shared limit of 100.
     let route_only = config.replace(", {name: per-ip, key: client_ip, limit: 10, per: 1h}", "");
@@ -429,6 +435,21 @@ async fn client_ip_lists_refuse_before_authentication_and_follow_their_file() {
     assert_eq!(up.count(), 0);
 }
 
+/// From a peer that is not a trusted proxy, `X-Forwarded-For` is not believed: the peer's
+/// own address is judged.
+#[tokio::test]
+async fn a_forwarded_address_from_an_untrusted_peer_is_not_believed() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "routes:\n  - id: orders\n    match: {{ path_prefix: /orders }}\n    upstream: {}\n    authenticate: [none]\n    \
+         client_ips:\n      allow: [203.0.113.0/24]\n",
+        up.url()
+    ));
+    let r = client().get(gw.url("/orders")).header("x-forwarded-for", "203.0.113.5").send().await.unwrap();
+    problem(r, 403).await;
+    assert_eq!(up.count(), 0);
+}
+
 /// A slow service behind a route and an upstream with concurrency limits: past `max`, the
 /// queue holds what it may for as long as it may, and the rest are refused at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -477,4 +498,172 @@ async fn concurrency_limits_protect_a_slow_upstream() {
     assert_eq!(ok, 3);
     // Slots are given back: all is quiet again.
     assert_eq!(send("/other/slow?ms=10").await.unwrap().0, 200);
+}
+
+fn json_route(up: &Upstream) -> String {
+    format!(
+        "routes:\n  - id: api\n    match: {{ path_prefix: /api }}\n    upstream: {}\n    authenticate: [none]\n    \
+         limits: {{ max_body_bytes: 200MiB }}\n    json_limits: {{ max_depth: 32, max_keys: 1000, max_string_length: 65536, max_array_length: 10000, max_members: 100000 }}\n\
+         \x20 - id: forms\n    match: {{ path_prefix: /forms }}\n    upstream: echo\n    authenticate: [none]\n    \
+         content_types: [application/x-www-form-urlencoded, text/*]\n",
+        up.url()
+    )
+}
+
+/// JSON bodies within the limits reach the service byte for byte; others are refused with
+/// 400 naming what is wrong, and bodies of other types with 415, before the service sees
+/// anything.
+#[tokio::test]
+async fn json_bodies_are_checked_and_other_types_refused() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&json_route(&up));
+    let c = client();
+    let post = |path: &str, ct: Option<&str>, body: Vec<u8>| {
+        let mut r = c.post(gw.url(path)).body(body);
+        if let Some(ct) = ct {
+            r = r.header("content-type", ct);
+        }
+        r.send()
+    };
+    let good = br#"{"order": {"items": [1, 2.5e3, "x\u00e9"], "note": null}}"#.to_vec();
+    let r = post("/api/count", Some("application/json; charset=utf-8"), good.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["bytes"], good.len());
+    // Streamed in odd pieces (chunked), the same.
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = good.chunks(7).map(|c| Ok(c.to_vec())).collect();
+    let r = c
+        .post(gw.url("/api/count"))
+        .header("content-type", "application/merge-patch+json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for (body, why) in [
+        (&b"{\"a\": 1,}"[..], "not valid JSON"),
+        (b"{\"a\": tru}", "not valid JSON"),
+        (b"[1] [2]", "not valid JSON"),
+        (b"{\"a\": \"\xff\"}", "not UTF-8"),
+    ] {
+        let p = problem(post("/api/x", Some("application/json"), body.to_vec()).await.unwrap(), 400).await;
+        assert_eq!(p["type"], "urn:portcullis:problem:invalid-json", "{p}");
+        assert!(p["detail"].as_str().unwrap().contains(why), "{p}");
+    }
+    let mut wide = String::from("[");
+    for i in 0..10_001 {
+        wide.push_str(if i == 0 { "0" } else { ",0" });
+    }
+    wide.push(']');
+    let p = problem(post("/api/x", Some("application/json"), wide.into_bytes()).await.unwrap(), 400).await;
+    assert!(p["detail"].as_str().unwrap().contains("too many items (the limit is 10000)"), "{p}");
+    // Not JSON at all, or no type: 415 on a JSON route.
+    for ct in [Some("text/plain"), Some("application/x-www-form-urlencoded"), None] {
+        let p = problem(post("/api/x", ct, b"{}".to_vec()).await.unwrap(), 415).await;
+        assert_eq!(p["type"], "urn:portcullis:problem:unsupported-media-type", "{p}");
+    }
+    // Two Content-Type fields: which one would the service believe?
+    let r = c
+        .post(gw.url("/api/x"))
+        .header("content-type", "application/json")
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    problem(r, 400).await;
+    assert_eq!(up.count(), 2, "only the good bodies reached the service");
+    // The allow list of another route: its types pass unchecked, others are refused; a
+    // request without a body is not asked for a type.
+    assert_eq!(post("/forms/a", Some("text/csv"), b"a,b".to_vec()).await.unwrap().status(), 200);
+    assert_eq!(
+        post("/forms/a", Some("application/x-www-form-urlencoded"), b"a=1".to_vec()).await.unwrap().status(),
+        200
+    );
+    problem(post("/forms/a", Some("application/json"), b"{}".to_vec()).await.unwrap(), 415).await;
+    assert_eq!(c.get(gw.url("/forms/a")).send().await.unwrap().status(), 200);
+}
+
+/// Sends `POST /api/x` with a chunked JSON body of `head` then `fill` repeated, `total`
+/// bytes in all, over raw TCP: one thread writes (until the gateway stops reading), the
+/// caller reads the answer as it comes, as a browser or curl would. Returns the status, the
+/// body and how many body bytes were written.
+fn stream_body(addr: std::net::SocketAddr, head: &[u8], fill: &[u8], total: usize) -> (u16, String, usize) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let mut first: Vec<u8> = head.to_vec();
+    let chunk: Vec<u8> = fill.iter().copied().cycle().take(64 * 1024).collect();
+    first.extend_from_slice(&chunk[..chunk.len() - head.len()]);
+    let writing = std::thread::spawn(move || {
+        let mut sent = 0;
+        if writer
+            .write_all(b"POST /api/x HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .is_err()
+        {
+            return sent;
+        }
+        while sent < total {
+            let data = if sent == 0 { &first } else { &chunk };
+            let framed = [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat();
+            if writer.write_all(&framed).is_err() {
+                break;
+            }
+            sent += data.len();
+        }
+        let _ = writer.write_all(b"0\r\n\r\n");
+        sent
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let (status, body) = loop {
+        let n = conn.read(&mut buf).expect("the gateway answers before it stops reading");
+        assert!(n > 0, "closed without an answer: {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+                .unwrap();
+            if body.len() >= len {
+                break (head[9..12].parse().unwrap(), body[..len].to_string());
+            }
+        }
+    };
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+    (status, body, writing.join().unwrap())
+}
+
+/// JSON bombs are refused at the limit they cross, long before their end, and the
+/// gateway's memory stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_bombs_are_refused_early_with_flat_memory() {
+    let up = Upstream::start();
+    let gw = Gateway::start(&json_route(&up));
+    let c = client();
+    // Warm up, then take the high-water mark.
+    for _ in 0..3 {
+        c.post(gw.url("/api/count")).header("content-type", "application/json").body("[1]").send().await.unwrap();
+    }
+    let before = gw.peak_rss_kib();
+    for (head, fill, total, why) in [
+        // 10^5 levels of nesting.
+        (&b"["[..], &b"["[..], 100_000, "nesting too deep"),
+        // 10^6 members in one object.
+        (b"{", b"\"k\":0,", 6_000_000, "an object with too many members"),
+        // A 100 MB string.
+        (b"[\"", b"a", 100 << 20, "a string too long"),
+    ] {
+        let started = Instant::now();
+        let (status, body, sent) = stream_body(gw.addr, head, fill, total);
+        assert_eq!(status, 400, "{why}: {body}");
+        let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(p["detail"].as_str().unwrap().contains(why), "{p}");
+        assert!(sent <= 16 << 20, "{why}: the client sent {sent} bytes before the refusal");
+        assert!(started.elapsed() < Duration::from_secs(5), "{why}: {:?}", started.elapsed());
+    }
+    let after = gw.peak_rss_kib();
+    assert!(after < before + 16 * 1024, "peak RSS went from {before} to {after} KiB");
+    assert_eq!(up.count(), 3);
 }

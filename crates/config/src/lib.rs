@@ -37,7 +37,8 @@ pub use identity::{
 };
 pub use issuer::{ApiKeysConfig, ClientAuthMethod, ConsumerConfig, IntrospectionConfig, IssuerConfig, KeyFetchConfig};
 pub use limits::{
-    ConcurrencyConfig, FailMode, IpListEntry, IpRulesConfig, KeyPart, LimitKey, PlanConfig, RateLimitConfig,
+    ConcurrencyConfig, FailMode, IpListEntry, IpRulesConfig, JsonLimitsConfig, KeyPart, LimitKey, PlanConfig,
+    RateLimitConfig,
 };
 pub use load::{ConfigError, ConfigErrors, Invalid, LoadedConfig, load_file, load_str};
 pub use route::{
@@ -109,6 +110,10 @@ pub struct Config {
     /// by default: plans come from API consumers only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_claim: Option<String>,
+    /// The plan of callers that have none, or name one not in `plans`. None by default:
+    /// such callers are held to their routes' limits only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_plan: Option<String>,
 }
 
 impl Config {

@@ -240,3 +240,54 @@ pub struct ConcurrencyConfig {
 fn default_wait() -> Duration {
     Duration::from_secs(1)
 }
+
+/// Limits on the shape of JSON request bodies, checked as the body arrives. A route with
+/// them takes JSON bodies only (`application/json`, `*/*+json`) unless `content_types`
+/// lists others, which are then not checked.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JsonLimitsConfig {
+    /// Nesting of objects and arrays (default 32).
+    #[serde(default = "default_depth")]
+    pub max_depth: u32,
+    /// Members of one object (default 1,000).
+    #[serde(default = "default_keys")]
+    pub max_keys: u32,
+    /// Bytes of one string, key or value, as sent (default 65,536).
+    #[serde(default = "default_string")]
+    pub max_string_length: u32,
+    /// Items of one array (default 10,000).
+    #[serde(default = "default_items")]
+    pub max_array_length: u32,
+    /// Values in the whole body (default 100,000).
+    #[serde(default = "default_members")]
+    pub max_members: u64,
+}
+
+impl Default for JsonLimitsConfig {
+    fn default() -> Self {
+        JsonLimitsConfig {
+            max_depth: default_depth(),
+            max_keys: default_keys(),
+            max_string_length: default_string(),
+            max_array_length: default_items(),
+            max_members: default_members(),
+        }
+    }
+}
+
+fn default_depth() -> u32 {
+    32
+}
+fn default_keys() -> u32 {
+    1000
+}
+fn default_string() -> u32 {
+    65_536
+}
+fn default_items() -> u32 {
+    10_000
+}
+fn default_members() -> u64 {
+    100_000
+}

@@ -50,6 +50,14 @@ pub struct RouteConfig {
     /// plan's). A refusal is `429` with `Retry-After`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<crate::RateLimitConfig>,
+    /// The media types a request body may have (`application/json`, `text/*`); a body of
+    /// another type, or without `Content-Type`, gets `415`. All types when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_types: Option<Vec<String>>,
+    /// Limits on JSON request bodies (nesting, members, string and array lengths), checked as
+    /// the body arrives; a body over them or not JSON gets `400`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_limits: Option<crate::JsonLimitsConfig>,
     /// Requests in flight on this route at most.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<crate::ConcurrencyConfig>,

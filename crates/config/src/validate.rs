@@ -49,6 +49,10 @@ fn limits(config: &Config, out: &mut Vec<Invalid>) {
             if l.burst == Some(0) {
                 out.push(Invalid::new(at(j, "burst"), "must be at least 1"));
             }
+            let interval = per.as_micros().div_ceil(u128::from(l.limit.max(1)));
+            if u128::from(l.burst.unwrap_or(l.limit)).saturating_mul(interval) > 366 * 86_400 * 1_000_000 {
+                out.push(Invalid::new(at(j, "burst"), "a burst that takes more than 366d to refill"));
+            }
             let name = l.name.clone().unwrap_or_else(|| l.key.name());
             if let Some(n) = &l.name
                 && (n.is_empty()
@@ -103,6 +107,36 @@ fn limits(config: &Config, out: &mut Vec<Invalid>) {
         if c.wait.get() > std::time::Duration::from_secs(60) {
             out.push(Invalid::new(format!("{at}.wait"), "at most 60s"));
         }
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        for (j, t) in r.content_types.iter().flatten().enumerate() {
+            let (ty, sub) = t.split_once('/').unwrap_or((t, ""));
+            let token = |s: &str| !s.is_empty() && s.bytes().all(is_tchar);
+            if !token(ty) || ty == "*" || !(sub == "*" || token(sub)) {
+                out.push(Invalid::new(
+                    format!("routes[{i}].content_types[{j}]"),
+                    "a media type such as `application/json`, or `text/*`",
+                ));
+            }
+        }
+        if let Some(j) = &r.json_limits {
+            for (k, v) in [
+                ("max_depth", u64::from(j.max_depth)),
+                ("max_keys", j.max_keys.into()),
+                ("max_string_length", j.max_string_length.into()),
+                ("max_array_length", j.max_array_length.into()),
+                ("max_members", j.max_members),
+            ] {
+                if v == 0 {
+                    out.push(Invalid::new(format!("routes[{i}].json_limits.{k}"), "must be at least 1"));
+                }
+            }
+        }
+    }
+    if let Some(plan) = &config.default_plan
+        && !config.plans.contains_key(plan)
+    {
+        out.push(Invalid::new("default_plan", format!("no plan `{plan}` in `plans`")));
     }
     if config.plan_claim.as_deref().is_some_and(str::is_empty) {
         out.push(Invalid::new("plan_claim", "must not be empty"));

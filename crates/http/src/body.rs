@@ -24,6 +24,8 @@ pub enum RequestBody {
     /// integrity checks pass ([`request_trailer_allowed`]), and never one of the fields
     /// named here (those the sender vouches for in the head, such as identity fields).
     Client(Limited<ClientBody>, Arc<[HeaderName]>),
+    /// A body the gateway read whole (to check it) and sends on as it is, without trailers.
+    Full(Option<Bytes>),
     /// No body.
     Empty,
 }
@@ -164,6 +166,7 @@ impl Body for RequestBody {
                 }
                 polled
             }
+            RequestBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -171,6 +174,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Client(b, _) => b.is_end_stream(),
+            RequestBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
             RequestBody::Empty => true,
         }
     }
@@ -178,6 +182,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Client(b, _) => b.size_hint(),
+            RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

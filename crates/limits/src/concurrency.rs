@@ -51,12 +51,22 @@ impl Concurrency {
         if joined.is_err() {
             return Err(overloaded());
         }
+        // Leaves the queue however the wait ends, a request dropped mid-wait included.
+        let _in_queue = Queued(&self.waiting);
         let got = tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
         match got {
             Ok(Ok(permit)) => Ok(Slot(permit)),
             _ => Err(overloaded()),
         }
+    }
+}
+
+/// A place in the queue, given back when dropped.
+struct Queued<'a>(&'a AtomicU32);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -96,7 +106,9 @@ mod tests {
             async move { c.acquire().await.map(drop) }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = std::time::Instant::now();
         assert_eq!(c.acquire().await.unwrap_err().status, 503);
+        assert!(started.elapsed() < Duration::from_millis(50), "refused at once, not after waiting");
         // The slot frees up in time: the waiter gets it.
         drop(held);
         assert!(waiter.await.unwrap().is_ok());
@@ -105,5 +117,23 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(c.acquire().await.unwrap_err().status, 503);
         assert!(started.elapsed() >= Duration::from_millis(190), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_goes_away_leaves_the_queue() {
+        let c = Arc::new(Concurrency::new(&config("{max: 1, queue: 1, wait: 5s}")));
+        let held = c.acquire().await.unwrap();
+        for _ in 0..3 {
+            // A waiter dropped mid-wait (its client went away) gives its place back.
+            let gone = tokio::time::timeout(Duration::from_millis(20), c.acquire()).await;
+            assert!(gone.is_err());
+        }
+        let waiter = tokio::spawn({
+            let c = c.clone();
+            async move { c.acquire().await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(held);
+        assert!(waiter.await.unwrap().is_ok(), "the queue still had its place");
     }
 }

@@ -75,6 +75,14 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
     if net.trunc() != net {
         return Err(format!("`{text}` has host bits set; the block is `{}`", net.trunc()));
     }
+    // An IPv4-mapped block (`::ffff:10.0.0.0/104`) is the IPv4 block it maps: clients are
+    // looked up by their IPv4 address.
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+    {
+        return ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map(IpNet::V4).map_err(|e| e.to_string());
+    }
     Ok(net)
 }
 
@@ -138,6 +146,10 @@ mod tests {
         }
         // Overlapping blocks were merged.
         assert_eq!(set.v4.len(), 2);
+        // An IPv4-mapped block holds the IPv4 addresses it maps, however the client is written.
+        let mapped = IpSet::build(&[net("::ffff:10.0.0.0/104")], "x").unwrap();
+        assert!(mapped.contains(ip("10.1.2.3")) && mapped.contains(ip("::ffff:10.1.2.3")));
+        assert!(!mapped.contains(ip("11.0.0.1")));
     }
 
     #[test]

@@ -10,13 +10,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod concurrency;
 pub mod ip;
+pub mod json;
 mod key;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -37,44 +40,51 @@ const NS: &str = "rl";
 /// One compiled rate limit.
 #[derive(Debug)]
 pub struct RateLimit {
-    /// Unique among all limits of a config, and stable across reloads: the start of each of
-    /// its buckets' keys.
+    /// Unique among all limits of a config, and stable across reloads (owner and name): the
+    /// start of each of its buckets' keys.
     id: Box<str>,
     /// The name in the response fields (a valid structured-field string).
     name: Box<str>,
+    /// `RateLimit-Policy`, the same for every response.
+    policy: HeaderValue,
     parts: Box<[KeyPart]>,
     interval_us: u64,
     capacity_us: u64,
-    /// The quota advertised: the bucket's size, and the window in which it refills.
+    /// The quota advertised: the bucket's size.
     quota: u64,
-    window_secs: u64,
     on_error: FailMode,
     /// Requests this limit refused.
     refused: Counter,
 }
 
 impl RateLimit {
-    /// Compiles the limit at position `index` of its list; `owner` names the list
-    /// (`route:orders`, `plan:gold`) and makes the limit's buckets its own.
-    pub fn new(owner: &str, index: usize, config: &RateLimitConfig) -> RateLimit {
+    /// Compiles a limit; `owner` names its list (`route:orders`, `plan:gold`), and with the
+    /// limit's name (unique in the list) makes its buckets its own: a reload that reorders
+    /// the list keeps each limit's counts.
+    pub fn new(owner: &str, config: &RateLimitConfig) -> RateLimit {
         let per_us = u64::try_from(config.per.get().as_micros()).unwrap_or(u64::MAX);
         let limit = config.limit.max(1);
-        let interval_us = (per_us / limit).max(1);
+        // Rounded up: a limit may admit a little less than it says, never more.
+        let interval_us = per_us.div_ceil(limit).max(1);
         let burst = config.burst.unwrap_or(limit).max(1);
         let capacity_us = interval_us.saturating_mul(burst);
+        let name = config.name.clone().unwrap_or_else(|| config.key.name());
         let mut id = String::new();
         key::push_field(&mut id, 'o', owner);
-        id.push_str(&index.to_string());
-        let name = config.name.clone().unwrap_or_else(|| config.key.name());
+        key::push_field(&mut id, 'n', &name);
+        let window_secs = capacity_us.div_ceil(1_000_000);
+        // Names are checked at load to be printable ASCII without `"` or `\`.
+        let policy = HeaderValue::try_from(format!("\"{name}\";q={burst};w={window_secs}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"limit\";q=0"));
         RateLimit {
             id: id.into(),
             refused: limit_metrics().refused(owner, &name),
+            policy,
             name: name.into(),
             parts: config.key.0.clone().into(),
             interval_us,
             capacity_us,
             quota: burst,
-            window_secs: capacity_us.div_ceil(1_000_000),
             on_error: config.on_error,
         }
     }
@@ -90,6 +100,7 @@ impl RateLimit {
 pub struct Plans {
     by_name: HashMap<Box<str>, Box<[RateLimit]>>,
     claim: Option<Box<str>>,
+    default: Option<Box<str>>,
 }
 
 impl Plans {
@@ -100,11 +111,15 @@ impl Plans {
             .iter()
             .map(|(name, plan)| {
                 let owner = format!("plan:{name}");
-                let limits = plan.rate_limits.iter().enumerate().map(|(i, l)| RateLimit::new(&owner, i, l)).collect();
+                let limits = plan.rate_limits.iter().map(|l| RateLimit::new(&owner, l)).collect();
                 (name.as_str().into(), limits)
             })
             .collect();
-        Plans { by_name, claim: config.plan_claim.as_deref().map(Into::into) }
+        Plans {
+            by_name,
+            claim: config.plan_claim.as_deref().map(Into::into),
+            default: config.default_plan.as_deref().map(Into::into),
+        }
     }
 
     /// Whether any plan has limits (else no request needs a plan looked up).
@@ -113,7 +128,8 @@ impl Plans {
     }
 
     /// The limits of `principal`'s plan: its API consumer's plan, else the plan its token's
-    /// plan claim names. None when the caller has no plan or one with no limits.
+    /// plan claim names, else (no plan, or one not defined) the default plan. None when
+    /// there is no default plan either.
     pub fn of(&self, principal: &Principal) -> &[RateLimit] {
         if self.by_name.is_empty() {
             return &[];
@@ -123,7 +139,8 @@ impl Plans {
             let claim = self.claim.as_deref()?;
             principal.claims.as_ref()?.get(claim)?.as_str()
         };
-        match from_consumer.or_else(from_claim).and_then(|p| self.by_name.get(p)) {
+        let named = from_consumer.or_else(from_claim).and_then(|p| self.by_name.get(p));
+        match named.or_else(|| self.by_name.get(self.default.as_deref()?)) {
             Some(limits) => limits,
             None => &[],
         }
@@ -197,6 +214,7 @@ pub async fn check(
             })
             .unwrap_or((0, 0));
         let reset = checked.ahead_us[i].div_ceil(1_000_000);
+        recovered();
         return Ok(Some(report(limits[i], remaining, reset)));
     }
     // Refused: by the limit that frees up last.
@@ -210,8 +228,11 @@ pub async fn check(
         .unwrap_or((0, 1_000_000));
     let limit = limits[i];
     limit.refused.inc();
+    recovered();
     let retry = wait_us.div_ceil(1_000_000).max(1);
-    let fields = report(limit, 0, retry);
+    // Not counted: the bucket is full again when its last counted request has drained.
+    let full_in = (checked.ahead_us[i] - limit.interval_us).div_ceil(1_000_000);
+    let fields = report(limit, 0, full_in);
     Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests: rate limit exceeded")
         .header(RETRY_AFTER, HeaderValue::from(retry))
         .header(RATELIMIT_POLICY.clone(), fields.policy)
@@ -223,6 +244,9 @@ pub async fn check(
 fn unavailable(limits: &[&RateLimit], e: portcullis_state::StateError) -> Result<Option<Report>, Problem> {
     if limits.iter().any(|l| l.on_error == FailMode::Closed) {
         limit_metrics().unchecked(false);
+        if !FAILING.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %e, "rate limits cannot be checked; requests are refused where `on_error: closed`, pass where `open`");
+        }
         return Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "state_unavailable",
@@ -231,17 +255,25 @@ fn unavailable(limits: &[&RateLimit], e: portcullis_state::StateError) -> Result
         .header(RETRY_AFTER, HeaderValue::from_static("1")));
     }
     limit_metrics().unchecked(true);
-    tracing::debug!(error = %e, "rate limit not checked; the request passes (on_error: open)");
+    if !FAILING.swap(true, Ordering::Relaxed) {
+        tracing::warn!(error = %e, "rate limits cannot be checked; requests pass unchecked where `on_error: open`, are refused where `closed`");
+    }
     Ok(None)
 }
 
+/// Limits could not be checked lately: logged once as it starts, once as it ends.
+static FAILING: AtomicBool = AtomicBool::new(false);
+
+fn recovered() {
+    if FAILING.load(Ordering::Relaxed) && FAILING.swap(false, Ordering::Relaxed) {
+        tracing::info!("rate limits are checked again");
+    }
+}
+
 fn report(limit: &RateLimit, remaining: u64, reset_secs: u64) -> Report {
-    let name = &limit.name;
-    let policy = format!("\"{name}\";q={};w={}", limit.quota, limit.window_secs);
-    let current = format!("\"{name}\";r={remaining};t={reset_secs}");
-    // Names are checked at load to be printable ASCII without `"` or `\`.
+    let current = format!("\"{}\";r={remaining};t={reset_secs}", limit.name);
     Report {
-        policy: HeaderValue::try_from(policy).unwrap_or_else(|_| HeaderValue::from_static("\"limit\";q=0")),
+        policy: limit.policy.clone(),
         current: HeaderValue::try_from(current).unwrap_or_else(|_| HeaderValue::from_static("\"limit\";r=0")),
     }
 }
@@ -249,7 +281,7 @@ fn report(limit: &RateLimit, remaining: u64, reset_secs: u64) -> Report {
 /// Compiles a route's limits.
 pub fn route_limits(route: &str, limits: &[RateLimitConfig]) -> Arc<[RateLimit]> {
     let owner = format!("route:{route}");
-    limits.iter().enumerate().map(|(i, l)| RateLimit::new(&owner, i, l)).collect()
+    limits.iter().map(|l| RateLimit::new(&owner, l)).collect()
 }
 
 #[cfg(test)]

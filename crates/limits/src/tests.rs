@@ -52,9 +52,10 @@ async fn exactly_the_limit_passes_then_429_with_retry_after() {
     assert_eq!(refused.status, 429);
     assert_eq!(refused.code, "rate_limited");
     let header = |n: &str| refused.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.to_str().unwrap().to_string());
-    // The next request may come when one interval (12 s) has passed.
+    // The next request may come when one interval (12 s) has passed; the bucket is full
+    // again when all five have drained.
     assert_eq!(header("retry-after").as_deref(), Some("12"));
-    assert_eq!(header("ratelimit").as_deref(), Some("\"client_ip\";r=0;t=12"));
+    assert_eq!(header("ratelimit").as_deref(), Some("\"client_ip\";r=0;t=60"));
     // Another address has its own bucket.
     let other = facts(&p, [10, 0, 0, 2], &h);
     assert!(check(&state, &limits, &[], &other).await.is_ok());
@@ -181,7 +182,7 @@ async fn header_keys_and_their_absence() {
 #[tokio::test]
 async fn plans_come_from_the_consumer_or_a_claim() {
     let config: Config = serde_saphyr::from_str(
-        "server: {listen: '127.0.0.1:0'}\nplan_claim: tier\nplans:\n  gold: {rate_limits: [{limit: 3, per: 1h}]}\n  free: {rate_limits: [{limit: 1, per: 1h}]}\n",
+        "server: {listen: '127.0.0.1:0'}\nplan_claim: tier\nplans:\n  gold: {rate_limits: [{name: gold, limit: 3, per: 1h}]}\n  free: {rate_limits: [{name: free, limit: 1, per: 1h}]}\n",
     )
     .unwrap();
     let plans = Plans::new(&config);
@@ -201,9 +202,16 @@ async fn plans_come_from_the_consumer_or_a_claim() {
     assert_eq!(plans.of(&user).len(), 1);
     assert!(check(&state, &[], plans.of(&user), &facts(&user, [1, 1, 1, 1], &h)).await.is_ok());
     assert!(check(&state, &[], plans.of(&user), &facts(&user, [1, 1, 1, 1], &h)).await.is_err());
-    // No plan, or an unknown one: no plan limits.
+    // No plan, or an unknown one: no plan limits, unless there is a default plan.
     assert!(plans.of(&anonymous()).is_empty());
     assert!(plans.of(&consumer("x", Some("platinum"))).is_empty());
+    let mut config = config;
+    config.default_plan = Some("free".into());
+    let plans = Plans::new(&config);
+    for who in [anonymous(), consumer("x", Some("platinum")), consumer("y", None)] {
+        assert_eq!(plans.of(&who).first().map(RateLimit::name), Some("free"));
+    }
+    assert_eq!(plans.of(&gold).first().map(RateLimit::name), Some("gold"));
 }
 
 #[tokio::test]

@@ -136,6 +136,8 @@ pub struct Route {
     pub rate_limits: Arc<[portcullis_limits::RateLimit]>,
     /// Requests in flight on the route at most.
     pub concurrency: Option<portcullis_limits::concurrency::Concurrency>,
+    /// The media types and JSON shape a request body may have.
+    pub body_rules: Option<portcullis_limits::body::BodyRules>,
     /// Metric handles.
     pub metrics: RouteMetrics,
 }
@@ -489,6 +491,7 @@ fn compile_route(
             client_ips,
             rate_limits: portcullis_limits::route_limits(&rc.id, &rc.rate_limits),
             concurrency: rc.concurrency.as_ref().map(portcullis_limits::concurrency::Concurrency::new),
+            body_rules: portcullis_limits::body::BodyRules::of(rc),
             metrics: lasting.metrics.route(&rc.id),
         }),
         _ => Err(errors),

@@ -36,9 +36,15 @@ impl Checked {
 
 /// Applies one check to TATs read from a store, `now` in µs. Returns the outcome and, when
 /// admitted, the new TAT of each bucket.
+///
+/// A TAT further ahead than the bucket's capacity (left by a stricter limit before a
+/// reload) is read as a full bucket's.
 pub(crate) fn decide(buckets: &[Bucket<'_>], tats: impl Iterator<Item = Option<u64>>, now: u64) -> Checked {
-    let ahead_us: Vec<u64> =
-        buckets.iter().zip(tats).map(|(b, tat)| tat.unwrap_or(now).max(now) - now + b.interval_us).collect();
+    let ahead_us: Vec<u64> = buckets
+        .iter()
+        .zip(tats)
+        .map(|(b, tat)| tat.unwrap_or(now).clamp(now, now.saturating_add(b.capacity_us)) - now + b.interval_us)
+        .collect();
     let admitted = buckets.iter().zip(&ahead_us).all(|(b, a)| *a <= b.capacity_us);
     Checked { admitted, ahead_us }
 }
@@ -56,6 +62,7 @@ local ok = 1
 for i, key in ipairs(KEYS) do
   local tat = tonumber(redis.call('GET', key))
   if tat == nil or tat < now then tat = now end
+  if tat > now + tonumber(ARGV[2 * i]) then tat = now + tonumber(ARGV[2 * i]) end
   local a = tat - now + tonumber(ARGV[2 * i - 1])
   ahead[i] = a
   if a > tonumber(ARGV[2 * i]) then ok = 0 end
@@ -97,12 +104,22 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_request_counts_against_no_limit() {
+    fn a_refusal_by_one_bucket_is_a_refusal_by_all() {
         let b = [bucket(1000, 10), bucket(1000, 1)];
         let c = decide(&b, [None, Some(20_000)].into_iter(), 10_000);
         assert!(!c.admitted);
         assert!(c.admits(0, &b[0]));
         assert!(!c.admits(1, &b[1]));
-        assert_eq!(c.ahead_us, [1000, 11_000]);
+        assert_eq!(c.ahead_us, [1000, 2000]);
+    }
+
+    #[test]
+    fn a_tat_beyond_the_capacity_reads_as_a_full_bucket() {
+        // A day's wait left by a stricter limit: read as the current limit's full bucket.
+        let b = [bucket(1000, 2)];
+        let c = decide(&b, [Some(10_000 + 86_400_000_000)].into_iter(), 10_000);
+        assert_eq!(c.ahead_us, [3000]);
+        assert!(!c.admitted);
+        assert!(decide(&b, [Some(10_000 + 1000)].into_iter(), 10_000).admitted);
     }
 }

@@ -97,6 +97,7 @@ struct Buckets {
 #[derive(Debug, Default)]
 struct BucketShard {
     tats: HashMap<Box<[u8]>, u64>,
+    last_sweep: u64,
     next_sweep: u64,
 }
 
@@ -110,16 +111,26 @@ impl Buckets {
     }
 
     fn check(&self, ns: &str, buckets: &[Bucket<'_>], now: u64) -> Result<Checked, StateError> {
+        if let [bucket] = buckets {
+            // One limit, one shard: the common case, without the bookkeeping below.
+            let key = stored_key(ns, bucket.key);
+            let mut shard = self.shards[self.shard_of(&key)].lock().unwrap_or_else(|e| e.into_inner());
+            let checked = gcra::decide(buckets, [shard.tats.get(&key).copied().filter(|t| *t > now)].into_iter(), now);
+            if checked.admitted {
+                self.room(&mut shard, &key, now)?;
+                shard.tats.insert(key, now + checked.ahead_us[0]);
+            }
+            return Ok(checked);
+        }
         let keys: Vec<Box<[u8]>> = buckets.iter().map(|b| stored_key(ns, b.key)).collect();
-        let shard_of = |k: &[u8]| (self.hasher.hash_one(k) as usize) % SHARDS;
         // The shards of all the buckets are held together, taken in ascending order (so two
         // checks cannot deadlock): the decision and the update are one step.
-        let mut order: Vec<usize> = keys.iter().map(|k| shard_of(k)).collect();
+        let mut order: Vec<usize> = keys.iter().map(|k| self.shard_of(k)).collect();
         order.sort_unstable();
         order.dedup();
         let mut held: Vec<MutexGuard<'_, BucketShard>> =
             order.iter().map(|&i| self.shards[i].lock().unwrap_or_else(|e| e.into_inner())).collect();
-        let at: Vec<usize> = keys.iter().map(|k| order.binary_search(&shard_of(k)).unwrap_or_default()).collect();
+        let at: Vec<usize> = keys.iter().map(|k| order.binary_search(&self.shard_of(k)).unwrap_or_default()).collect();
         let checked = gcra::decide(
             buckets,
             keys.iter().zip(&at).map(|(k, &h)| held[h].tats.get(k).copied().filter(|tat| *tat > now)),
@@ -130,19 +141,32 @@ impl Buckets {
         }
         // Room first, for every bucket: a request is counted by all its limits or by none.
         for (key, &h) in keys.iter().zip(&at) {
-            let shard = &mut held[h];
-            if shard.tats.len() >= self.per_shard || now >= shard.next_sweep {
-                shard.tats.retain(|_, tat| *tat > now);
-                shard.next_sweep = now + 1_000_000;
-            }
-            if shard.tats.len() >= self.per_shard && !shard.tats.contains_key(key) {
-                return Err(StateError::Full);
-            }
+            self.room(&mut held[h], key, now)?;
         }
         for ((key, &h), ahead) in keys.into_iter().zip(&at).zip(&checked.ahead_us) {
             held[h].tats.insert(key, now + ahead);
         }
         Ok(checked)
+    }
+
+    fn shard_of(&self, key: &[u8]) -> usize {
+        (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    /// Whether `shard` has room for `key`: full buckets (a TAT passed) are swept once a
+    /// second, and, while the shard is full, at most every 10 ms (a sweep visits every
+    /// entry: one per new key would make a full store slow to refuse).
+    fn room(&self, shard: &mut BucketShard, key: &[u8], now: u64) -> Result<(), StateError> {
+        let full = shard.tats.len() >= self.per_shard;
+        if now >= shard.next_sweep || (full && now >= shard.last_sweep + 10_000) {
+            shard.tats.retain(|_, tat| *tat > now);
+            shard.last_sweep = now;
+            shard.next_sweep = now + 1_000_000;
+        }
+        if shard.tats.len() >= self.per_shard && !shard.tats.contains_key(key) {
+            return Err(StateError::Full);
+        }
+        Ok(())
     }
 }
 
@@ -228,5 +252,78 @@ mod tests {
             .map(|h| h.join().unwrap())
             .sum();
         assert_eq!(wins, 1);
+    }
+
+    fn bucket(key: &'static [u8], interval_us: u64, burst: u64) -> Bucket<'static> {
+        Bucket { key, interval_us, capacity_us: interval_us * burst }
+    }
+
+    #[test]
+    fn a_refused_request_is_counted_by_no_bucket() {
+        let m = Memory::new(1000);
+        let (wide, narrow) = (bucket(b"wide", 1_000_000, 3), bucket(b"narrow", 1_000_000, 1));
+        assert!(m.gcra("rl", &[wide, narrow]).unwrap().admitted);
+        for _ in 0..5 {
+            assert!(!m.gcra("rl", &[wide, narrow]).unwrap().admitted);
+        }
+        // The wide bucket counted one request, not six: two more fit.
+        assert!(m.gcra("rl", &[wide]).unwrap().admitted);
+        assert!(m.gcra("rl", &[wide]).unwrap().admitted);
+        assert!(!m.gcra("rl", &[wide]).unwrap().admitted);
+    }
+
+    #[test]
+    fn racing_checks_of_two_buckets_on_two_shards_are_exact() {
+        let m = std::sync::Arc::new(Memory::new(100_000));
+        // Keys on different shards (found, not assumed).
+        let a: &'static [u8] = b"a";
+        let b: &'static [u8] = [&b"b"[..], b"c", b"d", b"e", b"f", b"g", b"h"]
+            .into_iter()
+            .find(|k| m.buckets.shard_of(&stored_key("rl", k)) != m.buckets.shard_of(&stored_key("rl", a)))
+            .unwrap();
+        let admitted: usize = (0..8)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    (0..200)
+                        .filter(|_| {
+                            m.gcra("rl", &[bucket(a, 1_000_000_000, 50), bucket(b, 1_000_000_000, 70)])
+                                .unwrap()
+                                .admitted
+                        })
+                        .count()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(admitted, 50);
+        // The other bucket counted exactly those: 20 left.
+        let left = (0..100).filter(|_| m.gcra("rl", &[bucket(b, 1_000_000_000, 70)]).unwrap().admitted).count();
+        assert_eq!(left, 20);
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_buckets_and_makes_room_as_they_fill_up() {
+        let m = Memory::new(SHARDS); // one bucket per shard
+        let keys: Vec<Vec<u8>> = (0..200u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let mut full = 0;
+        for k in &keys {
+            match m.gcra("rl", &[Bucket { key: k, interval_us: 20_000, capacity_us: 20_000 }]) {
+                Ok(c) => assert!(c.admitted),
+                Err(StateError::Full) => full += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(full >= 200 - SHARDS, "{full}");
+        // Once the buckets are full again (20 ms), their entries make room.
+        std::thread::sleep(Duration::from_millis(40));
+        let ok =
+            keys.iter().filter(|k| m.gcra("rl", &[Bucket { key: k, interval_us: 1, capacity_us: 1 }]).is_ok()).count();
+        assert!(ok >= SHARDS / 2, "{ok}");
+        // Long keys are stored as digests: a bounded size whatever the caller's key.
+        assert_eq!(stored_key("rl", &[7u8; 1000]).len(), 33);
+        assert_ne!(stored_key("rl", &[7u8; 1000]), stored_key("rl", &[8u8; 1000]));
     }
 }

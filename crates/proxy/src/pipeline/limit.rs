@@ -1,6 +1,6 @@
-//! Limit: the route's rate limits and those of the caller's plan, counted together in the
-//! shared state; then a slot among the requests in flight on the route and to its
-//! upstream. Runs after authorization, so that refused requests use up no one's allowance
+//! Limit: a slot among the requests in flight on the route and to its upstream; then the
+//! route's rate limits and those of the caller's plan, counted together in the shared
+//! state. Runs after authorization, so that refused requests use up no one's allowance
 //! and limits can be keyed by who the caller is.
 
 use http::HeaderMap;
@@ -50,15 +50,16 @@ async fn checked(
     upstream: Option<&portcullis_limits::concurrency::Concurrency>,
 ) -> Result<Limited, Problem> {
     let mut limited = Limited::default();
-    if let Some(state) = rt.state().filter(|_| !route.rate_limits.is_empty() || !plan.is_empty()) {
-        let facts = Facts { principal, client_ip: ctx.client_ip, route: &route.id, headers };
-        limited.report = portcullis_limits::check(state, &route.rate_limits, plan, &facts).await?;
-    }
+    // Slots first: a request refused for want of one is not counted by the rate limits.
     if let Some(c) = &route.concurrency {
         limited.slots[0] = Some(c.acquire().await?);
     }
     if let Some(c) = upstream {
         limited.slots[1] = Some(c.acquire().await?);
+    }
+    if let Some(state) = rt.state().filter(|_| !route.rate_limits.is_empty() || !plan.is_empty()) {
+        let facts = Facts { principal, client_ip: ctx.client_ip, route: &route.id, headers };
+        limited.report = portcullis_limits::check(state, &route.rate_limits, plan, &facts).await?;
     }
     Ok(limited)
 }

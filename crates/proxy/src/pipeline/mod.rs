@@ -144,7 +144,7 @@ async fn run(
     ctx.principal = Some(principal.clone());
     authorize::authorize(rt, conn, ctx, &route, &principal, &parts.method, &authority.host, &routed.path)?;
     let limited = limit::limit(rt, ctx, &route, &principal, &parts.headers).await?;
-    let body = protect::protect_body(&parts, body, route.max_body, &rt.identity_headers)?;
+    let body = protect::protect(&parts, body, route.max_body, route.body_rules.as_ref(), &rt.identity_headers).await?;
     let mut added = Added::default();
     let upgrade = propagate::propagate(rt, conn, ctx, &route, &authority, &mut parts, &mut added)?;
     let path =
