@@ -624,7 +624,9 @@ fn stream_body(addr: std::net::SocketAddr, head: &[u8], fill: &[u8], total: usiz
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             let len: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap())
+                })
                 .unwrap();
             if body.len() >= len {
                 break (head[9..12].parse().unwrap(), body[..len].to_string());
@@ -666,4 +668,44 @@ async fn json_bombs_are_refused_early_with_flat_memory() {
     let after = gw.peak_rss_kib();
     assert!(after < before + 16 * 1024, "peak RSS went from {before} to {after} KiB");
     assert_eq!(up.count(), 3);
+}
+
+/// A quota of short windows rolls over at the window's boundary, on one replica's memory
+/// and on Redis shared by two.
+#[tokio::test]
+async fn quotas_roll_over_at_the_window_boundary() {
+    let redis = Redis::start(&[]);
+    let up = Upstream::start();
+    let routes = format!(
+        "routes:\n  - id: metered\n    match: {{ path_prefix: /metered }}\n    upstream: {}\n    authenticate: [none]\n    \
+         quotas: [{{name: burst-window, key: route, limit: 3, per: 2s}}]\n",
+        up.url()
+    );
+    let memory = Gateway::start(&routes);
+    let shared = format!("state:\n  backend: redis\n  redis_url: {}\n{routes}", redis.url());
+    let (a, b) = (Gateway::start(&shared), Gateway::start(&shared));
+    let c = client();
+    for gateways in [vec![&memory], vec![&a, &b]] {
+        // Start at the beginning of a window, so that the three fit in it.
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        tokio::time::sleep(Duration::from_millis((2000 - ms % 2000) as u64 + 20)).await;
+        let mut statuses = Vec::new();
+        for i in 0..4 {
+            statuses.push(c.get(gateways[i % gateways.len()].url("/metered")).send().await.unwrap());
+        }
+        let last = statuses.pop().unwrap();
+        assert!(statuses.iter().all(|r| r.status() == 200), "{statuses:?}");
+        let (policy, current) = fields(&statuses[2]);
+        assert_eq!((policy.value.as_str(), int(&policy, "q"), int(&policy, "w")), ("burst-window", 3, 2));
+        assert_eq!(int(&current, "r"), 0);
+        let retry: u64 = last.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=2).contains(&retry), "{retry}");
+        let p = problem(last, 429).await;
+        assert_eq!(p["type"], "urn:portcullis:problem:quota-exceeded", "{p}");
+        // The next window starts a new count.
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        tokio::time::sleep(Duration::from_millis((2000 - ms % 2000) as u64 + 20)).await;
+        assert_eq!(c.get(gateways[0].url("/metered")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(up.count(), 8);
 }

@@ -38,7 +38,7 @@ pub use identity::{
 pub use issuer::{ApiKeysConfig, ClientAuthMethod, ConsumerConfig, IntrospectionConfig, IssuerConfig, KeyFetchConfig};
 pub use limits::{
     ConcurrencyConfig, FailMode, IpListEntry, IpRulesConfig, JsonLimitsConfig, KeyPart, LimitKey, PlanConfig,
-    RateLimitConfig,
+    QuotaConfig, QuotaWindow, RateLimitConfig,
 };
 pub use load::{ConfigError, ConfigErrors, Invalid, LoadedConfig, load_file, load_str};
 pub use route::{
@@ -114,6 +114,10 @@ pub struct Config {
     /// such callers are held to their routes' limits only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_plan: Option<String>,
+    /// The time zone of quota windows (days start at its midnight): `UTC` (the default), an
+    /// IANA name such as `Europe/Paris`, or a fixed offset such as `+02:00`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_timezone: Option<String>,
 }
 
 impl Config {

@@ -191,6 +191,10 @@ pub struct PlanConfig {
     /// across all routes.
     #[serde(default)]
     pub rate_limits: Vec<RateLimitConfig>,
+    /// Quotas of each consumer on the plan (key `consumer` unless given), counted across
+    /// all routes, e.g. `[{limit: 10000, per: day}, {limit: 200000, per: month}]`.
+    #[serde(default)]
+    pub quotas: Vec<QuotaConfig>,
 }
 
 /// An entry of an IP list: an address or CIDR block (`10.0.0.0/8`, `2001:db8::/32`,
@@ -290,4 +294,88 @@ fn default_items() -> u32 {
 }
 fn default_members() -> u64 {
     100_000
+}
+
+/// A quota: at most `limit` requests in each calendar window (`day`, `month`...), counted
+/// per value of `key`. Unlike a rate limit it does not refill gradually: the count starts
+/// again at the window's start.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// The name in the response fields and metrics. Default: the window, e.g. `day`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What is counted apart (default `consumer`), as for rate limits.
+    #[serde(default)]
+    pub key: LimitKey,
+    /// Requests allowed in each window.
+    pub limit: u64,
+    /// The window: `hour`, `day`, `week` (from Monday), `month`, or a duration (`10s`,
+    /// `15m`), windows of which start at midnight. Calendar windows follow `quota_timezone`.
+    pub per: QuotaWindow,
+    /// What happens when the shared state cannot answer: as for rate limits.
+    #[serde(default)]
+    pub on_error: FailMode,
+}
+
+/// A quota's window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaWindow {
+    /// A calendar hour.
+    Hour,
+    /// A calendar day.
+    Day,
+    /// A week from Monday.
+    Week,
+    /// A calendar month.
+    Month,
+    /// Fixed windows of this length, the first starting at midnight.
+    Every(std::time::Duration),
+}
+
+impl QuotaWindow {
+    /// As written in config.
+    pub fn name(&self) -> String {
+        match self {
+            QuotaWindow::Hour => "hour".into(),
+            QuotaWindow::Day => "day".into(),
+            QuotaWindow::Week => "week".into(),
+            QuotaWindow::Month => "month".into(),
+            QuotaWindow::Every(d) => humantime::format_duration(*d).to_string(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for QuotaWindow {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(match text.trim() {
+            "hour" => QuotaWindow::Hour,
+            "day" => QuotaWindow::Day,
+            "week" => QuotaWindow::Week,
+            "month" => QuotaWindow::Month,
+            other => QuotaWindow::Every(humantime::parse_duration(other).map_err(|_| {
+                de::Error::custom(format!("`{other}`: a window is hour, day, week, month or a duration such as `10s`"))
+            })?),
+        })
+    }
+}
+
+impl Serialize for QuotaWindow {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl JsonSchema for QuotaWindow {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "QuotaWindow".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "`hour`, `day`, `week`, `month`, or a duration such as `10s`"
+        })
+    }
 }

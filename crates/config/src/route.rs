@@ -50,6 +50,10 @@ pub struct RouteConfig {
     /// plan's). A refusal is `429` with `Retry-After`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<crate::RateLimitConfig>,
+    /// Quotas for this route, counted in calendar windows; a refusal is `429` with a
+    /// `quota-exceeded` problem.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<crate::QuotaConfig>,
     /// The media types a request body may have (`application/json`, `text/*`); a body of
     /// another type, or without `Content-Type`, gets `415`. All types when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

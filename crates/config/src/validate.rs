@@ -32,8 +32,28 @@ pub(crate) fn validate(config: &Config) -> Vec<Invalid> {
 }
 
 fn limits(config: &Config, out: &mut Vec<Invalid>) {
-    let mut check = |limits: &[crate::RateLimitConfig], at: &dyn Fn(usize, &str) -> String| {
+    let mut check = |limits: &[crate::RateLimitConfig],
+                     quotas: &[crate::QuotaConfig],
+                     at: &dyn Fn(usize, &str) -> String,
+                     qat: &dyn Fn(usize, &str) -> String| {
         let mut names = HashSet::new();
+        for (j, q) in quotas.iter().enumerate() {
+            if q.limit == 0 {
+                out.push(Invalid::new(qat(j, "limit"), "must be at least 1"));
+            }
+            if let crate::QuotaWindow::Every(d) = q.per
+                && (d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(86_400))
+            {
+                out.push(Invalid::new(qat(j, "per"), "a duration from 1s to 1d, or hour, day, week, month"));
+            }
+            let name = q.name.clone().unwrap_or_else(|| q.per.name());
+            if !names.insert(name.clone()) {
+                out.push(Invalid::new(
+                    qat(j, "name"),
+                    format!("`{name}` names another limit here too; give each a `name`"),
+                ));
+            }
+        }
         for (j, l) in limits.iter().enumerate() {
             if l.limit == 0 {
                 out.push(Invalid::new(at(j, "limit"), "must be at least 1"));
@@ -70,10 +90,14 @@ fn limits(config: &Config, out: &mut Vec<Invalid>) {
         }
     };
     for (i, r) in config.routes.iter().enumerate() {
-        check(&r.rate_limits, &|j, k| format!("routes[{i}].rate_limits[{j}].{k}"));
+        check(&r.rate_limits, &r.quotas, &|j, k| format!("routes[{i}].rate_limits[{j}].{k}"), &|j, k| {
+            format!("routes[{i}].quotas[{j}].{k}")
+        });
     }
     for (name, plan) in &config.plans {
-        check(&plan.rate_limits, &|j, k| format!("plans.{name}.rate_limits[{j}].{k}"));
+        check(&plan.rate_limits, &plan.quotas, &|j, k| format!("plans.{name}.rate_limits[{j}].{k}"), &|j, k| {
+            format!("plans.{name}.quotas[{j}].{k}")
+        });
     }
     if let Some(keys) = &config.api_keys
         && !config.plans.is_empty()

@@ -36,7 +36,9 @@ fn bench(c: &mut Criterion) {
     big.push(']');
     let text: String = format!("[\"{}\"]", "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(18_000));
     let mut g = c.benchmark_group("json");
-    for (name, doc) in [("api-body", small.as_bytes()), ("orders-1MiB", big.as_bytes()), ("strings-1MiB", text.as_bytes())] {
+    for (name, doc) in
+        [("api-body", small.as_bytes()), ("orders-1MiB", big.as_bytes()), ("strings-1MiB", text.as_bytes())]
+    {
         g.throughput(Throughput::Bytes(doc.len() as u64));
         g.bench_function(name, |b| b.iter(|| scan(std::hint::black_box(doc))));
     }

@@ -220,7 +220,12 @@ impl Scanner {
                     self.string_len += 1;
                     self.state = if left == 1 { State::Str { key } } else { State::Unicode { key, left: left - 1 } };
                 }
-                _ if is_ws(b) && !matches!(self.state, State::Num(_) | State::Literal { .. }) => {}
+                _ if is_ws(b) && !matches!(self.state, State::Num(_) | State::Literal { .. }) => {
+                    // A run of whitespace (indentation) at once.
+                    while chunk.get(i + 1).is_some_and(|b| is_ws(*b)) {
+                        i += 1;
+                    }
+                }
                 State::Value { first_in_array } => {
                     if b == b']' && first_in_array {
                         self.stack.pop();
@@ -299,6 +304,13 @@ impl Scanner {
                         _ => None,
                     };
                     match next {
+                        Some(n @ (NumStep::Int | NumStep::Frac | NumStep::ExpDigits)) => {
+                            // The rest of a run of digits at once.
+                            while chunk.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                                i += 1;
+                            }
+                            self.state = State::Num(n);
+                        }
                         Some(n) => self.state = State::Num(n),
                         None if matches!(step, NumStep::Zero | NumStep::Int | NumStep::Frac | NumStep::ExpDigits) => {
                             // The number ended; this byte belongs to what follows.

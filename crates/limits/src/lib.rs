@@ -15,18 +15,19 @@ pub mod concurrency;
 pub mod ip;
 pub mod json;
 mod key;
+pub mod window;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use portcullis_config::{Config, FailMode, KeyPart, RateLimitConfig};
+use jiff::tz::TimeZone;
+use portcullis_config::{Config, FailMode, KeyPart, LimitKey, QuotaConfig, QuotaWindow, RateLimitConfig};
 use portcullis_core::{Principal, Problem};
 use portcullis_state::State;
-use portcullis_state::gcra::Bucket;
+use portcullis_state::admit::{Check, Rule};
 use portcullis_telemetry::{Counter, limit_metrics};
 
 /// The `RateLimit-Policy` response field.
@@ -34,33 +35,45 @@ pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-pol
 /// The `RateLimit` response field.
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// The state namespace of rate-limit buckets.
+/// The state namespace of rate-limit buckets and quota windows.
 const NS: &str = "rl";
 
-/// One compiled rate limit.
+/// One compiled limit: a rate limit or a quota.
 #[derive(Debug)]
 pub struct RateLimit {
     /// Unique among all limits of a config, and stable across reloads (owner and name): the
-    /// start of each of its buckets' keys.
+    /// start of each of its keys.
     id: Box<str>,
     /// The name in the response fields (a valid structured-field string).
     name: Box<str>,
-    /// `RateLimit-Policy`, the same for every response.
+    /// `RateLimit-Policy` of a rate limit, the same for every response.
     policy: HeaderValue,
     parts: Box<[KeyPart]>,
-    interval_us: u64,
-    capacity_us: u64,
-    /// The quota advertised: the bucket's size.
-    quota: u64,
+    kind: Kind,
     on_error: FailMode,
     /// Requests this limit refused.
     refused: Counter,
 }
 
+#[derive(Debug)]
+enum Kind {
+    Rate {
+        interval_us: u64,
+        capacity_us: u64,
+        /// The quota advertised: the bucket's size.
+        burst: u64,
+    },
+    Quota {
+        limit: u64,
+        window: QuotaWindow,
+        tz: TimeZone,
+    },
+}
+
 impl RateLimit {
-    /// Compiles a limit; `owner` names its list (`route:orders`, `plan:gold`), and with the
-    /// limit's name (unique in the list) makes its buckets its own: a reload that reorders
-    /// the list keeps each limit's counts.
+    /// Compiles a rate limit; `owner` names its list (`route:orders`, `plan:gold`), and with
+    /// the limit's name (unique in the list) makes its buckets its own: a reload that
+    /// reorders the list keeps each limit's counts.
     pub fn new(owner: &str, config: &RateLimitConfig) -> RateLimit {
         let per_us = u64::try_from(config.per.get().as_micros()).unwrap_or(u64::MAX);
         let limit = config.limit.max(1);
@@ -69,23 +82,43 @@ impl RateLimit {
         let burst = config.burst.unwrap_or(limit).max(1);
         let capacity_us = interval_us.saturating_mul(burst);
         let name = config.name.clone().unwrap_or_else(|| config.key.name());
+        let policy = policy(&name, burst, capacity_us.div_ceil(1_000_000));
+        Self::compiled(
+            owner,
+            name,
+            &config.key,
+            config.on_error,
+            policy,
+            Kind::Rate { interval_us, capacity_us, burst },
+        )
+    }
+
+    /// Compiles a quota, its calendar windows in time zone `tz`.
+    pub fn quota(owner: &str, config: &QuotaConfig, tz: &TimeZone) -> RateLimit {
+        let name = config.name.clone().unwrap_or_else(|| config.per.name());
+        let kind = Kind::Quota { limit: config.limit, window: config.per, tz: tz.clone() };
+        Self::compiled(owner, name, &config.key, config.on_error, HeaderValue::from_static(""), kind)
+    }
+
+    fn compiled(
+        owner: &str,
+        name: String,
+        key: &LimitKey,
+        on_error: FailMode,
+        policy: HeaderValue,
+        kind: Kind,
+    ) -> Self {
         let mut id = String::new();
         key::push_field(&mut id, 'o', owner);
         key::push_field(&mut id, 'n', &name);
-        let window_secs = capacity_us.div_ceil(1_000_000);
-        // Names are checked at load to be printable ASCII without `"` or `\`.
-        let policy = HeaderValue::try_from(format!("\"{name}\";q={burst};w={window_secs}"))
-            .unwrap_or_else(|_| HeaderValue::from_static("\"limit\";q=0"));
         RateLimit {
             id: id.into(),
             refused: limit_metrics().refused(owner, &name),
             policy,
             name: name.into(),
-            parts: config.key.0.clone().into(),
-            interval_us,
-            capacity_us,
-            quota: burst,
-            on_error: config.on_error,
+            parts: key.0.clone().into(),
+            kind,
+            on_error,
         }
     }
 
@@ -95,24 +128,55 @@ impl RateLimit {
     }
 }
 
+/// `RateLimit-Policy` for a limit of `quota` requests per `window_secs`.
+fn policy(name: &str, quota: u64, window_secs: u64) -> HeaderValue {
+    // Names are checked at load to be printable ASCII without `"` or `\`.
+    HeaderValue::try_from(format!("\"{name}\";q={quota};w={window_secs}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"limit\";q=0"))
+}
+
+/// The limits of one route, or of one plan.
+#[derive(Debug, Default)]
+pub struct Limits(Vec<RateLimit>);
+
+impl Limits {
+    /// Compiles the rate limits and quotas of `owner` (`route:orders`, `plan:gold`).
+    pub fn new(owner: &str, rates: &[RateLimitConfig], quotas: &[QuotaConfig], tz: &TimeZone) -> Limits {
+        let rates = rates.iter().map(|l| RateLimit::new(owner, l));
+        Limits(rates.chain(quotas.iter().map(|q| RateLimit::quota(owner, q, tz))).collect())
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The limits.
+    pub fn iter(&self) -> std::slice::Iter<'_, RateLimit> {
+        self.0.iter()
+    }
+}
+
+/// No limits.
+static NONE: Limits = Limits(Vec::new());
+
 /// The plans of a config: the limits of each, and how a caller's plan is found.
 #[derive(Debug, Default)]
 pub struct Plans {
-    by_name: HashMap<Box<str>, Box<[RateLimit]>>,
+    by_name: HashMap<Box<str>, Limits>,
     claim: Option<Box<str>>,
     default: Option<Box<str>>,
 }
 
 impl Plans {
-    /// The plans `config` defines.
-    pub fn new(config: &Config) -> Plans {
+    /// The plans `config` defines; quota windows in time zone `tz`.
+    pub fn new(config: &Config, tz: &TimeZone) -> Plans {
         let by_name = config
             .plans
             .iter()
             .map(|(name, plan)| {
                 let owner = format!("plan:{name}");
-                let limits = plan.rate_limits.iter().map(|l| RateLimit::new(&owner, l)).collect();
-                (name.as_str().into(), limits)
+                (name.as_str().into(), Limits::new(&owner, &plan.rate_limits, &plan.quotas, tz))
             })
             .collect();
         Plans {
@@ -124,15 +188,15 @@ impl Plans {
 
     /// Whether any plan has limits (else no request needs a plan looked up).
     pub fn is_empty(&self) -> bool {
-        self.by_name.values().all(|l| l.is_empty())
+        self.by_name.values().all(Limits::is_empty)
     }
 
     /// The limits of `principal`'s plan: its API consumer's plan, else the plan its token's
     /// plan claim names, else (no plan, or one not defined) the default plan. None when
     /// there is no default plan either.
-    pub fn of(&self, principal: &Principal) -> &[RateLimit] {
+    pub fn of(&self, principal: &Principal) -> &Limits {
         if self.by_name.is_empty() {
-            return &[];
+            return &NONE;
         }
         let from_consumer = principal.consumer.as_ref().and_then(|c| c.plan.as_deref());
         let from_claim = || {
@@ -140,10 +204,7 @@ impl Plans {
             principal.claims.as_ref()?.get(claim)?.as_str()
         };
         let named = from_consumer.or_else(from_claim).and_then(|p| self.by_name.get(p));
-        match named.or_else(|| self.by_name.get(self.default.as_deref()?)) {
-            Some(limits) => limits,
-            None => &[],
-        }
+        named.or_else(|| self.by_name.get(self.default.as_deref()?)).unwrap_or(&NONE)
     }
 }
 
@@ -182,61 +243,105 @@ impl Report {
 /// or the state could not answer and every limit fails open; `Ok(Some)` with the fields for
 /// the response when it passes; `Err` (`429`, or `503` for a limit that fails closed) when
 /// it does not.
-pub async fn check(
-    state: &State,
-    route: &[RateLimit],
-    plan: &[RateLimit],
-    facts: &Facts<'_>,
-) -> Result<Option<Report>, Problem> {
-    let limits: Vec<&RateLimit> = route.iter().chain(plan).collect();
+pub async fn check(state: &State, route: &Limits, plan: &Limits, facts: &Facts<'_>) -> Result<Option<Report>, Problem> {
+    let limits: Vec<&RateLimit> = route.iter().chain(plan.iter()).collect();
     if limits.is_empty() {
         return Ok(None);
     }
-    let keys: Vec<Vec<u8>> = limits.iter().map(|l| key::bucket_key(&l.id, &l.parts, facts)).collect();
-    let buckets: Vec<Bucket<'_>> = limits
+    let now = jiff::Timestamp::now();
+    let mut windows = Vec::new();
+    let keys: Vec<Vec<u8>> = limits
+        .iter()
+        .map(|l| {
+            let mut key = key::bucket_key(&l.id, &l.parts, facts);
+            if let Kind::Quota { window, tz, .. } = &l.kind {
+                // The window's start names its count: a new window starts a new count.
+                let w = window::window(*window, now, tz).unwrap_or(window::Window { start_ms: 0, end_ms: i64::MAX });
+                key.extend_from_slice(&w.start_ms.to_be_bytes());
+                windows.push(w);
+            }
+            key
+        })
+        .collect();
+    let mut quota_windows = windows.iter();
+    let checks: Vec<Check<'_>> = limits
         .iter()
         .zip(&keys)
-        .map(|(l, k)| Bucket { key: k, interval_us: l.interval_us, capacity_us: l.capacity_us })
+        .map(|(l, k)| {
+            let rule = match &l.kind {
+                Kind::Rate { interval_us, capacity_us, .. } => {
+                    Rule::Gcra { interval_us: *interval_us, capacity_us: *capacity_us }
+                }
+                Kind::Quota { limit, .. } => {
+                    let end = quota_windows.next().map_or(i64::MAX, |w| w.end_ms);
+                    Rule::Window { limit: *limit, ends_ms: u64::try_from(end).unwrap_or(0) }
+                }
+            };
+            Check { key: k, rule }
+        })
         .collect();
-    let checked = match state.gcra(NS, &buckets).await {
+    let checked = match state.admit(NS, &checks).await {
         Ok(c) => c,
         Err(e) => return unavailable(&limits, e),
     };
+    let now_ms = now.as_millisecond();
+    let mut quota_windows = windows.iter();
+    // Per limit: (remaining, its size, seconds until it is full again, seconds until the
+    // next request may pass when it refuses).
+    let states: Vec<(u64, u64, u64, u64)> = limits
+        .iter()
+        .zip(&checked.values)
+        .map(|(l, v)| match &l.kind {
+            Kind::Rate { interval_us, capacity_us, burst } => {
+                let remaining = (capacity_us.saturating_sub(*v) / interval_us).min(*burst);
+                let counted = if checked.admitted { *v } else { v.saturating_sub(*interval_us) };
+                (remaining, *burst, counted.div_ceil(1_000_000), v.saturating_sub(*capacity_us).div_ceil(1_000_000))
+            }
+            Kind::Quota { limit, .. } => {
+                let end = quota_windows.next().map_or(now_ms, |w| w.end_ms);
+                let reset = u64::try_from(end.saturating_sub(now_ms)).unwrap_or(0).div_ceil(1000);
+                (limit.saturating_sub(*v), *limit, reset, reset)
+            }
+        })
+        .collect();
+    recovered();
     if checked.admitted {
         // The one with the least room left, relative to its size.
-        let (i, remaining) = limits
-            .iter()
-            .zip(&checked.ahead_us)
-            .map(|(l, ahead)| (l.capacity_us.saturating_sub(*ahead) / l.interval_us).min(l.quota))
-            .enumerate()
-            .min_by(|(a, ra), (b, rb)| {
-                (u128::from(*ra) * u128::from(limits[*b].quota)).cmp(&(u128::from(*rb) * u128::from(limits[*a].quota)))
+        let i = (0..limits.len())
+            .min_by(|&a, &b| {
+                let (ra, qa, ..) = states[a];
+                let (rb, qb, ..) = states[b];
+                (u128::from(ra) * u128::from(qb)).cmp(&(u128::from(rb) * u128::from(qa)))
             })
-            .unwrap_or((0, 0));
-        let reset = checked.ahead_us[i].div_ceil(1_000_000);
-        recovered();
-        return Ok(Some(report(limits[i], remaining, reset)));
+            .unwrap_or(0);
+        return Ok(Some(report(limits[i], &windows_of(&limits, &windows, i), states[i].0, states[i].2)));
     }
     // Refused: by the limit that frees up last.
-    let (i, wait_us) = limits
-        .iter()
-        .zip(&checked.ahead_us)
-        .enumerate()
-        .filter(|(_, (l, ahead))| **ahead > l.capacity_us)
-        .map(|(i, (l, ahead))| (i, ahead - l.capacity_us))
-        .max_by_key(|(_, wait)| *wait)
-        .unwrap_or((0, 1_000_000));
+    let i = (0..limits.len()).filter(|&i| !checked.admits(i, &checks[i])).max_by_key(|&i| states[i].3).unwrap_or(0);
     let limit = limits[i];
     limit.refused.inc();
-    recovered();
-    let retry = wait_us.div_ceil(1_000_000).max(1);
-    // Not counted: the bucket is full again when its last counted request has drained.
-    let full_in = (checked.ahead_us[i] - limit.interval_us).div_ceil(1_000_000);
-    let fields = report(limit, 0, full_in);
-    Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests: rate limit exceeded")
+    let retry = states[i].3.max(1);
+    let fields = report(limit, &windows_of(&limits, &windows, i), 0, states[i].2);
+    let problem = match limit.kind {
+        Kind::Rate { .. } => {
+            Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests: rate limit exceeded")
+        }
+        Kind::Quota { .. } => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
+            format!("the quota `{}` is used up until the window ends", limit.name),
+        ),
+    };
+    Err(problem
         .header(RETRY_AFTER, HeaderValue::from(retry))
         .header(RATELIMIT_POLICY.clone(), fields.policy)
         .header(RATELIMIT.clone(), fields.current))
+}
+
+/// The window of limit `i`, if it is a quota.
+fn windows_of(limits: &[&RateLimit], windows: &[window::Window], i: usize) -> Option<window::Window> {
+    let before = limits[..i].iter().filter(|l| matches!(l.kind, Kind::Quota { .. })).count();
+    matches!(limits[i].kind, Kind::Quota { .. }).then(|| windows[before])
 }
 
 /// The state could not count the request: refused if any of its limits fails closed.
@@ -270,18 +375,22 @@ fn recovered() {
     }
 }
 
-fn report(limit: &RateLimit, remaining: u64, reset_secs: u64) -> Report {
+fn report(limit: &RateLimit, window: &Option<window::Window>, remaining: u64, reset_secs: u64) -> Report {
     let current = format!("\"{}\";r={remaining};t={reset_secs}", limit.name);
     Report {
-        policy: limit.policy.clone(),
+        policy: match (&limit.kind, window) {
+            (Kind::Quota { limit: quota, .. }, Some(w)) => {
+                policy(&limit.name, *quota, u64::try_from(w.end_ms - w.start_ms).unwrap_or(0).div_ceil(1000))
+            }
+            _ => limit.policy.clone(),
+        },
         current: HeaderValue::try_from(current).unwrap_or_else(|_| HeaderValue::from_static("\"limit\";r=0")),
     }
 }
 
-/// Compiles a route's limits.
-pub fn route_limits(route: &str, limits: &[RateLimitConfig]) -> Arc<[RateLimit]> {
-    let owner = format!("route:{route}");
-    limits.iter().map(|l| RateLimit::new(&owner, l)).collect()
+/// Compiles a route's limits; quota windows in time zone `tz`.
+pub fn route_limits(route: &str, rates: &[RateLimitConfig], quotas: &[QuotaConfig], tz: &TimeZone) -> Limits {
+    Limits::new(&format!("route:{route}"), rates, quotas, tz)
 }
 
 #[cfg(test)]

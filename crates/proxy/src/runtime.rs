@@ -132,8 +132,8 @@ pub struct Route {
     pub propagate: Option<portcullis_identity::Propagation>,
     /// Which client addresses may use the route.
     pub client_ips: Option<portcullis_limits::ip::IpRules>,
-    /// The route's rate limits.
-    pub rate_limits: Arc<[portcullis_limits::RateLimit]>,
+    /// The route's rate limits and quotas.
+    pub rate_limits: portcullis_limits::Limits,
     /// Requests in flight on the route at most.
     pub concurrency: Option<portcullis_limits::concurrency::Concurrency>,
     /// The media types and JSON shape a request body may have.
@@ -246,6 +246,14 @@ impl Runtime {
             _ => None,
         };
 
+        let tz = match c.quota_timezone.as_deref().map(portcullis_limits::window::time_zone) {
+            None => jiff::tz::TimeZone::UTC,
+            Some(Ok(tz)) => tz,
+            Some(Err(e)) => {
+                errors.push(Invalid::new("quota_timezone", e));
+                jiff::tz::TimeZone::UTC
+            }
+        };
         let mut routes = Vec::new();
         for (i, rc) in c.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
@@ -268,7 +276,11 @@ impl Runtime {
                 compile_route(rc, &at, lasting, &verifiers, authz, &upstreams, c.server.limits.max_body_bytes.bytes())
                     .map_err(|e| errors.extend(e))
                     .ok()
-                    .map(|r| Route { propagate, ..r });
+                    .map(|r| Route {
+                        propagate,
+                        rate_limits: portcullis_limits::route_limits(&rc.id, &rc.rate_limits, &rc.quotas, &tz),
+                        ..r
+                    });
             if let (Some(m), Some(r)) = (matcher, route) {
                 routes.push((m, Arc::new(r), i));
             }
@@ -327,7 +339,7 @@ impl Runtime {
             guarded_headers: guarded_headers(c, &identity_headers),
             identity_headers,
             token_service,
-            plans: portcullis_limits::Plans::new(c),
+            plans: portcullis_limits::Plans::new(c, &tz),
             verifiers,
             config,
         })
@@ -489,7 +501,7 @@ fn compile_route(
             rewrite,
             propagate: None,
             client_ips,
-            rate_limits: portcullis_limits::route_limits(&rc.id, &rc.rate_limits),
+            rate_limits: portcullis_limits::Limits::default(),
             concurrency: rc.concurrency.as_ref().map(portcullis_limits::concurrency::Concurrency::new),
             body_rules: portcullis_limits::body::BodyRules::of(rc),
             metrics: lasting.metrics.route(&rc.id),

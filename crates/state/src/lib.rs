@@ -8,7 +8,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod gcra;
+pub mod admit;
 mod memory;
 mod redis;
 
@@ -65,14 +65,14 @@ impl State {
         }
     }
 
-    /// Counts a request against rate-limit buckets (GCRA, see [`gcra`]), atomically: it is
-    /// admitted only if every bucket admits it, and then counted by all of them. Of N
-    /// concurrent checks against a bucket with room for M < N, exactly M are admitted.
-    /// Bucket keys are namespaced by `ns`.
-    pub async fn gcra(&self, ns: &str, buckets: &[gcra::Bucket<'_>]) -> Result<gcra::Checked, StateError> {
+    /// Counts a request against rate-limit buckets and quota windows (see [`admit`]),
+    /// atomically: it is admitted only if every key admits it, and then counted by all of
+    /// them. Of N concurrent checks against a key with room for M < N, exactly M are
+    /// admitted. Keys are namespaced by `ns`.
+    pub async fn admit(&self, ns: &str, checks: &[admit::Check<'_>]) -> Result<admit::Checked, StateError> {
         match self {
-            State::Memory(m) => m.gcra(ns, buckets),
-            State::Redis(r) => r.gcra(ns, buckets).await,
+            State::Memory(m) => m.admit(ns, checks),
+            State::Redis(r) => r.admit(ns, checks).await,
         }
     }
 

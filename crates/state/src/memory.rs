@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::StateError;
-use crate::gcra::{self, Bucket, Checked};
+use crate::admit::{self, Check, Checked, Rule};
 
 /// Default number of entries: room for a million proofs within their replay window.
 pub(crate) const DEFAULT_CAPACITY: usize = 1 << 20;
@@ -47,10 +47,10 @@ impl Memory {
         }
     }
 
-    /// See [`crate::State::gcra`].
-    pub fn gcra(&self, ns: &str, buckets: &[Bucket<'_>]) -> Result<Checked, StateError> {
+    /// See [`crate::State::admit`].
+    pub fn admit(&self, ns: &str, checks: &[Check<'_>]) -> Result<Checked, StateError> {
         let now = self.epoch.elapsed().as_micros() as u64;
-        self.buckets.check(ns, buckets, now)
+        self.buckets.check(ns, checks, now)
     }
 
     /// See [`crate::State::insert_once`].
@@ -84,19 +84,26 @@ impl Memory {
     }
 }
 
-/// Rate-limit buckets: key → TAT (µs since the store's epoch). A bucket whose TAT has
-/// passed is full, the same as absent, and is swept like an expired replay entry. Keys
-/// longer than a digest are stored as their SHA-256, so an entry's size is bounded.
+/// Rate-limit buckets and quota windows: key → (TAT or count, expiry), times in µs since
+/// the store's epoch. A bucket whose TAT has passed is full, the same as absent; a window
+/// that has ended is forgotten; both are swept like expired replay entries.
+///
+/// A key is stored as 128 bits of two hashes seeded at random for the process (SipHash and
+/// foldhash): a fixed size whatever the caller's key, no allocation, and a few dozen
+/// instructions where a SHA-256 of a typical key (an issuer and a subject) cost 4,000
+/// (bench/RESULTS.md, "Rate limits"). Two callers share a bucket only if both hashes
+/// collide, which nobody can aim for without the seeds.
 #[derive(Debug)]
 struct Buckets {
     shards: Box<[Mutex<BucketShard>]>,
     per_shard: usize,
-    hasher: std::hash::RandomState,
+    sip: std::hash::RandomState,
+    fold: foldhash::fast::RandomState,
 }
 
 #[derive(Debug, Default)]
 struct BucketShard {
-    tats: HashMap<Box<[u8]>, u64>,
+    tats: HashMap<u128, (u64, u64), foldhash::fast::RandomState>,
     last_sweep: u64,
     next_sweep: u64,
 }
@@ -106,87 +113,99 @@ impl Buckets {
         Buckets {
             shards: (0..SHARDS).map(|_| Mutex::new(BucketShard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
-            hasher: std::hash::RandomState::new(),
+            sip: std::hash::RandomState::new(),
+            fold: foldhash::fast::RandomState::default(),
         }
     }
 
-    fn check(&self, ns: &str, buckets: &[Bucket<'_>], now: u64) -> Result<Checked, StateError> {
-        if let [bucket] = buckets {
-            // One limit, one shard: the common case, without the bookkeeping below.
-            let key = stored_key(ns, bucket.key);
-            let mut shard = self.shards[self.shard_of(&key)].lock().unwrap_or_else(|e| e.into_inner());
-            let checked = gcra::decide(buckets, [shard.tats.get(&key).copied().filter(|t| *t > now)].into_iter(), now);
+    fn check(&self, ns: &str, checks: &[Check<'_>], now: u64) -> Result<Checked, StateError> {
+        // A window ends at a wall-clock time: its expiry on the store's clock.
+        let unix_us =
+            || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let expiry = |rule: Rule, value: u64, unix_now: u64| match rule {
+            Rule::Gcra { .. } => now + value,
+            Rule::Window { ends_ms, .. } => now + (ends_ms.saturating_mul(1000)).saturating_sub(unix_now),
+        };
+        let stored_value = |rule: Rule, value: u64| match rule {
+            Rule::Gcra { .. } => now + value,
+            Rule::Window { .. } => value,
+        };
+        if let [check] = checks {
+            // One limit, one shard: the common case, without the bookkeeping below; a known
+            // caller's entry is updated in place.
+            let unix_now = if matches!(check.rule, Rule::Window { .. }) { unix_us() } else { 0 };
+            let key = self.stored_key(ns, check.key);
+            let mut shard = self.shards[self.shard_of(key)].lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = shard.tats.get_mut(&key) {
+                let live = Some(entry.0).filter(|_| entry.1 > now);
+                let checked = admit::decide(checks, [live].into_iter(), now);
+                if checked.admitted {
+                    *entry =
+                        (stored_value(check.rule, checked.values[0]), expiry(check.rule, checked.values[0], unix_now));
+                }
+                return Ok(checked);
+            }
+            let checked = admit::decide(checks, [None].into_iter(), now);
             if checked.admitted {
-                self.room(&mut shard, &key, now)?;
-                shard.tats.insert(key, now + checked.ahead_us[0]);
+                self.room(&mut shard, key, now)?;
+                let v = checked.values[0];
+                shard.tats.insert(key, (stored_value(check.rule, v), expiry(check.rule, v, unix_now)));
             }
             return Ok(checked);
         }
-        let keys: Vec<Box<[u8]>> = buckets.iter().map(|b| stored_key(ns, b.key)).collect();
-        // The shards of all the buckets are held together, taken in ascending order (so two
+        let unix_now = if checks.iter().any(|c| matches!(c.rule, Rule::Window { .. })) { unix_us() } else { 0 };
+        let keys: Vec<u128> = checks.iter().map(|c| self.stored_key(ns, c.key)).collect();
+        // The shards of all the keys are held together, taken in ascending order (so two
         // checks cannot deadlock): the decision and the update are one step.
-        let mut order: Vec<usize> = keys.iter().map(|k| self.shard_of(k)).collect();
+        let mut order: Vec<usize> = keys.iter().map(|k| self.shard_of(*k)).collect();
         order.sort_unstable();
         order.dedup();
         let mut held: Vec<MutexGuard<'_, BucketShard>> =
             order.iter().map(|&i| self.shards[i].lock().unwrap_or_else(|e| e.into_inner())).collect();
-        let at: Vec<usize> = keys.iter().map(|k| order.binary_search(&self.shard_of(k)).unwrap_or_default()).collect();
-        let checked = gcra::decide(
-            buckets,
-            keys.iter().zip(&at).map(|(k, &h)| held[h].tats.get(k).copied().filter(|tat| *tat > now)),
+        let at: Vec<usize> = keys.iter().map(|k| order.binary_search(&self.shard_of(*k)).unwrap_or_default()).collect();
+        let checked = admit::decide(
+            checks,
+            keys.iter().zip(&at).map(|(k, &h)| held[h].tats.get(k).filter(|e| e.1 > now).map(|e| e.0)),
             now,
         );
         if !checked.admitted {
             return Ok(checked);
         }
-        // Room first, for every bucket: a request is counted by all its limits or by none.
+        // Room first, for every key: a request is counted by all its limits or by none.
         for (key, &h) in keys.iter().zip(&at) {
-            self.room(&mut held[h], key, now)?;
+            self.room(&mut held[h], *key, now)?;
         }
-        for ((key, &h), ahead) in keys.into_iter().zip(&at).zip(&checked.ahead_us) {
-            held[h].tats.insert(key, now + ahead);
+        for (((key, &h), v), c) in keys.into_iter().zip(&at).zip(&checked.values).zip(checks) {
+            held[h].tats.insert(key, (stored_value(c.rule, *v), expiry(c.rule, *v, unix_now)));
         }
         Ok(checked)
     }
 
-    fn shard_of(&self, key: &[u8]) -> usize {
-        (self.hasher.hash_one(key) as usize) % SHARDS
+    /// The stored form of `key` in namespace `ns`.
+    fn stored_key(&self, ns: &str, key: &[u8]) -> u128 {
+        let hi = self.sip.hash_one((ns, key));
+        let lo = self.fold.hash_one((ns, key));
+        (u128::from(hi) << 64) | u128::from(lo)
+    }
+
+    fn shard_of(&self, key: u128) -> usize {
+        (key as usize) % SHARDS
     }
 
     /// Whether `shard` has room for `key`: full buckets (a TAT passed) are swept once a
     /// second, and, while the shard is full, at most every 10 ms (a sweep visits every
     /// entry: one per new key would make a full store slow to refuse).
-    fn room(&self, shard: &mut BucketShard, key: &[u8], now: u64) -> Result<(), StateError> {
+    fn room(&self, shard: &mut BucketShard, key: u128, now: u64) -> Result<(), StateError> {
         let full = shard.tats.len() >= self.per_shard;
         if now >= shard.next_sweep || (full && now >= shard.last_sweep + 10_000) {
-            shard.tats.retain(|_, tat| *tat > now);
+            shard.tats.retain(|_, entry| entry.1 > now);
             shard.last_sweep = now;
             shard.next_sweep = now + 1_000_000;
         }
-        if shard.tats.len() >= self.per_shard && !shard.tats.contains_key(key) {
+        if shard.tats.len() >= self.per_shard && !shard.tats.contains_key(&key) {
             return Err(StateError::Full);
         }
         Ok(())
-    }
-}
-
-/// The map key of `key` in namespace `ns`: the bytes themselves when short, else a digest.
-fn stored_key(ns: &str, key: &[u8]) -> Box<[u8]> {
-    if ns.len() + 1 + key.len() <= 64 {
-        let mut k = Vec::with_capacity(ns.len() + 1 + key.len());
-        k.extend_from_slice(ns.as_bytes());
-        k.push(0);
-        k.extend_from_slice(key);
-        k.into_boxed_slice()
-    } else {
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        ctx.update(&(ns.len() as u64).to_be_bytes());
-        ctx.update(ns.as_bytes());
-        ctx.update(key);
-        // Marked by a first byte that no namespace starts with.
-        let mut k = vec![0u8];
-        k.extend_from_slice(ctx.finish().as_ref());
-        k.into_boxed_slice()
     }
 }
 
@@ -254,22 +273,22 @@ mod tests {
         assert_eq!(wins, 1);
     }
 
-    fn bucket(key: &'static [u8], interval_us: u64, burst: u64) -> Bucket<'static> {
-        Bucket { key, interval_us, capacity_us: interval_us * burst }
+    fn bucket(key: &'static [u8], interval_us: u64, burst: u64) -> Check<'static> {
+        Check { key, rule: Rule::Gcra { interval_us, capacity_us: interval_us * burst } }
     }
 
     #[test]
     fn a_refused_request_is_counted_by_no_bucket() {
         let m = Memory::new(1000);
         let (wide, narrow) = (bucket(b"wide", 1_000_000, 3), bucket(b"narrow", 1_000_000, 1));
-        assert!(m.gcra("rl", &[wide, narrow]).unwrap().admitted);
+        assert!(m.admit("rl", &[wide, narrow]).unwrap().admitted);
         for _ in 0..5 {
-            assert!(!m.gcra("rl", &[wide, narrow]).unwrap().admitted);
+            assert!(!m.admit("rl", &[wide, narrow]).unwrap().admitted);
         }
         // The wide bucket counted one request, not six: two more fit.
-        assert!(m.gcra("rl", &[wide]).unwrap().admitted);
-        assert!(m.gcra("rl", &[wide]).unwrap().admitted);
-        assert!(!m.gcra("rl", &[wide]).unwrap().admitted);
+        assert!(m.admit("rl", &[wide]).unwrap().admitted);
+        assert!(m.admit("rl", &[wide]).unwrap().admitted);
+        assert!(!m.admit("rl", &[wide]).unwrap().admitted);
     }
 
     #[test]
@@ -279,7 +298,9 @@ mod tests {
         let a: &'static [u8] = b"a";
         let b: &'static [u8] = [&b"b"[..], b"c", b"d", b"e", b"f", b"g", b"h"]
             .into_iter()
-            .find(|k| m.buckets.shard_of(&stored_key("rl", k)) != m.buckets.shard_of(&stored_key("rl", a)))
+            .find(|k| {
+                m.buckets.shard_of(m.buckets.stored_key("rl", k)) != m.buckets.shard_of(m.buckets.stored_key("rl", a))
+            })
             .unwrap();
         let admitted: usize = (0..8)
             .map(|_| {
@@ -287,7 +308,7 @@ mod tests {
                 std::thread::spawn(move || {
                     (0..200)
                         .filter(|_| {
-                            m.gcra("rl", &[bucket(a, 1_000_000_000, 50), bucket(b, 1_000_000_000, 70)])
+                            m.admit("rl", &[bucket(a, 1_000_000_000, 50), bucket(b, 1_000_000_000, 70)])
                                 .unwrap()
                                 .admitted
                         })
@@ -300,7 +321,7 @@ mod tests {
             .sum();
         assert_eq!(admitted, 50);
         // The other bucket counted exactly those: 20 left.
-        let left = (0..100).filter(|_| m.gcra("rl", &[bucket(b, 1_000_000_000, 70)]).unwrap().admitted).count();
+        let left = (0..100).filter(|_| m.admit("rl", &[bucket(b, 1_000_000_000, 70)]).unwrap().admitted).count();
         assert_eq!(left, 20);
     }
 
@@ -310,7 +331,7 @@ mod tests {
         let keys: Vec<Vec<u8>> = (0..200u32).map(|i| i.to_be_bytes().to_vec()).collect();
         let mut full = 0;
         for k in &keys {
-            match m.gcra("rl", &[Bucket { key: k, interval_us: 20_000, capacity_us: 20_000 }]) {
+            match m.admit("rl", &[Check { key: k, rule: Rule::Gcra { interval_us: 20_000, capacity_us: 20_000 } }]) {
                 Ok(c) => assert!(c.admitted),
                 Err(StateError::Full) => full += 1,
                 Err(e) => panic!("{e}"),
@@ -319,11 +340,27 @@ mod tests {
         assert!(full >= 200 - SHARDS, "{full}");
         // Once the buckets are full again (20 ms), their entries make room.
         std::thread::sleep(Duration::from_millis(40));
-        let ok =
-            keys.iter().filter(|k| m.gcra("rl", &[Bucket { key: k, interval_us: 1, capacity_us: 1 }]).is_ok()).count();
+        let ok = keys
+            .iter()
+            .filter(|k| m.admit("rl", &[Check { key: k, rule: Rule::Gcra { interval_us: 1, capacity_us: 1 } }]).is_ok())
+            .count();
         assert!(ok >= SHARDS / 2, "{ok}");
-        // Long keys are stored as digests: a bounded size whatever the caller's key.
-        assert_eq!(stored_key("rl", &[7u8; 1000]).len(), 33);
-        assert_ne!(stored_key("rl", &[7u8; 1000]), stored_key("rl", &[8u8; 1000]));
+        // Keys are stored as 128 bits, whatever their length; namespaces separate.
+        let b = &m.buckets;
+        assert_ne!(b.stored_key("rl", &[7u8; 1000]), b.stored_key("rl", &[8u8; 1000]));
+        assert_ne!(b.stored_key("rl", b"k"), b.stored_key("q", b"k"));
+        assert_ne!(b.stored_key("rl", b"ab"), b.stored_key("rla", b"b"));
+    }
+
+    #[test]
+    fn a_window_counts_to_its_limit_and_is_forgotten_when_it_ends() {
+        let m = Memory::new(1000);
+        let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let w = Check { key: b"q", rule: Rule::Window { limit: 3, ends_ms: unix_ms + 60 } };
+        let admitted = (0..5).filter(|_| m.admit("q", &[w]).unwrap().admitted).count();
+        assert_eq!(admitted, 3);
+        assert_eq!(m.admit("q", &[w]).unwrap().values, [4]);
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(m.admit("q", &[w]).unwrap().admitted, "a window that ended is forgotten");
     }
 }

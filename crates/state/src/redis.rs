@@ -18,7 +18,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, RedisError};
 
 use crate::StateError;
-use crate::gcra::{Bucket, Checked};
+use crate::admit::{Check, Checked, Rule};
 
 /// Caller keys longer than this are hashed.
 const MAX_RAW_KEY: usize = 64;
@@ -128,21 +128,24 @@ impl Redis {
         }
     }
 
-    /// See [`crate::State::gcra`]: one script call, whatever the number of buckets.
-    pub async fn gcra(&self, ns: &str, buckets: &[Bucket<'_>]) -> Result<Checked, StateError> {
-        let script = gcra_script();
+    /// See [`crate::State::admit`]: one script call, whatever the number of keys.
+    pub async fn admit(&self, ns: &str, checks: &[Check<'_>]) -> Result<Checked, StateError> {
+        let script = admit_script();
         let mut call = script.prepare_invoke();
-        for b in buckets {
-            call.key(self.key(ns, b.key));
+        for c in checks {
+            call.key(self.key(ns, c.key));
         }
-        for b in buckets {
-            call.arg(b.interval_us).arg(b.capacity_us);
+        for c in checks {
+            match c.rule {
+                Rule::Gcra { interval_us, capacity_us } => call.arg(0).arg(interval_us).arg(capacity_us),
+                Rule::Window { limit, ends_ms } => call.arg(1).arg(limit).arg(ends_ms),
+            };
         }
         let mut conn = self.connection();
         let answer: Vec<i64> = self.timed(call.invoke_async(&mut conn)).await?;
         match answer.split_first() {
-            Some((&ok, ahead)) if ahead.len() == buckets.len() && ahead.iter().all(|a| *a >= 0) => {
-                Ok(Checked { admitted: ok == 1, ahead_us: ahead.iter().map(|a| *a as u64).collect() })
+            Some((&ok, values)) if values.len() == checks.len() && values.iter().all(|a| *a >= 0) => {
+                Ok(Checked { admitted: ok == 1, values: values.iter().map(|a| *a as u64).collect() })
             }
             _ => Err(self.failed(StateErrorKind::protocol, "unexpected answer to the rate-limit script")),
         }
@@ -204,10 +207,10 @@ impl Redis {
     }
 }
 
-/// The rate-limit script, hashed once (`EVALSHA`, loaded again if the server lost it).
-fn gcra_script() -> &'static redis::Script {
+/// The admission script, hashed once (`EVALSHA`, loaded again if the server lost it).
+fn admit_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| redis::Script::new(crate::gcra::SCRIPT))
+    SCRIPT.get_or_init(|| redis::Script::new(crate::admit::SCRIPT))
 }
 
 /// `<prefix><ns>:<key>`, the key hashed unless short and plain.

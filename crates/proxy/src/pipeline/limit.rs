@@ -46,7 +46,7 @@ async fn checked(
     route: &Route,
     principal: &Principal,
     headers: &HeaderMap,
-    plan: &[portcullis_limits::RateLimit],
+    plan: &portcullis_limits::Limits,
     upstream: Option<&portcullis_limits::concurrency::Concurrency>,
 ) -> Result<Limited, Problem> {
     let mut limited = Limited::default();
