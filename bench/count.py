@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Instructions a proxied request costs the gateway: a count that host noise does not move.
 
-    bench/count.py [BINARY ...] [--route plain|jwt|jwt-distinct|jwt-limit] [--connections 16] [--duration 6] [--cache] [--keep DIR]
+    bench/count.py [BINARY ...] [--route plain|jwt|jwt-distinct|jwt-limit|jwt-limit-redis] [--connections 16] [--duration 6] [--cache] [--keep DIR]
 
 Runs each binary (default: target/release/portcullis) under callgrind behind `run.py`'s nginx
 upstream, drives it with `wrk` for a warm-up with collection off, switches collection on
@@ -47,10 +47,15 @@ def count(binary, work, upstream, route, connections, duration, cache=False, kee
     run.BINARY = binary
     out = os.path.join(work, f"callgrind.{os.getpid()}.{time.monotonic_ns()}")
     headers, routes, extra, script = (), run.PLAIN_ROUTE, "", None
-    if route in ("jwt", "jwt-limit"):
+    redis = None
+    if route in ("jwt", "jwt-limit", "jwt-limit-redis"):
         idp = run.Idp(work)
         headers = (f"Authorization: Bearer {idp.token(0)}",)
         routes, extra = run.JWT_ROUTE if route == "jwt" else run.LIMIT_ROUTE, idp.config
+        if route == "jwt-limit-redis":
+            redis = run.RedisServer(work)
+            extra += f"state:\n  backend: redis\n  redis_url: {redis.url()}\n"
+
     elif route == "jwt-distinct":
         # Under callgrind the gateway serves a few hundred of these a second: more tokens than
         # it serves in the whole run means none is ever found in the verified-token cache.
@@ -73,6 +78,8 @@ def count(binary, work, upstream, route, connections, duration, cache=False, kee
     finally:
         server.proc.send_signal(signal.SIGINT)
         server.proc.wait(60)
+        if redis:
+            redis.stop()
     if figures["errors"]:
         raise RuntimeError(f"errors or refusals in the run against {binary}")
     if script and warm["requests"] + figures["requests"] > DISTINCT_TOKENS:
@@ -98,7 +105,8 @@ def count(binary, work, upstream, route, connections, duration, cache=False, kee
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("binaries", nargs="*", default=[run.BINARY])
-    ap.add_argument("--route", choices=["plain", "jwt", "jwt-distinct", "jwt-limit"], default="plain")
+    ap.add_argument("--route", choices=["plain", "jwt", "jwt-distinct", "jwt-limit", "jwt-limit-redis"],
+                    default="plain")
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--duration", type=int, default=6)
     ap.add_argument("--cache", action="store_true",

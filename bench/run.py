@@ -658,7 +658,6 @@ def scenario_jwt_repeated(work, args):
 LIMIT_ROUTE = """  - id: bench
     upstream: {upstream}
     authenticate: [jwt]
-    authorize: { scopes: ["orders:read"] }
     rate_limits: [{key: consumer, limit: 1000000, per: 1s}]
 """
 

@@ -234,6 +234,8 @@ pub struct Report {
 impl Report {
     /// Adds the fields to a response's headers.
     pub fn apply(self, headers: &mut HeaderMap) {
+        // Room for these and the request id at once: growing the map rehashes it.
+        headers.reserve(3);
         headers.insert(RATELIMIT_POLICY.clone(), self.policy);
         headers.insert(RATELIMIT.clone(), self.current);
     }
@@ -244,11 +246,35 @@ impl Report {
 /// the response when it passes; `Err` (`429`, or `503` for a limit that fails closed) when
 /// it does not.
 pub async fn check(state: &State, route: &Limits, plan: &Limits, facts: &Facts<'_>) -> Result<Option<Report>, Problem> {
+    // One rate limit: the common case, without the lists below.
+    if let ([one], []) | ([], [one]) = (&route.0[..], &plan.0[..])
+        && let Kind::Rate { interval_us, capacity_us, burst } = one.kind
+    {
+        let key = key::bucket_key(&one.id, &one.parts, facts);
+        let check = Check { key: &key, rule: Rule::Gcra { interval_us, capacity_us } };
+        let checked = match state.admit(NS, std::slice::from_ref(&check)).await {
+            Ok(c) => c,
+            Err(e) => return unavailable(&[one], e),
+        };
+        recovered();
+        let v = checked.values[0];
+        if checked.admitted {
+            let remaining = (capacity_us.saturating_sub(v) / interval_us).min(burst);
+            return Ok(Some(report(one, &None, remaining, v.div_ceil(1_000_000))));
+        }
+        let full_in = v.saturating_sub(interval_us).div_ceil(1_000_000);
+        return Err(refusal(one, None, v.saturating_sub(capacity_us).div_ceil(1_000_000), full_in));
+    }
     let limits: Vec<&RateLimit> = route.iter().chain(plan.iter()).collect();
     if limits.is_empty() {
         return Ok(None);
     }
-    let now = jiff::Timestamp::now();
+    // The wall clock, for quotas' windows only.
+    let now = if limits.iter().any(|l| matches!(l.kind, Kind::Quota { .. })) {
+        jiff::Timestamp::now()
+    } else {
+        jiff::Timestamp::UNIX_EPOCH
+    };
     let mut windows = Vec::new();
     let keys: Vec<Vec<u8>> = limits
         .iter()
@@ -318,10 +344,16 @@ pub async fn check(state: &State, route: &Limits, plan: &Limits, facts: &Facts<'
     }
     // Refused: by the limit that frees up last.
     let i = (0..limits.len()).filter(|&i| !checked.admits(i, &checks[i])).max_by_key(|&i| states[i].3).unwrap_or(0);
-    let limit = limits[i];
+    Err(refusal(limits[i], windows_of(&limits, &windows, i), states[i].3, states[i].2))
+}
+
+/// The `429` for a request `limit` refused: the next may come in `retry` seconds; the limit
+/// is full again in `full_in`.
+#[cold]
+fn refusal(limit: &RateLimit, window: Option<window::Window>, retry: u64, full_in: u64) -> Problem {
     limit.refused.inc();
-    let retry = states[i].3.max(1);
-    let fields = report(limit, &windows_of(&limits, &windows, i), 0, states[i].2);
+    let retry = retry.max(1);
+    let fields = report(limit, &window, 0, full_in);
     let problem = match limit.kind {
         Kind::Rate { .. } => {
             Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests: rate limit exceeded")
@@ -332,10 +364,10 @@ pub async fn check(state: &State, route: &Limits, plan: &Limits, facts: &Facts<'
             format!("the quota `{}` is used up until the window ends", limit.name),
         ),
     };
-    Err(problem
+    problem
         .header(RETRY_AFTER, HeaderValue::from(retry))
         .header(RATELIMIT_POLICY.clone(), fields.policy)
-        .header(RATELIMIT.clone(), fields.current))
+        .header(RATELIMIT.clone(), fields.current)
 }
 
 /// The window of limit `i`, if it is a quota.
@@ -376,7 +408,14 @@ fn recovered() {
 }
 
 fn report(limit: &RateLimit, window: &Option<window::Window>, remaining: u64, reset_secs: u64) -> Report {
-    let current = format!("\"{}\";r={remaining};t={reset_secs}", limit.name);
+    // Written by hand: `format!` cost a request ~900 instructions (bench/RESULTS.md, "Rate limits").
+    let mut current = Vec::with_capacity(limit.name.len() + 48);
+    current.push(b'"');
+    current.extend_from_slice(limit.name.as_bytes());
+    current.extend_from_slice(b"\";r=");
+    push_u64(&mut current, remaining);
+    current.extend_from_slice(b";t=");
+    push_u64(&mut current, reset_secs);
     Report {
         policy: match (&limit.kind, window) {
             (Kind::Quota { limit: quota, .. }, Some(w)) => {
@@ -384,8 +423,24 @@ fn report(limit: &RateLimit, window: &Option<window::Window>, remaining: u64, re
             }
             _ => limit.policy.clone(),
         },
-        current: HeaderValue::try_from(current).unwrap_or_else(|_| HeaderValue::from_static("\"limit\";r=0")),
+        current: HeaderValue::from_maybe_shared(bytes::Bytes::from(current))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"limit\";r=0")),
     }
+}
+
+/// Appends `n` in decimal.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Compiles a route's limits; quota windows in time zone `tz`.

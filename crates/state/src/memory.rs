@@ -88,8 +88,8 @@ impl Memory {
 /// the store's epoch. A bucket whose TAT has passed is full, the same as absent; a window
 /// that has ended is forgotten; both are swept like expired replay entries.
 ///
-/// A key is stored as 128 bits of two hashes seeded at random for the process (SipHash and
-/// foldhash): a fixed size whatever the caller's key, no allocation, and a few dozen
+/// A key is stored as 128 bits of two hashes seeded at random for the process (foldhash, two
+/// seeds): a fixed size whatever the caller's key, no allocation, and a few hundred
 /// instructions where a SHA-256 of a typical key (an issuer and a subject) cost 4,000
 /// (bench/RESULTS.md, "Rate limits"). Two callers share a bucket only if both hashes
 /// collide, which nobody can aim for without the seeds.
@@ -97,8 +97,8 @@ impl Memory {
 struct Buckets {
     shards: Box<[Mutex<BucketShard>]>,
     per_shard: usize,
-    sip: std::hash::RandomState,
-    fold: foldhash::fast::RandomState,
+    hi: foldhash::quality::RandomState,
+    lo: foldhash::fast::RandomState,
 }
 
 #[derive(Debug, Default)]
@@ -113,8 +113,8 @@ impl Buckets {
         Buckets {
             shards: (0..SHARDS).map(|_| Mutex::new(BucketShard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
-            sip: std::hash::RandomState::new(),
-            fold: foldhash::fast::RandomState::default(),
+            hi: foldhash::quality::RandomState::default(),
+            lo: foldhash::fast::RandomState::default(),
         }
     }
 
@@ -183,8 +183,8 @@ impl Buckets {
 
     /// The stored form of `key` in namespace `ns`.
     fn stored_key(&self, ns: &str, key: &[u8]) -> u128 {
-        let hi = self.sip.hash_one((ns, key));
-        let lo = self.fold.hash_one((ns, key));
+        let hi = self.hi.hash_one((ns, key));
+        let lo = self.lo.hash_one((ns, key));
         (u128::from(hi) << 64) | u128::from(lo)
     }
 
