@@ -11,7 +11,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
 use portcullis_config::RateLimitConfig;
 use portcullis_core::{Consumer, Principal};
-use portcullis_limits::{Facts, check, route_limits};
+use portcullis_limits::{Facts, Limits, check, route_limits};
 use portcullis_state::State;
 
 #[global_allocator]
@@ -34,22 +34,24 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let state = State::memory(1 << 20);
     // Never reached: the cost of a request that passes.
-    let one = route_limits("bench", &[limit("{key: consumer, limit: 1000000, per: 1s, burst: 1000000000}")]);
-    let two = route_limits("bench", &[limit("{key: route, limit: 1000000, per: 1s, burst: 1000000000}")]);
+    let utc = jiff::tz::TimeZone::UTC;
+    let one = route_limits("bench", &[limit("{key: consumer, limit: 1000000, per: 1s, burst: 1000000000}")], &[], &utc);
+    let two = route_limits("bench", &[limit("{key: route, limit: 1000000, per: 1s, burst: 1000000000}")], &[], &utc);
+    let none = Limits::default();
     let headers = HeaderMap::new();
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let callers: Vec<Principal> = (0..10_000).map(caller).collect();
     let mut g = c.benchmark_group("limit");
     g.bench_function("one-caller", |b| {
         let f = Facts { principal: &callers[0], client_ip: ip, route: "bench", headers: &headers };
-        b.iter(|| rt.block_on(check(&state, &one, &[], &f)).unwrap())
+        b.iter(|| rt.block_on(check(&state, &one, &none, &f)).unwrap())
     });
     g.bench_function("many-callers", |b| {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % callers.len();
             let f = Facts { principal: &callers[i], client_ip: ip, route: "bench", headers: &headers };
-            rt.block_on(check(&state, &one, &[], &f)).unwrap()
+            rt.block_on(check(&state, &one, &none, &f)).unwrap()
         })
     });
     g.bench_function("two-limits", |b| {

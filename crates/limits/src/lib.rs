@@ -413,9 +413,9 @@ fn report(limit: &RateLimit, window: &Option<window::Window>, remaining: u64, re
     current.push(b'"');
     current.extend_from_slice(limit.name.as_bytes());
     current.extend_from_slice(b"\";r=");
-    push_u64(&mut current, remaining);
+    portcullis_core::push_decimal(&mut current, remaining);
     current.extend_from_slice(b";t=");
-    push_u64(&mut current, reset_secs);
+    portcullis_core::push_decimal(&mut current, reset_secs);
     Report {
         policy: match (&limit.kind, window) {
             (Kind::Quota { limit: quota, .. }, Some(w)) => {
@@ -426,21 +426,6 @@ fn report(limit: &RateLimit, window: &Option<window::Window>, remaining: u64, re
         current: HeaderValue::from_maybe_shared(bytes::Bytes::from(current))
             .unwrap_or_else(|_| HeaderValue::from_static("\"limit\";r=0")),
     }
-}
-
-/// Appends `n` in decimal.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// Compiles a route's limits; quota windows in time zone `tz`.

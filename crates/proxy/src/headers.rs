@@ -364,7 +364,10 @@ pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
 }
 
 /// The client address: from a trusted proxy, the right-most untrusted address in
-/// `X-Forwarded-For`; otherwise the peer itself.
+/// `X-Forwarded-For` (`ip`, or `ip:port` as some proxies write it); otherwise the peer
+/// itself. A hop a trusted proxy wrote that is not an address makes the client unknown:
+/// `0.0.0.0`, which no allow list of addresses admits and which rate limits count as one
+/// caller. (Taking the last trusted hop instead would make an internal proxy the client.)
 pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
     if !is_trusted(peer, trusted) {
         return peer;
@@ -378,14 +381,15 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr
         .map(str::trim)
         .collect::<Vec<_>>();
     for hop in hops.into_iter().rev() {
-        match hop.parse::<IpAddr>() {
+        let parsed = hop.parse::<IpAddr>().or_else(|_| hop.parse::<std::net::SocketAddr>().map(|s| s.ip()));
+        match parsed {
             Ok(addr) => {
-                ip = addr;
-                if !is_trusted(addr, trusted) {
+                ip = addr.to_canonical();
+                if !is_trusted(ip, trusted) {
                     break;
                 }
             }
-            Err(_) => break,
+            Err(_) => return IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         }
     }
     ip
@@ -615,9 +619,19 @@ mod tests {
         assert_eq!(client_ip(&h, peer, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
         forward(&mut h, "10.1.1.1", false, "h", &trusted, ForwardedHeaders::XForwarded);
         assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.2.2.2, 10.1.1.1");
-        // A garbage hop stops the walk at the last good address.
+        // A garbage hop behind trusted ones makes the client unknown, never a trusted proxy.
         let h = hm(&[("x-forwarded-for", "198.51.100.7, junk, 10.2.2.2")]);
-        assert_eq!(client_ip(&h, peer, &trusted), "10.2.2.2".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(&h, peer, &trusted), "0.0.0.0".parse::<IpAddr>().unwrap());
+        // Beyond the first untrusted hop, nothing is read.
+        let h = hm(&[("x-forwarded-for", "junk, 198.51.100.7, 10.2.2.2")]);
+        assert_eq!(client_ip(&h, peer, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        // `ip:port` and `[v6]:port`, as some proxies write them; IPv4-mapped as IPv4.
+        let h = hm(&[("x-forwarded-for", "198.51.100.7:5123, 10.2.2.2")]);
+        assert_eq!(client_ip(&h, peer, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        let h = hm(&[("x-forwarded-for", "[2001:db8::1]:443")]);
+        assert_eq!(client_ip(&h, peer, &trusted), "2001:db8::1".parse::<IpAddr>().unwrap());
+        let h = hm(&[("x-forwarded-for", "::ffff:198.51.100.7")]);
+        assert_eq!(client_ip(&h, peer, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The Redis backend: one multiplexed connection per store and worker thread, driven by that
 //! worker's own event loop, that reconnects by itself with backoff
 //! (`redis::aio::ConnectionManager`). A command never leaves its worker's thread: a
-//! connection shared by the workers would hand every command to another thread and back,
-//! which cost a request 1.4 µs more (bench/RESULTS.md, "Rate limits"). A request never
-//! opens a connection nor takes a lock; every command is bounded by `state.redis.timeout`,
+//! connection shared by the workers would hand every command to another thread and back
+//! (costs in bench/RESULTS.md, "Rate limits"). A request never opens a connection nor
+//! takes a lock; every command is bounded by `state.redis.timeout`,
 //! past which the caller gets [`StateError::Unavailable`] and refuses its request.
 //!
 //! Keys are `<prefix><namespace>:<key>`. A caller's key that is short and made of plain

@@ -798,7 +798,7 @@ async fn respond(
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     } else if let Some(n) = length {
         out.extend_from_slice(b"content-length: ");
-        decimal(&mut out, n);
+        portcullis_core::push_decimal(&mut out, n);
         out.extend_from_slice(b"\r\n");
     }
     if switching {
@@ -1010,21 +1010,6 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// Appends `n` in decimal (without `fmt`'s machinery: a sixth of a response's own cost).
-fn decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// Appends `n` in lower-case hexadecimal.

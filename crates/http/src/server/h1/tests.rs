@@ -121,7 +121,7 @@ fn bad_heads_are_refused_not_panicked_on() {
 fn numbers_are_written_as_fmt_would() {
     for n in [0u64, 1, 9, 10, 99, 12345, u64::MAX] {
         let mut out = Vec::new();
-        decimal(&mut out, n);
+        portcullis_core::push_decimal(&mut out, n);
         assert_eq!(out, n.to_string().as_bytes());
     }
     for n in [0usize, 1, 15, 16, 255, 0xabcdef, usize::MAX] {
