@@ -18,6 +18,7 @@ mod opaque;
 mod pop;
 mod protocols;
 mod proxy;
+mod revocation;
 mod robustness;
 mod shared_state;
 mod streaming;

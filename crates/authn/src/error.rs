@@ -175,7 +175,8 @@ impl AuthnError {
             AuthnError::Unavailable { description, .. } => {
                 // A replay check waits on shared state that is usually back within a second;
                 // keys and introspection take longer.
-                let retry = if code == REPLAY_CACHE_UNAVAILABLE { "1" } else { "5" };
+                let retry =
+                    if code == REPLAY_CACHE_UNAVAILABLE || code == crate::REVOCATIONS_UNAVAILABLE { "1" } else { "5" };
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
                     .side(Side::Internal)
                     .header(RETRY_AFTER, HeaderValue::from_static(retry))

@@ -298,9 +298,13 @@ impl Verifiers {
             api_keys,
             locations,
             max_token_bytes,
+            state: self.state.clone(),
         }))
     }
 }
+
+/// The code of a request refused because revocations could not be checked.
+pub const REVOCATIONS_UNAVAILABLE: &str = "revocations_unavailable";
 
 /// The `DPoP` header.
 const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
@@ -338,6 +342,8 @@ pub struct RouteAuthenticator {
     api_keys: Option<Arc<ApiKeys>>,
     locations: Locations,
     max_token_bytes: usize,
+    /// Where revocations are looked up.
+    state: Option<State>,
 }
 
 impl RouteAuthenticator {
@@ -347,7 +353,7 @@ impl RouteAuthenticator {
         parts: &http::request::Parts,
         cx: &Context<'_>,
     ) -> Result<Arc<Principal>, Problem> {
-        match self.run(parts, cx).await {
+        match self.run(parts, cx).await.and_then(|p| self.not_revoked(p)) {
             Ok(p) => Ok(p),
             Err(e) => {
                 let dpop_request = matches!(
@@ -363,6 +369,35 @@ impl RouteAuthenticator {
                     dpop_request,
                 }))
             }
+        }
+    }
+
+    /// The principal, unless a revocation names its credential, subject, client, session or
+    /// workload (every request, cached credentials included). A stale copy of a shared list
+    /// refuses (fail closed).
+    fn not_revoked(&self, p: Arc<Principal>) -> Result<Arc<Principal>, AuthnError> {
+        let Some(state) = &self.state else { return Ok(p) };
+        let revoked = state.revoked().map_err(|_| {
+            AuthnError::unavailable(REVOCATIONS_UNAVAILABLE, "revocations cannot be checked now; try again shortly")
+        })?;
+        if revoked.is_empty() {
+            return Ok(p);
+        }
+        let sid = || p.claims.as_ref()?.get("sid")?.as_str().map(str::to_string);
+        let who = portcullis_state::revocations::Subject {
+            jti: p.token_id.as_deref(),
+            sub: p.subject.as_deref(),
+            client_id: p.client_id.as_deref(),
+            sid: Some(&sid),
+            spiffe_id: p.spiffe_id.as_deref(),
+            issued_at: p.issued_at,
+        };
+        match revoked.refuses(&who) {
+            None => Ok(p),
+            Some(kind) => Err(AuthnError::invalid(
+                "credential_revoked",
+                format!("the credential has been revoked (by {})", kind.as_str()),
+            )),
         }
     }
 

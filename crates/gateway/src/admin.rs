@@ -127,6 +127,7 @@ enum AdminEndpoint {
     Readyz,
     Metrics,
     Config,
+    Revocations,
 }
 
 impl AdminEndpoint {
@@ -136,17 +137,23 @@ impl AdminEndpoint {
             "/readyz" => AdminEndpoint::Readyz,
             "/metrics" => AdminEndpoint::Metrics,
             "/config" => AdminEndpoint::Config,
+            "/revocations" => AdminEndpoint::Revocations,
             _ => return None,
         })
     }
 
     /// The methods the endpoint takes, as the `Allow` header lists them.
     fn allow(self) -> &'static str {
-        "GET, HEAD"
+        match self {
+            AdminEndpoint::Revocations => "GET, HEAD, POST, DELETE",
+            _ => "GET, HEAD",
+        }
     }
 
     fn takes(self, method: &Method) -> bool {
-        method == Method::GET || method == Method::HEAD
+        method == Method::GET
+            || method == Method::HEAD
+            || (self == AdminEndpoint::Revocations && (method == Method::POST || method == Method::DELETE))
     }
 }
 
@@ -194,7 +201,11 @@ async fn respond(
             // The shared state answers (a `PING` within `state.redis.timeout`): a replay check
             // it cannot make refuses the request, so the replica is not ready without it.
             if let Some(s) = rt.state()
-                && let Err(e) = s.ping().await
+                && let Err(e) = match s.ping().await {
+                    // Authenticated requests are refused while the revocation list is stale.
+                    Ok(()) => s.revoked().map(drop),
+                    Err(e) => Err(e),
+                }
             {
                 r.state = Some(format!("{}: {e}", s.backend()));
                 if r.ready {
@@ -223,6 +234,10 @@ async fn respond(
             r.headers_mut().insert(VARY, HeaderValue::from_static("accept"));
             r
         }
+        AdminEndpoint::Revocations => match rt.state() {
+            Some(state) => crate::revoke::serve(state, req).await.unwrap_or_else(problem),
+            None => problem(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", "no shared state")),
+        },
         AdminEndpoint::Config => {
             let body = serde_json::json!({
                 "generation": rt.generation,

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod policy_tools;
+mod revoke;
 mod watch;
 
 use std::io;

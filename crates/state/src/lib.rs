@@ -11,6 +11,7 @@
 pub mod admit;
 mod memory;
 mod redis;
+pub mod revocations;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +47,13 @@ impl State {
     pub fn build(config: &StateConfig) -> Result<State, (&'static str, String)> {
         match config.backend {
             StateBackend::Memory => Ok(State::Memory(Arc::new(Memory::new(memory::DEFAULT_CAPACITY)))),
-            StateBackend::Redis => Ok(State::Redis(Arc::new(Redis::new(config)?))),
+            StateBackend::Redis => {
+                let redis = Arc::new(Redis::new(config)?);
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    redis.follow_revocations();
+                }
+                Ok(State::Redis(redis))
+            }
         }
     }
 
@@ -74,6 +81,43 @@ impl State {
             State::Memory(m) => m.admit(ns, checks),
             State::Redis(r) => r.admit(ns, checks).await,
         }
+    }
+
+    /// Records a revocation: every replica refuses what it names within a second.
+    pub async fn revoke(&self, r: revocations::Revocation) -> Result<(), StateError> {
+        match self {
+            State::Memory(m) => {
+                m.revocations.apply(Some(r), None);
+                Ok(())
+            }
+            State::Redis(redis) => redis.revoke(r).await,
+        }
+    }
+
+    /// Undoes a revocation; `Ok(false)` if there was none.
+    pub async fn unrevoke(&self, kind: revocations::Kind, value: &str) -> Result<bool, StateError> {
+        match self {
+            State::Memory(m) => {
+                let known =
+                    m.revocations.view().is_some_and(|v| v.list().iter().any(|r| r.kind == kind && r.value == value));
+                m.revocations.apply(None, Some((kind, value)));
+                Ok(known)
+            }
+            State::Redis(redis) => redis.unrevoke(kind, value).await,
+        }
+    }
+
+    /// The revocations in force, as this replica knows them. `Err` when its copy of a shared
+    /// list is stale (Redis out of reach for a while): what it would judge is refused.
+    pub fn revoked(&self) -> Result<arc_swap::Guard<Arc<revocations::Revoked>>, StateError> {
+        let copy = match self {
+            State::Memory(m) => &m.revocations,
+            State::Redis(r) => {
+                r.follow_revocations();
+                &r.revocations
+            }
+        };
+        copy.view().ok_or_else(|| StateError::Unavailable("the revocation list could not be read lately".into()))
     }
 
     /// Whether the backend can answer now (readiness): always for memory, a `PING` within

@@ -26,6 +26,8 @@ pub struct Memory {
     per_shard: usize,
     epoch: Instant,
     buckets: Buckets,
+    /// The revocations: with one replica, the copy is the list.
+    pub(crate) revocations: crate::revocations::Copy,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +46,7 @@ impl Memory {
             per_shard,
             epoch: Instant::now(),
             buckets: Buckets::new(capacity),
+            revocations: crate::revocations::Copy::local(),
         }
     }
 

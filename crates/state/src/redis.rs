@@ -22,6 +22,7 @@ use redis::{Client, IntoConnectionInfo, RedisError};
 
 use crate::StateError;
 use crate::admit::{Check, Checked, Rule};
+use crate::revocations::{self, Copy, Kind, Revocation};
 
 thread_local! {
     /// This thread's connections, by store.
@@ -40,6 +41,10 @@ pub struct Redis {
     prefix: String,
     /// The last command failed; cleared by the next that succeeds. Logs an outage once.
     down: AtomicBool,
+    /// This replica's copy of the revocation list.
+    pub(crate) revocations: Arc<Copy>,
+    /// The task that keeps the copy current has been started.
+    following: AtomicBool,
 }
 
 impl std::fmt::Debug for Redis {
@@ -87,6 +92,8 @@ impl Redis {
         let redis = Redis {
             client,
             alive: Arc::new(()),
+            revocations: Arc::new(Copy::shared()),
+            following: AtomicBool::new(false),
             timeout: r.timeout.get(),
             prefix: r.key_prefix.clone(),
             down: AtomicBool::new(false),
@@ -162,6 +169,139 @@ impl Redis {
             }
             _ => Err(self.failed(StateErrorKind::protocol, "unexpected answer to the rate-limit script")),
         }
+    }
+
+    /// The key of the revocation list, and of its version.
+    fn revocation_keys(&self) -> (String, String) {
+        (format!("{}revocations", self.prefix), format!("{}revocations:version", self.prefix))
+    }
+
+    /// See [`crate::State::revoke`]: the list and its version in one script call; lapsed
+    /// revocations are dropped on the way.
+    pub async fn revoke(&self, r: Revocation) -> Result<(), StateError> {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| {
+            redis::Script::new(
+                r"
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local expires = tonumber(string.match(all[i + 1], ' (%d+)$'))
+  if expires ~= nil and expires <= tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], all[i]) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('INCR', KEYS[2])
+",
+            )
+        });
+        let (list, version) = self.revocation_keys();
+        let (field, value) = revocations::encode(&r);
+        let mut call = script.prepare_invoke();
+        call.key(list).key(version).arg(field).arg(value).arg(revocations::now_ms());
+        let mut conn = self.connection()?;
+        let _: i64 = self.timed(call.invoke_async(&mut conn)).await?;
+        self.revocations.apply(Some(r), None);
+        Ok(())
+    }
+
+    /// See [`crate::State::unrevoke`].
+    pub async fn unrevoke(&self, kind: Kind, value: &str) -> Result<bool, StateError> {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| {
+            redis::Script::new(
+                r"
+local n = redis.call('HDEL', KEYS[1], ARGV[1])
+if n > 0 then redis.call('INCR', KEYS[2]) end
+return n
+",
+            )
+        });
+        let (list, version) = self.revocation_keys();
+        let mut call = script.prepare_invoke();
+        call.key(list).key(version).arg(format!("{}\n{value}", kind.as_str()));
+        let mut conn = self.connection()?;
+        let removed: i64 = self.timed(call.invoke_async(&mut conn)).await?;
+        self.revocations.apply(None, Some((kind, value)));
+        Ok(removed > 0)
+    }
+
+    /// Starts the task that keeps this replica's copy of the revocation list current, once
+    /// (within a tokio runtime; it ends when the store is dropped).
+    pub(crate) fn follow_revocations(self: &Arc<Self>) {
+        if self.following.load(Ordering::Relaxed) || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        if self.following.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut seen: Option<i64> = None;
+            let mut last_full: Option<Instant> = None;
+            let mut complained = false;
+            loop {
+                let Some(redis) = store.upgrade() else { return };
+                match redis.read_revocations(&mut seen, &mut last_full).await {
+                    Ok(()) => {
+                        redis.revocations.fresh();
+                        complained = false;
+                    }
+                    Err(e) if !complained => {
+                        complained = true;
+                        tracing::warn!(error = %e, "shared state: the revocation list cannot be read; requests are refused once this replica's copy is 3s old");
+                    }
+                    Err(_) => {}
+                }
+                drop(redis);
+                tokio::time::sleep(revocations::POLL).await;
+            }
+        });
+    }
+
+    /// One poll: the version, and the list when it moved (or was not read for a while).
+    async fn read_revocations(
+        &self,
+        seen: &mut Option<i64>,
+        last_full: &mut Option<Instant>,
+    ) -> Result<(), StateError> {
+        let (list, version) = self.revocation_keys();
+        let now: Option<i64> = match self.run(redis::cmd("GET").arg(&version)).await? {
+            redis::Value::Nil => None,
+            redis::Value::BulkString(b) => Some(
+                std::str::from_utf8(&b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| self.unreadable(&version, "a version that is not a number"))?,
+            ),
+            _ => return Err(self.unreadable(&version, "a version that is not a string")),
+        };
+        if *seen == now && seen.is_some() && last_full.is_some_and(|t| t.elapsed() < revocations::FULL_READ) {
+            return Ok(());
+        }
+        let redis::Value::Array(fields) = self.run(redis::cmd("HGETALL").arg(&list)).await? else {
+            return Err(self.unreadable(&list, "not a hash"));
+        };
+        let mut parsed = Vec::with_capacity(fields.len() / 2);
+        for pair in fields.chunks(2) {
+            let [redis::Value::BulkString(f), redis::Value::BulkString(v)] = pair else {
+                return Err(self.unreadable(&list, "a field that is not a string"));
+            };
+            parsed.push(revocations::decode(f, v).map_err(|what| self.unreadable(&list, what))?);
+        }
+        self.revocations.replace(parsed);
+        *seen = now;
+        *last_full = Some(Instant::now());
+        Ok(())
+    }
+
+    /// A value of the revocation list that does not parse: logged with its key, never its
+    /// value; the list is not taken (fail closed).
+    fn unreadable(&self, key: &str, what: &str) -> StateError {
+        tracing::warn!(
+            key,
+            problem = what,
+            "shared state: the revocation list holds something this gateway cannot read"
+        );
+        StateError::Unavailable("the revocation list cannot be read".into())
     }
 
     /// `PING`, within the timeout: whether the store can answer now.

@@ -1,0 +1,153 @@
+//! Revocations through the admin API: a token by its `jti`, a subject's tokens issued up to
+//! the revocation, listed and undone; shared by replicas on Redis within a second; and a
+//! replica that cannot read the shared list refuses rather than guesses.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::authn::{Idp, issuer_yaml};
+use crate::harness::{Gateway, client, problem};
+use crate::shared_state::Redis;
+use crate::upstream::Upstream;
+
+const ROUTES: &str = "routes:\n  - id: orders\n    match: { path_prefix: /orders }\n    upstream: UP\n    authenticate: [jwt]\n  - id: open\n    match: { path_prefix: /open }\n    upstream: UP\n    authenticate: [none]\n";
+
+async fn setup(state: &str) -> (Idp, Upstream, String) {
+    let idp = Idp::start();
+    idp.key("ec", "ES256").await;
+    let up = Upstream::start();
+    let config = format!("{state}{}{}", issuer_yaml(&idp, ""), ROUTES.replace("UP", &up.url()));
+    (idp, up, config)
+}
+
+async fn get(gw: &Gateway, token: &str) -> reqwest::Response {
+    client().get(gw.url("/orders/1")).bearer_auth(token).send().await.unwrap()
+}
+
+async fn admin(gw: &Gateway, method: reqwest::Method, query: &str, body: Option<Value>) -> (u16, Value) {
+    let mut r = client().request(method, format!("http://{}/revocations{query}", gw.admin));
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn revoked_tokens_and_subjects_are_refused_on_every_request() {
+    let (idp, up, config) = setup("").await;
+    let gw = Gateway::start(&config);
+    let t1 = idp.token("ec", json!({"jti": "t-1", "sub": "bob"})).await;
+    let t2 = idp.token("ec", json!({"jti": "t-2", "sub": "bob"})).await;
+    let alice = idp.token("ec", json!({"jti": "a-1", "sub": "alice"})).await;
+    for t in [&t1, &t2, &alice] {
+        assert_eq!(get(&gw, t).await.status(), 200);
+    }
+    // A token by its jti: refused at once, though it sits in the verified-token cache.
+    let (status, body) = admin(&gw, reqwest::Method::POST, "", Some(json!({"jti": "t-1", "expires_in": 600}))).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["jti"], "t-1");
+    let r = get(&gw, &t1).await;
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
+    let p = problem(r, 401).await;
+    assert_eq!(p["type"], "urn:portcullis:problem:credential-revoked", "{p}");
+    assert!(challenge.starts_with("Bearer error=\"invalid_token\""), "{challenge}");
+    assert_eq!(get(&gw, &t2).await.status(), 200, "another token of the same subject");
+    // A subject: its tokens issued up to now are refused; one issued later passes.
+    assert_eq!(admin(&gw, reqwest::Method::POST, "", Some(json!({"sub": "alice"}))).await.0, 201);
+    problem(get(&gw, &alice).await, 401).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = idp.token("ec", json!({"jti": "a-2", "sub": "alice"})).await;
+    assert_eq!(get(&gw, &fresh).await.status(), 200, "a new login after the revocation");
+    // Listed; undone.
+    let (status, list) = admin(&gw, reqwest::Method::GET, "", None).await;
+    assert_eq!(status, 200);
+    let list = list["revocations"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert!(list.iter().any(|r| r["sub"] == "alice") && list.iter().any(|r| r["jti"] == "t-1"), "{list:?}");
+    assert_eq!(admin(&gw, reqwest::Method::DELETE, "?jti=t-1", None).await.0, 200);
+    assert_eq!(admin(&gw, reqwest::Method::DELETE, "?jti=t-1", None).await.0, 404);
+    assert_eq!(get(&gw, &t1).await.status(), 200);
+    // Bad requests name the problem.
+    for bad in [json!({}), json!({"jti": "x", "sub": "y"}), json!({"sub": "y", "expires_in": 0})] {
+        let (status, p) = admin(&gw, reqwest::Method::POST, "", Some(bad)).await;
+        assert_eq!(status, 400, "{p}");
+        assert_eq!(p["type"], "urn:portcullis:problem:invalid-revocation");
+    }
+    assert_eq!(up.count(), 6);
+}
+
+#[tokio::test]
+async fn the_admin_api_guards_revocations() {
+    let (idp, _up, config) = setup("").await;
+    let gw = Gateway::start(&format!(
+        "admin:\n  listen: {{admin}}\n  auth: {{ bearer_token: s3cret-admin-token-0123456789 }}\n{config}"
+    ));
+    let (status, _) = admin(&gw, reqwest::Method::POST, "", Some(json!({"sub": "alice"}))).await;
+    assert_eq!(status, 401);
+    let r = client()
+        .post(format!("http://{}/revocations", gw.admin))
+        .bearer_auth("s3cret-admin-token-0123456789")
+        .json(&json!({"sub": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    problem(get(&gw, &idp.token("ec", json!({})).await).await, 401).await;
+}
+
+#[tokio::test]
+async fn a_revocation_posted_to_one_replica_is_enforced_by_another_within_a_second() {
+    let mut redis = Redis::start(&[]);
+    let (idp, up, config) = setup(&format!("state:\n  backend: redis\n  redis_url: {}\n", Redis::url(&redis))).await;
+    let (a, b) = (Gateway::start(&config), Gateway::start(&config));
+    let token = idp.token("ec", json!({"jti": "shared-1", "sub": "carol"})).await;
+    assert_eq!(get(&b, &token).await.status(), 200);
+    assert_eq!(admin(&a, reqwest::Method::POST, "", Some(json!({"jti": "shared-1"}))).await.0, 201);
+    let posted = Instant::now();
+    loop {
+        let status = get(&b, &token).await.status();
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(posted.elapsed() < Duration::from_secs(1), "B still accepts the token after {:?}", posted.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Readable by key in Redis, under the prefix, without the token itself.
+    let fields = redis.command(&["HKEYS", "portcullis:revocations"]);
+    assert!(fields.contains("jti\nshared-1"), "{fields:?}");
+    // B lists it too.
+    let (_, list) = admin(&b, reqwest::Method::GET, "", None).await;
+    assert_eq!(list["revocations"][0]["jti"], "shared-1", "{list}");
+
+    // Redis goes away: once B's copy is older than 3 s, what it would judge is refused.
+    redis.stop();
+    let other = idp.token("ec", json!({"jti": "other", "sub": "dave"})).await;
+    let stopped = Instant::now();
+    loop {
+        let r = get(&b, &other).await;
+        if r.status() == 503 {
+            assert_eq!(r.headers()["retry-after"], "1");
+            let p = problem(r, 503).await;
+            assert_eq!(p["type"], "urn:portcullis:problem:revocations-unavailable", "{p}");
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        assert!(stopped.elapsed() < Duration::from_secs(6), "still served on a stale list");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stopped.elapsed() >= Duration::from_secs(2), "refused before the copy was stale");
+    // Public routes do not need the list.
+    assert_eq!(client().get(b.url("/open")).send().await.unwrap().status(), 200);
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&b, &other).await.status() != 200 {
+        assert!(Instant::now() < deadline, "not back 10 s after Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The list was in Redis's memory only (no persistence in the test): it is gone with it.
+    let _ = up.count();
+}
