@@ -20,24 +20,28 @@ pub struct Limited {
     pub slots: [Option<Slot>; 2],
 }
 
-/// What the request may hold; `Err` (`429`, `503`) when it is over a limit.
+/// What the request holds (none on a route without limits: boxed, so that such routes'
+/// requests carry one pointer, not the fields and slots); `Err` (`429`, `503`) when it is
+/// over a limit.
 pub async fn limit(
     rt: &Runtime,
     ctx: &RequestCtx,
     route: &Route,
     principal: &Principal,
     headers: &HeaderMap,
-) -> Result<Limited, Problem> {
+) -> Result<Option<Box<Limited>>, Problem> {
     let plan = rt.plans.of(principal);
     let upstream = match &route.target {
         Target::Upstream(u) => u.concurrency.as_ref(),
         Target::Echo => None,
     };
     if route.rate_limits.is_empty() && plan.is_empty() && route.concurrency.is_none() && upstream.is_none() {
-        return Ok(Limited::default());
+        return Ok(None);
     }
     // Boxed: the Redis round trip's state would otherwise enlarge every request's future.
-    portcullis_http::boxed!(checked(rt, ctx, route, principal, headers, plan, upstream)).await
+    portcullis_http::boxed!(checked(rt, ctx, route, principal, headers, plan, upstream))
+        .await
+        .map(|l| Some(Box::new(l)))
 }
 
 async fn checked(

@@ -150,11 +150,13 @@ async fn run(
     let path =
         forward::forward_path(&parts.uri, routed.forward.map_or(routed.path, Into::into), route.rewrite.as_ref());
     let mut resp = forward::forward(rt, ctx, &route, parts, &added, upgrade, body, path).await?;
-    if let Some(report) = limited.report {
-        report.apply(resp.headers_mut());
+    if let Some(limited) = limited {
+        if let Some(report) = limited.report {
+            report.apply(resp.headers_mut());
+        }
+        // The slots are given back once the response head is in.
+        drop(limited.slots);
     }
-    // The slots are given back once the response head is in.
-    drop(limited.slots);
     Ok(resp)
 }
 
