@@ -824,13 +824,17 @@ DPOP_ROUTE = """  - id: bench
 """
 
 
-def dpop_script(work, name, proof_file, token):
-    """The proofs in order, one per request, each with the bound token."""
-    return cycling_script(work, name, proof_file, f'{{["Authorization"] = "DPoP {token}", ["DPoP"] = line}}')
+def dpop_script(work, name, proof_file, token, host=None):
+    """The proofs in order, one per request, each with the bound token (and, given `host`,
+    that `Host`: the authority the proofs' `htu` names, for a server on another port)."""
+    extra = f', ["Host"] = "{host}"' if host else ""
+    return cycling_script(work, name, proof_file, f'{{["Authorization"] = "DPoP {token}", ["DPoP"] = line{extra}}}')
 
 
 def scenario_dpop(work, args):
-    """(e) DPoP: a bound RS256 token (cached) and a fresh ES256 proof on every request."""
+    """(e) DPoP: a bound RS256 token (cached) and a fresh ES256 proof on every request; with
+    redis-server installed, also with the replay cache on a local Redis (`portcullis-redis`,
+    sent the same proofs, each once)."""
     idp = Idp(work)
     upstream = start_upstream(work)
     # Proofs are made in advance, so the replay window is an hour for the run.
@@ -840,6 +844,10 @@ def scenario_dpop(work, args):
         "nginx": start_nginx_proxy(work, upstream.port),
     }
     redis = None
+    if shutil.which("redis-server"):
+        redis = RedisServer(work)
+        state = f"state:\n  backend: redis\n  redis_url: {redis.url()}\n"
+        servers["portcullis-redis"] = start_portcullis(work, upstream.port, DPOP_ROUTE, extra=dpop + state)
     # Proofs name the URL: one set for the gateway's port (nginx ignores them, and is sent
     # its own copy so that both walk their lists at their own pace).
     htu = f"http://127.0.0.1:{servers['portcullis'].port}/"
@@ -852,7 +860,9 @@ def scenario_dpop(work, args):
     proof_file = os.path.join(work, "proofs.txt")
     with open(proof_file, "w") as f:
         f.write("\n".join(proofs[1:]) + "\n")
-    scripts = {name: dpop_script(work, name, proof_file, token) for name in servers}
+    authority = f"127.0.0.1:{servers['portcullis'].port}"
+    scripts = {name: dpop_script(work, name, proof_file, token, authority if name == "portcullis-redis" else None)
+               for name in servers}
     try:
         check = urllib.request.Request(htu, headers={"Authorization": f"DPoP {token}", "DPoP": proofs[0]})
         with urllib.request.urlopen(check, timeout=5) as r:
