@@ -1,9 +1,9 @@
-//! The Redis backend: one multiplexed connection per store and worker thread, driven by that
-//! worker's own event loop, that reconnects by itself with backoff
-//! (`redis::aio::ConnectionManager`). A command never leaves its worker's thread: a
-//! connection shared by the workers would hand every command to another thread and back
-//! (costs in bench/RESULTS.md, "Rate limits"). A request never opens a connection nor
-//! takes a lock; every command is bounded by `state.redis.timeout`,
+//! The Redis backend: one multiplexed connection per store, shared by every worker, that
+//! reconnects by itself with backoff (`redis::aio::ConnectionManager`). It is made when the
+//! store is (so it is up before the first request), and its task runs on the control
+//! thread; a connection per worker, each on its own event loop, measured no faster
+//! (bench/RESULTS.md, "Rate limits") and met each worker's first request unconnected. A
+//! request never opens a connection nor takes a lock; every command is bounded by `state.redis.timeout`,
 //! past which the caller gets [`StateError::Unavailable`] and refuses its request.
 //!
 //! Keys are `<prefix><namespace>:<key>`. A caller's key that is short and made of plain
@@ -11,7 +11,7 @@
 //! the base64url SHA-256 of it, so that a key has a bounded size whatever the caller's.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -24,19 +24,14 @@ use crate::StateError;
 use crate::admit::{Check, Checked, Rule};
 use crate::revocations::{self, Copy, Kind, Revocation};
 
-thread_local! {
-    /// This thread's connections, by store.
-    static CONNECTIONS: std::cell::RefCell<Vec<(Weak<()>, ConnectionManager)>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// Caller keys longer than this are hashed.
 const MAX_RAW_KEY: usize = 64;
 
 /// A Redis store.
 pub struct Redis {
     client: Client,
-    /// Held while the store lives: each thread's connection to it is dropped once it is gone.
-    alive: Arc<()>,
+    /// Made on first use (or at build, within a runtime): making it spawns a task.
+    conn: OnceLock<ConnectionManager>,
     timeout: Duration,
     prefix: String,
     /// The last command failed; cleared by the next that succeeds. Logs an outage once.
@@ -91,7 +86,7 @@ impl Redis {
         };
         let redis = Redis {
             client,
-            alive: Arc::new(()),
+            conn: OnceLock::new(),
             revocations: Arc::new(Copy::shared()),
             following: AtomicBool::new(false),
             timeout: r.timeout.get(),
@@ -105,29 +100,23 @@ impl Redis {
         Ok(redis)
     }
 
-    /// This thread's connection manager; made on the thread's first call (which must be
-    /// within a tokio runtime: making it spawns the connection's task there).
+    /// The connection manager; made on first call (which must be within a tokio runtime:
+    /// making it spawns the connection's task there).
     fn connection(&self) -> Result<ConnectionManager, StateError> {
-        CONNECTIONS.with_borrow_mut(|held| {
-            // Connections of stores that are gone (a reload replaced them) are closed.
-            held.retain(|(store, _)| store.strong_count() > 0);
-            let this = Arc::as_ptr(&self.alive);
-            if let Some((_, c)) = held.iter().find(|(store, _)| std::ptr::eq(store.as_ptr(), this)) {
-                return Ok(c.clone());
-            }
-            // Reconnection is tried on demand, a few times with short backoff: a request
-            // waits at most `timeout` for it, and the next request tries again.
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(250))))
-                .set_response_timeout(Some(self.timeout))
-                .set_number_of_retries(2)
-                .set_min_delay(Duration::from_millis(10))
-                .set_max_delay(Duration::from_millis(200));
-            let c = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-                .map_err(|e| self.failed(StateErrorKind::connection, &e.to_string()))?;
-            held.push((Arc::downgrade(&self.alive), c.clone()));
-            Ok(c)
-        })
+        if let Some(c) = self.conn.get() {
+            return Ok(c.clone());
+        }
+        // Reconnection is tried on demand, a few times with short backoff: a request waits
+        // at most `timeout` for it, and the next request tries again.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(250))))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
+        let c = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            .map_err(|e| self.failed(StateErrorKind::connection, &e.to_string()))?;
+        Ok(self.conn.get_or_init(|| c).clone())
     }
 
     /// The Redis key of `key` in namespace `ns`.
@@ -264,7 +253,7 @@ return n
         last_full: &mut Option<Instant>,
     ) -> Result<(), StateError> {
         let (list, version) = self.revocation_keys();
-        let now: Option<i64> = match self.run(redis::cmd("GET").arg(&version)).await? {
+        let now: Option<i64> = match self.background(redis::cmd("GET").arg(&version)).await? {
             redis::Value::Nil => None,
             redis::Value::BulkString(b) => Some(
                 std::str::from_utf8(&b)
@@ -277,8 +266,10 @@ return n
         if *seen == now && seen.is_some() && last_full.is_some_and(|t| t.elapsed() < revocations::FULL_READ) {
             return Ok(());
         }
-        let redis::Value::Array(fields) = self.run(redis::cmd("HGETALL").arg(&list)).await? else {
-            return Err(self.unreadable(&list, "not a hash"));
+        let fields = match self.background(redis::cmd("HGETALL").arg(&list)).await? {
+            redis::Value::Array(fields) => fields,
+            redis::Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            _ => return Err(self.unreadable(&list, "not a hash")),
         };
         let mut parsed = Vec::with_capacity(fields.len() / 2);
         for pair in fields.chunks(2) {
@@ -315,6 +306,21 @@ return n
     async fn run(&self, cmd: &redis::Cmd) -> Result<redis::Value, StateError> {
         let mut conn = self.connection()?;
         self.timed(conn.send_packed_command(cmd)).await
+    }
+
+    /// A command of the background task that reads the revocation list: a second to answer,
+    /// and its failures reported by that task (once), not as an outage of the request path
+    /// (which its own commands and `/readyz` report).
+    async fn background(&self, cmd: &redis::Cmd) -> Result<redis::Value, StateError> {
+        let mut conn = self.connection()?;
+        match tokio::time::timeout(Duration::from_secs(1), conn.send_packed_command(cmd)).await {
+            Ok(Ok(redis::Value::ServerError(e))) => {
+                Err(StateError::Unavailable(format!("Redis answered {:?}", e.code())))
+            }
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StateError::Unavailable(e.to_string())),
+            Err(_) => Err(StateError::Unavailable("no answer in time".into())),
+        }
     }
 
     /// Awaits a command within the timeout, recording its latency and any failure.
@@ -437,7 +443,7 @@ mod tests {
         let r = Redis::new(&c).unwrap();
         assert_eq!(r.key("dpop-jti", b"k"), b"gw1:dpop-jti:k");
         assert_eq!(r.timeout, Duration::from_millis(50));
-        assert!(CONNECTIONS.with_borrow(Vec::is_empty));
+        assert!(r.conn.get().is_none());
     }
 
     #[tokio::test]
