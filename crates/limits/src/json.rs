@@ -184,10 +184,13 @@ impl Scanner {
 
     /// Reads the next chunk. `Err` at the first byte that is not JSON or crosses a limit.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), JsonError> {
+        // The state in a local: kept in a register across the loop rather than stored back
+        // on every byte.
+        let mut state = self.state;
         let mut i = 0;
         while i < chunk.len() {
             let b = chunk[i];
-            match self.state {
+            match state {
                 State::Str { key } => {
                     let run = plain_run(&chunk[i..]);
                     self.string_len = self.string_len.saturating_add(run as u32);
@@ -197,17 +200,17 @@ impl Scanner {
                     }
                     let Some(&b) = chunk.get(i) else { break };
                     match b {
-                        b'"' => self.state = if key { State::Colon } else { self.after_value() },
+                        b'"' => state = if key { State::Colon } else { self.after_value() },
                         b'\\' => {
                             self.string_len += 1;
-                            self.state = State::Escape { key };
+                            state = State::Escape { key };
                         }
                         _ => return Err(self.malformed("a control character in a string", i)),
                     }
                 }
                 State::Escape { key } => {
                     self.string_len += 1;
-                    self.state = match b {
+                    state = match b {
                         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => State::Str { key },
                         b'u' => State::Unicode { key, left: 4 },
                         _ => return Err(self.malformed("an invalid escape", i)),
@@ -218,9 +221,9 @@ impl Scanner {
                         return Err(self.malformed("an invalid \\u escape", i));
                     }
                     self.string_len += 1;
-                    self.state = if left == 1 { State::Str { key } } else { State::Unicode { key, left: left - 1 } };
+                    state = if left == 1 { State::Str { key } } else { State::Unicode { key, left: left - 1 } };
                 }
-                _ if is_ws(b) && !matches!(self.state, State::Num(_) | State::Literal { .. }) => {
+                _ if is_ws(b) && !matches!(state, State::Num(_) | State::Literal { .. }) => {
                     // A run of whitespace (indentation) at once.
                     while chunk.get(i + 1).is_some_and(|b| is_ws(*b)) {
                         i += 1;
@@ -229,10 +232,10 @@ impl Scanner {
                 State::Value { first_in_array } => {
                     if b == b']' && first_in_array {
                         self.stack.pop();
-                        self.state = self.after_value();
+                        state = self.after_value();
                     } else {
                         self.value()?;
-                        self.state = match b {
+                        state = match b {
                             b'{' => {
                                 self.open(true)?;
                                 State::KeyOrEnd
@@ -267,26 +270,26 @@ impl Scanner {
                             }
                         }
                         self.string_len = 0;
-                        self.state = State::Str { key: true };
+                        state = State::Str { key: true };
                     }
-                    b'}' if self.state == State::KeyOrEnd => {
+                    b'}' if state == State::KeyOrEnd => {
                         self.stack.pop();
-                        self.state = self.after_value();
+                        state = self.after_value();
                     }
                     _ => return Err(self.malformed("a member name expected", i)),
                 },
                 State::Colon => match b {
-                    b':' => self.state = State::Value { first_in_array: false },
+                    b':' => state = State::Value { first_in_array: false },
                     _ => return Err(self.malformed("`:` expected", i)),
                 },
                 State::After => {
                     let object = self.stack.last().is_some_and(|f| f.object);
                     match (b, object) {
-                        (b',', true) => self.state = State::Key,
-                        (b',', false) => self.state = State::Value { first_in_array: false },
+                        (b',', true) => state = State::Key,
+                        (b',', false) => state = State::Value { first_in_array: false },
                         (b'}', true) | (b']', false) => {
                             self.stack.pop();
-                            self.state = self.after_value();
+                            state = self.after_value();
                         }
                         _ => return Err(self.malformed("`,` or the end of the container expected", i)),
                     }
@@ -309,12 +312,12 @@ impl Scanner {
                             while chunk.get(i + 1).is_some_and(u8::is_ascii_digit) {
                                 i += 1;
                             }
-                            self.state = State::Num(n);
+                            state = State::Num(n);
                         }
-                        Some(n) => self.state = State::Num(n),
+                        Some(n) => state = State::Num(n),
                         None if matches!(step, NumStep::Zero | NumStep::Int | NumStep::Frac | NumStep::ExpDigits) => {
                             // The number ended; this byte belongs to what follows.
-                            self.state = self.after_value();
+                            state = self.after_value();
                             continue;
                         }
                         None => return Err(self.malformed("an invalid number", i)),
@@ -324,12 +327,13 @@ impl Scanner {
                     if rest.first() != Some(&b) {
                         return Err(self.malformed("an invalid literal", i));
                     }
-                    self.state = if rest.len() == 1 { self.after_value() } else { State::Literal { rest: &rest[1..] } };
+                    state = if rest.len() == 1 { self.after_value() } else { State::Literal { rest: &rest[1..] } };
                 }
                 State::Done => return Err(self.malformed("data after the document", i)),
             }
             i += 1;
         }
+        self.state = state;
         self.offset += chunk.len() as u64;
         Ok(())
     }
