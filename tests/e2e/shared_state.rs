@@ -220,6 +220,7 @@ async fn a_redis_outage_fails_closed_quickly_and_recovers_without_a_restart() {
     let (status, body) = admin_get(gw.admin, "/readyz").unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("shared state (redis) unavailable"), "{body}");
+    assert_eq!(gw.metric("portcullis_state_up"), 0.0, "the outage shows in the metrics");
     assert_eq!(f.up.count(), 1, "nothing passed unchecked");
 
     redis.restart();
@@ -235,6 +236,7 @@ async fn a_redis_outage_fails_closed_quickly_and_recovers_without_a_restart() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(admin_get(gw.admin, "/readyz").unwrap(), (200, "ready\n".to_string()));
+    assert_eq!(gw.metric("portcullis_state_up"), 1.0);
     // The outage was logged once as it started and once as it ended, not per request.
     let log = gw.stderr();
     assert_eq!(log.matches("Redis unavailable").count(), 1, "{log}");

@@ -331,6 +331,7 @@ return n
         match result {
             Ok(Ok(value)) => {
                 if self.down.swap(false, Ordering::AcqRel) {
+                    state_metrics().up(true);
                     tracing::info!("shared state: Redis answers again");
                 }
                 Ok(value)
@@ -353,6 +354,7 @@ return n
     fn failed(&self, kind: StateErrorKind, detail: &str) -> StateError {
         state_metrics().error(kind);
         if !self.down.swap(true, Ordering::AcqRel) {
+            state_metrics().up(false);
             tracing::warn!(kind = ?kind, error = %detail, "shared state: Redis unavailable; requests that need it are refused until it answers");
         }
         StateError::Unavailable(

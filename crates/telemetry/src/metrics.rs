@@ -83,6 +83,7 @@ pub struct StateMetrics {
     duration: AtomicHistogram,
     errors: Family<StateErrorLabel, Counter>,
     by_kind: [Counter; 3],
+    up: Gauge,
 }
 
 impl StateMetrics {
@@ -95,6 +96,13 @@ impl StateMetrics {
     pub fn error(&self, kind: StateErrorKind) {
         self.by_kind[kind as usize].inc();
     }
+
+    /// Records whether the shared state answers now (1) or is in an outage (0): while it is
+    /// 0, replay and revocation checks refuse and rate limits fail open or closed as
+    /// configured.
+    pub fn up(&self, up: bool) {
+        self.up.set(i64::from(up));
+    }
 }
 
 /// The process's shared-state metrics.
@@ -104,7 +112,9 @@ pub fn state_metrics() -> &'static StateMetrics {
         let errors = Family::<StateErrorLabel, Counter>::default();
         let by_kind = [StateErrorKind::timeout, StateErrorKind::connection, StateErrorKind::protocol]
             .map(|kind| errors.get_or_create_owned(&StateErrorLabel { kind }));
-        StateMetrics { duration: AtomicHistogram::default(), errors, by_kind }
+        let up = Gauge::default();
+        up.set(1);
+        StateMetrics { duration: AtomicHistogram::default(), errors, by_kind, up }
     })
 }
 
@@ -228,6 +238,11 @@ impl Metrics {
             state.duration.clone(),
         );
         registry.register("state_errors", "Failed shared-state (Redis) commands by kind", state.errors.clone());
+        registry.register(
+            "state_up",
+            "1 while the shared state (Redis) answers, 0 during an outage (replay and revocation checks refuse; rate limits fail open or closed as configured)",
+            state.up.clone(),
+        );
         let limits = limit_metrics();
         registry.register(
             "rate_limited",
