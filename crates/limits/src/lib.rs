@@ -248,7 +248,7 @@ impl Report {
 pub async fn check(state: &State, route: &Limits, plan: &Limits, facts: &Facts<'_>) -> Result<Option<Report>, Problem> {
     // One rate limit: the common case, without the lists below.
     if let ([one], []) | ([], [one]) = (&route.0[..], &plan.0[..])
-        && let Kind::Rate { interval_us, capacity_us, burst } = one.kind
+        && let Kind::Rate { interval_us, capacity_us, .. } = one.kind
     {
         let key = key::bucket_key(&one.id, &one.parts, facts);
         let check = Check { key: &key, rule: Rule::Gcra { interval_us, capacity_us } };
@@ -257,13 +257,11 @@ pub async fn check(state: &State, route: &Limits, plan: &Limits, facts: &Facts<'
             Err(e) => return unavailable(&[one], e),
         };
         recovered();
-        let v = checked.values[0];
-        if checked.admitted {
-            let remaining = (capacity_us.saturating_sub(v) / interval_us).min(burst);
-            return Ok(Some(report(one, &None, remaining, v.div_ceil(1_000_000))));
-        }
-        let full_in = v.saturating_sub(interval_us).div_ceil(1_000_000);
-        return Err(refusal(one, None, v.saturating_sub(capacity_us).div_ceil(1_000_000), full_in));
+        let f = Figures::of(one, checked.values[0], checked.admitted, None, 0);
+        return match checked.admitted {
+            true => Ok(Some(report(one, None, f.remaining, f.full_in))),
+            false => Err(refusal(one, None, f.retry, f.full_in)),
+        };
     }
     let limits: Vec<&RateLimit> = route.iter().chain(plan.iter()).collect();
     if limits.is_empty() {
@@ -275,76 +273,105 @@ pub async fn check(state: &State, route: &Limits, plan: &Limits, facts: &Facts<'
     } else {
         jiff::Timestamp::UNIX_EPOCH
     };
-    let mut windows = Vec::new();
+    // Each quota's current window (none for a rate limit).
+    let windows: Vec<Option<window::Window>> = limits
+        .iter()
+        .map(|l| match &l.kind {
+            Kind::Quota { window, tz, .. } => {
+                Some(window::window(*window, now, tz).unwrap_or(window::Window { start_ms: 0, end_ms: i64::MAX }))
+            }
+            Kind::Rate { .. } => None,
+        })
+        .collect();
     let keys: Vec<Vec<u8>> = limits
         .iter()
-        .map(|l| {
+        .zip(&windows)
+        .map(|(l, w)| {
             let mut key = key::bucket_key(&l.id, &l.parts, facts);
-            if let Kind::Quota { window, tz, .. } = &l.kind {
+            if let Some(w) = w {
                 // The window's start names its count: a new window starts a new count.
-                let w = window::window(*window, now, tz).unwrap_or(window::Window { start_ms: 0, end_ms: i64::MAX });
                 key.extend_from_slice(&w.start_ms.to_be_bytes());
-                windows.push(w);
             }
             key
         })
         .collect();
-    let mut quota_windows = windows.iter();
     let checks: Vec<Check<'_>> = limits
         .iter()
+        .zip(&windows)
         .zip(&keys)
-        .map(|(l, k)| {
-            let rule = match &l.kind {
-                Kind::Rate { interval_us, capacity_us, .. } => {
+        .map(|((l, w), key)| {
+            let rule = match (&l.kind, w) {
+                (Kind::Quota { limit, .. }, Some(w)) => {
+                    Rule::Window { limit: *limit, ends_ms: u64::try_from(w.end_ms).unwrap_or(0) }
+                }
+                (Kind::Rate { interval_us, capacity_us, .. }, _) => {
                     Rule::Gcra { interval_us: *interval_us, capacity_us: *capacity_us }
                 }
-                Kind::Quota { limit, .. } => {
-                    let end = quota_windows.next().map_or(i64::MAX, |w| w.end_ms);
-                    Rule::Window { limit: *limit, ends_ms: u64::try_from(end).unwrap_or(0) }
-                }
+                (Kind::Quota { limit, .. }, None) => Rule::Window { limit: *limit, ends_ms: u64::MAX },
             };
-            Check { key: k, rule }
+            Check { key, rule }
         })
         .collect();
     let checked = match state.admit(NS, &checks).await {
         Ok(c) => c,
         Err(e) => return unavailable(&limits, e),
     };
-    let now_ms = now.as_millisecond();
-    let mut quota_windows = windows.iter();
-    // Per limit: (remaining, its size, seconds until it is full again, seconds until the
-    // next request may pass when it refuses).
-    let states: Vec<(u64, u64, u64, u64)> = limits
-        .iter()
-        .zip(&checked.values)
-        .map(|(l, v)| match &l.kind {
-            Kind::Rate { interval_us, capacity_us, burst } => {
-                let remaining = (capacity_us.saturating_sub(*v) / interval_us).min(*burst);
-                let counted = if checked.admitted { *v } else { v.saturating_sub(*interval_us) };
-                (remaining, *burst, counted.div_ceil(1_000_000), v.saturating_sub(*capacity_us).div_ceil(1_000_000))
-            }
-            Kind::Quota { limit, .. } => {
-                let end = quota_windows.next().map_or(now_ms, |w| w.end_ms);
-                let reset = u64::try_from(end.saturating_sub(now_ms)).unwrap_or(0).div_ceil(1000);
-                (limit.saturating_sub(*v), *limit, reset, reset)
-            }
-        })
-        .collect();
     recovered();
+    let now_ms = now.as_millisecond();
+    let figures: Vec<Figures> = (0..limits.len())
+        .map(|i| Figures::of(limits[i], checked.values[i], checked.admitted, windows[i], now_ms))
+        .collect();
     if checked.admitted {
         // The one with the least room left, relative to its size.
         let i = (0..limits.len())
             .min_by(|&a, &b| {
-                let (ra, qa, ..) = states[a];
-                let (rb, qb, ..) = states[b];
-                (u128::from(ra) * u128::from(qb)).cmp(&(u128::from(rb) * u128::from(qa)))
+                let (fa, fb) = (&figures[a], &figures[b]);
+                (u128::from(fa.remaining) * u128::from(fb.size)).cmp(&(u128::from(fb.remaining) * u128::from(fa.size)))
             })
             .unwrap_or(0);
-        return Ok(Some(report(limits[i], &windows_of(&limits, &windows, i), states[i].0, states[i].2)));
+        return Ok(Some(report(limits[i], windows[i], figures[i].remaining, figures[i].full_in)));
     }
     // Refused: by the limit that frees up last.
-    let i = (0..limits.len()).filter(|&i| !checked.admits(i, &checks[i])).max_by_key(|&i| states[i].3).unwrap_or(0);
-    Err(refusal(limits[i], windows_of(&limits, &windows, i), states[i].3, states[i].2))
+    let i =
+        (0..limits.len()).filter(|&i| !checked.admits(i, &checks[i])).max_by_key(|&i| figures[i].retry).unwrap_or(0);
+    Err(refusal(limits[i], windows[i], figures[i].retry, figures[i].full_in))
+}
+
+/// What a limit tells the client after a check.
+struct Figures {
+    /// Requests left.
+    remaining: u64,
+    /// The limit's size (a bucket's burst, a quota's limit).
+    size: u64,
+    /// Seconds until it is full again.
+    full_in: u64,
+    /// Seconds until the next request may pass, when it refuses.
+    retry: u64,
+}
+
+impl Figures {
+    /// From the state's value for the limit (a bucket's TAT ahead of now, or a window's
+    /// count, with this request counted), whether the request was `admitted` (counted), its
+    /// window and the time (ms since the epoch) for a quota.
+    fn of(limit: &RateLimit, value: u64, admitted: bool, window: Option<window::Window>, now_ms: i64) -> Figures {
+        match &limit.kind {
+            Kind::Rate { interval_us, capacity_us, burst } => {
+                // Not counted: the bucket is full again when its last counted request has drained.
+                let counted = if admitted { value } else { value.saturating_sub(*interval_us) };
+                Figures {
+                    remaining: (capacity_us.saturating_sub(value) / interval_us).min(*burst),
+                    size: *burst,
+                    full_in: counted.div_ceil(1_000_000),
+                    retry: value.saturating_sub(*capacity_us).div_ceil(1_000_000),
+                }
+            }
+            Kind::Quota { limit, .. } => {
+                let end = window.map_or(now_ms, |w| w.end_ms);
+                let reset = u64::try_from(end.saturating_sub(now_ms)).unwrap_or(0).div_ceil(1000);
+                Figures { remaining: limit.saturating_sub(value), size: *limit, full_in: reset, retry: reset }
+            }
+        }
+    }
 }
 
 /// The `429` for a request `limit` refused: the next may come in `retry` seconds; the limit
@@ -353,7 +380,7 @@ pub async fn check(state: &State, route: &Limits, plan: &Limits, facts: &Facts<'
 fn refusal(limit: &RateLimit, window: Option<window::Window>, retry: u64, full_in: u64) -> Problem {
     limit.refused.inc();
     let retry = retry.max(1);
-    let fields = report(limit, &window, 0, full_in);
+    let fields = report(limit, window, 0, full_in);
     let problem = match limit.kind {
         Kind::Rate { .. } => {
             Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests: rate limit exceeded")
@@ -368,12 +395,6 @@ fn refusal(limit: &RateLimit, window: Option<window::Window>, retry: u64, full_i
         .header(RETRY_AFTER, HeaderValue::from(retry))
         .header(RATELIMIT_POLICY.clone(), fields.policy)
         .header(RATELIMIT.clone(), fields.current)
-}
-
-/// The window of limit `i`, if it is a quota.
-fn windows_of(limits: &[&RateLimit], windows: &[window::Window], i: usize) -> Option<window::Window> {
-    let before = limits[..i].iter().filter(|l| matches!(l.kind, Kind::Quota { .. })).count();
-    matches!(limits[i].kind, Kind::Quota { .. }).then(|| windows[before])
 }
 
 /// The state could not count the request: refused if any of its limits fails closed.
@@ -407,7 +428,7 @@ fn recovered() {
     }
 }
 
-fn report(limit: &RateLimit, window: &Option<window::Window>, remaining: u64, reset_secs: u64) -> Report {
+fn report(limit: &RateLimit, window: Option<window::Window>, remaining: u64, reset_secs: u64) -> Report {
     // Written by hand: `format!` cost a request ~900 instructions (bench/RESULTS.md, "Rate limits").
     let mut current = Vec::with_capacity(limit.name.len() + 48);
     current.push(b'"');

@@ -51,10 +51,6 @@ impl Kind {
     pub fn parse(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.as_str() == name)
     }
-
-    fn bit(self) -> u8 {
-        1 << (self as u8)
-    }
 }
 
 /// One revocation.
@@ -88,26 +84,25 @@ pub struct Subject<'a> {
     pub issued_at: Option<u64>,
 }
 
-/// The revocations a replica knows now.
+/// The revocations a replica knows now: by kind, value → (made, lapses), in ms since the
+/// epoch (looked up by `&str`, without an allocation).
 #[derive(Debug, Default)]
 pub struct Revoked {
-    entries: HashMap<(Kind, Box<str>), (u64, u64)>,
-    kinds: u8,
+    by_kind: [HashMap<Box<str>, (u64, u64)>; 5],
 }
 
 impl Revoked {
     fn new(list: impl IntoIterator<Item = Revocation>, now_ms: u64) -> Revoked {
         let mut r = Revoked::default();
         for rev in list.into_iter().filter(|r| r.expires_ms > now_ms) {
-            r.kinds |= rev.kind.bit();
-            r.entries.insert((rev.kind, rev.value.into()), (rev.at_ms, rev.expires_ms));
+            r.by_kind[rev.kind as usize].insert(rev.value.into(), (rev.at_ms, rev.expires_ms));
         }
         r
     }
 
     /// Whether nothing is revoked (the common case: nothing to look up).
     pub fn is_empty(&self) -> bool {
-        self.kinds == 0
+        self.by_kind.iter().all(HashMap::is_empty)
     }
 
     /// The revocation that refuses `who`, if any.
@@ -118,8 +113,7 @@ impl Revoked {
         let now = now_ms();
         let issued_ms = who.issued_at.map(|s| s.saturating_mul(1000));
         let hit = |kind: Kind, value: Option<&str>| {
-            let value = value?;
-            let (at, expires) = self.entries.get(&(kind, Box::<str>::from(value)))?;
+            let (at, expires) = self.by_kind[kind as usize].get(value?)?;
             if *expires <= now {
                 return None;
             }
@@ -132,7 +126,7 @@ impl Revoked {
             };
             refused.then_some(kind)
         };
-        let has = |k: Kind| self.kinds & k.bit() != 0;
+        let has = |k: Kind| !self.by_kind[k as usize].is_empty();
         (has(Kind::Jti).then(|| hit(Kind::Jti, who.jti)).flatten())
             .or_else(|| has(Kind::Sub).then(|| hit(Kind::Sub, who.sub)).flatten())
             .or_else(|| has(Kind::ClientId).then(|| hit(Kind::ClientId, who.client_id)).flatten())
@@ -146,16 +140,17 @@ impl Revoked {
     /// Every revocation in force, by kind and value.
     pub fn list(&self) -> Vec<Revocation> {
         let now = now_ms();
-        let mut out: Vec<Revocation> = self
-            .entries
-            .iter()
-            .filter(|(_, (_, expires))| *expires > now)
-            .map(|((kind, value), (at, expires))| Revocation {
-                kind: *kind,
-                value: value.to_string(),
-                at_ms: *at,
-                expires_ms: *expires,
+        let mut out: Vec<Revocation> = Kind::ALL
+            .into_iter()
+            .flat_map(|kind| {
+                self.by_kind[kind as usize].iter().map(move |(value, (at, expires))| Revocation {
+                    kind,
+                    value: value.to_string(),
+                    at_ms: *at,
+                    expires_ms: *expires,
+                })
             })
+            .filter(|r| r.expires_ms > now)
             .collect();
         out.sort_by(|a, b| (a.kind, &a.value).cmp(&(b.kind, &b.value)));
         out
