@@ -52,8 +52,51 @@ enum Command {
         #[command(subcommand)]
         command: ApikeyCommand,
     },
+    /// Usage metering: export what each consumer used, for billing.
+    Usage {
+        #[command(subcommand)]
+        command: UsageCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum UsageCommand {
+    /// Print a usage report (CSV by default) from what the config's gateway stored: its
+    /// journal (`state.path`) or Redis. The same report as the admin API's `GET /usage`.
+    Export {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The first hour: an RFC 3339 time or a date (UTC); the start of this month by default.
+        #[arg(long)]
+        from: Option<String>,
+        /// The end (exclusive): an RFC 3339 time or a date (UTC); now by default.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this consumer.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Only this plan.
+        #[arg(long)]
+        plan: Option<String>,
+        /// What to group by: consumer, plan, route, status, hour, day, month.
+        #[arg(long, default_value = "consumer,route")]
+        group_by: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "csv")]
+        format: UsageFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum UsageFormat {
+    Csv,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -171,6 +214,28 @@ fn main() -> ExitCode {
             };
             println!("{}", portcullis_authn::apikey::hash_key(&key));
             ExitCode::SUCCESS
+        }
+        Command::Usage {
+            command: UsageCommand::Export { config, from, to, consumer, route, plan, group_by, format },
+        } => {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in [("from", from), ("to", to), ("consumer", consumer), ("route", route), ("plan", plan)] {
+                if let Some(v) = v {
+                    q.append_pair(k, &v);
+                }
+            }
+            q.append_pair("group_by", &group_by);
+            q.append_pair("format", if matches!(format, UsageFormat::Csv) { "csv" } else { "json" });
+            match portcullis_gateway::usage::export(&config, &q.finish()) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Version => {
             println!("portcullis {}", env!("CARGO_PKG_VERSION"));

@@ -165,6 +165,15 @@ impl Gateway {
         }
     }
 
+    /// Starts the gateway again after it exited, with the same folder, config and ports.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn("/readyz").unwrap_or_else(|e| panic!("gateway did not start again: {e}"));
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -22,4 +22,5 @@ mod revocation;
 mod robustness;
 mod shared_state;
 mod streaming;
+mod usage;
 mod workload;

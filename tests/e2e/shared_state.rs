@@ -276,6 +276,8 @@ async fn redis_credentials_from_config_secrets() {
         "+incr",
         "+pexpireat",
         "+time",
+        "+hincrby",
+        "+expire",
         "--user",
         "default",
         "off",
@@ -292,6 +294,11 @@ async fn redis_credentials_from_config_secrets() {
     let (dir, config) = body("s3cret-pass");
     let gw = Gateway::start_in(dir, &config);
     assert_eq!(admin_get(gw.admin, "/readyz").unwrap().0, 200);
+    // Usage counts reach Redis under the same user (a query flushes them first).
+    assert_eq!(client().get(gw.url("/")).send().await.unwrap().status(), 200);
+    let (status, usage) = admin_get(gw.admin, "/usage?group_by=route").unwrap();
+    assert_eq!(status, 200, "{usage}");
+    assert!(usage.contains(r#"{"route":"r","requests":1,"#), "{usage}");
     let (dir, config) = body("wrong-pass");
     let mut bad = Gateway::start_alive_in(dir, &config);
     std::thread::sleep(Duration::from_millis(300));

@@ -5,7 +5,8 @@
 //! - `/status/N`: answers with status N;
 //! - `/bytes/N`: streams N bytes (never held in memory at once);
 //! - `/count`: reads the whole body and answers `{"bytes": n}`;
-//! - `/trickle?parts=N&ms=M`: a body of N parts of 10 bytes, one every M milliseconds;
+//! - `/trickle?parts=N&ms=M`: a body of N parts of 10 bytes, one every M milliseconds (its
+//!   length declared, unless `&chunked=1`);
 //! - `/stall`: a head announcing 1,000 bytes, 10 of them, then nothing (the connection open);
 //! - `/mirror`: answers at once, its body the request's body, part by part as it comes;
 //! - `/upgrade`: accepts an HTTP/1.1 upgrade and echoes bytes;
@@ -135,8 +136,11 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, std::io::E
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Some((Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"0123456789"))), i + 1))
         });
+        let chunked = query(&req, "chunked").is_some();
         let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-        r.headers_mut().insert("content-length", (10 * parts).into());
+        if !chunked {
+            r.headers_mut().insert("content-length", (10 * parts).into());
+        }
         return Ok(r);
     }
     if path.ends_with("/stall") {

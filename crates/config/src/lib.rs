@@ -47,7 +47,7 @@ pub use route::{
 };
 pub use server::{ClientAuth, ForwardedHeaders, Limits, ServerConfig, TlsConfig};
 pub use spiffe::{SpiffeConfig, SvidConfig};
-pub use state::{RedisConfig, RedisTls, StateBackend, StateConfig};
+pub use state::{RedisConfig, RedisTls, StateBackend, StateConfig, UsageConfig};
 pub use telemetry::{AccessLogConfig, LogConfig, LogFormat};
 pub use upstream::{PassiveHealth, UpstreamConfig, UpstreamProtocol, UpstreamTimeouts, UpstreamTls};
 pub use values::{ByteSize, Duration, Secret};
@@ -118,6 +118,9 @@ pub struct Config {
     /// IANA name such as `Europe/Paris`, or a fixed offset such as `+02:00`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_timezone: Option<String>,
+    /// Usage metering: what each consumer used, for billing.
+    #[serde(default)]
+    pub usage: UsageConfig,
 }
 
 impl Config {
@@ -169,6 +172,9 @@ impl Config {
             }
         }
         if let Some(path) = &mut self.access_log.path {
+            fix(path);
+        }
+        if let Some(path) = &mut self.state.path {
             fix(path);
         }
         if let Some(tls) = &mut self.state.redis.tls {

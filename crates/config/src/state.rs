@@ -26,6 +26,46 @@ pub struct StateConfig {
     /// Settings of the Redis connection (with `backend: redis`).
     #[serde(default)]
     pub redis: RedisConfig,
+    /// The file that keeps this replica's usage counts across restarts with
+    /// `backend: memory` (journaled every second and at shutdown); `portcullis.state`
+    /// beside the config file by default. One gateway process at a time may use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+/// Usage metering: requests and bytes per consumer, plan, route, status class and hour.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UsageConfig {
+    /// Whether requests are metered (on by default).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long hourly counts are kept (default 35 days: a billing month and some days to
+    /// export it).
+    #[serde(default = "default_retention")]
+    pub retention: Duration,
+    /// The most series (consumer, plan, route, status class, hour) kept in memory with
+    /// `backend: memory`; past it, new consumers are counted as `(other)`.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig { enabled: true, retention: default_retention(), max_series: default_max_series() }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_retention() -> Duration {
+    Duration(std::time::Duration::from_secs(35 * 86_400))
+}
+
+fn default_max_series() -> usize {
+    1_000_000
 }
 
 /// A shared-state backend.

@@ -201,6 +201,16 @@ fn state(config: &Config, out: &mut Vec<Invalid>) {
     if r.username.is_some() && r.password.is_none() {
         out.push(Invalid::new("state.redis.password", "`username` needs `password`"));
     }
+    let u = &config.usage;
+    if u.retention.get() < std::time::Duration::from_secs(3600) {
+        out.push(Invalid::new("usage.retention", "at least 1h: usage is counted by the hour"));
+    }
+    if u.retention.get() > std::time::Duration::from_secs(800 * 86_400) {
+        out.push(Invalid::new("usage.retention", "at most 800d"));
+    }
+    if u.max_series < 1000 {
+        out.push(Invalid::new("usage.max_series", "at least 1000"));
+    }
 }
 
 fn server(config: &Config, out: &mut Vec<Invalid>) {

@@ -128,6 +128,7 @@ enum AdminEndpoint {
     Metrics,
     Config,
     Revocations,
+    Usage,
 }
 
 impl AdminEndpoint {
@@ -138,6 +139,7 @@ impl AdminEndpoint {
             "/metrics" => AdminEndpoint::Metrics,
             "/config" => AdminEndpoint::Config,
             "/revocations" => AdminEndpoint::Revocations,
+            "/usage" => AdminEndpoint::Usage,
             _ => return None,
         })
     }
@@ -238,6 +240,10 @@ async fn respond(
             Some(state) => crate::revoke::serve(state, req).await.unwrap_or_else(problem),
             None => problem(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", "no shared state")),
         },
+        AdminEndpoint::Usage => {
+            let query = req.uri().query().unwrap_or_default();
+            crate::usage::serve(rt.meter().map(|m| &**m), query).await.unwrap_or_else(problem)
+        }
         AdminEndpoint::Config => {
             let body = serde_json::json!({
                 "generation": rt.generation,

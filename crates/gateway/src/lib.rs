@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod policy_tools;
 mod revoke;
+pub mod usage;
 mod watch;
 
 use std::io;
@@ -117,13 +118,20 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
     let admin_addr = loaded.config.admin.as_ref().map(|a| a.listen);
     let admin_tls_at_start = loaded.config.admin.as_ref().and_then(|a| a.tls.clone());
     let metrics = Arc::new(Metrics::new());
-    let lasting = Arc::new(Lasting::new(metrics.clone(), workers));
+    let meter = open_meter(&loaded)?;
+    let mut lasting = Lasting::new(metrics.clone(), workers);
+    lasting.meter = Some(meter.clone());
+    let lasting = Arc::new(lasting);
     let access_log = AccessLog::start(loaded.config.access_log.path.clone(), metrics.access_log_dropped.clone())?;
     access_log.keep_claims(loaded.config.access_log.claims.clone());
     let admin_tls = admin_tls(&loaded).map_err(Error::Config)?;
     let files = watched_files(&path, &loaded);
 
     let runtime = Runtime::build(Arc::new(loaded), &lasting, Some(access_log.clone()), 1).map_err(Error::Config)?;
+    if let Some(state) = runtime.state() {
+        meter.use_state(state);
+    }
+    meter.start();
     let routes = runtime.route_ids().len();
     let sockets =
         listener::bind(listen, workers).map_err(|source| Error::Bind { key: "server.listen", addr: listen, source })?;
@@ -197,8 +205,37 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
     })
     .await
     .map_err(io::Error::other)?;
+    if let Err(e) = meter.close().await {
+        tracing::error!(error = %e, "usage: the last counts could not be stored");
+    }
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// The usage meter, its journal opened when the state is in memory: `state.path`, else
+/// `portcullis.state` beside the config. A journal named in the config must open; the
+/// default one may not (a read-only config directory), and then counts last as long as the
+/// process, which is logged.
+fn open_meter(loaded: &LoadedConfig) -> Result<Arc<portcullis_state::usage::Meter>, Error> {
+    use portcullis_state::usage::{Journal, Meter};
+    let c = &loaded.config;
+    let journal = match (c.state.backend, &c.state.path) {
+        (portcullis_config::StateBackend::Redis, _) => None,
+        (_, Some(path)) => {
+            Some(Journal::open(path).map_err(|e| Error::Config(loaded.locate([Invalid::new("state.path", e)])))?)
+        }
+        (_, None) => {
+            let path = loaded.file.parent().unwrap_or(Path::new(".")).join("portcullis.state");
+            match Journal::open(&path) {
+                Ok(j) => Some(j),
+                Err(e) => {
+                    tracing::warn!(error = %e, "usage: counts will not survive a restart; set `state.path` to a writable file");
+                    None
+                }
+            }
+        }
+    };
+    Ok(Arc::new(Meter::new(c.usage.retention.get(), c.usage.max_series, journal)))
 }
 
 /// The config file and every file it names.
@@ -285,6 +322,9 @@ impl Reloader {
                 self.access_log.reopen(c.access_log.path.clone());
                 self.access_log.keep_claims(c.access_log.claims.clone());
                 let routes = runtime.route_ids().len();
+                if let (Some(meter), Some(state)) = (&self.lasting.meter, runtime.state()) {
+                    meter.use_state(state);
+                }
                 self.swap.store(Arc::new(runtime));
                 self.generation = generation;
                 metrics.reload(true);

@@ -28,6 +28,9 @@ pub enum RequestBody {
     Full(Option<Bytes>),
     /// No body.
     Empty,
+    /// A body whose bytes are counted as they pass (usage metering of a body of unknown
+    /// length).
+    Counted(Box<Counted<RequestBody>>),
 }
 
 /// The body of a request as the client sends it.
@@ -168,6 +171,7 @@ impl Body for RequestBody {
             }
             RequestBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Counted(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -176,6 +180,7 @@ impl Body for RequestBody {
             RequestBody::Client(b, _) => b.is_end_stream(),
             RequestBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
             RequestBody::Empty => true,
+            RequestBody::Counted(b) => b.inner.is_end_stream(),
         }
     }
 
@@ -184,6 +189,68 @@ impl Body for RequestBody {
             RequestBody::Client(b, _) => b.size_hint(),
             RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Counted(b) => b.inner.size_hint(),
+        }
+    }
+}
+
+/// What a [`Counted`] body calls with its count when it is dropped.
+pub type CountReport = Box<dyn FnOnce(u64) + Send + Sync>;
+
+/// A body that counts the data bytes that pass through it, and reports the count once,
+/// when it is dropped (sent whole, or cut short).
+pub struct Counted<B> {
+    inner: B,
+    bytes: u64,
+    report: Option<CountReport>,
+}
+
+impl<B> Counted<B> {
+    /// Counts `inner`'s bytes for `report`.
+    pub fn new(inner: B, report: CountReport) -> Self {
+        Counted { inner, bytes: 0, report: Some(report) }
+    }
+
+    /// The body counted.
+    pub fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+}
+
+impl<B> std::fmt::Debug for Counted<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counted").field("bytes", &self.bytes).finish_non_exhaustive()
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.bytes += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Counted<B> {
+    fn drop(&mut self) {
+        if let Some(report) = self.report.take() {
+            report(self.bytes);
         }
     }
 }
@@ -402,6 +469,9 @@ pub enum ResponseBody {
     Lean(crate::client::h1::LeanBody),
     /// A body the gateway made (problem details, echo, admin).
     Full(Option<Bytes>),
+    /// A body whose bytes are counted as they pass (usage metering of a body of unknown
+    /// length).
+    Counted(Box<Counted<ResponseBody>>),
     /// Any body (tests of the codec).
     #[cfg(test)]
     Boxed(http_body_util::combinators::BoxBody<Bytes, BoxError>),
@@ -417,6 +487,16 @@ impl ResponseBody {
     pub fn empty() -> Self {
         ResponseBody::Full(None)
     }
+
+    /// The lean client's body, if this is one (counted or not): its fields are in its raw
+    /// head, which the writer takes.
+    pub fn lean_mut(&mut self) -> Option<&mut crate::client::h1::LeanBody> {
+        match self {
+            ResponseBody::Lean(b) => Some(b),
+            ResponseBody::Counted(c) => c.inner_mut().lean_mut(),
+            _ => None,
+        }
+    }
 }
 
 impl Body for ResponseBody {
@@ -428,6 +508,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => Pin::new(&mut **b).poll_frame(cx),
             ResponseBody::Lean(b) => Pin::new(b).poll_frame(cx),
             ResponseBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Counted(b) => Pin::new(&mut **b).poll_frame(cx),
             #[cfg(test)]
             ResponseBody::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
@@ -438,6 +519,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => b.is_end_stream(),
             ResponseBody::Lean(b) => b.is_end_stream(),
             ResponseBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            ResponseBody::Counted(b) => b.inner.is_end_stream(),
             #[cfg(test)]
             ResponseBody::Boxed(b) => b.is_end_stream(),
         }
@@ -448,6 +530,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => b.size_hint(),
             ResponseBody::Lean(b) => b.size_hint(),
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::Counted(b) => b.inner.size_hint(),
             #[cfg(test)]
             ResponseBody::Boxed(b) => b.size_hint(),
         }
@@ -458,7 +541,7 @@ impl Body for ResponseBody {
 /// response's header map (for writers that need a map: HTTP/2).
 pub fn materialize_head(resp: http::Response<ResponseBody>) -> http::Response<ResponseBody> {
     let (mut parts, mut body) = resp.into_parts();
-    if let ResponseBody::Lean(lean) = &mut body
+    if let Some(lean) = body.lean_mut()
         && let Some(head) = lean.take_head()
     {
         head.append_to(&mut parts.headers);

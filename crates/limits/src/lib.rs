@@ -195,16 +195,26 @@ impl Plans {
     /// plan claim names, else (no plan, or one not defined) the default plan. None when
     /// there is no default plan either.
     pub fn of(&self, principal: &Principal) -> &Limits {
+        self.find(principal).map_or(&NONE, |(_, limits)| limits)
+    }
+
+    /// The name of `principal`'s plan (found as [`Plans::of`] finds its limits); empty for
+    /// none.
+    pub fn name_of(&self, principal: &Principal) -> &str {
+        self.find(principal).map_or("", |(name, _)| name)
+    }
+
+    fn find(&self, principal: &Principal) -> Option<(&str, &Limits)> {
         if self.by_name.is_empty() {
-            return &NONE;
+            return None;
         }
         let from_consumer = principal.consumer.as_ref().and_then(|c| c.plan.as_deref());
         let from_claim = || {
             let claim = self.claim.as_deref()?;
             principal.claims.as_ref()?.get(claim)?.as_str()
         };
-        let named = from_consumer.or_else(from_claim).and_then(|p| self.by_name.get(p));
-        named.or_else(|| self.by_name.get(self.default.as_deref()?)).unwrap_or(&NONE)
+        let get = |p: &str| self.by_name.get_key_value(p).map(|(k, v)| (&**k, v));
+        from_consumer.or_else(from_claim).and_then(get).or_else(|| get(self.default.as_deref()?))
     }
 }
 

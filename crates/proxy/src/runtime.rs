@@ -30,6 +30,8 @@ pub struct Lasting {
     pub authn: portcullis_authn::Retained,
     /// The gateway's signing keys, kept across reloads.
     pub key_rings: portcullis_identity::KeyRings,
+    /// The usage meter (the gateway's; none for tools that only compile a config).
+    pub meter: Option<Arc<portcullis_state::usage::Meter>>,
     /// Upstreams by their source; weak so that ones no config uses any more are freed.
     /// Locked only while a config is compiled, never on the request path.
     upstreams: Mutex<HashMap<UpstreamSource, Weak<Upstream>>>,
@@ -67,7 +69,14 @@ impl UpstreamSource {
 impl Lasting {
     /// Lasting state with these metrics, for `workers` data-plane workers.
     pub fn new(metrics: Arc<Metrics>, workers: usize) -> Self {
-        Self { metrics, workers, authn: Default::default(), key_rings: Default::default(), upstreams: Mutex::default() }
+        Self {
+            metrics,
+            workers,
+            authn: Default::default(),
+            key_rings: Default::default(),
+            meter: None,
+            upstreams: Mutex::default(),
+        }
     }
 
     fn upstream(
@@ -181,6 +190,8 @@ pub struct Runtime {
     pub token_service: Option<Arc<portcullis_identity::TokenService>>,
     /// The plans and their limits.
     pub(crate) plans: portcullis_limits::Plans,
+    /// Meters each request (`usage.enabled`).
+    pub(crate) meter: Option<Arc<portcullis_state::usage::Meter>>,
     verifiers: portcullis_authn::Verifiers,
 }
 
@@ -340,6 +351,7 @@ impl Runtime {
             identity_headers,
             token_service,
             plans: portcullis_limits::Plans::new(c, &tz),
+            meter: lasting.meter.clone().filter(|_| c.usage.enabled),
             verifiers,
             config,
         })
@@ -348,6 +360,11 @@ impl Runtime {
     /// Whether everything needed to serve is loaded (issuers' keys): `/readyz`.
     pub fn ready(&self) -> bool {
         self.verifiers.ready()
+    }
+
+    /// The usage meter, when requests are metered.
+    pub fn meter(&self) -> Option<&Arc<portcullis_state::usage::Meter>> {
+        self.meter.as_ref()
     }
 
     /// The shared-state backend (readiness pings it).

@@ -12,6 +12,7 @@ pub mod admit;
 mod memory;
 mod redis;
 pub mod revocations;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,6 +119,15 @@ impl State {
             }
         };
         copy.view().ok_or_else(|| StateError::Unavailable("the revocation list could not be read lately".into()))
+    }
+
+    /// The usage counts Redis holds for hours `from..to` (every replica's); none for the
+    /// memory backend, whose counts are its process's (see [`usage::Meter::query`]).
+    pub async fn stored_usage(&self, from: u64, to: u64) -> Result<Vec<(usage::Series, usage::Counts)>, StateError> {
+        match self {
+            State::Memory(_) => Ok(Vec::new()),
+            State::Redis(r) => r.usage(from, to).await,
+        }
     }
 
     /// Whether the backend can answer now (readiness): always for memory, a `PING` within

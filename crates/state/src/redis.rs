@@ -295,6 +295,119 @@ return n
         StateError::Unavailable("the revocation list cannot be read".into())
     }
 
+    /// The key of an hour's usage hash. The hash tag keeps every usage key on one Cluster
+    /// slot, so that one script can add to several hours.
+    fn usage_key(&self, hour: u64) -> String {
+        format!("{}{{usage}}:{hour}", self.prefix)
+    }
+
+    /// Adds a usage batch to the hourly hashes (kept `ttl_secs`), once: the script records
+    /// the batch's id for `applied_secs`, and a batch sent again is not counted again.
+    pub(crate) async fn add_usage(
+        &self,
+        batch: &crate::usage::Batch,
+        ttl_secs: u64,
+        applied_secs: u64,
+    ) -> Result<(), StateError> {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| {
+            redis::Script::new(
+                r"
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+for i = 3, #ARGV, 3 do
+  redis.call('HINCRBY', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
+end
+for i = 2, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+return 1
+",
+            )
+        });
+        let mut call = script.prepare_invoke();
+        call.key(format!("{}{{usage}}:applied:{}", self.prefix, batch.id));
+        call.arg(applied_secs).arg(ttl_secs);
+        let mut hours: Vec<u64> = Vec::new();
+        for (series, counts) in &batch.rows {
+            let index = match hours.iter().position(|h| *h == series.hour) {
+                Some(i) => i + 2,
+                None => {
+                    hours.push(series.hour);
+                    call.key(self.usage_key(series.hour));
+                    hours.len() + 1
+                }
+            };
+            for (what, n) in [('n', counts.requests), ('i', counts.request_bytes), ('o', counts.response_bytes)] {
+                if n > 0 {
+                    call.arg(index).arg(crate::usage::field(what, series)).arg(n.min(i64::MAX as u64));
+                }
+            }
+        }
+        let mut conn = self.connection()?;
+        match tokio::time::timeout(Duration::from_secs(2), call.invoke_async::<i64>(&mut conn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(StateError::Unavailable(e.to_string())),
+            Err(_) => Err(StateError::Unavailable("no answer in time".into())),
+        }
+    }
+
+    /// The usage counts of hours `from..to`, every replica's. A field that does not parse
+    /// (someone else's, a version skew) is skipped and logged with its key.
+    pub(crate) async fn usage(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(crate::usage::Series, crate::usage::Counts)>, StateError> {
+        use std::collections::HashMap;
+        let mut totals: HashMap<crate::usage::Series, crate::usage::Counts> = HashMap::new();
+        let hours: Vec<u64> = (from..to).collect();
+        let mut conn = self.connection()?;
+        for chunk in hours.chunks(256) {
+            let mut pipe = redis::pipe();
+            for h in chunk {
+                pipe.cmd("HGETALL").arg(self.usage_key(*h));
+            }
+            let answers: Vec<redis::Value> =
+                match tokio::time::timeout(Duration::from_secs(5), pipe.query_async(&mut conn)).await {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => return Err(StateError::Unavailable(e.to_string())),
+                    Err(_) => return Err(StateError::Unavailable("no answer in time".into())),
+                };
+            for (hour, answer) in chunk.iter().zip(answers) {
+                let fields = match answer {
+                    redis::Value::Array(fields) => fields,
+                    redis::Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                    _ => {
+                        tracing::warn!(key = self.usage_key(*hour), "usage: a key that is not a hash is skipped");
+                        continue;
+                    }
+                };
+                let mut skipped = false;
+                for pair in fields.chunks(2) {
+                    let parsed = match pair {
+                        [redis::Value::BulkString(f), redis::Value::BulkString(v)] => {
+                            let n = std::str::from_utf8(v).ok().and_then(|v| v.parse::<u64>().ok());
+                            crate::usage::parse_field(*hour, f).zip(n)
+                        }
+                        _ => None,
+                    };
+                    let Some(((what, series), n)) = parsed else {
+                        skipped = true;
+                        continue;
+                    };
+                    let c = totals.entry(series).or_default();
+                    match what {
+                        b'n' => c.requests += n,
+                        b'i' => c.request_bytes += n,
+                        _ => c.response_bytes += n,
+                    }
+                }
+                if skipped {
+                    tracing::warn!(key = self.usage_key(*hour), "usage: fields this gateway cannot read are skipped");
+                }
+            }
+        }
+        Ok(totals.into_iter().collect())
+    }
+
     /// `PING`, within the timeout: whether the store can answer now.
     pub async fn ping(&self) -> Result<(), StateError> {
         match self.run(&redis::cmd("PING")).await? {

@@ -14,7 +14,8 @@ pub use exposition::{Exposition, PrometheusText};
 pub use histogram::AtomicHistogram;
 pub use logging::init_logging;
 pub use metrics::{
-    LimitMetrics, Metrics, RouteMetrics, StateErrorKind, StateMetrics, UpstreamErrorKind, limit_metrics, state_metrics,
+    LimitMetrics, Metrics, RouteMetrics, StateErrorKind, StateMetrics, UpstreamErrorKind, UsageMetrics, limit_metrics,
+    state_metrics, usage_metrics,
 };
 pub use prometheus_client::metrics::counter::Counter;
 pub use prometheus_client::metrics::gauge::Gauge;

@@ -157,6 +157,52 @@ pub fn limit_metrics() -> &'static LimitMetrics {
     LIMITS.get_or_init(LimitMetrics::default)
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UsageLabels {
+    route: String,
+    plan: String,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UsageBytesLabels {
+    route: String,
+    plan: String,
+    direction: &'static str,
+}
+
+/// Usage metrics: what each plan used of each route. Labels come from the config (routes,
+/// plans), so their number is bounded; usage per consumer is in the admin API only.
+#[derive(Debug, Default)]
+pub struct UsageMetrics {
+    requests: Family<UsageLabels, Counter>,
+    bytes: Family<UsageBytesLabels, Counter>,
+}
+
+impl UsageMetrics {
+    /// Adds a series' counts (status class `class`, 1 to 5).
+    pub fn add(&self, route: &str, plan: &str, class: u8, requests: u64, request_bytes: u64, response_bytes: u64) {
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let class = CLASSES[usize::from(class.clamp(1, 5) - 1)];
+        if requests > 0 {
+            let labels = UsageLabels { route: route.to_string(), plan: plan.to_string(), class };
+            self.requests.get_or_create(&labels).inc_by(requests);
+        }
+        for (direction, n) in [("request", request_bytes), ("response", response_bytes)] {
+            if n > 0 {
+                let labels = UsageBytesLabels { route: route.to_string(), plan: plan.to_string(), direction };
+                self.bytes.get_or_create(&labels).inc_by(n);
+            }
+        }
+    }
+}
+
+/// The process's usage metrics.
+pub fn usage_metrics() -> &'static UsageMetrics {
+    static USAGE: OnceLock<UsageMetrics> = OnceLock::new();
+    USAGE.get_or_init(UsageMetrics::default)
+}
+
 const KINDS: [UpstreamErrorKind; 3] =
     [UpstreamErrorKind::connect, UpstreamErrorKind::timeout, UpstreamErrorKind::protocol];
 
@@ -258,6 +304,17 @@ impl Metrics {
             "rate_limit_failed_closed",
             "Requests refused because their rate limits could not be checked (on_error: closed)",
             limits.failed_closed.clone(),
+        );
+        let usage = usage_metrics();
+        registry.register(
+            "usage_requests",
+            "Metered requests by route, plan and status class (flushed every second)",
+            usage.requests.clone(),
+        );
+        registry.register(
+            "usage_bytes",
+            "Metered body bytes by route, plan and direction (flushed every second)",
+            usage.bytes.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -740,10 +740,7 @@ async fn respond(
         || crate::drain::draining()
         || parts.headers.get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close"));
     // An upstream's fields as they came (the lean client's), else the map's.
-    let raw = match &mut body {
-        ResponseBody::Lean(lean) => lean.take_head(),
-        _ => None,
-    };
+    let raw = body.lean_mut().and_then(|lean| lean.take_head());
     let declared = match &raw {
         Some(raw) => raw.length(),
         None => parts.headers.get(header::CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes())),

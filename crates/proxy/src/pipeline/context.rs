@@ -93,6 +93,10 @@ pub struct RequestCtx {
     pub reason: Option<&'static str>,
     /// The authorization decision's explanation, for the audit log.
     pub explained: Option<Explained>,
+    /// Request body bytes of a body of known length (usage metering).
+    pub request_bytes: u64,
+    /// Request body bytes counted as they pass, for a body of unknown length.
+    pub request_tally: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// A decision's explanation, as the audit log records it.

@@ -1,10 +1,13 @@
-//! Log: every request is counted in its route's metrics, and written to the access log
-//! when one is configured.
+//! Log: every request is counted in its route's metrics, metered for usage (`usage`), and
+//! written to the access log when one is configured.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::{Request, Version};
-use portcullis_http::body::ClientBody;
+use portcullis_http::body::{ClientBody, Counted, RequestBody, ResponseBody};
+use portcullis_state::usage::{Meter, Record};
 use portcullis_telemetry::AccessRecord;
 
 use super::context::{Decision, RequestCtx};
@@ -71,5 +74,68 @@ fn protocol(v: Version) -> &'static str {
         Version::HTTP_2 => "HTTP/2",
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/?",
+    }
+}
+
+/// The request body as it goes upstream, its size known for usage metering: declared, or
+/// counted as it passes (a body of unknown length; the count is read when the response
+/// head is in).
+pub fn count_request(ctx: &mut RequestCtx, body: RequestBody) -> RequestBody {
+    match http_body::Body::size_hint(&body).exact() {
+        Some(n) => {
+            ctx.request_bytes = n;
+            body
+        }
+        None => {
+            let tally = Arc::new(AtomicU64::new(0));
+            let sink = tally.clone();
+            ctx.request_tally = Some(tally);
+            RequestBody::Counted(Box::new(Counted::new(body, Box::new(move |n| sink.store(n, Ordering::Relaxed)))))
+        }
+    }
+}
+
+/// Meters a request answered with `resp` on a route: under its consumer, plan, route and
+/// status class. A response body of unknown length is counted as it is sent, and its bytes
+/// added when it ends. Out of line: the pipeline holds only what every request runs.
+#[inline(never)]
+pub fn meter(meter: &Arc<Meter>, rt: &Runtime, ctx: &RequestCtx, resp: &mut http::Response<ResponseBody>) {
+    let Some(route) = &ctx.route else { return };
+    let (consumer, plan) = match &ctx.principal {
+        Some(p) => {
+            let name = p.consumer.as_ref().map(|c| &c.name).or(p.subject.as_ref()).or(p.client_id.as_ref());
+            (name.map_or("-", |n| &**n), rt.plans.name_of(p))
+        }
+        None => ("-", ""),
+    };
+    let status = resp.status().as_u16();
+    let request_bytes = ctx.request_bytes + ctx.request_tally.as_ref().map_or(0, |t| t.load(Ordering::Relaxed));
+    let declared = http_body::Body::size_hint(resp.body()).exact();
+    let record = Record {
+        consumer,
+        plan,
+        route: &route.id,
+        status,
+        requests: 1,
+        request_bytes,
+        response_bytes: declared.unwrap_or(0),
+    };
+    meter.record(&record);
+    if declared.is_none() {
+        let (meter, consumer, plan, route) = (meter.clone(), consumer.to_string(), plan.to_string(), route.id.clone());
+        let report = move |n: u64| {
+            let r = Record {
+                consumer: &consumer,
+                plan: &plan,
+                route: &route,
+                status,
+                requests: 0,
+                request_bytes: 0,
+                response_bytes: n,
+            };
+            meter.record(&r);
+        };
+        let body = std::mem::replace(resp.body_mut(), ResponseBody::empty());
+        *resp.body_mut() = ResponseBody::Counted(Box::new(Counted::new(body, Box::new(report))));
     }
 }

@@ -100,6 +100,8 @@ pub async fn handle(rt: Arc<Runtime>, conn: Arc<Connection>, req: Request<Client
         upstream_elapsed: None,
         reason: None,
         explained: None,
+        request_bytes: 0,
+        request_tally: None,
     };
     let log_fields = rt.access_log.as_ref().map(|_| log::log_fields(&req));
 
@@ -112,6 +114,9 @@ pub async fn handle(rt: Arc<Runtime>, conn: Arc<Connection>, req: Request<Client
     };
     resp.headers_mut().insert(&X_REQUEST_ID, ctx.request_id.clone());
     log::log(&rt, &mut ctx, log_fields, resp.status().as_u16(), start.elapsed());
+    if let Some(meter) = &rt.meter {
+        log::meter(meter, &rt, &ctx, &mut resp);
+    }
     resp
 }
 
@@ -144,7 +149,11 @@ async fn run(
     ctx.principal = Some(principal.clone());
     authorize::authorize(rt, conn, ctx, &route, &principal, &parts.method, &authority.host, &routed.path)?;
     let limited = limit::limit(rt, ctx, &route, &principal, &parts.headers).await?;
-    let body = protect::protect(&parts, body, route.max_body, route.body_rules.as_ref(), &rt.identity_headers).await?;
+    let mut body =
+        protect::protect(&parts, body, route.max_body, route.body_rules.as_ref(), &rt.identity_headers).await?;
+    if rt.meter.is_some() {
+        body = log::count_request(ctx, body);
+    }
     let mut added = Added::default();
     let upgrade = propagate::propagate(rt, conn, ctx, &route, &authority, &mut parts, &mut added)?;
     let path =
