@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Instructions a proxied request costs the gateway: a count that host noise does not move.
 
-    bench/count.py [BINARY ...] [--route plain|jwt|jwt-distinct|jwt-limit|jwt-limit-redis] [--connections 16] [--duration 6] [--cache] [--keep DIR]
+    bench/count.py [BINARY ...] [--route plain|jwt|jwt-distinct|jwt-limit|jwt-limit-redis] [--connections 16] [--duration 6] [--cache] [--keep DIR] [--config YAML]
 
 Runs each binary (default: target/release/portcullis) under callgrind behind `run.py`'s nginx
 upstream, drives it with `wrk` for a warm-up with collection off, switches collection on
@@ -42,7 +42,7 @@ import run  # noqa: E402  (the servers, tokens and configs of the main bench)
 DISTINCT_TOKENS = 12_000
 
 
-def count(binary, work, upstream, route, connections, duration, cache=False, keep=None):
+def count(binary, work, upstream, route, connections, duration, cache=False, keep=None, config=""):
     """(requests, {event: count}) of one binary under callgrind."""
     run.BINARY = binary
     out = os.path.join(work, f"callgrind.{os.getpid()}.{time.monotonic_ns()}")
@@ -65,6 +65,7 @@ def count(binary, work, upstream, route, connections, duration, cache=False, kee
             f.write("\n".join(idp.token(n) for n in range(DISTINCT_TOKENS)) + "\n")
         script = run.distinct_tokens_script(work, os.path.basename(binary), token_file)
         routes, extra = run.JWT_ROUTE, idp.config
+    extra += config + ("\n" if config else "")
     # Fully associative instruction cache: see above.
     sim = ["--cache-sim=yes", "--I1=32768,512,64"] if cache else []
     server = run.start_portcullis(work, upstream.port, routes, extra,
@@ -112,6 +113,8 @@ def main():
     ap.add_argument("--cache", action="store_true",
                     help="also simulate the first-level caches: the lines of code a request touches, and data misses")
     ap.add_argument("--keep", metavar="DIR", help="leave each run's callgrind profile in DIR")
+    ap.add_argument("--config", default="", metavar="YAML",
+                    help="top-level config to add, e.g. 'usage: {enabled: false}'")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="portcullis-count-") as work:
         upstream = run.start_upstream(work)
@@ -119,7 +122,7 @@ def main():
             for i, binary in enumerate(args.binaries):
                 keep = os.path.join(os.path.abspath(args.keep), f"callgrind.{i}.{args.route}") if args.keep else None
                 n, ev = count(os.path.abspath(binary), work, upstream, args.route, args.connections,
-                              args.duration, args.cache, keep)
+                              args.duration, args.cache, keep, args.config)
                 n = max(n, 1)
                 line = f"{binary}: {ev.get('Ir', 0) // n:,} instructions a request"
                 if args.cache:

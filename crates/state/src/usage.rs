@@ -282,11 +282,15 @@ impl Meter {
             local.totals.entry(series).or_default().add(&counts);
         }
         let Some(journal) = &mut local.journal else { return Ok(()) };
-        journal.append(&lines)?;
-        if journal.due() {
+        // The totals hold every count: after a failed write (a full disk), the next flush
+        // rewrites the file from them rather than append to a line it may have cut.
+        if journal.broken || journal.due() {
+            journal.broken = true;
             journal.compact(&local.totals)?;
+            journal.broken = false;
+            return Ok(());
         }
-        Ok(())
+        journal.append(&lines).inspect_err(|_| journal.broken = true)
     }
 
     async fn flush_redis(&self, redis: &crate::Redis, deltas: Vec<(Series, Counts)>) -> Result<(), String> {
@@ -392,6 +396,8 @@ pub struct Journal {
     bytes: u64,
     /// Bytes of the file as last compacted.
     compacted: u64,
+    /// A write failed: the file is rewritten whole before anything is appended.
+    broken: bool,
     /// The totals read at open, until the meter takes them.
     loaded: HashMap<Series, Counts>,
 }
@@ -425,7 +431,8 @@ impl Journal {
             .append(true)
             .open(path)
             .map_err(|e| format!("cannot open {shown} for writing: {e}"))?;
-        let mut j = Journal { path: path.to_path_buf(), file, _lock: lock, bytes: 0, compacted: 0, loaded };
+        let mut j =
+            Journal { path: path.to_path_buf(), file, _lock: lock, bytes: 0, compacted: 0, broken: false, loaded };
         // Starts from a clean file: one line per series, the header first.
         let totals = std::mem::take(&mut j.loaded);
         j.compact(&totals)?;

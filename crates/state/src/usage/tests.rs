@@ -194,3 +194,24 @@ fn a_journal_line_is_one_line_whatever_the_names() {
     assert_eq!(l.series, s);
     assert_eq!(l.counts, Counts { requests: 1, request_bytes: 2, response_bytes: 3 });
 }
+
+#[tokio::test]
+async fn a_failed_write_is_repaired_by_rewriting_the_journal_from_the_totals() {
+    let d = dir("broken");
+    let path = d.join("usage");
+    let m = Meter::new(DAY, 1000, Some(Journal::open(&path).unwrap()));
+    m.record(&rec("a", "r", 200));
+    m.flush().await.unwrap();
+    // The next write fails (as on a full disk): a handle that cannot write.
+    m.local.lock().unwrap().journal.as_mut().unwrap().file = std::fs::File::open(&path).unwrap();
+    m.record(&rec("a", "r", 200));
+    assert!(m.flush().await.is_err());
+    assert_eq!(read_journal(&path).unwrap().values().map(|c| c.requests).sum::<u64>(), 1);
+    // The next flush rewrites the file from the totals: nothing is lost.
+    m.record(&rec("a", "r", 200));
+    m.flush().await.unwrap();
+    assert_eq!(read_journal(&path).unwrap().values().map(|c| c.requests).sum::<u64>(), 3);
+    m.record(&rec("a", "r", 200));
+    m.close().await.unwrap();
+    assert_eq!(read_journal(&path).unwrap().values().map(|c| c.requests).sum::<u64>(), 4);
+}
