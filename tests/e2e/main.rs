@@ -22,5 +22,6 @@ mod revocation;
 mod robustness;
 mod shared_state;
 mod streaming;
+mod topologies;
 mod usage;
 mod workload;

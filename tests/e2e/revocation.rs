@@ -13,7 +13,7 @@ use crate::upstream::Upstream;
 
 const ROUTES: &str = "routes:\n  - id: orders\n    match: { path_prefix: /orders }\n    upstream: UP\n    authenticate: [jwt]\n  - id: open\n    match: { path_prefix: /open }\n    upstream: UP\n    authenticate: [none]\n";
 
-async fn setup(state: &str) -> (Idp, Upstream, String) {
+pub(crate) async fn setup(state: &str) -> (Idp, Upstream, String) {
     let idp = Idp::start();
     idp.key("ec", "ES256").await;
     let up = Upstream::start();
@@ -21,11 +21,11 @@ async fn setup(state: &str) -> (Idp, Upstream, String) {
     (idp, up, config)
 }
 
-async fn get(gw: &Gateway, token: &str) -> reqwest::Response {
+pub(crate) async fn get(gw: &Gateway, token: &str) -> reqwest::Response {
     client().get(gw.url("/orders/1")).bearer_auth(token).send().await.unwrap()
 }
 
-async fn admin(gw: &Gateway, method: reqwest::Method, query: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn admin(gw: &Gateway, method: reqwest::Method, query: &str, body: Option<Value>) -> (u16, Value) {
     let mut r = client().request(method, format!("http://{}/revocations{query}", gw.admin));
     if let Some(b) = body {
         r = r.json(&b);
@@ -117,7 +117,7 @@ async fn a_revocation_posted_to_one_replica_is_enforced_by_another_within_a_seco
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Readable by key in Redis, under the prefix, without the token itself.
-    let fields = redis.command(&["HKEYS", "portcullis:revocations"]);
+    let fields = redis.command(&["HKEYS", "portcullis:{revocations}"]);
     assert!(fields.contains("jti\nshared-1"), "{fields:?}");
     // B lists it too.
     let (_, list) = admin(&b, reqwest::Method::GET, "", None).await;

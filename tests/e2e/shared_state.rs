@@ -119,15 +119,15 @@ routes:
 
 /// An identity provider with a DPoP holder, an upstream, and the config of a gateway that
 /// keeps its state in `redis`.
-struct Fixture {
-    idp: Idp,
-    up: Upstream,
+pub(crate) struct Fixture {
+    pub idp: Idp,
+    pub up: Upstream,
     jkt: String,
-    config: String,
+    pub config: String,
 }
 
 impl Fixture {
-    async fn new(redis: &Redis) -> Fixture {
+    pub(crate) async fn new(redis: &Redis) -> Fixture {
         let idp = Idp::start();
         idp.key("ec", "ES256").await;
         let holder: Value =
@@ -142,18 +142,18 @@ impl Fixture {
         Fixture { idp, up, jkt: holder["jkt"].as_str().unwrap().to_string(), config }
     }
 
-    async fn token(&self) -> String {
+    pub(crate) async fn token(&self) -> String {
         self.idp.token("ec", json!({"cnf": {"jkt": self.jkt}})).await
     }
 
     /// A proof for `GET url`.
-    async fn proof(&self, url: &str, token: &str) -> String {
+    pub(crate) async fn proof(&self, url: &str, token: &str) -> String {
         self.idp.post_text("/dpop/proof", json!({"holder": "h1", "htm": "GET", "htu": url, "token": token})).await
     }
 }
 
 /// Sends `GET path` to `gw`, as if to `authority` (the `Host` the proof's `htu` names).
-async fn send(gw: &Gateway, authority: &str, path: &str, token: &str, proof: &str) -> reqwest::Response {
+pub(crate) async fn send(gw: &Gateway, authority: &str, path: &str, token: &str, proof: &str) -> reqwest::Response {
     client()
         .get(gw.url(path))
         .header("host", authority)
@@ -364,6 +364,15 @@ fn check_refuses_bad_redis_settings_by_key() {
             "state.redis.password",
             6,
         ),
+        // One way to reach Redis, not two.
+        (
+            "  redis_url: redis://127.0.0.1:6379\n  redis:\n    sentinel: { master: m, nodes: [\"127.0.0.1:26379\"] }\n",
+            "state.redis.sentinel",
+            7,
+        ),
+        ("  redis:\n    sentinel: { master: m, nodes: [\"127.0.0.1\"] }\n", "state.redis.sentinel.nodes[0]", 6),
+        ("  redis:\n    cluster: { nodes: [] }\n", "state.redis.cluster.nodes", 6),
+        ("  redis:\n    db: 2\n    cluster: { nodes: [\"127.0.0.1:7000\"] }\n", "state.redis.db", 6),
     ];
     for (state, key, line) in cases {
         let body = format!(
@@ -380,4 +389,16 @@ fn check_refuses_bad_redis_settings_by_key() {
     let file = dir.write("gw.yaml", body);
     let (code, out, err) = run_cli(&["check", "--config", file.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
+    // So do Sentinel and Cluster settings.
+    for state in [
+        "state: { backend: redis, redis: { sentinel: { master: m, nodes: [\"127.0.0.1:1\", \"[::1]:2\"] }, db: 3 } }",
+        "state: { backend: redis, redis: { cluster: { nodes: [\"redis-0.redis:6379\"] } } }",
+    ] {
+        let body = format!(
+            "server:\n  listen: 127.0.0.1:8080\n{state}\nroutes:\n  - id: r\n    upstream: echo\n    authenticate: [none]\n"
+        );
+        let file = dir.write("gw.yaml", &body);
+        let (code, out, err) = run_cli(&["check", "--config", file.to_str().unwrap()]);
+        assert_eq!(code, 0, "{body}{out}{err}");
+    }
 }

@@ -16,7 +16,7 @@ mod load;
 mod route;
 mod server;
 mod spiffe;
-mod state;
+pub mod state;
 mod telemetry;
 mod upstream;
 mod validate;
@@ -47,7 +47,7 @@ pub use route::{
 };
 pub use server::{ClientAuth, ForwardedHeaders, Limits, ServerConfig, TlsConfig};
 pub use spiffe::{SpiffeConfig, SvidConfig};
-pub use state::{RedisConfig, RedisTls, StateBackend, StateConfig, UsageConfig};
+pub use state::{ClusterConfig, RedisConfig, RedisTls, SentinelConfig, StateBackend, StateConfig, UsageConfig};
 pub use telemetry::{AccessLogConfig, LogConfig, LogFormat};
 pub use upstream::{PassiveHealth, UpstreamConfig, UpstreamProtocol, UpstreamTimeouts, UpstreamTls};
 pub use values::{ByteSize, Duration, Secret};
@@ -155,6 +155,9 @@ impl Config {
         }
         if let Some(s) = &mut self.state.redis.password {
             secret(s, "state.redis.password".into());
+        }
+        if let Some(s) = self.state.redis.sentinel.as_mut().and_then(|s| s.password.as_mut()) {
+            secret(s, "state.redis.sentinel.password".into());
         }
         let fix = |p: &mut PathBuf| *p = resolve(p);
         if let Some(tls) = &mut self.server.tls {

@@ -97,9 +97,44 @@ pub struct RedisConfig {
     /// other applications or with each other.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
-    /// TLS settings for a `rediss://` URL.
+    /// TLS settings for a `rediss://` URL (and, with `sentinel` or `cluster`, for every
+    /// node: TLS is on when this is given).
     #[serde(default)]
     pub tls: Option<RedisTls>,
+    /// Redis behind Sentinel: the primary is asked of the sentinels, and asked again after
+    /// a failover (instead of `redis_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelConfig>,
+    /// Redis Cluster: its nodes (instead of `redis_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+    /// The database number with `sentinel` (default 0; a Cluster has only 0).
+    #[serde(default)]
+    pub db: u32,
+}
+
+/// Redis Sentinel: the sentinels to ask and the name of the primary they watch.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The name the sentinels know the primary by (`sentinel monitor <name> ...`).
+    pub master: String,
+    /// The sentinels, as `host:port`.
+    pub nodes: Vec<String>,
+    /// The sentinels' own ACL user, if they have one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The sentinels' own password (`requirepass` in sentinel.conf), if they have one.
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+/// Redis Cluster: nodes to learn the cluster's layout from.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Some of the cluster's nodes, as `host:port` (any one that answers will do).
+    pub nodes: Vec<String>,
 }
 
 impl Default for RedisConfig {
@@ -110,6 +145,9 @@ impl Default for RedisConfig {
             timeout: default_redis_timeout(),
             key_prefix: default_key_prefix(),
             tls: None,
+            sentinel: None,
+            cluster: None,
+            db: 0,
         }
     }
 }
@@ -135,4 +173,13 @@ pub struct RedisTls {
     /// Private key of `cert`.
     #[serde(default)]
     pub key: Option<PathBuf>,
+}
+
+/// `host:port` (a name or an IP address, IPv6 in brackets) split, if it is that.
+pub fn host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':');
+    (!host.is_empty() && host.chars().all(plain)).then(|| (host.to_string(), port))
 }

@@ -18,8 +18,18 @@ pub(crate) fn validate(config: &Config) -> Vec<Invalid> {
     workload(config, &mut out);
     token_service(config, &mut out);
     propagation(config, &mut out);
-    if config.state.backend == StateBackend::Redis && config.state.redis_url.is_none() {
-        out.push(Invalid::new("state.redis_url", "`backend: redis` needs `redis_url`, e.g. redis://127.0.0.1:6379"));
+    let st = &config.state;
+    let named = [st.redis_url.is_some(), st.redis.sentinel.is_some(), st.redis.cluster.is_some()];
+    match named.iter().filter(|n| **n).count() {
+        0 if st.backend == StateBackend::Redis => out.push(Invalid::new(
+            "state.redis_url",
+            "`backend: redis` needs `redis_url` (e.g. redis://127.0.0.1:6379), `redis.sentinel` or `redis.cluster`",
+        )),
+        n if n > 1 => {
+            let at = if st.redis.cluster.is_some() { "state.redis.cluster" } else { "state.redis.sentinel" };
+            out.push(Invalid::new(at, "give one of `redis_url`, `redis.sentinel` and `redis.cluster`"));
+        }
+        _ => {}
     }
     if let Some(url) = &config.state.redis_url
         && !matches!(url.scheme(), "redis" | "rediss")
@@ -200,6 +210,37 @@ fn state(config: &Config, out: &mut Vec<Invalid>) {
     }
     if r.username.is_some() && r.password.is_none() {
         out.push(Invalid::new("state.redis.password", "`username` needs `password`"));
+    }
+    let nodes = |list: &[String], at: &str, out: &mut Vec<Invalid>| {
+        if list.is_empty() {
+            out.push(Invalid::new(format!("{at}.nodes"), "name at least one node, as host:port"));
+        }
+        for (i, n) in list.iter().enumerate() {
+            if crate::state::host_port(n).is_none() {
+                out.push(Invalid::new(format!("{at}.nodes[{i}]"), format!("`{n}` is not host:port")));
+            }
+        }
+    };
+    if let Some(sentinel) = &r.sentinel {
+        nodes(&sentinel.nodes, "state.redis.sentinel", out);
+        if sentinel.master.is_empty() {
+            out.push(Invalid::new("state.redis.sentinel.master", "must not be empty"));
+        }
+        if sentinel.username.is_some() && sentinel.password.is_none() {
+            out.push(Invalid::new("state.redis.sentinel.password", "`username` needs `password`"));
+        }
+    }
+    if let Some(cluster) = &r.cluster {
+        nodes(&cluster.nodes, "state.redis.cluster", out);
+        if r.db != 0 {
+            out.push(Invalid::new("state.redis.db", "a Redis Cluster has only database 0"));
+        }
+    }
+    if r.db != 0 && r.sentinel.is_none() {
+        out.push(Invalid::new(
+            "state.redis.db",
+            "only with `sentinel`: give the database in `redis_url` (redis://host:6379/2)",
+        ));
     }
     let u = &config.usage;
     if u.retention.get() < std::time::Duration::from_secs(3600) {

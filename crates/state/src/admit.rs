@@ -120,6 +120,33 @@ for i = 1, #values do out[i + 1] = values[i] end
 return out
 ";
 
+/// Gives back what [`SCRIPT`] counted (Redis Cluster: a request admitted on one slot and
+/// refused on another). `ARGV` holds two values for each key: `0` and the interval (µs) for
+/// a bucket (its TAT moves back by one interval, not before now), `1` and `0` for a window
+/// (its count goes down by one). A race may see the count before it is given back: a limit
+/// may then admit fewer than it says for a moment, never more.
+pub(crate) const REFUND: &str = r"
+pcall(redis.replicate_commands)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i, key in ipairs(KEYS) do
+  local stored = tonumber(redis.call('GET', key))
+  if stored ~= nil then
+    if ARGV[2 * i - 1] == '0' then
+      local back = stored - tonumber(ARGV[2 * i])
+      if back <= now then
+        redis.call('DEL', key)
+      else
+        redis.call('SET', key, string.format('%.0f', back), 'KEEPTTL')
+      end
+    elseif stored > 0 then
+      redis.call('SET', key, string.format('%.0f', stored - 1), 'KEEPTTL')
+    end
+  end
+end
+return 1
+";
+
 #[cfg(test)]
 mod tests {
     use super::*;

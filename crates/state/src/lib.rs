@@ -50,9 +50,7 @@ impl State {
             StateBackend::Memory => Ok(State::Memory(Arc::new(Memory::new(memory::DEFAULT_CAPACITY)))),
             StateBackend::Redis => {
                 let redis = Arc::new(Redis::new(config)?);
-                if tokio::runtime::Handle::try_current().is_ok() {
-                    redis.follow_revocations();
-                }
+                redis.start();
                 Ok(State::Redis(redis))
             }
         }
@@ -114,7 +112,7 @@ impl State {
         let copy = match self {
             State::Memory(m) => &m.revocations,
             State::Redis(r) => {
-                r.follow_revocations();
+                r.start();
                 &r.revocations
             }
         };

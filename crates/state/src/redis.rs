@@ -6,19 +6,27 @@
 //! request never opens a connection nor takes a lock; every command is bounded by `state.redis.timeout`,
 //! past which the caller gets [`StateError::Unavailable`] and refuses its request.
 //!
+//! Behind Sentinel, a task asks the sentinels for the primary every second (at once after a
+//! failed command) and, when they name another, swaps in a connection to it. With Redis
+//! Cluster, the redis crate's cluster connection routes each command to its key's node; a
+//! request counted against limits whose keys live on several slots is counted slot by slot,
+//! and counts taken before a refusal are given back (see [`Redis::admit`]).
+//!
 //! Keys are `<prefix><namespace>:<key>`. A caller's key that is short and made of plain
 //! characters is used as it is (readable in `redis-cli`); any other is replaced by `#` and
 //! the base64url SHA-256 of it, so that a key has a bounded size whatever the caller's.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use portcullis_config::StateConfig;
 use portcullis_telemetry::{StateErrorKind, state_metrics};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, IntoConnectionInfo, RedisError};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError, RedisFuture};
 
 use crate::StateError;
 use crate::admit::{Check, Checked, Rule};
@@ -27,11 +35,68 @@ use crate::revocations::{self, Copy, Kind, Revocation};
 /// Caller keys longer than this are hashed.
 const MAX_RAW_KEY: usize = 64;
 
+/// How a store reaches Redis.
+enum Reach {
+    /// One server.
+    Single(Client),
+    /// The primary the sentinels name.
+    Sentinel(Sentinel),
+    /// A cluster.
+    Cluster(ClusterClient),
+}
+
+/// Sentinels, and how to reach the primary they name.
+struct Sentinel {
+    master: String,
+    sentinels: Vec<Client>,
+    /// The primary's settings (database, credentials), its address left to the sentinels.
+    primary: ConnectionInfo,
+    tls: Option<redis::TlsCertificates>,
+    /// The primary connected to now.
+    current: Mutex<Option<(String, u16)>>,
+}
+
+/// A connection: to one server, or to a cluster.
+#[derive(Clone)]
+enum Conn {
+    Manager(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Manager(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Manager(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Manager(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// A Redis store.
 pub struct Redis {
-    client: Client,
-    /// Made on first use (or at build, within a runtime): making it spawns a task.
-    conn: OnceLock<ConnectionManager>,
+    reach: Reach,
+    /// The connection: made on first use for one server (or at build, within a runtime:
+    /// making it spawns a task), by the keeper task behind Sentinel and for a cluster.
+    conn: arc_swap::ArcSwapOption<Conn>,
     timeout: Duration,
     prefix: String,
     /// The last command failed; cleared by the next that succeeds. Logs an outage once.
@@ -40,6 +105,10 @@ pub struct Redis {
     pub(crate) revocations: Arc<Copy>,
     /// The task that keeps the copy current has been started.
     following: AtomicBool,
+    /// The task that keeps the connection (Sentinel, Cluster) has been started.
+    keeping: AtomicBool,
+    /// Wakes the keeper early: a command failed.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -54,23 +123,18 @@ impl Redis {
     /// runtime, else on first use. `Err` names the key (under `state`) and what is wrong with
     /// it, and never shows a password.
     pub fn new(config: &StateConfig) -> Result<Redis, (&'static str, String)> {
-        let url = config.redis_url.clone().ok_or(("redis_url", "`backend: redis` needs `redis_url`".to_string()))?;
         let r = &config.redis;
-        let scrub = |e: RedisError| scrub(&e.to_string(), r.password.as_ref().map(|p| p.expose()), url.password());
-        let mut info = url.clone().into_connection_info().map_err(|e| ("redis_url", scrub(e)))?;
-        let mut settings = info.redis_settings().clone();
-        if let Some(user) = &r.username {
-            settings = settings.set_username(user);
-        }
-        if let Some(password) = &r.password {
-            settings = settings.set_password(password.expose());
-        }
-        info = info.set_redis_settings(settings);
-        let client = match &r.tls {
+        let url_password = config.redis_url.as_ref().and_then(|u| u.password());
+        let sentinel_password = r.sentinel.as_ref().and_then(|s| s.password.as_ref()).map(|p| p.expose());
+        let scrub = |e: RedisError| {
+            let once = scrub(&e.to_string(), r.password.as_ref().map(|p| p.expose()), url_password);
+            scrub(&once, sentinel_password, None)
+        };
+        let read = |p: &std::path::Path, key: &'static str| {
+            std::fs::read(p).map_err(|e| (key, format!("cannot read {}: {e}", p.display())))
+        };
+        let certificates = match &r.tls {
             Some(tls) => {
-                let read = |p: &std::path::Path, key: &'static str| {
-                    std::fs::read(p).map_err(|e| (key, format!("cannot read {}: {e}", p.display())))
-                };
                 let client_tls = match (&tls.cert, &tls.key) {
                     (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
                         client_cert: read(c, "redis.tls.cert")?,
@@ -79,16 +143,95 @@ impl Redis {
                     _ => None,
                 };
                 let root_cert = tls.ca.as_deref().map(|c| read(c, "redis.tls.ca")).transpose()?;
-                Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert })
-                    .map_err(|e| ("redis.tls", scrub(e)))?
+                Some(redis::TlsCertificates { client_tls, root_cert })
             }
-            None => Client::open(info).map_err(|e| ("redis_url", scrub(e)))?,
+            None => None,
+        };
+        let with_credentials = |mut settings: redis::RedisConnectionInfo| {
+            if let Some(user) = &r.username {
+                settings = settings.set_username(user);
+            }
+            if let Some(password) = &r.password {
+                settings = settings.set_password(password.expose());
+            }
+            settings
+        };
+        let addr = |host: String, port: u16| match r.tls {
+            Some(_) => ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None },
+            None => ConnectionAddr::Tcp(host, port),
+        };
+        let open = |info: ConnectionInfo, key: &'static str| match &certificates {
+            Some(c) => Client::build_with_tls(info, c.clone()).map_err(|e| (key, scrub(e))),
+            None => Client::open(info).map_err(|e| (key, scrub(e))),
+        };
+        let node = |text: &str, key: &'static str| {
+            portcullis_config::state::host_port(text).ok_or((key, format!("`{text}` is not host:port")))
+        };
+        let reach = if let Some(url) = &config.redis_url {
+            let info = url.clone().into_connection_info().map_err(|e| ("redis_url", scrub(e)))?;
+            let settings = with_credentials(info.redis_settings().clone());
+            Reach::Single(open(info.set_redis_settings(settings), "redis_url")?)
+        } else if let Some(s) = &r.sentinel {
+            let mut sentinels = Vec::new();
+            for n in &s.nodes {
+                let (host, port) = node(n, "redis.sentinel.nodes")?;
+                let mut settings = redis::RedisConnectionInfo::default();
+                if let Some(user) = &s.username {
+                    settings = settings.set_username(user);
+                }
+                if let Some(password) = &s.password {
+                    settings = settings.set_password(password.expose());
+                }
+                let info = addr(host, port).into_connection_info().map_err(|e| ("redis.sentinel.nodes", scrub(e)))?;
+                sentinels.push(open(info.set_redis_settings(settings), "redis.sentinel.nodes")?);
+            }
+            let settings = with_credentials(redis::RedisConnectionInfo::default().set_db(i64::from(r.db)));
+            let primary = addr("0.0.0.0".into(), 1)
+                .into_connection_info()
+                .map_err(|e| ("redis.sentinel", scrub(e)))?
+                .set_redis_settings(settings);
+            Reach::Sentinel(Sentinel {
+                master: s.master.clone(),
+                sentinels,
+                primary,
+                tls: certificates.clone(),
+                current: Mutex::new(None),
+            })
+        } else if let Some(c) = &r.cluster {
+            let mut nodes = Vec::new();
+            for n in &c.nodes {
+                let (host, port) = node(n, "redis.cluster.nodes")?;
+                nodes.push(addr(host, port).into_connection_info().map_err(|e| ("redis.cluster.nodes", scrub(e)))?);
+            }
+            let mut builder = ClusterClient::builder(nodes)
+                .connection_timeout(r.timeout.get().max(Duration::from_millis(250)))
+                .response_timeout(r.timeout.get())
+                .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(200);
+            if let Some(user) = &r.username {
+                builder = builder.username(user);
+            }
+            if let Some(password) = &r.password {
+                builder = builder.password(password.expose());
+            }
+            if let Some(c) = &certificates {
+                builder = builder.tls(redis::cluster::TlsMode::Secure).certs(c.clone());
+            }
+            Reach::Cluster(builder.build().map_err(|e| ("redis.cluster", scrub(e)))?)
+        } else {
+            return Err((
+                "redis_url",
+                "`backend: redis` needs `redis_url`, `redis.sentinel` or `redis.cluster`".into(),
+            ));
         };
         let redis = Redis {
-            client,
-            conn: OnceLock::new(),
+            reach,
+            conn: arc_swap::ArcSwapOption::empty(),
             revocations: Arc::new(Copy::shared()),
             following: AtomicBool::new(false),
+            keeping: AtomicBool::new(false),
+            wake: Arc::new(tokio::sync::Notify::new()),
             timeout: r.timeout.get(),
             prefix: r.key_prefix.clone(),
             down: AtomicBool::new(false),
@@ -100,23 +243,114 @@ impl Redis {
         Ok(redis)
     }
 
-    /// The connection manager; made on first call (which must be within a tokio runtime:
-    /// making it spawns the connection's task there).
-    fn connection(&self) -> Result<ConnectionManager, StateError> {
-        if let Some(c) = self.conn.get() {
-            return Ok(c.clone());
+    /// The connection. For one server, made on first call (which must be within a tokio
+    /// runtime: making it spawns the connection's task there); behind Sentinel and for a
+    /// cluster, the keeper's (see [`Redis::keep_connected`]), `Err` until it has one.
+    fn connection(&self) -> Result<Conn, StateError> {
+        if let Some(c) = &*self.conn.load() {
+            return Ok((**c).clone());
         }
-        // Reconnection is tried on demand, a few times with short backoff: a request waits
-        // at most `timeout` for it, and the next request tries again.
-        let config = ConnectionManagerConfig::new()
+        let Reach::Single(client) = &self.reach else {
+            return Err(StateError::Unavailable("Redis is not connected yet".into()));
+        };
+        let c = ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config())
+            .map_err(|e| self.failed(StateErrorKind::connection, &e.to_string()))?;
+        let c = Arc::new(Conn::Manager(c));
+        // Of two first callers, both use the one stored first.
+        let stored = self.conn.compare_and_swap(&None::<Arc<Conn>>, Some(c.clone()));
+        Ok(match &*stored {
+            Some(earlier) => (**earlier).clone(),
+            None => (*c).clone(),
+        })
+    }
+
+    /// Reconnection is tried on demand, a few times with short backoff: a request waits at
+    /// most `timeout` for it, and the next request tries again.
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(250))))
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(200));
-        let c = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            .map_err(|e| self.failed(StateErrorKind::connection, &e.to_string()))?;
-        Ok(self.conn.get_or_init(|| c).clone())
+            .set_max_delay(Duration::from_millis(200))
+    }
+
+    /// Starts, once and within a tokio runtime, the tasks a store needs: the revocation
+    /// list's follower and, behind Sentinel or for a cluster, the connection's keeper. They
+    /// end when the store is dropped.
+    pub(crate) fn start(self: &Arc<Self>) {
+        self.follow_revocations();
+        if matches!(self.reach, Reach::Single(_))
+            || self.keeping.load(Ordering::Relaxed)
+            || tokio::runtime::Handle::try_current().is_err()
+            || self.keeping.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut complained = false;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let Some(redis) = store.upgrade() else { return };
+                let outcome = redis.keep_connected().await;
+                match &outcome {
+                    Ok(true) => return,
+                    Ok(false) => {
+                        complained = false;
+                        backoff = Duration::from_millis(50);
+                    }
+                    Err(e) if !complained => {
+                        complained = true;
+                        tracing::warn!(error = %e, "shared state: no Redis primary or cluster node answers; retrying");
+                    }
+                    Err(_) => backoff = (backoff * 2).min(Duration::from_secs(1)),
+                }
+                let pause = if outcome.is_ok() { Duration::from_secs(1) } else { backoff };
+                let wake = redis.wake.clone();
+                drop(redis);
+                let _ = tokio::time::timeout(pause, wake.notified()).await;
+                // At most ten rounds a second, however many commands fail.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    /// One round of the keeper: for a cluster, connects (`Ok(true)`: done, the cluster
+    /// connection finds moved slots and failed nodes by itself); behind Sentinel, asks the
+    /// sentinels for the primary and connects to it when it is another.
+    async fn keep_connected(&self) -> Result<bool, String> {
+        match &self.reach {
+            Reach::Single(_) => Ok(true),
+            Reach::Cluster(client) => {
+                let connecting = client.get_async_connection();
+                let c = tokio::time::timeout(self.timeout.max(Duration::from_secs(1)), connecting)
+                    .await
+                    .map_err(|_| "no cluster node answered in time".to_string())?
+                    .map_err(|e| e.to_string())?;
+                self.conn.store(Some(Arc::new(Conn::Cluster(c))));
+                tracing::info!("shared state: connected to the Redis Cluster");
+                Ok(true)
+            }
+            Reach::Sentinel(s) => {
+                let (host, port) = s.primary().await?;
+                let mut current = s.current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if current.as_ref() != Some(&(host.clone(), port)) || self.conn.load().is_none() {
+                    let client = s.client(&host, port)?;
+                    let c = ConnectionManager::new_lazy_with_config(client, self.manager_config())
+                        .map_err(|e| e.to_string())?;
+                    self.conn.store(Some(Arc::new(Conn::Manager(c))));
+                    if current.is_some() {
+                        tracing::warn!(primary = %format!("{host}:{port}"), "shared state: the sentinels name a new Redis primary; connected to it");
+                    } else {
+                        tracing::info!(primary = %format!("{host}:{port}"), "shared state: connected to the Redis primary the sentinels name");
+                    }
+                    current = Some((host, port));
+                    *s.current.lock().unwrap_or_else(|e| e.into_inner()) = current;
+                }
+                Ok(false)
+            }
+        }
     }
 
     /// The Redis key of `key` in namespace `ns`.
@@ -137,8 +371,75 @@ impl Redis {
         }
     }
 
-    /// See [`crate::State::admit`]: one script call, whatever the number of keys.
+    /// See [`crate::State::admit`]: one script call, whatever the number of keys. On a
+    /// Redis Cluster, keys on several slots are counted slot by slot: a refusal on one gives
+    /// back what the others counted.
     pub async fn admit(&self, ns: &str, checks: &[Check<'_>]) -> Result<Checked, StateError> {
+        if checks.len() > 1 && matches!(self.reach, Reach::Cluster(_)) {
+            let slot = |c: &Check<'_>| redis::cluster_routing::Slot::for_key(self.key(ns, c.key));
+            let first = slot(&checks[0]);
+            if checks[1..].iter().any(|c| slot(c) != first) {
+                return self.admit_across_slots(ns, checks).await;
+            }
+        }
+        self.admit_on_one_slot(ns, checks).await
+    }
+
+    async fn admit_across_slots(&self, ns: &str, checks: &[Check<'_>]) -> Result<Checked, StateError> {
+        let mut groups: Vec<(redis::cluster_routing::Slot, Vec<usize>)> = Vec::new();
+        for (i, c) in checks.iter().enumerate() {
+            let slot = redis::cluster_routing::Slot::for_key(self.key(ns, c.key));
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((slot, vec![i])),
+            }
+        }
+        // Keys not reached (after a refusal) read as having room.
+        let mut values = vec![0; checks.len()];
+        let mut counted: Vec<&[usize]> = Vec::new();
+        for (_, members) in &groups {
+            let part: Vec<Check<'_>> = members.iter().map(|&i| checks[i]).collect();
+            let outcome = self.admit_on_one_slot(ns, &part).await;
+            let checked = match outcome {
+                Ok(c) => c,
+                Err(e) => {
+                    self.refund(ns, checks, &counted).await;
+                    return Err(e);
+                }
+            };
+            for (&i, v) in members.iter().zip(&checked.values) {
+                values[i] = *v;
+            }
+            if !checked.admitted {
+                self.refund(ns, checks, &counted).await;
+                return Ok(Checked { admitted: false, values });
+            }
+            counted.push(members);
+        }
+        Ok(Checked { admitted: true, values })
+    }
+
+    /// Gives back the counts of the groups `counted` (of `checks`), one script call each.
+    /// Best effort: a count not given back (Redis gone meanwhile) only makes its limit
+    /// stricter until it refills.
+    async fn refund(&self, ns: &str, checks: &[Check<'_>], counted: &[&[usize]]) {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(crate::admit::REFUND));
+        for members in counted {
+            let mut call = script.prepare_invoke();
+            for &i in *members {
+                call.key(self.key(ns, checks[i].key));
+                match checks[i].rule {
+                    Rule::Gcra { interval_us, .. } => call.arg(0).arg(interval_us),
+                    Rule::Window { .. } => call.arg(1).arg(0),
+                };
+            }
+            let Ok(mut conn) = self.connection() else { return };
+            let _: Result<i64, StateError> = self.timed(call.invoke_async(&mut conn)).await;
+        }
+    }
+
+    async fn admit_on_one_slot(&self, ns: &str, checks: &[Check<'_>]) -> Result<Checked, StateError> {
         let script = admit_script();
         let mut call = script.prepare_invoke();
         for c in checks {
@@ -162,7 +463,8 @@ impl Redis {
 
     /// The key of the revocation list, and of its version.
     fn revocation_keys(&self) -> (String, String) {
-        (format!("{}revocations", self.prefix), format!("{}revocations:version", self.prefix))
+        // One hash tag: the script that changes both runs on one Cluster slot.
+        (format!("{}{{revocations}}", self.prefix), format!("{}{{revocations}}:version", self.prefix))
     }
 
     /// See [`crate::State::revoke`]: the list and its version in one script call; lapsed
@@ -418,7 +720,7 @@ return 1
 
     async fn run(&self, cmd: &redis::Cmd) -> Result<redis::Value, StateError> {
         let mut conn = self.connection()?;
-        self.timed(conn.send_packed_command(cmd)).await
+        self.timed(conn.req_packed_command(cmd)).await
     }
 
     /// A command of the background task that reads the revocation list: a second to answer,
@@ -426,7 +728,7 @@ return 1
     /// (which its own commands and `/readyz` report).
     async fn background(&self, cmd: &redis::Cmd) -> Result<redis::Value, StateError> {
         let mut conn = self.connection()?;
-        match tokio::time::timeout(Duration::from_secs(1), conn.send_packed_command(cmd)).await {
+        match tokio::time::timeout(Duration::from_secs(1), conn.req_packed_command(cmd)).await {
             Ok(Ok(redis::Value::ServerError(e))) => {
                 Err(StateError::Unavailable(format!("Redis answered {:?}", e.code())))
             }
@@ -466,6 +768,8 @@ return 1
     /// Counts a failure, logs the start of an outage, and says what the caller reports.
     fn failed(&self, kind: StateErrorKind, detail: &str) -> StateError {
         state_metrics().error(kind);
+        // Behind Sentinel, the primary may have changed: ask now rather than at the next round.
+        self.wake.notify_one();
         if !self.down.swap(true, Ordering::AcqRel) {
             state_metrics().up(false);
             tracing::warn!(kind = ?kind, error = %detail, "shared state: Redis unavailable; requests that need it are refused until it answers");
@@ -478,6 +782,67 @@ return 1
             }
             .into(),
         )
+    }
+}
+
+impl Sentinel {
+    /// The primary's address: the first a sentinel names that answers `ROLE` as a primary
+    /// (a sentinel that has not yet heard of a failover still names the old one).
+    async fn primary(&self) -> Result<(String, u16), String> {
+        let mut last = String::from("no sentinel configured");
+        for sentinel in &self.sentinels {
+            let asked = async {
+                let mut c = sentinel.get_multiplexed_async_connection().await?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&self.master)
+                    .query_async::<Option<(String, u16)>>(&mut c)
+                    .await
+            };
+            match tokio::time::timeout(Duration::from_millis(500), asked).await {
+                Ok(Ok(Some((host, port)))) => match self.is_primary(&host, port).await {
+                    Ok(()) => return Ok((host, port)),
+                    Err(e) => last = format!("{host}:{port}, named by a sentinel: {e}"),
+                },
+                Ok(Ok(None)) => last = format!("the sentinels know no primary named `{}`", self.master),
+                Ok(Err(e)) => last = format!("a sentinel: {e}"),
+                Err(_) => last = "a sentinel did not answer in time".into(),
+            }
+        }
+        Err(last)
+    }
+
+    /// A client for the server at `host:port`, with the primary's settings.
+    fn client(&self, host: &str, port: u16) -> Result<Client, String> {
+        let host = host.to_string();
+        let addr = match self.tls {
+            Some(_) => ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None },
+            None => ConnectionAddr::Tcp(host, port),
+        };
+        let info = self.primary.clone().set_addr(addr);
+        match &self.tls {
+            Some(c) => Client::build_with_tls(info, c.clone()),
+            None => Client::open(info),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// Whether the server at `host:port` answers `ROLE` as a primary.
+    async fn is_primary(&self, host: &str, port: u16) -> Result<(), String> {
+        let client = self.client(host, port)?;
+        let asked = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("ROLE").query_async::<redis::Value>(&mut c).await
+        };
+        match tokio::time::timeout(Duration::from_millis(500), asked).await {
+            Ok(Ok(redis::Value::Array(parts))) => match parts.first() {
+                Some(redis::Value::BulkString(r)) if r == b"master" => Ok(()),
+                _ => Err("not a primary".into()),
+            },
+            Ok(Ok(_)) => Err("an unexpected answer to ROLE".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer in time".into()),
+        }
     }
 }
 
@@ -558,7 +923,7 @@ mod tests {
         let r = Redis::new(&c).unwrap();
         assert_eq!(r.key("dpop-jti", b"k"), b"gw1:dpop-jti:k");
         assert_eq!(r.timeout, Duration::from_millis(50));
-        assert!(r.conn.get().is_none());
+        assert!(r.conn.load().is_none());
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //!
 //! Every replica checks a request against its own copy of the list (a lookup, no round
 //! trip). With `memory` the copy is the list. With Redis the list is a hash
-//! (`<prefix>revocations`, one field per revocation, readable by key) and a version counter
+//! (`<prefix>{revocations}`, one field per revocation, readable by key) and a version counter
 //! bumped by every change; each replica reads the counter every 250 ms and the list when it
 //! moved (and every 10 s regardless), so a revocation posted to one replica is enforced by
 //! all within a second, and one that missed a change still catches up. A copy that could
