@@ -282,6 +282,65 @@ async fn replicas_on_one_redis_share_a_limit_exactly() {
     assert_eq!(up.count(), 110);
 }
 
+/// `mode: approximate`: each replica decides locally and syncs every `sync_interval`.
+/// Requests further apart than that are counted exactly across replicas; a burst on both at
+/// once overshoots by at most (replicas − 1) × the burst, and the debt it leaves is paid back
+/// (later requests refused); with Redis gone, each replica still limits with its own counts.
+#[tokio::test]
+async fn approximate_limits_sync_between_replicas_within_their_bound() {
+    let mut redis = Redis::start(&[]);
+    let up = Upstream::start();
+    let config = format!(
+        "state:\n  backend: redis\n  redis_url: {}\n  redis: {{ sync_interval: 50ms }}\n{}",
+        redis.url(),
+        route(&up, "[{key: \"header:x-tenant\", limit: 20, per: 1h, mode: approximate}]")
+    );
+    let (a, b) = (Gateway::start(&config), Gateway::start(&config));
+    let c = client();
+    let get = |gw: &Gateway, tenant: &str| c.get(gw.url("/orders")).header("x-tenant", tenant.to_string()).send();
+
+    // Spaced past the sync interval: exact.
+    let mut ok = 0;
+    for i in 0..30 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        if get(gw, "spaced").await.unwrap().status() == 200 {
+            ok += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    assert_eq!(ok, 20);
+
+    // A burst on both replicas at once: within the limit plus one replica's burst.
+    let burst: Vec<_> = (0..80).map(|i| get(if i % 2 == 0 { &a } else { &b }, "burst")).collect();
+    let statuses: Vec<u16> =
+        futures_util::future::join_all(burst).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert!((20..=40).contains(&admitted), "{admitted} admitted: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429));
+    // Once synced, the debt holds both replicas back.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for gw in [&a, &b] {
+        assert_eq!(get(gw, "burst").await.unwrap().status(), 429);
+    }
+    // The shared bucket counts every admitted request: its TAT is that many intervals ahead.
+    let keys = redis.command(&["KEYS", "portcullis:rl:*"]);
+    assert!(keys.starts_with("*2\r\n"), "{keys:?}");
+
+    // Redis gone: not unlimited, not refused: each replica limits with its own counts.
+    redis.stop();
+    for gw in [&a, &b] {
+        let mut ok = 0;
+        for _ in 0..25 {
+            match get(gw, "outage").await.unwrap().status().as_u16() {
+                200 => ok += 1,
+                429 => {}
+                s => panic!("status {s}"),
+            }
+        }
+        assert_eq!(ok, 20);
+    }
+}
+
 #[tokio::test]
 async fn a_redis_outage_fails_open_or_closed_per_limit() {
     let mut redis = Redis::start(&[]);

@@ -116,6 +116,9 @@ async fn a_revocation_posted_to_one_replica_is_enforced_by_another_within_a_seco
         assert!(posted.elapsed() < Duration::from_secs(1), "B still accepts the token after {:?}", posted.elapsed());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Both replicas listen for changes (pushed, not only polled).
+    let subscribers = redis.command(&["PUBSUB", "NUMSUB", "portcullis:{revocations}:changes"]);
+    assert!(subscribers.ends_with(":2\r\n"), "{subscribers:?}");
     // Readable by key in Redis, under the prefix, without the token itself.
     let fields = redis.command(&["HKEYS", "portcullis:{revocations}"]);
     assert!(fields.contains("jti\nshared-1"), "{fields:?}");

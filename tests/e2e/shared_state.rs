@@ -261,6 +261,7 @@ async fn redis_credentials_from_config_secrets() {
         "on",
         ">s3cret-pass",
         "~portcullis:*",
+        "&portcullis:*",
         // What the README says the gateway's user needs, and nothing more.
         "+ping",
         "+client",
@@ -278,9 +279,19 @@ async fn redis_credentials_from_config_secrets() {
         "+time",
         "+hincrby",
         "+expire",
+        "+publish",
+        "+subscribe",
         "--user",
         "default",
         "off",
+        // For the test's own look at the server.
+        "--user",
+        "admin",
+        "on",
+        ">admin-pass",
+        "~*",
+        "&*",
+        "+@all",
     ]);
     let body = |pass: &str| {
         let dir = TempDir::new("redis-acl");
@@ -299,6 +310,22 @@ async fn redis_credentials_from_config_secrets() {
     let (status, usage) = admin_get(gw.admin, "/usage?group_by=route").unwrap();
     assert_eq!(status, 200, "{usage}");
     assert!(usage.contains(r#"{"route":"r","requests":1,"#), "{usage}");
+    // And it listens for revocation changes, on the channel the user may use.
+    let as_admin = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "--user", "admin", "--pass", "admin-pass", "--no-auth-warning"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while as_admin(&["PUBSUB", "NUMSUB", "portcullis:{revocations}:changes"]).trim_end()
+        != "portcullis:{revocations}:changes\n1"
+    {
+        assert!(std::time::Instant::now() < deadline, "the gateway did not subscribe: {}", as_admin(&["ACL", "LOG"]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (dir, config) = body("wrong-pass");
     let mut bad = Gateway::start_alive_in(dir, &config);
     std::thread::sleep(Duration::from_millis(300));

@@ -37,8 +37,8 @@ pub use identity::{
 };
 pub use issuer::{ApiKeysConfig, ClientAuthMethod, ConsumerConfig, IntrospectionConfig, IssuerConfig, KeyFetchConfig};
 pub use limits::{
-    ConcurrencyConfig, FailMode, IpListEntry, IpRulesConfig, JsonLimitsConfig, KeyPart, LimitKey, PlanConfig,
-    QuotaConfig, QuotaWindow, RateLimitConfig,
+    ConcurrencyConfig, FailMode, IpListEntry, IpRulesConfig, JsonLimitsConfig, KeyPart, LimitKey, LimitMode,
+    PlanConfig, QuotaConfig, QuotaWindow, RateLimitConfig,
 };
 pub use load::{ConfigError, ConfigErrors, Invalid, LoadedConfig, load_file, load_str};
 pub use route::{

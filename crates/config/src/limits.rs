@@ -37,6 +37,23 @@ pub struct RateLimitConfig {
     /// with `503`. Default `open`.
     #[serde(default)]
     pub on_error: FailMode,
+    /// `exact` (default): every request is counted in the shared state as it comes.
+    /// `approximate`: with Redis, each replica counts locally and adds its counts to the
+    /// shared bucket every `state.redis.sync_interval`, for rates too high for a round trip
+    /// a request; see the README for how far it may overshoot.
+    #[serde(default)]
+    pub mode: LimitMode,
+}
+
+/// How a rate limit is counted across replicas.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitMode {
+    /// Each request in the shared state, atomically.
+    #[default]
+    Exact,
+    /// Locally, synced every `state.redis.sync_interval`.
+    Approximate,
 }
 
 /// What a limit does when its state cannot be reached.

@@ -111,6 +111,14 @@ pub struct RedisConfig {
     /// The database number with `sentinel` (default 0; a Cluster has only 0).
     #[serde(default)]
     pub db: u32,
+    /// How often replicas add their local counts of `mode: approximate` rate limits to
+    /// Redis and read the others' (default `100ms`).
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval: Duration,
+}
+
+fn default_sync_interval() -> Duration {
+    Duration::from_millis(100)
 }
 
 /// Redis Sentinel: the sentinels to ask and the name of the primary they watch.
@@ -148,6 +156,7 @@ impl Default for RedisConfig {
             sentinel: None,
             cluster: None,
             db: 0,
+            sync_interval: default_sync_interval(),
         }
     }
 }

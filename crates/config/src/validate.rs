@@ -199,6 +199,11 @@ fn state(config: &Config, out: &mut Vec<Invalid>) {
     if r.timeout.get() > std::time::Duration::from_secs(10) {
         out.push(Invalid::new("state.redis.timeout", "at most 10s: a request waits this long when Redis is down"));
     }
+    if r.sync_interval.get() < std::time::Duration::from_millis(10)
+        || r.sync_interval.get() > std::time::Duration::from_secs(10)
+    {
+        out.push(Invalid::new("state.redis.sync_interval", "from 10ms to 10s"));
+    }
     if r.key_prefix.len() > 128 {
         out.push(Invalid::new("state.redis.key_prefix", "at most 128 bytes"));
     }

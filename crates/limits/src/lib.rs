@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use jiff::tz::TimeZone;
-use portcullis_config::{Config, FailMode, KeyPart, LimitKey, QuotaConfig, QuotaWindow, RateLimitConfig};
+use portcullis_config::{Config, FailMode, KeyPart, LimitKey, LimitMode, QuotaConfig, QuotaWindow, RateLimitConfig};
 use portcullis_core::{Principal, Problem};
 use portcullis_state::State;
 use portcullis_state::admit::{Check, Rule};
@@ -62,6 +62,8 @@ enum Kind {
         capacity_us: u64,
         /// The quota advertised: the bucket's size.
         burst: u64,
+        /// Counted locally and synced (`mode: approximate`).
+        synced: bool,
     },
     Quota {
         limit: u64,
@@ -89,7 +91,7 @@ impl RateLimit {
             &config.key,
             config.on_error,
             policy,
-            Kind::Rate { interval_us, capacity_us, burst },
+            Kind::Rate { interval_us, capacity_us, burst, synced: config.mode == LimitMode::Approximate },
         )
     }
 
@@ -258,10 +260,14 @@ impl Report {
 pub async fn check(state: &State, route: &Limits, plan: &Limits, facts: &Facts<'_>) -> Result<Option<Report>, Problem> {
     // One rate limit: the common case, without the lists below.
     if let ([one], []) | ([], [one]) = (&route.0[..], &plan.0[..])
-        && let Kind::Rate { interval_us, capacity_us, .. } = one.kind
+        && let Kind::Rate { interval_us, capacity_us, synced, .. } = one.kind
     {
         let key = key::bucket_key(&one.id, &one.parts, facts);
-        let check = Check { key: &key, rule: Rule::Gcra { interval_us, capacity_us } };
+        let rule = match synced {
+            true => Rule::Synced { interval_us, capacity_us },
+            false => Rule::Gcra { interval_us, capacity_us },
+        };
+        let check = Check { key: &key, rule };
         let checked = match state.admit(NS, std::slice::from_ref(&check)).await {
             Ok(c) => c,
             Err(e) => return unavailable(&[one], e),
@@ -314,7 +320,10 @@ pub async fn check(state: &State, route: &Limits, plan: &Limits, facts: &Facts<'
                 (Kind::Quota { limit, .. }, Some(w)) => {
                     Rule::Window { limit: *limit, ends_ms: u64::try_from(w.end_ms).unwrap_or(0) }
                 }
-                (Kind::Rate { interval_us, capacity_us, .. }, _) => {
+                (Kind::Rate { interval_us, capacity_us, synced: true, .. }, _) => {
+                    Rule::Synced { interval_us: *interval_us, capacity_us: *capacity_us }
+                }
+                (Kind::Rate { interval_us, capacity_us, synced: false, .. }, _) => {
                     Rule::Gcra { interval_us: *interval_us, capacity_us: *capacity_us }
                 }
                 (Kind::Quota { limit, .. }, None) => Rule::Window { limit: *limit, ends_ms: u64::MAX },
@@ -365,7 +374,7 @@ impl Figures {
     /// window and the time (ms since the epoch) for a quota.
     fn of(limit: &RateLimit, value: u64, admitted: bool, window: Option<window::Window>, now_ms: i64) -> Figures {
         match &limit.kind {
-            Kind::Rate { interval_us, capacity_us, burst } => {
+            Kind::Rate { interval_us, capacity_us, burst, .. } => {
                 // Not counted: the bucket is full again when its last counted request has drained.
                 let counted = if admitted { value } else { value.saturating_sub(*interval_us) };
                 Figures {

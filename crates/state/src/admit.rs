@@ -19,6 +19,15 @@ pub enum Rule {
         /// How far ahead of now the TAT may be: `burst × interval` (µs).
         capacity_us: u64,
     },
+    /// A GCRA bucket counted locally and synced with the shared state every
+    /// `state.redis.sync_interval` (`mode: approximate`; see `synced`). Exact with one
+    /// replica.
+    Synced {
+        /// As for [`Rule::Gcra`].
+        interval_us: u64,
+        /// As for [`Rule::Gcra`].
+        capacity_us: u64,
+    },
     /// A count in a window (the key names the window).
     Window {
         /// Requests allowed in the window.
@@ -54,9 +63,9 @@ impl Checked {
     }
 }
 
-fn admits(rule: Rule, value: u64) -> bool {
+pub(crate) fn admits(rule: Rule, value: u64) -> bool {
     match rule {
-        Rule::Gcra { capacity_us, .. } => value <= capacity_us,
+        Rule::Gcra { capacity_us, .. } | Rule::Synced { capacity_us, .. } => value <= capacity_us,
         Rule::Window { limit, .. } => value <= limit,
     }
 }
@@ -69,7 +78,7 @@ pub(crate) fn decide(checks: &[Check<'_>], stored: impl Iterator<Item = Option<u
         .iter()
         .zip(stored)
         .map(|(c, v)| match c.rule {
-            Rule::Gcra { interval_us, capacity_us } => {
+            Rule::Gcra { interval_us, capacity_us } | Rule::Synced { interval_us, capacity_us } => {
                 v.unwrap_or(now).clamp(now, now.saturating_add(capacity_us)) - now + interval_us
             }
             Rule::Window { .. } => v.unwrap_or(0).saturating_add(1),

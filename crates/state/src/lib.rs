@@ -12,6 +12,7 @@ pub mod admit;
 mod memory;
 mod redis;
 pub mod revocations;
+mod synced;
 pub mod usage;
 
 use std::sync::Arc;

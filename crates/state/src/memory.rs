@@ -126,11 +126,11 @@ impl Buckets {
         let unix_us =
             || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
         let expiry = |rule: Rule, value: u64, unix_now: u64| match rule {
-            Rule::Gcra { .. } => now + value,
+            Rule::Gcra { .. } | Rule::Synced { .. } => now + value,
             Rule::Window { ends_ms, .. } => now + (ends_ms.saturating_mul(1000)).saturating_sub(unix_now),
         };
         let stored_value = |rule: Rule, value: u64| match rule {
-            Rule::Gcra { .. } => now + value,
+            Rule::Gcra { .. } | Rule::Synced { .. } => now + value,
             Rule::Window { .. } => value,
         };
         if let [check] = checks {

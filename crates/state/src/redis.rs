@@ -109,6 +109,15 @@ pub struct Redis {
     keeping: AtomicBool,
     /// Wakes the keeper early: a command failed.
     wake: Arc<tokio::sync::Notify>,
+    /// Wakes the revocation follower: a change was published.
+    revocations_changed: Arc<tokio::sync::Notify>,
+    /// A cluster node to subscribe on.
+    cluster_node: Option<Client>,
+    /// Buckets of `mode: approximate` limits, counted here and synced.
+    synced: crate::synced::Synced,
+    sync_interval: Duration,
+    /// The task that syncs them has been started.
+    syncing: AtomicBool,
 }
 
 impl std::fmt::Debug for Redis {
@@ -167,6 +176,7 @@ impl Redis {
         let node = |text: &str, key: &'static str| {
             portcullis_config::state::host_port(text).ok_or((key, format!("`{text}` is not host:port")))
         };
+        let mut cluster_node = None;
         let reach = if let Some(url) = &config.redis_url {
             let info = url.clone().into_connection_info().map_err(|e| ("redis_url", scrub(e)))?;
             let settings = with_credentials(info.redis_settings().clone());
@@ -203,6 +213,10 @@ impl Redis {
                 let (host, port) = node(n, "redis.cluster.nodes")?;
                 nodes.push(addr(host, port).into_connection_info().map_err(|e| ("redis.cluster.nodes", scrub(e)))?);
             }
+            if let Some(first) = nodes.first() {
+                let settings = with_credentials(first.redis_settings().clone());
+                cluster_node = Some(open(first.clone().set_redis_settings(settings), "redis.cluster.nodes")?);
+            }
             let mut builder = ClusterClient::builder(nodes)
                 .connection_timeout(r.timeout.get().max(Duration::from_millis(250)))
                 .response_timeout(r.timeout.get())
@@ -232,6 +246,11 @@ impl Redis {
             following: AtomicBool::new(false),
             keeping: AtomicBool::new(false),
             wake: Arc::new(tokio::sync::Notify::new()),
+            synced: crate::synced::Synced::new(),
+            revocations_changed: Arc::new(tokio::sync::Notify::new()),
+            cluster_node,
+            sync_interval: r.sync_interval.get(),
+            syncing: AtomicBool::new(false),
             timeout: r.timeout.get(),
             prefix: r.key_prefix.clone(),
             down: AtomicBool::new(false),
@@ -280,6 +299,7 @@ impl Redis {
     /// end when the store is dropped.
     pub(crate) fn start(self: &Arc<Self>) {
         self.follow_revocations();
+        self.sync_synced();
         if matches!(self.reach, Reach::Single(_))
             || self.keeping.load(Ordering::Relaxed)
             || tokio::runtime::Handle::try_current().is_err()
@@ -312,6 +332,36 @@ impl Redis {
                 let _ = tokio::time::timeout(pause, wake.notified()).await;
                 // At most ten rounds a second, however many commands fail.
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    /// Starts, once, the task that syncs the buckets of `mode: approximate` limits every
+    /// `sync_interval`.
+    fn sync_synced(self: &Arc<Self>) {
+        if self.syncing.load(Ordering::Relaxed)
+            || tokio::runtime::Handle::try_current().is_err()
+            || self.syncing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let store = Arc::downgrade(self);
+        let every = self.sync_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut complained = false;
+            loop {
+                tick.tick().await;
+                let Some(redis) = store.upgrade() else { return };
+                match redis.sync_buckets().await {
+                    Ok(()) => complained = false,
+                    Err(e) if !complained => {
+                        complained = true;
+                        tracing::warn!(error = %e, "shared state: approximate rate limits cannot be synced; each replica limits with its own counts until Redis answers");
+                    }
+                    Err(_) => {}
+                }
             }
         });
     }
@@ -375,6 +425,82 @@ impl Redis {
     /// Redis Cluster, keys on several slots are counted slot by slot: a refusal on one gives
     /// back what the others counted.
     pub async fn admit(&self, ns: &str, checks: &[Check<'_>]) -> Result<Checked, StateError> {
+        if checks.iter().any(|c| matches!(c.rule, Rule::Synced { .. })) {
+            return self.admit_synced(ns, checks).await;
+        }
+        self.admit_exact(ns, checks).await
+    }
+
+    /// Checks with `Rule::Synced` keys: those decided here (see [`crate::synced`]), the
+    /// others in Redis; counted by all only if all admit.
+    async fn admit_synced(&self, ns: &str, checks: &[Check<'_>]) -> Result<Checked, StateError> {
+        let keys: Vec<Vec<u8>> = checks.iter().map(|c| self.key(ns, c.key)).collect();
+        let mut values = self.synced.peek(checks, &keys);
+        let local = |c: &Check<'_>| matches!(c.rule, Rule::Synced { .. });
+        if !checks.iter().zip(&values).all(|(c, v)| !local(c) || crate::admit::admits(c.rule, *v)) {
+            return Ok(Checked { admitted: false, values });
+        }
+        let exact: Vec<usize> = (0..checks.len()).filter(|&i| !local(&checks[i])).collect();
+        if !exact.is_empty() {
+            let part: Vec<Check<'_>> = exact.iter().map(|&i| checks[i]).collect();
+            let checked = self.admit_exact(ns, &part).await?;
+            for (&i, v) in exact.iter().zip(&checked.values) {
+                values[i] = *v;
+            }
+            if !checked.admitted {
+                return Ok(Checked { admitted: false, values });
+            }
+        }
+        self.synced.commit(checks, &keys);
+        Ok(Checked { admitted: true, values })
+    }
+
+    /// Adds this replica's counts of synced buckets to Redis and takes back the shared
+    /// buckets: one script call per batch (per slot on a cluster).
+    async fn sync_buckets(&self) -> Result<(), StateError> {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(crate::synced::SCRIPT));
+        let out = self.synced.outgoing();
+        if out.is_empty() {
+            return Ok(());
+        }
+        let mut groups: Vec<Vec<crate::synced::Outgoing>> = Vec::new();
+        if matches!(self.reach, Reach::Cluster(_)) {
+            let mut by_slot: std::collections::HashMap<redis::cluster_routing::Slot, Vec<crate::synced::Outgoing>> =
+                Default::default();
+            for o in out {
+                by_slot.entry(redis::cluster_routing::Slot::for_key(&o.key)).or_default().push(o);
+            }
+            groups.extend(by_slot.into_values());
+        } else {
+            let mut out = out;
+            while !out.is_empty() {
+                let rest = out.split_off(out.len().min(256));
+                groups.push(std::mem::replace(&mut out, rest));
+            }
+        }
+        let mut conn = self.connection()?;
+        for group in groups {
+            let mut call = script.prepare_invoke();
+            for o in &group {
+                call.key(&*o.key).arg(o.pending).arg(o.interval_us);
+            }
+            let wait = self.timeout.max(Duration::from_secs(1));
+            let ahead: Vec<i64> = match tokio::time::timeout(wait, call.invoke_async(&mut conn)).await {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => return Err(StateError::Unavailable(e.to_string())),
+                Err(_) => return Err(StateError::Unavailable("no answer in time".into())),
+            };
+            if ahead.len() != group.len() {
+                return Err(StateError::Unavailable("unexpected answer to the sync script".into()));
+            }
+            let ahead: Vec<u64> = ahead.into_iter().map(|a| a.max(0) as u64).collect();
+            self.synced.synced(&group, &ahead);
+        }
+        Ok(())
+    }
+
+    async fn admit_exact(&self, ns: &str, checks: &[Check<'_>]) -> Result<Checked, StateError> {
         if checks.len() > 1 && matches!(self.reach, Reach::Cluster(_)) {
             let slot = |c: &Check<'_>| redis::cluster_routing::Slot::for_key(self.key(ns, c.key));
             let first = slot(&checks[0]);
@@ -430,7 +556,7 @@ impl Redis {
             for &i in *members {
                 call.key(self.key(ns, checks[i].key));
                 match checks[i].rule {
-                    Rule::Gcra { interval_us, .. } => call.arg(0).arg(interval_us),
+                    Rule::Gcra { interval_us, .. } | Rule::Synced { interval_us, .. } => call.arg(0).arg(interval_us),
                     Rule::Window { .. } => call.arg(1).arg(0),
                 };
             }
@@ -447,7 +573,9 @@ impl Redis {
         }
         for c in checks {
             match c.rule {
-                Rule::Gcra { interval_us, capacity_us } => call.arg(0).arg(interval_us).arg(capacity_us),
+                Rule::Gcra { interval_us, capacity_us } | Rule::Synced { interval_us, capacity_us } => {
+                    call.arg(0).arg(interval_us).arg(capacity_us)
+                }
                 Rule::Window { limit, ends_ms } => call.arg(1).arg(limit).arg(ends_ms),
             };
         }
@@ -467,6 +595,56 @@ impl Redis {
         (format!("{}{{revocations}}", self.prefix), format!("{}{{revocations}}:version", self.prefix))
     }
 
+    /// The channel a change of the revocation list is published on.
+    fn revocation_channel(&self) -> String {
+        format!("{}{{revocations}}:changes", self.prefix)
+    }
+
+    /// The client to subscribe with: the server, the primary now, or a cluster node
+    /// (messages published on a cluster reach every node).
+    fn subscriber(&self) -> Option<Client> {
+        match &self.reach {
+            Reach::Single(c) => Some(c.clone()),
+            Reach::Sentinel(s) => {
+                let current = s.current.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+                s.client(&current.0, current.1).ok()
+            }
+            Reach::Cluster(_) => self.cluster_node.clone(),
+        }
+    }
+
+    /// Starts the task that listens for published changes of the revocation list and
+    /// wakes the follower, so that a revocation reaches this replica within a round trip
+    /// (the poll stays, for a message missed).
+    fn listen_for_revocations(self: &Arc<Self>) {
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            use futures_util::StreamExt as _;
+            loop {
+                let Some(redis) = store.upgrade() else { return };
+                let (client, channel, changed) =
+                    (redis.subscriber(), redis.revocation_channel(), redis.revocations_changed.clone());
+                drop(redis);
+                if let Some(client) = client
+                    && let Ok(Ok(mut pubsub)) =
+                        tokio::time::timeout(Duration::from_secs(1), client.get_async_pubsub()).await
+                    && pubsub.subscribe(&channel).await.is_ok()
+                {
+                    // Whatever was published while not subscribed is read now.
+                    changed.notify_one();
+                    let mut messages = pubsub.into_on_message();
+                    while messages.next().await.is_some() {
+                        if store.strong_count() == 0 {
+                            return;
+                        }
+                        changed.notify_one();
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
     /// See [`crate::State::revoke`]: the list and its version in one script call; lapsed
     /// revocations are dropped on the way.
     pub async fn revoke(&self, r: Revocation) -> Result<(), StateError> {
@@ -480,14 +658,16 @@ for i = 1, #all, 2 do
   if expires ~= nil and expires <= tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], all[i]) end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('INCR', KEYS[2])
+local version = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[4], version)
+return version
 ",
             )
         });
         let (list, version) = self.revocation_keys();
         let (field, value) = revocations::encode(&r);
         let mut call = script.prepare_invoke();
-        call.key(list).key(version).arg(field).arg(value).arg(revocations::now_ms());
+        call.key(list).key(version).arg(field).arg(value).arg(revocations::now_ms()).arg(self.revocation_channel());
         let mut conn = self.connection()?;
         let _: i64 = self.timed(call.invoke_async(&mut conn)).await?;
         self.revocations.apply(Some(r), None);
@@ -501,14 +681,14 @@ return redis.call('INCR', KEYS[2])
             redis::Script::new(
                 r"
 local n = redis.call('HDEL', KEYS[1], ARGV[1])
-if n > 0 then redis.call('INCR', KEYS[2]) end
+if n > 0 then redis.call('PUBLISH', ARGV[2], redis.call('INCR', KEYS[2])) end
 return n
 ",
             )
         });
         let (list, version) = self.revocation_keys();
         let mut call = script.prepare_invoke();
-        call.key(list).key(version).arg(format!("{}\n{value}", kind.as_str()));
+        call.key(list).key(version).arg(format!("{}\n{value}", kind.as_str())).arg(self.revocation_channel());
         let mut conn = self.connection()?;
         let removed: i64 = self.timed(call.invoke_async(&mut conn)).await?;
         self.revocations.apply(None, Some((kind, value)));
@@ -524,6 +704,7 @@ return n
         if self.following.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.listen_for_revocations();
         let store = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut seen: Option<i64> = None;
@@ -542,8 +723,10 @@ return n
                     }
                     Err(_) => {}
                 }
+                let changed = redis.revocations_changed.clone();
                 drop(redis);
-                tokio::time::sleep(revocations::POLL).await;
+                // Read again at the next poll, or at once when a change is published.
+                let _ = tokio::time::timeout(revocations::POLL, changed.notified()).await;
             }
         });
     }
