@@ -683,8 +683,8 @@ class RedisServer:
 
 def scenario_jwt_limit(work, args):
     """(b) with a per-consumer rate limit (never reached): on memory (`portcullis`), on a
-    local Redis (`portcullis-redis`, when redis-server is installed), beside the same route
-    without a limit (`portcullis-jwt`)."""
+    local Redis (`portcullis-redis`, when redis-server is installed; `portcullis-redis-approx`
+    with `mode: approximate`), beside the same route without a limit (`portcullis-jwt`)."""
     idp = Idp(work)
     token = idp.token(0)
     upstream = start_upstream(work)
@@ -698,6 +698,8 @@ def scenario_jwt_limit(work, args):
         redis = RedisServer(work)
         state = f"state:\n  backend: redis\n  redis_url: {redis.url()}\n"
         servers["portcullis-redis"] = start_portcullis(work, upstream.port, LIMIT_ROUTE, extra=idp.config + state)
+        approx = LIMIT_ROUTE.replace("per: 1s}", "per: 1s, mode: approximate}")
+        servers["portcullis-redis-approx"] = start_portcullis(work, upstream.port, approx, extra=idp.config + state)
     try:
         return run_repeated_token(servers, upstream, token, args, idp)
     finally:
