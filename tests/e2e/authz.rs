@@ -474,3 +474,54 @@ fn log_lines(gw: &Gateway, n: usize) -> String {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Step-up (RFC 9470): a route that needs `acr` `phrh` from an authentication at most five
+/// minutes old answers `401 insufficient_user_authentication` saying so, and a fresh token
+/// with that `acr` passes. A caller refused for who it is gets `403` first.
+#[tokio::test]
+async fn step_up_asks_for_a_stronger_and_more_recent_authentication() {
+    let idp = idp().await;
+    let up = Upstream::start();
+    let gw = Gateway::start(&format!(
+        "{}routes:\n  - id: pay\n    match: {{ path_prefix: /pay }}\n    upstream: {}\n    authenticate: [jwt]\n    authorize: {{ scopes: [pay], acr_values: [phr, phrh], max_age: 5m }}\n",
+        issuer_yaml(&idp, ""),
+        up.url()
+    ));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let send = |claims: Value| {
+        let idp = &idp;
+        let url = gw.url("/pay");
+        async move {
+            let token = idp.token("rsa", claims).await;
+            client().get(url).bearer_auth(token).send().await.unwrap()
+        }
+    };
+    let step_up = |r: reqwest::Response| async move {
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
+        let p = problem(r, 401).await;
+        assert_eq!(p["type"], "urn:portcullis:problem:insufficient-user-authentication", "{p}");
+        challenge
+    };
+    // No `acr` at all; an `acr` not accepted; an accepted one from an old login; none of
+    // `auth_time`.
+    for claims in [
+        json!({"scope": "pay", "auth_time": now}),
+        json!({"scope": "pay", "acr": "pwd", "auth_time": now}),
+        json!({"scope": "pay", "acr": "phrh", "auth_time": now - 3600}),
+        json!({"scope": "pay", "acr": "phrh"}),
+    ] {
+        let r = send(claims.clone()).await;
+        assert_eq!(r.status(), 401, "{claims}");
+        let challenge = step_up(r).await;
+        assert!(challenge.starts_with(r#"Bearer error="insufficient_user_authentication""#), "{challenge}");
+        assert!(challenge.contains(r#"acr_values="phr phrh""#), "{challenge}");
+        assert!(challenge.contains(r#"max_age="300""#), "{challenge}");
+    }
+    // After stepping up.
+    assert_eq!(send(json!({"scope": "pay", "acr": "phrh", "auth_time": now - 10})).await.status(), 200);
+    assert_eq!(send(json!({"scope": "pay", "acr": "phr", "auth_time": now})).await.status(), 200);
+    // A missing scope is not cured by a stronger login: 403, not a step-up.
+    let r = send(json!({"scope": "read", "acr": "pwd"})).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(up.count(), 2);
+}

@@ -24,7 +24,7 @@ use portcullis_core::Principal;
 
 pub use cedar::{DEFAULT_SCHEMA, Policies, Slice, Verdict};
 pub use record::InputRecord;
-pub use rules::{RuleDenial, Rules};
+pub use rules::{RuleDenial, Rules, StepUp};
 
 /// What authorization judges.
 #[derive(Debug)]
@@ -95,6 +95,12 @@ impl ClaimsRead {
         }
         if !cfg.groups.is_empty() || policies.is_some() {
             reads.names.insert(root(&shared.groups_claim));
+        }
+        if !cfg.acr_values.is_empty() {
+            reads.names.insert("acr".into());
+        }
+        if cfg.max_age.is_some() {
+            reads.names.insert("auth_time".into());
         }
         if let Some(p) = policies {
             let (tags, any) = p.tags_read();
@@ -197,9 +203,15 @@ impl RouteAuthz {
         self.rules.scope_list.as_ref()
     }
 
+    /// What a step-up asks for, when the route requires one.
+    pub fn step_up(&self) -> Option<&StepUp> {
+        self.rules.step_up.as_ref()
+    }
+
     /// Decides: the rules first, then the policies.
     pub fn decide(&self, input: &Input<'_>) -> Decision {
-        if let Err(d) = self.rules.check(input.principal) {
+        let now = input.now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if let Err(d) = self.rules.check_at(input.principal, now) {
             return Decision {
                 allowed: false,
                 code: d.code,

@@ -67,6 +67,35 @@ pub struct Rules {
     spiffe_ids: Vec<SpiffePattern>,
     roles_claim: Option<ClaimPath>,
     groups_claim: Option<ClaimPath>,
+    /// What a step-up asks for (`acr_values`, `max_age`), when the route requires one.
+    pub step_up: Option<StepUp>,
+}
+
+/// A route's step-up requirement (RFC 9470), and the challenge parameters that say it.
+#[derive(Clone, Debug, Default)]
+pub struct StepUp {
+    acr: Vec<String>,
+    /// `acr_values`: the accepted classes, space-separated.
+    pub acr_values: Option<Arc<str>>,
+    /// `max_age`, in seconds.
+    pub max_age: Option<u64>,
+}
+
+impl StepUp {
+    /// Whether `p` authenticated strongly enough, and recently enough, at `now` (seconds
+    /// since the epoch). A token without `acr` or `auth_time` does not.
+    fn satisfied(&self, p: &Principal, now: u64) -> bool {
+        let claim = |name: &str| p.claims.as_ref().and_then(|c| c.get(name));
+        if !self.acr.is_empty()
+            && !claim("acr").and_then(|v| v.as_str()).is_some_and(|a| self.acr.iter().any(|w| w == a))
+        {
+            return false;
+        }
+        match self.max_age {
+            Some(max) => claim("auth_time").and_then(|v| v.as_u64()).is_some_and(|t| t <= now && now - t <= max),
+            None => true,
+        }
+    }
 }
 
 impl Rules {
@@ -87,6 +116,11 @@ impl Rules {
             spiffe_ids: a.spiffe_ids.iter().map(|p| SpiffePattern::new(p)).collect(),
             roles_claim: (!a.roles.is_empty()).then(|| ClaimPath::new(&shared.roles_claim)),
             groups_claim: (!a.groups.is_empty()).then(|| ClaimPath::new(&shared.groups_claim)),
+            step_up: (!a.acr_values.is_empty() || a.max_age.is_some()).then(|| StepUp {
+                acr: a.acr_values.clone(),
+                acr_values: (!a.acr_values.is_empty()).then(|| Arc::from(a.acr_values.join(" "))),
+                max_age: a.max_age.map(|d| d.get().as_secs()),
+            }),
         }
     }
 
@@ -99,10 +133,17 @@ impl Rules {
             && self.subjects.is_empty()
             && self.clients.is_empty()
             && self.spiffe_ids.is_empty()
+            && self.step_up.is_none()
     }
 
-    /// Checks every rule; the first that fails is the reason.
+    /// Checks every rule; the first that fails is the reason. Step-up comes last: a caller
+    /// refused for who it is would gain nothing by authenticating again.
     pub fn check(&self, p: &Principal) -> Result<(), RuleDenial> {
+        self.check_at(p, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+    }
+
+    /// [`Rules::check`] at `now` (seconds since the epoch).
+    pub fn check_at(&self, p: &Principal, now: u64) -> Result<(), RuleDenial> {
         let deny = |code, detail| Err(RuleDenial { code, detail });
         if !self.scopes.iter().all(|s| p.has_scope(s)) {
             return deny("insufficient_scope", "the credential lacks a scope this route requires");
@@ -130,6 +171,14 @@ impl Rules {
             && !p.spiffe_id.as_deref().is_some_and(|id| self.spiffe_ids.iter().any(|pat| pat.matches(id)))
         {
             return deny("workload_not_allowed", "this workload may not use this route");
+        }
+        if let Some(step_up) = &self.step_up
+            && !step_up.satisfied(p, now)
+        {
+            return deny(
+                "insufficient_user_authentication",
+                "this route needs a stronger or more recent authentication",
+            );
         }
         Ok(())
     }

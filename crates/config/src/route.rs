@@ -214,6 +214,16 @@ pub struct AuthorizeConfig {
     /// for anything below (`spiffe://example.org/ns/prod/**`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spiffe_ids: Vec<String>,
+    /// Step-up (RFC 9470): the authentication context classes (`acr` claim) of which the
+    /// caller's token must carry one, e.g. `[phr, phrh]`. Otherwise `401`
+    /// `insufficient_user_authentication` with `acr_values`, and the client authenticates
+    /// again, more strongly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acr_values: Vec<String>,
+    /// Step-up (RFC 9470): how long ago the user may have authenticated (`auth_time` claim)
+    /// at most. Otherwise `401` `insufficient_user_authentication` with `max_age`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
     /// The Cedar action for this route's requests (declared in the schema); the HTTP method
     /// (`Action::"GET"`...) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -58,17 +58,40 @@ pub struct Challenge {
     pub scope: Option<String>,
     /// Accepted DPoP proof algorithms (DPoP challenges).
     pub algs: Option<String>,
+    /// Authentication context classes that would do (`insufficient_user_authentication`,
+    /// RFC 9470).
+    pub acr_values: Option<String>,
+    /// The longest time since the user authenticated that would do, in seconds (RFC 9470).
+    pub max_age: Option<u64>,
 }
 
 impl Challenge {
     /// A challenge with only an error code.
     pub fn new(scheme: ChallengeScheme, error: &'static str) -> Self {
-        Self { scheme, realm: None, error: Some(error), description: None, scope: None, algs: None }
+        Self {
+            scheme,
+            realm: None,
+            error: Some(error),
+            description: None,
+            scope: None,
+            algs: None,
+            acr_values: None,
+            max_age: None,
+        }
     }
 
     /// A challenge to a request without a credential: a realm, no error code (RFC 6750 §3.1).
     pub fn missing(scheme: ChallengeScheme, realm: impl Into<Cow<'static, str>>) -> Self {
-        Self { scheme, realm: Some(realm.into()), error: None, description: None, scope: None, algs: None }
+        Self {
+            scheme,
+            realm: Some(realm.into()),
+            error: None,
+            description: None,
+            scope: None,
+            algs: None,
+            acr_values: None,
+            max_age: None,
+        }
     }
 
     /// The same challenge in protection space `realm`.
@@ -84,12 +107,15 @@ impl Challenge {
         });
         // The error code first: clients and tests that read `Bearer error="..."` find it
         // where RFC 6750's examples put it when there is no realm.
+        let max_age = self.max_age.map(|m| m.to_string());
         let params = [
             ("error", self.error),
             ("realm", self.realm.as_deref()),
             ("error_description", self.description.as_deref()),
             ("scope", self.scope.as_deref()),
             ("algs", self.algs.as_deref()),
+            ("acr_values", self.acr_values.as_deref()),
+            ("max_age", max_age.as_deref()),
         ];
         let mut first = true;
         for (name, value) in params {

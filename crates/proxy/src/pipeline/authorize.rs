@@ -54,8 +54,28 @@ pub fn authorize(
     if decision.allowed {
         return Ok(());
     }
+    if decision.code == "insufficient_user_authentication" {
+        return Err(step_up(route, principal, decision.detail));
+    }
     Err(Problem::new(StatusCode::FORBIDDEN, decision.code, decision.detail).challenge(Challenge {
         scope: route.authz.scope_list().map(|s| s.to_string()),
         ..Challenge::new(ChallengeScheme::Bearer, "insufficient_scope")
     }))
+}
+
+/// `401` asking for a stronger or more recent authentication (RFC 9470 §3): what the route
+/// accepts, in `acr_values` and `max_age`.
+#[cold]
+fn step_up(route: &Route, principal: &Principal, detail: &'static str) -> Problem {
+    let wanted = route.authz.step_up();
+    let scheme = match principal.method {
+        portcullis_core::AuthnMethod::Dpop => ChallengeScheme::DPoP,
+        _ => ChallengeScheme::Bearer,
+    };
+    Problem::new(StatusCode::UNAUTHORIZED, "insufficient_user_authentication", detail).challenge(Challenge {
+        description: Some(detail.into()),
+        acr_values: wanted.and_then(|s| s.acr_values.as_deref()).map(str::to_string),
+        max_age: wanted.and_then(|s| s.max_age),
+        ..Challenge::new(scheme, "insufficient_user_authentication").in_realm(portcullis_authn::REALM)
+    })
 }
