@@ -768,3 +768,66 @@ async fn quotas_roll_over_at_the_window_boundary() {
     }
     assert_eq!(up.count(), 8);
 }
+
+/// Brute-force blocking: an address whose credentials are refused more than `max_failures`
+/// times is refused (`429`, `Retry-After`) whatever it sends, good credentials included;
+/// other addresses are not; a missing credential is not a failure; replicas on one Redis add
+/// up their counts.
+#[tokio::test]
+async fn an_address_that_keeps_failing_authentication_is_blocked() {
+    let redis = Redis::start(&[]);
+    let idp = crate::authn::Idp::start();
+    idp.key("ec", "ES256").await;
+    let up = Upstream::start();
+    let config = format!(
+        "server:\n  listen: {{listen}}\n  trusted_proxies: [127.0.0.1/32]\nstate: {{ backend: redis, redis_url: {} }}\n\
+         brute_force: {{ max_failures: 5, window: 1m, block_for: 1m }}\n{}\
+         routes:\n  - id: orders\n    match: {{ path_prefix: /orders }}\n    upstream: {}\n    authenticate: [jwt]\n",
+        redis.url(),
+        crate::authn::issuer_yaml(&idp, ""),
+        up.url()
+    );
+    let (a, b) = (Gateway::start(&config), Gateway::start(&config));
+    let good = idp.token("ec", serde_json::json!({"sub": "alice"})).await;
+    let c = client();
+    let send = |gw: &Gateway, from: &str, token: Option<&str>| {
+        let mut r = c.get(gw.url("/orders")).header("x-forwarded-for", from);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    // 20 bad tokens from one address: 5 refused as invalid, then blocked.
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let r = send(&a, "203.0.113.9", Some(&format!("not.a.token{i}"))).await.unwrap();
+        if r.status() == 429 {
+            let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=60).contains(&retry), "{retry}");
+            let p = problem(r, 429).await;
+            assert_eq!(p["type"], "urn:portcullis:problem:too-many-failures", "{p}");
+            statuses.push(429);
+        } else {
+            statuses.push(r.status().as_u16());
+        }
+    }
+    assert_eq!(statuses, [[401; 5].as_slice(), [429; 15].as_slice()].concat());
+    // A good token from the blocked address is refused too; from another, it passes.
+    assert_eq!(send(&a, "203.0.113.9", Some(&good)).await.unwrap().status(), 429);
+    assert_eq!(send(&a, "198.51.100.20", Some(&good)).await.unwrap().status(), 200);
+    // No credential at all is not a failure.
+    for _ in 0..10 {
+        assert_eq!(send(&a, "198.51.100.21", None).await.unwrap().status(), 401);
+    }
+    assert_eq!(send(&a, "198.51.100.21", Some(&good)).await.unwrap().status(), 200);
+    // Failures on two replicas add up.
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        statuses.push(send(gw, "192.0.2.50", Some("bad.token.x")).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+    assert_eq!(send(&a, "192.0.2.50", Some("bad.token.y")).await.unwrap().status(), 429);
+    assert_eq!(send(&a, "192.0.2.50", Some(&good)).await.unwrap().status(), 429);
+    assert_eq!(up.count(), 2);
+}

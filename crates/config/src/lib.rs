@@ -37,8 +37,8 @@ pub use identity::{
 };
 pub use issuer::{ApiKeysConfig, ClientAuthMethod, ConsumerConfig, IntrospectionConfig, IssuerConfig, KeyFetchConfig};
 pub use limits::{
-    ConcurrencyConfig, FailMode, IpListEntry, IpRulesConfig, JsonLimitsConfig, KeyPart, LimitKey, LimitMode,
-    PlanConfig, QuotaConfig, QuotaWindow, RateLimitConfig,
+    BruteForceConfig, ConcurrencyConfig, FailMode, IpListEntry, IpRulesConfig, JsonLimitsConfig, KeyPart, LimitKey,
+    LimitMode, PlanConfig, QuotaConfig, QuotaWindow, RateLimitConfig,
 };
 pub use load::{ConfigError, ConfigErrors, Invalid, LoadedConfig, load_file, load_str};
 pub use route::{
@@ -121,6 +121,11 @@ pub struct Config {
     /// Usage metering: what each consumer used, for billing.
     #[serde(default)]
     pub usage: UsageConfig,
+    /// Brute-force blocking of client addresses that fail authentication too often (off
+    /// when absent: behind a proxy not listed in `server.trusted_proxies`, every client has
+    /// the proxy's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brute_force: Option<BruteForceConfig>,
 }
 
 impl Config {

@@ -396,3 +396,33 @@ impl JsonSchema for QuotaWindow {
         })
     }
 }
+
+/// Brute-force blocking: a client address that fails authentication too often is refused
+/// for a while, in the shared state.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BruteForceConfig {
+    /// Failed authentications (a credential given and refused) an address may have in one
+    /// `window`; the next is refused, and so is everything from that address for
+    /// `block_for` (default 10).
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u64,
+    /// The window failures are counted in (default `1m`).
+    #[serde(default = "default_failure_window")]
+    pub window: Duration,
+    /// How long a blocked address is refused (default `5m`).
+    #[serde(default = "default_block_for")]
+    pub block_for: Duration,
+}
+
+fn default_max_failures() -> u64 {
+    10
+}
+
+fn default_failure_window() -> Duration {
+    Duration::from_millis(60_000)
+}
+
+fn default_block_for() -> Duration {
+    Duration::from_millis(300_000)
+}

@@ -254,6 +254,16 @@ fn state(config: &Config, out: &mut Vec<Invalid>) {
     if u.retention.get() > std::time::Duration::from_secs(800 * 86_400) {
         out.push(Invalid::new("usage.retention", "at most 800d"));
     }
+    if let Some(b) = &config.brute_force {
+        if b.max_failures == 0 {
+            out.push(Invalid::new("brute_force.max_failures", "at least 1"));
+        }
+        for (key, d) in [("brute_force.window", b.window), ("brute_force.block_for", b.block_for)] {
+            if d.get() < std::time::Duration::from_secs(1) || d.get() > std::time::Duration::from_secs(86_400) {
+                out.push(Invalid::new(key, "from 1s to 1d"));
+            }
+        }
+    }
     if u.max_series < 1000 {
         out.push(Invalid::new("usage.max_series", "at least 1000"));
     }

@@ -27,7 +27,7 @@ fn push_bytes(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
 /// The address a caller is counted by: IPv4-mapped IPv6 as IPv4, and IPv6 by its /64 (one
 /// host, or one customer's network, holds a whole /64; counting addresses inside it would
 /// give each caller 2^64 allowances).
-fn counted_address(ip: IpAddr) -> [u8; 17] {
+pub(crate) fn counted_address(ip: IpAddr) -> [u8; 17] {
     let mut out = [0u8; 17];
     match ip.to_canonical() {
         IpAddr::V4(v4) => {

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod brute;
 pub mod concurrency;
 pub mod ip;
 pub mod json;

@@ -192,6 +192,8 @@ pub struct Runtime {
     pub(crate) plans: portcullis_limits::Plans,
     /// Meters each request (`usage.enabled`).
     pub(crate) meter: Option<Arc<portcullis_state::usage::Meter>>,
+    /// Blocks addresses that fail authentication too often (`brute_force`).
+    pub(crate) brute_force: Option<portcullis_limits::brute::BruteForce>,
     verifiers: portcullis_authn::Verifiers,
 }
 
@@ -352,6 +354,7 @@ impl Runtime {
             token_service,
             plans: portcullis_limits::Plans::new(c, &tz),
             meter: lasting.meter.clone().filter(|_| c.usage.enabled),
+            brute_force: c.brute_force.as_ref().map(portcullis_limits::brute::BruteForce::new),
             verifiers,
             config,
         })

@@ -145,7 +145,13 @@ async fn run(
     ctx.route = Some(route.clone());
     ctx.params = routed.params;
     screen::screen(ctx, &route)?;
-    let principal = authenticate::authenticate(rt, conn, &authority, &route, &mut parts).await?;
+    if let Some(bf) = &rt.brute_force {
+        bf.check(ctx.client_ip)?;
+    }
+    let principal = match authenticate::authenticate(rt, conn, &authority, &route, &mut parts).await {
+        Ok(p) => p,
+        Err(problem) => return Err(failed_authentication(rt, ctx, problem).await),
+    };
     ctx.principal = Some(principal.clone());
     authorize::authorize(rt, conn, ctx, &route, &principal, &parts.method, &authority.host, &routed.path)?;
     let limited = limit::limit(rt, ctx, &route, &principal, &parts.headers).await?;
@@ -167,6 +173,21 @@ async fn run(
         drop(limited.slots);
     }
     Ok(resp)
+}
+
+/// A refused credential: counted against its address when brute-force blocking is on (a
+/// missing credential, or a DPoP nonce to use, is not a failure).
+#[cold]
+async fn failed_authentication(rt: &Runtime, ctx: &RequestCtx, problem: Problem) -> Problem {
+    match (&rt.brute_force, rt.state()) {
+        (Some(bf), Some(state))
+            if problem.status == StatusCode::UNAUTHORIZED
+                && !matches!(problem.code, "credential_missing" | "dpop_nonce_required") =>
+        {
+            portcullis_http::boxed!(bf.failed(state, ctx.client_ip, problem)).await
+        }
+        _ => problem,
+    }
 }
 
 /// The gateway's own endpoints on the public listener: its keys and its token service.
