@@ -52,6 +52,38 @@ enum Command {
         #[command(subcommand)]
         command: ApikeyCommand,
     },
+    /// Revoke a token (`--jti`), subject, client, session or SPIFFE ID on the running
+    /// gateway, through its admin API (`admin.listen`, with `admin.auth.bearer_token`); list
+    /// revocations (`--list`) or undo one (`--undo`).
+    Revoke {
+        /// The gateway's config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A token's `jti`.
+        #[arg(long)]
+        jti: Option<String>,
+        /// A subject: its credentials issued until now.
+        #[arg(long)]
+        sub: Option<String>,
+        /// A client application: its credentials issued until now.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// A session (`sid` claim): its credentials issued until now.
+        #[arg(long)]
+        sid: Option<String>,
+        /// A workload's SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// How long the revocation lasts, in seconds (a day by default).
+        #[arg(long)]
+        expires_in: Option<u64>,
+        /// Undo the revocation named instead.
+        #[arg(long)]
+        undo: bool,
+        /// List the revocations in force.
+        #[arg(long)]
+        list: bool,
+    },
     /// Usage metering: export what each consumer used, for billing.
     Usage {
         #[command(subcommand)]
@@ -214,6 +246,33 @@ fn main() -> ExitCode {
             };
             println!("{}", portcullis_authn::apikey::hash_key(&key));
             ExitCode::SUCCESS
+        }
+        Command::Revoke { config, jti, sub, client_id, sid, spiffe_id, expires_in, undo, list } => {
+            use portcullis_gateway::revoke::{Command as Revoke, cli};
+            let named: Vec<(String, String)> =
+                [("jti", jti), ("sub", sub), ("client_id", client_id), ("sid", sid), ("spiffe_id", spiffe_id)]
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k.to_string(), v?)))
+                    .collect();
+            let command = match (list, undo, &named[..]) {
+                (true, false, []) => Revoke::List,
+                (false, true, [(k, v)]) => Revoke::Undo(k.clone(), v.clone()),
+                (false, false, [(k, v)]) => Revoke::Revoke(k.clone(), v.clone(), expires_in),
+                _ => {
+                    eprintln!("portcullis: name one of --jti, --sub, --client-id, --sid, --spiffe-id (or give --list)");
+                    return ExitCode::from(2);
+                }
+            };
+            match cli(&config, command) {
+                Ok(answer) => {
+                    println!("{answer}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Usage {
             command: UsageCommand::Export { config, from, to, consumer, route, plan, group_by, format },

@@ -154,3 +154,38 @@ async fn a_revocation_posted_to_one_replica_is_enforced_by_another_within_a_seco
     // The list was in Redis's memory only (no persistence in the test): it is gone with it.
     let _ = up.count();
 }
+
+/// `portcullis revoke` is the admin API's twin: it revokes through the running gateway
+/// (with the admin token from the config), lists, and undoes.
+#[tokio::test]
+async fn the_revoke_command_revokes_lists_and_undoes_through_the_gateway() {
+    let (idp, _up, config) =
+        setup("admin:\n  listen: {admin}\n  auth: { bearer_token: { env: PORTCULLIS_TEST_ADMIN_TOKEN_UNSET } }\n")
+            .await;
+    // The token comes from a file beside the config, as a deployment would keep it.
+    let config = config.replace("{ env: PORTCULLIS_TEST_ADMIN_TOKEN_UNSET }", "{ file: admin.token }");
+    let dir = crate::harness::TempDir::new("gw-revoke-cli");
+    dir.write("admin.token", "a-long-admin-token-for-tests\n");
+    let gw = Gateway::start_in(dir, &config);
+    let token = idp.token("ec", json!({"jti": "cli-1", "sub": "frank"})).await;
+    assert_eq!(get(&gw, &token).await.status(), 200);
+    let cfg = gw.config.to_str().unwrap();
+    let (code, out, err) =
+        crate::harness::run_cli(&["revoke", "--config", cfg, "--jti", "cli-1", "--expires-in", "600"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["jti"], "cli-1", "{out}");
+    assert_eq!(get(&gw, &token).await.status(), 401);
+    let (code, out, _) = crate::harness::run_cli(&["revoke", "--config", cfg, "--list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("cli-1"), "{out}");
+    let (code, _, err) = crate::harness::run_cli(&["revoke", "--config", cfg, "--jti", "cli-1", "--undo"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(get(&gw, &token).await.status(), 200);
+    // Undoing what is not revoked, and naming two things, are errors.
+    let (code, _, err) = crate::harness::run_cli(&["revoke", "--config", cfg, "--jti", "cli-1", "--undo"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+    let (code, _, err) = crate::harness::run_cli(&["revoke", "--config", cfg, "--jti", "a", "--sub", "b"]);
+    assert_eq!(code, 2, "{err}");
+}

@@ -6,7 +6,7 @@
 
 pub mod admin;
 pub mod policy_tools;
-mod revoke;
+pub mod revoke;
 pub mod usage;
 mod watch;
 

@@ -108,6 +108,78 @@ fn unavailable(_: portcullis_state::StateError) -> Problem {
         .header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
+/// What `portcullis revoke` asks of a running gateway.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Revoke: the kind (`jti`, `sub`...), the value, and optionally a lifetime in seconds.
+    Revoke(String, String, Option<u64>),
+    /// Undo a revocation.
+    Undo(String, String),
+    /// List those in force.
+    List,
+}
+
+/// `portcullis revoke`: the admin API's `/revocations` of the gateway `config` runs (its
+/// `admin.listen`, with its `admin.auth.bearer_token`), so that revocations go where the
+/// gateway keeps them (its memory, or Redis). Returns the answer's body.
+pub fn cli(config: &std::path::Path, command: Command) -> Result<String, String> {
+    let loaded = portcullis_config::load_file(config).map_err(|e| e.to_string())?;
+    let admin = loaded.config.admin.as_ref().ok_or("the config has no `admin` listener to send revocations to")?;
+    if admin.tls.is_some() {
+        return Err("admin.tls: the admin API is served over TLS; send the revocation with an HTTPS client".into());
+    }
+    let mut addr = admin.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+    }
+    let token = admin.bearer_token().map(|t| t.expose().to_string());
+    let (method, query, body) = match command {
+        Command::Revoke(kind, value, expires_in) => {
+            let mut b = serde_json::Map::new();
+            b.insert(kind, Value::String(value));
+            if let Some(s) = expires_in {
+                b.insert("expires_in".into(), s.into());
+            }
+            (Method::POST, String::new(), Some(Value::Object(b).to_string()))
+        }
+        Command::Undo(kind, value) => {
+            let q = url::form_urlencoded::Serializer::new(String::new()).append_pair(&kind, &value).finish();
+            (Method::DELETE, format!("?{q}"), None)
+        }
+        Command::List => (Method::GET, String::new(), None),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let stream = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("the gateway's admin listener {addr} does not answer"))?
+            .map_err(|e| format!("cannot reach the gateway's admin listener {addr}: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("/revocations{query}"))
+            .header(http::header::HOST, addr.to_string())
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(t) = token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), sender.send_request(req))
+            .await
+            .map_err(|_| "the gateway did not answer in time".to_string())?
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let text = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let text = String::from_utf8_lossy(&text).into_owned();
+        if status.is_success() { Ok(text) } else { Err(format!("the gateway answered {status}: {text}")) }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
