@@ -150,7 +150,9 @@ async fn run(
     }
     let principal = match authenticate::authenticate(rt, conn, &authority, &route, &mut parts).await {
         Ok(p) => p,
-        Err(problem) => return Err(failed_authentication(rt, ctx, problem).await),
+        Err(problem) if rt.brute_force.is_none() => return Err(problem),
+        // Boxed: the counting's state would otherwise enlarge every request's future.
+        Err(problem) => return Err(portcullis_http::boxed!(failed_authentication(rt, ctx, problem)).await),
     };
     ctx.principal = Some(principal.clone());
     authorize::authorize(rt, conn, ctx, &route, &principal, &parts.method, &authority.host, &routed.path)?;
@@ -184,7 +186,7 @@ async fn failed_authentication(rt: &Runtime, ctx: &RequestCtx, problem: Problem)
             if problem.status == StatusCode::UNAUTHORIZED
                 && !matches!(problem.code, "credential_missing" | "dpop_nonce_required") =>
         {
-            portcullis_http::boxed!(bf.failed(state, ctx.client_ip, problem)).await
+            bf.failed(state, ctx.client_ip, problem).await
         }
         _ => problem,
     }
