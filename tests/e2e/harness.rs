@@ -320,6 +320,14 @@ fn dechunk(body: &str) -> String {
     }
 }
 
+/// A new API key and its hash, from `portcullis apikey new`: (key, hash).
+pub fn new_api_key() -> (String, String) {
+    let (_, out, _) = run_cli(&["apikey", "new"]);
+    let key = out.lines().find_map(|l| l.strip_prefix("key:  ")).unwrap().to_string();
+    let hash = out.lines().find_map(|l| l.strip_prefix("hash: ")).unwrap().to_string();
+    (key, hash)
+}
+
 /// Runs `portcullis` with arguments: (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(binary()).args(args).output().unwrap();

@@ -382,12 +382,7 @@ async fn a_redis_outage_fails_open_or_closed_per_limit() {
 
 #[tokio::test]
 async fn plans_limit_each_consumer_across_routes() {
-    let new_key = || {
-        let (_, out, _) = run_cli(&["apikey", "new"]);
-        let key = out.lines().find_map(|l| l.strip_prefix("key:  ")).unwrap().to_string();
-        let hash = out.lines().find_map(|l| l.strip_prefix("hash: ")).unwrap().to_string();
-        (key, hash)
-    };
+    let new_key = crate::harness::new_api_key;
     let (gold_key, gold_hash) = new_key();
     let (free_key, free_hash) = new_key();
     let up = Upstream::start();

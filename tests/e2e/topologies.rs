@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{Gateway, TempDir, admin_get, client, free_port, problem, run_cli};
+use crate::harness::{Gateway, TempDir, admin_get, client, free_port, problem};
 use crate::shared_state::{Fixture, Redis, send};
 use crate::upstream::Upstream;
 
@@ -210,12 +210,7 @@ async fn a_redis_cluster_shares_replay_caches_limits_revocations_and_usage() {
 
     // Limits counted exactly across replicas, also when a request's limits live on different
     // slots: a route limit of 30 (one key) and a plan limit of 20 per consumer (another).
-    let new_key = || {
-        let (_, out, _) = run_cli(&["apikey", "new"]);
-        let key = out.lines().find_map(|l| l.strip_prefix("key:  ")).unwrap().to_string();
-        let hash = out.lines().find_map(|l| l.strip_prefix("hash: ")).unwrap().to_string();
-        (key, hash)
-    };
+    let new_key = crate::harness::new_api_key;
     let ((k1, h1), (k2, h2)) = (new_key(), new_key());
     let up = Upstream::start();
     let config = format!(

@@ -8,16 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Gateway, admin_get, client, run_cli};
+use crate::harness::{Gateway, admin_get, client, new_api_key as new_key, run_cli};
 use crate::shared_state::Redis;
 use crate::upstream::Upstream;
-
-fn new_key() -> (String, String) {
-    let (_, out, _) = run_cli(&["apikey", "new"]);
-    let key = out.lines().find_map(|l| l.strip_prefix("key:  ")).unwrap().to_string();
-    let hash = out.lines().find_map(|l| l.strip_prefix("hash: ")).unwrap().to_string();
-    (key, hash)
-}
 
 fn config(up: &str, gold: &str, free: &str, extra: &str) -> String {
     format!(
