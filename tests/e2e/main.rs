@@ -14,6 +14,7 @@ mod docs;
 mod identity;
 mod lifecycle;
 mod limits;
+mod logout;
 mod opaque;
 mod pop;
 mod protocols;

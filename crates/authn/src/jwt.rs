@@ -166,6 +166,27 @@ impl Issuer {
         Ok((principal, key))
     }
 
+    /// Checks a token's algorithm and signature by this issuer's keys, and nothing else
+    /// (a logout token's claims follow other rules: see `logout`).
+    pub(crate) async fn verify_signed(&self, jws: &Jws<'_>) -> Result<(), AuthnError> {
+        let alg = jws.header.alg;
+        if alg.is_symmetric() || !self.algorithms.contains(&alg) {
+            return Err(AuthnError::invalid(
+                "alg_not_allowed",
+                format!("algorithm {alg} is not accepted from this issuer"),
+            ));
+        }
+        let keys = self.key(jws.header.kid.as_deref(), alg).await?;
+        let key = verify_signature(jws, keys);
+        crate::after_signature_check().await;
+        key.map(drop)
+    }
+
+    /// The issuer's clock leeway, in seconds.
+    pub(crate) fn leeway(&self) -> u64 {
+        self.leeway
+    }
+
     /// The key (`Found`) or keys (`Several`) to verify with.
     async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<Lookup, AuthnError> {
         let store =

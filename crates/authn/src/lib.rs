@@ -16,6 +16,7 @@ pub mod extract;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
+pub mod logout;
 pub mod mtls;
 
 use std::cell::RefCell;

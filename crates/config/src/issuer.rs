@@ -206,3 +206,21 @@ pub struct ConsumerConfig {
 fn default_api_key_header() -> String {
     "x-api-key".into()
 }
+
+/// OpenID Connect Back-Channel Logout 1.0: where identity providers post logout tokens, and
+/// the client ids the gateway has at them.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BackchannelLogoutConfig {
+    /// The path on the public listener (the client's `backchannel_logout_uri`), taken before
+    /// any route (default `/oidc/backchannel-logout`).
+    #[serde(default = "default_logout_path")]
+    pub path: String,
+    /// The gateway's client ids at the identity providers: a logout token's `aud` must name
+    /// one.
+    pub client_ids: Vec<String>,
+}
+
+fn default_logout_path() -> String {
+    "/oidc/backchannel-logout".into()
+}

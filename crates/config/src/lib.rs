@@ -35,7 +35,10 @@ pub use identity::{
     AudienceConfig, EncryptConfig, InternalTokenConfig, Listener, PropagateConfig, SigningKeysConfig,
     TokenClientConfig, TokenServiceConfig,
 };
-pub use issuer::{ApiKeysConfig, ClientAuthMethod, ConsumerConfig, IntrospectionConfig, IssuerConfig, KeyFetchConfig};
+pub use issuer::{
+    ApiKeysConfig, BackchannelLogoutConfig, ClientAuthMethod, ConsumerConfig, IntrospectionConfig, IssuerConfig,
+    KeyFetchConfig,
+};
 pub use limits::{
     BruteForceConfig, ConcurrencyConfig, FailMode, IpListEntry, IpRulesConfig, JsonLimitsConfig, KeyPart, LimitKey,
     LimitMode, PlanConfig, QuotaConfig, QuotaWindow, RateLimitConfig,
@@ -126,6 +129,10 @@ pub struct Config {
     /// the proxy's address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub brute_force: Option<BruteForceConfig>,
+    /// OpenID Connect Back-Channel Logout: identity providers post logout tokens, and the
+    /// sessions (or users) they name are revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backchannel_logout: Option<BackchannelLogoutConfig>,
 }
 
 impl Config {

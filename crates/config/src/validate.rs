@@ -254,6 +254,23 @@ fn state(config: &Config, out: &mut Vec<Invalid>) {
     if u.retention.get() > std::time::Duration::from_secs(800 * 86_400) {
         out.push(Invalid::new("usage.retention", "at most 800d"));
     }
+    if let Some(l) = &config.backchannel_logout {
+        if l.client_ids.is_empty() || l.client_ids.iter().any(String::is_empty) {
+            out.push(Invalid::new(
+                "backchannel_logout.client_ids",
+                "name the gateway's client ids at the identity providers",
+            ));
+        }
+        if !l.path.starts_with('/')
+            || l.path.contains(['?', '#', '%'])
+            || l.path.split('/').any(|s| s == "." || s == "..")
+        {
+            out.push(Invalid::new("backchannel_logout.path", "a plain absolute path, e.g. /oidc/backchannel-logout"));
+        }
+        if config.issuers.is_empty() {
+            out.push(Invalid::new("backchannel_logout", "needs `issuers`: their keys verify logout tokens"));
+        }
+    }
     if let Some(b) = &config.brute_force {
         if b.max_failures == 0 {
             out.push(Invalid::new("brute_force.max_failures", "at least 1"));

@@ -8,6 +8,7 @@
 
 mod echo;
 pub mod headers;
+mod logout;
 pub mod pipeline;
 pub mod router;
 pub mod runtime;

@@ -370,6 +370,11 @@ impl Runtime {
         self.meter.as_ref()
     }
 
+    /// The credential verifiers.
+    pub(crate) fn verifiers(&self) -> &portcullis_authn::Verifiers {
+        &self.verifiers
+    }
+
     /// The shared-state backend (readiness pings it).
     pub fn state(&self) -> Option<&portcullis_state::State> {
         self.verifiers.state()

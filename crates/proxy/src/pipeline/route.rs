@@ -16,6 +16,8 @@ use crate::runtime::{Route, Runtime};
 pub enum Destination<'r, 'p> {
     /// One of the gateway's own endpoints: its keys and its token service.
     Gateway(Endpoint),
+    /// The Back-Channel Logout endpoint.
+    Logout,
     /// A configured route.
     Route(Routed<'r, 'p, Arc<Route>>),
 }
@@ -33,6 +35,11 @@ pub fn route<'r, 'p>(
         && let Some(endpoint) = Endpoint::at(&normalized)
     {
         return Ok(Destination::Gateway(endpoint));
+    }
+    if let Some(logout) = &rt.config.config.backchannel_logout
+        && normalize(path, false).is_ok_and(|p| *p == *logout.path)
+    {
+        return Ok(Destination::Logout);
     }
     rt.router.route(&authority.host, path, method).map(Destination::Route).map_err(refused)
 }

@@ -1,0 +1,89 @@
+//! The Back-Channel Logout endpoint (OpenID Connect Back-Channel Logout 1.0 §2.5):
+//! `POST` a form with `logout_token`; a valid token, seen once, revokes its session (`sid`),
+//! or, without one, its user (`sub`), on every replica that shares the state. `200` when
+//! done; `400` for a token that is not valid (§2.8); `503` when the state cannot record it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use portcullis_core::Problem;
+use portcullis_http::body::{ClientBody, ResponseBody};
+use portcullis_state::revocations::{Kind, Revocation, now_ms};
+
+use crate::runtime::Runtime;
+
+/// How long a logout's revocation lasts: longer than the session's access tokens live.
+const REVOKED_FOR_MS: u64 = 86_400_000;
+
+/// How long a logout token's `jti` is remembered (its `iat` is refused when older).
+const SEEN_FOR: Duration = Duration::from_secs(900);
+
+/// Serves one request to the endpoint.
+pub async fn serve(
+    rt: &Runtime,
+    parts: &http::request::Parts,
+    body: ClientBody,
+) -> Result<Response<ResponseBody>, Problem> {
+    let Some(config) = rt.config.config.backchannel_logout.as_ref() else { return Err(Problem::no_route()) };
+    if parts.method != Method::POST {
+        return Err(Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "logout tokens are POSTed")
+            .header(ALLOW, HeaderValue::from_static("POST")));
+    }
+    let form = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    });
+    if !form {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send a form (application/x-www-form-urlencoded)",
+        ));
+    }
+    let body: Bytes = Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .map_err(|_| invalid("the body is not readable or is larger than 64 KiB"))?
+        .to_bytes();
+    let mut tokens = url::form_urlencoded::parse(&body).filter(|(k, _)| k == "logout_token").map(|(_, v)| v);
+    let token = match (tokens.next(), tokens.next()) {
+        (Some(t), None) => t.into_owned(),
+        _ => return Err(invalid("send exactly one logout_token")),
+    };
+    let logout = rt.verifiers().verify_logout(&token, &config.client_ids).await.map_err(|e| {
+        tracing::info!(reason = e.code(), "back-channel logout: a logout token was refused");
+        invalid("the logout token is not valid")
+    })?;
+    let state = rt.state().ok_or_else(unavailable)?;
+    let seen = [logout.issuer.as_bytes(), b"\n", logout.jti.as_bytes()].concat();
+    match state.insert_once("bcl-jti", &seen, SEEN_FOR).await {
+        Ok(true) => {}
+        Ok(false) => return Err(invalid("this logout token was used already")),
+        Err(_) => return Err(unavailable()),
+    }
+    let (kind, value) = match (&logout.sid, &logout.sub) {
+        (Some(sid), _) => (Kind::Sid, sid.clone()),
+        (None, Some(sub)) => (Kind::Sub, sub.clone()),
+        (None, None) => return Err(invalid("the logout token names neither a sub nor a sid")),
+    };
+    let now = now_ms();
+    state
+        .revoke(Revocation { kind, value, at_ms: now, expires_ms: now + REVOKED_FOR_MS })
+        .await
+        .map_err(|_| unavailable())?;
+    tracing::info!(kind = kind.as_str(), issuer = %logout.issuer, "back-channel logout: revoked");
+    let mut r = Response::new(ResponseBody::empty());
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+fn invalid(detail: &'static str) -> Problem {
+    Problem::bad_request("invalid_request", detail)
+}
+
+fn unavailable() -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", "the logout cannot be recorded now; try again")
+        .header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+}
