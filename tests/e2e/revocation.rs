@@ -189,3 +189,46 @@ async fn the_revoke_command_revokes_lists_and_undoes_through_the_gateway() {
     let (code, _, err) = crate::harness::run_cli(&["revoke", "--config", cfg, "--jti", "a", "--sub", "b"]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// A revocation reaches open connections: a WebSocket tunnel of the revoked subject is
+/// closed within a second; another subject's stays open.
+#[tokio::test]
+async fn a_revocation_closes_the_subjects_open_tunnels() {
+    use std::io::{Read, Write};
+    let (idp, _up, config) = setup("").await;
+    let gw = Gateway::start(&config);
+    let open = |token: String| {
+        let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET /orders/upgrade HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        s
+    };
+    let echo = |s: &mut std::net::TcpStream| {
+        s.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+    };
+    let mut gina = open(idp.token("ec", json!({"sub": "gina"})).await);
+    let mut hal = open(idp.token("ec", json!({"sub": "hal"})).await);
+    echo(&mut gina);
+    echo(&mut hal);
+    assert_eq!(admin(&gw, reqwest::Method::POST, "", Some(json!({"sub": "gina"}))).await.0, 201);
+    let revoked = Instant::now();
+    let mut rest = Vec::new();
+    let n = gina.read_to_end(&mut rest).expect("closed, not timed out");
+    assert_eq!(n, 0);
+    assert!(revoked.elapsed() < Duration::from_millis(1000), "closed after {:?}", revoked.elapsed());
+    echo(&mut hal);
+}

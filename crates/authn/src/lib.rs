@@ -168,6 +168,25 @@ impl Retained {
     }
 }
 
+/// What revokes `p` now, if anything; `Err` when the revocations cannot be read (a stale
+/// copy of a shared list), which callers treat as revoked (fail closed).
+pub fn revoked_by(state: &State, p: &Principal) -> Result<Option<portcullis_state::revocations::Kind>, ()> {
+    let revoked = state.revoked().map_err(drop)?;
+    if revoked.is_empty() {
+        return Ok(None);
+    }
+    let sid = || p.claims.as_ref()?.get("sid")?.as_str().map(str::to_string);
+    let who = portcullis_state::revocations::Subject {
+        jti: p.token_id.as_deref(),
+        sub: p.subject.as_deref(),
+        client_id: p.client_id.as_deref(),
+        sid: Some(&sid),
+        spiffe_id: p.spiffe_id.as_deref(),
+        issued_at: p.issued_at,
+    };
+    Ok(revoked.refuses(&who))
+}
+
 /// The credential verifiers of one config: its issuers, introspection, API keys and DPoP.
 /// Each route's [`RouteAuthenticator`] takes the ones it accepts from them.
 #[derive(Debug, Default)]
@@ -378,26 +397,15 @@ impl RouteAuthenticator {
     /// refuses (fail closed).
     fn not_revoked(&self, p: Arc<Principal>) -> Result<Arc<Principal>, AuthnError> {
         let Some(state) = &self.state else { return Ok(p) };
-        let revoked = state.revoked().map_err(|_| {
-            AuthnError::unavailable(REVOCATIONS_UNAVAILABLE, "revocations cannot be checked now; try again shortly")
-        })?;
-        if revoked.is_empty() {
-            return Ok(p);
-        }
-        let sid = || p.claims.as_ref()?.get("sid")?.as_str().map(str::to_string);
-        let who = portcullis_state::revocations::Subject {
-            jti: p.token_id.as_deref(),
-            sub: p.subject.as_deref(),
-            client_id: p.client_id.as_deref(),
-            sid: Some(&sid),
-            spiffe_id: p.spiffe_id.as_deref(),
-            issued_at: p.issued_at,
-        };
-        match revoked.refuses(&who) {
-            None => Ok(p),
-            Some(kind) => Err(AuthnError::invalid(
+        match revoked_by(state, &p) {
+            Ok(None) => Ok(p),
+            Ok(Some(kind)) => Err(AuthnError::invalid(
                 "credential_revoked",
                 format!("the credential has been revoked (by {})", kind.as_str()),
+            )),
+            Err(()) => Err(AuthnError::unavailable(
+                REVOCATIONS_UNAVAILABLE,
+                "revocations cannot be checked now; try again shortly",
             )),
         }
     }

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Relays bytes between `client` and `upstream` until one closes or the tunnel is idle for
-/// `idle`; then both are dropped (closed).
-pub async fn relay<C, U>(client: C, upstream: U, idle: Duration)
+/// Relays bytes between `client` and `upstream` until one closes, the tunnel is idle for
+/// `idle`, or `stop` completes (the caller's credential was revoked); then both are dropped
+/// (closed).
+pub async fn relay<C, U>(client: C, upstream: U, idle: Duration, stop: impl Future<Output = ()>)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -27,6 +28,7 @@ where
         () = clock.idle_for(idle) => {
             tracing::debug!(idle = ?idle, "closing an idle upgraded connection");
         }
+        () = stop => {}
     }
 }
 
@@ -107,7 +109,7 @@ mod tests {
     async fn an_idle_tunnel_closes_and_a_busy_one_stays() {
         let (client, mut client_peer) = tokio::io::duplex(1024);
         let (upstream, mut upstream_peer) = tokio::io::duplex(1024);
-        let relay = tokio::spawn(relay(client, upstream, Duration::from_secs(10)));
+        let relay = tokio::spawn(relay(client, upstream, Duration::from_secs(10), std::future::pending()));
         // Data every 6 s, either way, keeps it open past the idle time.
         for i in 0..4u8 {
             tokio::time::sleep(Duration::from_secs(6)).await;

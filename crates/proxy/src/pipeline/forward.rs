@@ -2,15 +2,17 @@
 //! and the response comes back; a `101` turns the exchange into a tunnel.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
-use portcullis_core::Problem;
+use portcullis_core::{Principal, Problem};
 use portcullis_http::body::{ClientBodyErrorKind, RequestBody, ResponseBody};
 use portcullis_http::client::{Added, Waits};
 use portcullis_http::server::OnUpgrade;
+use portcullis_state::State;
 use portcullis_telemetry::UpstreamErrorKind;
 
 use super::context::RequestCtx;
@@ -95,7 +97,8 @@ pub async fn forward(
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return switch_protocols(resp, upgrade, client_upgrade, route);
+        let watch = ctx.principal.clone().zip(rt.state().cloned());
+        return switch_protocols(resp, upgrade, client_upgrade, route, watch);
     }
 
     // The lean client never passes hop-by-hop response fields on; hyper's client does.
@@ -119,6 +122,7 @@ fn switch_protocols(
     upgrade: Option<HeaderValue>,
     client_upgrade: Option<OnUpgrade>,
     route: &Route,
+    watch: Option<(Arc<Principal>, State)>,
 ) -> Result<Response<ResponseBody>, Problem> {
     // The upstream must name what it switched to (RFC 9110 §7.8), and only to one of the
     // protocols the gateway passed on.
@@ -128,7 +132,7 @@ fn switch_protocols(
         && protocols(&chosen).all(|p| protocols(&offered).any(|o| o.eq_ignore_ascii_case(p)))
     {
         let upstream_io = hyper::upgrade::on(&mut resp);
-        tokio::spawn(relay_upgraded(client, upstream_io, route.tunnel_idle));
+        tokio::spawn(relay_upgraded(client, upstream_io, route.tunnel_idle, watch));
         let (mut p, _) = resp.into_parts();
         headers::strip_hop_by_hop_response(&mut p.headers);
         p.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -173,11 +177,40 @@ fn failed(route: &Route, failure: Failure) -> Problem {
     }
 }
 
-async fn relay_upgraded(client: OnUpgrade, upstream: hyper::upgrade::OnUpgrade, idle: Duration) {
+async fn relay_upgraded(
+    client: OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+    watch: Option<(Arc<Principal>, State)>,
+) {
     let (Some(client), Ok(upstream)) = (client.upgraded().await, upstream.await) else {
         return;
     };
-    portcullis_http::tunnel::relay(client, hyper_util::rt::TokioIo::new(upstream), idle).await;
+    portcullis_http::tunnel::relay(client, hyper_util::rt::TokioIo::new(upstream), idle, revoked(watch)).await;
+}
+
+/// Completes when the caller of a tunnel is revoked (or revocations can no longer be read:
+/// fail closed), looked at every 250 ms, so that a revocation closes open tunnels within a
+/// second; never for a public route's anonymous caller.
+async fn revoked(watch: Option<(Arc<Principal>, State)>) {
+    let Some((principal, state)) = watch.filter(|(p, _)| p.method != portcullis_core::AuthnMethod::None) else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        match portcullis_authn::revoked_by(&state, &principal) {
+            Ok(None) => {}
+            Ok(Some(kind)) => {
+                tracing::info!(by = kind.as_str(), "closing an upgraded connection: its credential was revoked");
+                return;
+            }
+            Err(()) => {
+                tracing::info!("closing an upgraded connection: revocations cannot be checked");
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
