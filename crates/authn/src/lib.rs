@@ -170,8 +170,11 @@ impl Retained {
 
 /// What revokes `p` now, if anything; `Err` when the revocations cannot be read (a stale
 /// copy of a shared list), which callers treat as revoked (fail closed).
-pub fn revoked_by(state: &State, p: &Principal) -> Result<Option<portcullis_state::revocations::Kind>, ()> {
-    let revoked = state.revoked().map_err(drop)?;
+pub fn revoked_by(
+    state: &State,
+    p: &Principal,
+) -> Result<Option<portcullis_state::revocations::Kind>, portcullis_state::StateError> {
+    let revoked = state.revoked()?;
     if revoked.is_empty() {
         return Ok(None);
     }
@@ -403,7 +406,7 @@ impl RouteAuthenticator {
                 "credential_revoked",
                 format!("the credential has been revoked (by {})", kind.as_str()),
             )),
-            Err(()) => Err(AuthnError::unavailable(
+            Err(_) => Err(AuthnError::unavailable(
                 REVOCATIONS_UNAVAILABLE,
                 "revocations cannot be checked now; try again shortly",
             )),

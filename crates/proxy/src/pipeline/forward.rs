@@ -205,7 +205,7 @@ async fn revoked(watch: Option<(Arc<Principal>, State)>) {
                 tracing::info!(by = kind.as_str(), "closing an upgraded connection: its credential was revoked");
                 return;
             }
-            Err(()) => {
+            Err(_) => {
                 tracing::info!("closing an upgraded connection: revocations cannot be checked");
                 return;
             }
