@@ -74,6 +74,9 @@ enum Command {
         /// A workload's SPIFFE ID.
         #[arg(long)]
         spiffe_id: Option<String>,
+        /// A token, by the base64url SHA-256 of it as sent (43 characters).
+        #[arg(long)]
+        token_sha256: Option<String>,
         /// How long the revocation lasts, in seconds (a day by default).
         #[arg(long)]
         expires_in: Option<u64>,
@@ -247,19 +250,27 @@ fn main() -> ExitCode {
             println!("{}", portcullis_authn::apikey::hash_key(&key));
             ExitCode::SUCCESS
         }
-        Command::Revoke { config, jti, sub, client_id, sid, spiffe_id, expires_in, undo, list } => {
+        Command::Revoke { config, jti, sub, client_id, sid, spiffe_id, token_sha256, expires_in, undo, list } => {
             use portcullis_gateway::revoke::{Command as Revoke, cli};
-            let named: Vec<(String, String)> =
-                [("jti", jti), ("sub", sub), ("client_id", client_id), ("sid", sid), ("spiffe_id", spiffe_id)]
-                    .into_iter()
-                    .filter_map(|(k, v)| Some((k.to_string(), v?)))
-                    .collect();
+            let named: Vec<(String, String)> = [
+                ("jti", jti),
+                ("sub", sub),
+                ("client_id", client_id),
+                ("sid", sid),
+                ("spiffe_id", spiffe_id),
+                ("token_sha256", token_sha256),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v?)))
+            .collect();
             let command = match (list, undo, &named[..]) {
                 (true, false, []) => Revoke::List,
                 (false, true, [(k, v)]) => Revoke::Undo(k.clone(), v.clone()),
                 (false, false, [(k, v)]) => Revoke::Revoke(k.clone(), v.clone(), expires_in),
                 _ => {
-                    eprintln!("portcullis: name one of --jti, --sub, --client-id, --sid, --spiffe-id (or give --list)");
+                    eprintln!(
+                        "portcullis: name one of --jti, --sub, --client-id, --sid, --spiffe-id, --token-sha256 (or give --list)"
+                    );
                     return ExitCode::from(2);
                 }
             };

@@ -173,12 +173,18 @@ impl Retained {
 pub fn revoked_by(
     state: &State,
     p: &Principal,
+    token: Option<&str>,
 ) -> Result<Option<portcullis_state::revocations::Kind>, portcullis_state::StateError> {
     let revoked = state.revoked()?;
     if revoked.is_empty() {
         return Ok(None);
     }
     let sid = || p.claims.as_ref()?.get("sid")?.as_str().map(str::to_string);
+    let token_sha256 = || {
+        use base64::Engine as _;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token?.as_bytes());
+        Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref()))
+    };
     let who = portcullis_state::revocations::Subject {
         jti: p.token_id.as_deref(),
         sub: p.subject.as_deref(),
@@ -186,6 +192,7 @@ pub fn revoked_by(
         sid: Some(&sid),
         spiffe_id: p.spiffe_id.as_deref(),
         issued_at: p.issued_at,
+        token_sha256: Some(&token_sha256),
     };
     Ok(revoked.refuses(&who))
 }
@@ -376,7 +383,7 @@ impl RouteAuthenticator {
         parts: &http::request::Parts,
         cx: &Context<'_>,
     ) -> Result<Arc<Principal>, Problem> {
-        match self.run(parts, cx).await.and_then(|p| self.not_revoked(p)) {
+        match self.run(parts, cx).await.and_then(|p| self.not_revoked(p, parts)) {
             Ok(p) => Ok(p),
             Err(e) => {
                 let dpop_request = matches!(
@@ -398,9 +405,15 @@ impl RouteAuthenticator {
     /// The principal, unless a revocation names its credential, subject, client, session or
     /// workload (every request, cached credentials included). A stale copy of a shared list
     /// refuses (fail closed).
-    fn not_revoked(&self, p: Arc<Principal>) -> Result<Arc<Principal>, AuthnError> {
+    fn not_revoked(&self, p: Arc<Principal>, parts: &http::request::Parts) -> Result<Arc<Principal>, AuthnError> {
         let Some(state) = &self.state else { return Ok(p) };
-        match revoked_by(state, &p) {
+        // The token as sent (`Bearer` or `DPoP`), for revocations by its hash.
+        let token = match extract::authorization(&parts.headers) {
+            Ok(extract::Authorization::Bearer(t)) => Some(t),
+            Ok(extract::Authorization::Other(scheme, t)) if scheme.eq_ignore_ascii_case("dpop") => Some(t),
+            _ => None,
+        };
+        match revoked_by(state, &p, token) {
             Ok(None) => Ok(p),
             Ok(Some(kind)) => Err(AuthnError::invalid(
                 "credential_revoked",

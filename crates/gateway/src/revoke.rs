@@ -1,5 +1,5 @@
 //! `/revocations` on the admin listener: `POST` a revocation (`{"jti": ...}`, `{"sub": ...}`,
-//! `{"client_id": ...}`, `{"sid": ...}` or `{"spiffe_id": ...}`, with `expires_in` seconds or
+//! `{"client_id": ...}`, `{"sid": ...}`, `{"spiffe_id": ...}` or `{"token_sha256": ...}`, with `expires_in` seconds or
 //! `expires_at`), `GET` the list, `DELETE ?sub=...` to undo one.
 
 use http::header::{CONTENT_TYPE, HeaderValue};
@@ -36,7 +36,9 @@ pub async fn serve(state: &State, req: Request<Incoming>) -> Result<Response<Res
             let query = req.uri().query().unwrap_or_default();
             let (kind, value) = url::form_urlencoded::parse(query.as_bytes())
                 .find_map(|(k, v)| Some((Kind::parse(&k)?, v.into_owned())))
-                .ok_or_else(|| bad("name what to undo: ?jti=, ?sub=, ?client_id=, ?sid= or ?spiffe_id="))?;
+                .ok_or_else(|| {
+                    bad("name what to undo: ?jti=, ?sub=, ?client_id=, ?sid=, ?spiffe_id= or ?token_sha256=")
+                })?;
             if state.unrevoke(kind, &value).await.map_err(unavailable)? {
                 Ok(json_response(StatusCode::OK, json!({"removed": true})))
             } else {
@@ -57,12 +59,16 @@ fn parse(body: &[u8]) -> Result<Revocation, Problem> {
     let mut named = Kind::ALL.into_iter().filter_map(|k| Some((k, obj.get(k.as_str())?)));
     let (kind, value) = match (named.next(), named.next()) {
         (Some(one), None) => one,
-        _ => return Err(bad("name exactly one of jti, sub, client_id, sid, spiffe_id")),
+        _ => return Err(bad("name exactly one of jti, sub, client_id, sid, spiffe_id, token_sha256")),
     };
     let value = value
         .as_str()
         .filter(|s| !s.is_empty() && s.len() <= 2048)
         .ok_or_else(|| bad("the value must be a non-empty string of at most 2048 bytes"))?;
+    let digest = |v: &str| v.len() == 43 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if kind == Kind::TokenSha256 && !digest(value) {
+        return Err(bad("token_sha256: the base64url SHA-256 of the token, without padding (43 characters)"));
+    }
     if let Some(unknown) =
         obj.keys().find(|k| Kind::parse(k).is_none() && !["expires_in", "expires_at"].contains(&k.as_str()))
     {

@@ -30,11 +30,14 @@ pub enum Kind {
     Sid,
     /// A workload, by its SPIFFE ID.
     SpiffeId,
+    /// A token, by the base64url SHA-256 of it as sent (for tokens without a `jti`, or
+    /// opaque ones).
+    TokenSha256,
 }
 
 impl Kind {
     /// Every kind, in the order the admin API lists them.
-    pub const ALL: [Kind; 5] = [Kind::Jti, Kind::Sub, Kind::ClientId, Kind::Sid, Kind::SpiffeId];
+    pub const ALL: [Kind; 6] = [Kind::Jti, Kind::Sub, Kind::ClientId, Kind::Sid, Kind::SpiffeId, Kind::TokenSha256];
 
     /// The name in the admin API.
     pub fn as_str(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Kind {
             Kind::ClientId => "client_id",
             Kind::Sid => "sid",
             Kind::SpiffeId => "spiffe_id",
+            Kind::TokenSha256 => "token_sha256",
         }
     }
 
@@ -80,6 +84,9 @@ pub struct Subject<'a> {
     pub sid: Option<&'a dyn Fn() -> Option<String>>,
     /// The SPIFFE ID.
     pub spiffe_id: Option<&'a str>,
+    /// The base64url SHA-256 of the token as sent, computed only when some token is revoked
+    /// so.
+    pub token_sha256: Option<&'a dyn Fn() -> Option<String>>,
     /// When the credential was issued (seconds since the epoch).
     pub issued_at: Option<u64>,
 }
@@ -88,7 +95,7 @@ pub struct Subject<'a> {
 /// epoch (looked up by `&str`, without an allocation).
 #[derive(Debug, Default)]
 pub struct Revoked {
-    by_kind: [HashMap<Box<str>, (u64, u64)>; 5],
+    by_kind: [HashMap<Box<str>, (u64, u64)>; 6],
 }
 
 impl Revoked {
@@ -121,7 +128,7 @@ impl Revoked {
             // new one (a new login): it passes. One that does not say when it was issued
             // does not.
             let refused = match kind {
-                Kind::Jti | Kind::SpiffeId => true,
+                Kind::Jti | Kind::SpiffeId | Kind::TokenSha256 => true,
                 _ => issued_ms.is_none_or(|iat| iat <= *at),
             };
             refused.then_some(kind)
@@ -134,6 +141,10 @@ impl Revoked {
             .or_else(|| {
                 let sid = has(Kind::Sid).then(|| who.sid.and_then(|f| f())).flatten();
                 hit(Kind::Sid, sid.as_deref())
+            })
+            .or_else(|| {
+                let hash = has(Kind::TokenSha256).then(|| who.token_sha256.and_then(|f| f())).flatten();
+                hit(Kind::TokenSha256, hash.as_deref())
             })
     }
 

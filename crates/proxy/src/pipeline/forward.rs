@@ -199,7 +199,7 @@ async fn revoked(watch: Option<(Arc<Principal>, State)>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        match portcullis_authn::revoked_by(&state, &principal) {
+        match portcullis_authn::revoked_by(&state, &principal, None) {
             Ok(None) => {}
             Ok(Some(kind)) => {
                 tracing::info!(by = kind.as_str(), "closing an upgraded connection: its credential was revoked");
