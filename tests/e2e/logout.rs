@@ -127,3 +127,84 @@ async fn logout_tokens_that_break_the_rules_are_refused() {
     let (head, _) = token.rsplit_once('.').unwrap();
     assert_eq!(post_logout(&gw, &format!("{head}.AAAA")).await.0, 400);
 }
+
+/// Shared Signals (RFC 8935 push of RFC 8417 SETs, minted here by PyJWT): CAEP
+/// `session-revoked` revokes the session, RISC `account-disabled` the user; an unknown
+/// event is taken and ignored; a SET seen before is taken without acting again; bad SETs
+/// get `400` with the RFC's `err` codes.
+#[tokio::test]
+async fn security_events_revoke_sessions_and_users() {
+    let (idp, up) = (Idp::start(), Upstream::start());
+    idp.key("ec", "ES256").await;
+    let gw = Gateway::start(&format!(
+        "{}shared_signals: {{ audiences: [\"https://gateway.example/ssf\"] }}\nroutes:\n  - id: orders\n    match: {{ path_prefix: /orders }}\n    upstream: {}\n    authenticate: [jwt]\n",
+        issuer_yaml(&idp, ""),
+        up.url()
+    ));
+    let set = |events: Value, jti: &str| json!({"iss": idp.url, "aud": "https://gateway.example/ssf", "iat": now(), "jti": jti, "events": events});
+    let push = |claims: Value, typ: &'static str| {
+        let idp = &idp;
+        let url = gw.url("/ssf/events");
+        async move {
+            let token = idp.mint(json!({"kid": "ec", "claims": claims, "header": {"typ": typ}})).await;
+            let r =
+                client().post(url).header("content-type", "application/secevent+jwt").body(token).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    let iat = now() - 5;
+    let s1 = idp.token("ec", json!({"sub": "jo", "sid": "s1", "iat": iat})).await;
+    let s2 = idp.token("ec", json!({"sub": "jo", "sid": "s2", "iat": iat})).await;
+    let kim = idp.token("ec", json!({"sub": "kim", "iat": iat})).await;
+    for t in [&s1, &s2, &kim] {
+        assert_eq!(get(&gw, t).await, 200);
+    }
+    let session_revoked = json!({"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {
+        "subject": {"format": "complex", "user": {"format": "iss_sub", "iss": idp.url, "sub": "jo"},
+                    "session": {"format": "opaque", "id": "s1"}},
+        "event_timestamp": now()}});
+    assert_eq!(push(set(session_revoked.clone(), "e1"), "secevent+jwt").await.0, 202);
+    assert_eq!((get(&gw, &s1).await, get(&gw, &s2).await), (401, 200));
+    // An unknown event: taken, nothing revoked.
+    let unknown = json!({"https://example.com/event/other": {"subject": {"format": "opaque", "id": "kim"}}});
+    assert_eq!(push(set(unknown, "e2"), "secevent+jwt").await.0, 202);
+    assert_eq!(get(&gw, &kim).await, 200);
+    assert!(gw.stderr().contains("https://example.com/event/other"), "the ignored event is logged");
+    // RISC account-disabled, the subject at the top level (`sub_id`).
+    let mut disabled = set(
+        json!({"https://schemas.openid.net/secevent/risc/event-type/account-disabled": {"reason": "hijacking"}}),
+        "e3",
+    );
+    disabled["sub_id"] = json!({"format": "iss_sub", "iss": idp.url, "sub": "kim"});
+    assert_eq!(push(disabled.clone(), "secevent+jwt").await.0, 202);
+    assert_eq!(get(&gw, &kim).await, 401);
+    // The same SET again: taken (the transmitter may not have seen the answer).
+    assert_eq!(push(disabled, "secevent+jwt").await.0, 202);
+    // Bad SETs: the RFC's error codes.
+    let mut wrong_aud = set(session_revoked.clone(), "e4");
+    wrong_aud["aud"] = json!("https://someone.else");
+    let mut foreign = set(session_revoked.clone(), "e5");
+    foreign["iss"] = json!("https://evil.example");
+    let mut no_events = set(session_revoked.clone(), "e6");
+    no_events.as_object_mut().unwrap().remove("events");
+    for (claims, typ, err) in [
+        (wrong_aud, "secevent+jwt", "invalid_audience"),
+        (foreign, "secevent+jwt", "invalid_issuer"),
+        (no_events, "secevent+jwt", "invalid_request"),
+        (set(session_revoked.clone(), "e7"), "at+jwt", "invalid_request"),
+    ] {
+        let (status, body) = push(claims, typ).await;
+        assert_eq!(status, 400, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["err"], err, "{body}");
+    }
+    let r = client()
+        .post(gw.url("/ssf/events"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -18,6 +18,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod logout;
 pub mod mtls;
+pub mod signals;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -31,50 +31,45 @@ pub struct Logout {
 }
 
 impl Verifiers {
-    /// Verifies a logout token meant for one of `client_ids`. `Err` says why it is refused.
-    pub async fn verify_logout(&self, token: &str, client_ids: &[String]) -> Result<Logout, AuthnError> {
+    /// Verifies a signed token by the keys of the configured issuer its `iss` names, with a
+    /// `typ` among `types` (or none), and returns that issuer and the claims. Members named
+    /// twice are refused before anything reads them.
+    pub(crate) async fn verify_event_token(
+        &self,
+        token: &str,
+        types: &[&str],
+    ) -> Result<(Arc<jwt::Issuer>, Value), AuthnError> {
         let bad = |code: &'static str, why: &'static str| AuthnError::invalid(code, why);
         let jws = Jws::parse(token, HeaderPolicy::default()).map_err(AuthnError::from)?;
-        // Explicitly typed (`logout+jwt`) or untyped; never an access or ID token's type.
         if let Some(typ) = jws.header.typ.as_deref()
-            && !["logout+jwt", "application/logout+jwt", "JWT"].iter().any(|t| t.eq_ignore_ascii_case(typ))
+            && !types.iter().any(|t| t.eq_ignore_ascii_case(typ))
         {
-            return Err(bad("typ_not_allowed", "not a logout token (typ)"));
+            return Err(bad("typ_not_allowed", "not a token of this kind (typ)"));
         }
-        // Members named twice are refused before anything reads them.
         portcullis_jose::claims::TokenClaims::parse(&jws.payload).map_err(jwt::claims_error)?;
         let claims: Value =
             serde_json::from_slice(&jws.payload).map_err(|_| bad("token_malformed", "the claims are not JSON"))?;
-        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_string);
-        let iss = text("iss").ok_or_else(|| bad("issuer_unknown", "the logout token has no issuer"))?;
+        let iss = claims.get("iss").and_then(Value::as_str).ok_or_else(|| bad("issuer_unknown", "no issuer"))?;
         let issuer = self
             .issuers
             .iter()
             .find(|i| *i.issuer == *iss)
-            .ok_or_else(|| bad("issuer_unknown", "the logout token's issuer is not trusted here"))?;
+            .cloned()
+            .ok_or_else(|| bad("issuer_unknown", "the issuer is not trusted here"))?;
         issuer.verify_signed(&jws).await?;
-        let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => client_ids.iter().any(|c| c == a),
-            Some(Value::Array(list)) => {
-                list.iter().filter_map(Value::as_str).any(|a| client_ids.iter().any(|c| c == a))
-            }
-            _ => false,
-        };
-        if !aud_ok {
+        Ok((issuer, claims))
+    }
+
+    /// Verifies a logout token meant for one of `client_ids`. `Err` says why it is refused.
+    pub async fn verify_logout(&self, token: &str, client_ids: &[String]) -> Result<Logout, AuthnError> {
+        let bad = |code: &'static str, why: &'static str| AuthnError::invalid(code, why);
+        // Explicitly typed (`logout+jwt`) or untyped; never an access or ID token's type.
+        let (issuer, claims) = self.verify_event_token(token, &["logout+jwt", "application/logout+jwt", "JWT"]).await?;
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_string);
+        if !audience_names(&claims, client_ids) {
             return Err(bad("aud_mismatch", "the logout token is not meant for this client (aud)"));
         }
-        let now = jwt::unix_now();
-        let leeway = issuer.leeway();
-        let iat = claims.get("iat").and_then(Value::as_u64).ok_or_else(|| bad("iat_missing", "no iat"))?;
-        if iat > now + leeway || iat + MAX_AGE_SECS + leeway < now {
-            return Err(bad("iat_out_of_range", "the logout token was not issued just now (iat)"));
-        }
-        if let Some(exp) = claims.get("exp") {
-            let exp = exp.as_u64().ok_or_else(|| bad("token_malformed", "exp is not a number"))?;
-            if now > exp + leeway {
-                return Err(bad("token_expired", "the logout token has expired"));
-            }
-        }
+        fresh(&claims, issuer.leeway(), MAX_AGE_SECS)?;
         let jti = text("jti").filter(|j| !j.is_empty()).ok_or_else(|| bad("jti_missing", "no jti"))?;
         match claims.get("events").and_then(|e| e.get(LOGOUT_EVENT)) {
             Some(Value::Object(_)) => {}
@@ -89,4 +84,31 @@ impl Verifiers {
         }
         Ok(Logout { issuer: issuer.issuer.clone(), sub, sid, jti })
     }
+}
+
+/// Whether the token's `aud` (a string or a list) names one of `audiences`.
+pub(crate) fn audience_names(claims: &Value, audiences: &[String]) -> bool {
+    match claims.get("aud") {
+        Some(Value::String(a)) => audiences.iter().any(|c| c == a),
+        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(|a| audiences.iter().any(|c| c == a)),
+        _ => false,
+    }
+}
+
+/// An event token's times: `iat` within the last `max_age` seconds (beyond `leeway`) and not
+/// in the future; `exp`, if any, not past.
+pub(crate) fn fresh(claims: &Value, leeway: u64, max_age: u64) -> Result<(), AuthnError> {
+    let bad = |code: &'static str, why: &'static str| AuthnError::invalid(code, why);
+    let now = jwt::unix_now();
+    let iat = claims.get("iat").and_then(Value::as_u64).ok_or_else(|| bad("iat_missing", "no iat"))?;
+    if iat > now + leeway || iat + max_age + leeway < now {
+        return Err(bad("iat_out_of_range", "the token was not issued just now (iat)"));
+    }
+    if let Some(exp) = claims.get("exp") {
+        let exp = exp.as_u64().ok_or_else(|| bad("token_malformed", "exp is not a number"))?;
+        if now > exp + leeway {
+            return Err(bad("token_expired", "the token has expired"));
+        }
+    }
+    Ok(())
 }

@@ -224,3 +224,20 @@ pub struct BackchannelLogoutConfig {
 fn default_logout_path() -> String {
     "/oidc/backchannel-logout".into()
 }
+
+/// A Shared Signals Framework receiver: where transmitters push Security Event Tokens
+/// (RFC 8935), and the audiences they address the gateway by.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SharedSignalsConfig {
+    /// The path on the public listener SETs are pushed to, taken before any route (default
+    /// `/ssf/events`).
+    #[serde(default = "default_signals_path")]
+    pub path: String,
+    /// The audiences (the receiver's ids at the transmitters): a SET's `aud` must name one.
+    pub audiences: Vec<String>,
+}
+
+fn default_signals_path() -> String {
+    "/ssf/events".into()
+}

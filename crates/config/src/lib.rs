@@ -37,7 +37,7 @@ pub use identity::{
 };
 pub use issuer::{
     ApiKeysConfig, BackchannelLogoutConfig, ClientAuthMethod, ConsumerConfig, IntrospectionConfig, IssuerConfig,
-    KeyFetchConfig,
+    KeyFetchConfig, SharedSignalsConfig,
 };
 pub use limits::{
     BruteForceConfig, ConcurrencyConfig, FailMode, IpListEntry, IpRulesConfig, JsonLimitsConfig, KeyPart, LimitKey,
@@ -133,6 +133,10 @@ pub struct Config {
     /// sessions (or users) they name are revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backchannel_logout: Option<BackchannelLogoutConfig>,
+    /// A Shared Signals receiver: transmitters push security events (CAEP, RISC), and the
+    /// sessions or users they name are revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_signals: Option<SharedSignalsConfig>,
 }
 
 impl Config {

@@ -271,6 +271,23 @@ fn state(config: &Config, out: &mut Vec<Invalid>) {
             out.push(Invalid::new("backchannel_logout", "needs `issuers`: their keys verify logout tokens"));
         }
     }
+    if let Some(sig) = &config.shared_signals {
+        if sig.audiences.is_empty() || sig.audiences.iter().any(String::is_empty) {
+            out.push(Invalid::new("shared_signals.audiences", "name the receiver's ids at the transmitters"));
+        }
+        if !sig.path.starts_with('/')
+            || sig.path.contains(['?', '#', '%'])
+            || sig.path.split('/').any(|s| s == "." || s == "..")
+        {
+            out.push(Invalid::new("shared_signals.path", "a plain absolute path, e.g. /ssf/events"));
+        }
+        if config.issuers.is_empty() {
+            out.push(Invalid::new("shared_signals", "needs `issuers`: the transmitters' keys verify their events"));
+        }
+        if config.backchannel_logout.as_ref().is_some_and(|l| l.path == sig.path) {
+            out.push(Invalid::new("shared_signals.path", "the same as `backchannel_logout.path`"));
+        }
+    }
     if let Some(b) = &config.brute_force {
         if b.max_failures == 0 {
             out.push(Invalid::new("brute_force.max_failures", "at least 1"));

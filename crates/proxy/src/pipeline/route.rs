@@ -18,6 +18,8 @@ pub enum Destination<'r, 'p> {
     Gateway(Endpoint),
     /// The Back-Channel Logout endpoint.
     Logout,
+    /// The Shared Signals receiver.
+    Signals,
     /// A configured route.
     Route(Routed<'r, 'p, Arc<Route>>),
 }
@@ -36,10 +38,16 @@ pub fn route<'r, 'p>(
     {
         return Ok(Destination::Gateway(endpoint));
     }
-    if let Some(logout) = &rt.config.config.backchannel_logout
-        && normalize(path, false).is_ok_and(|p| *p == *logout.path)
-    {
-        return Ok(Destination::Logout);
+    let c = &rt.config.config;
+    if c.backchannel_logout.is_some() || c.shared_signals.is_some() {
+        let normalized = normalize(path, false).ok();
+        let at = |p: &str| normalized.as_deref().is_some_and(|n| n == p);
+        if c.backchannel_logout.as_ref().is_some_and(|l| at(&l.path)) {
+            return Ok(Destination::Logout);
+        }
+        if c.shared_signals.as_ref().is_some_and(|s| at(&s.path)) {
+            return Ok(Destination::Signals);
+        }
     }
     rt.router.route(&authority.host, path, method).map(Destination::Route).map_err(refused)
 }
