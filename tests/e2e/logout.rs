@@ -14,13 +14,14 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
-async fn gateway(idp: &Idp, op: &AuthServer, up: &Upstream) -> Gateway {
+/// A gateway trusting both providers' keys, taking logout tokens from those in `allowed`.
+async fn gateway(idp: &Idp, op: &AuthServer, up: &Upstream, allowed: &str) -> Gateway {
     let op_issuer = format!(
         "  - id: op\n    issuer: {url}\n    jwks_uri: {url}/jwks\n    audiences: [orders-api]\n    algorithms: [RS256, ES256, EdDSA]\n",
         url = op.url
     );
     Gateway::start(&format!(
-        "{}backchannel_logout: {{ client_ids: [web] }}\nroutes:\n  - id: orders\n    match: {{ path_prefix: /orders }}\n    upstream: {}\n    authenticate: [jwt]\n",
+        "{}backchannel_logout: {{ client_ids: [web], issuers: [{allowed}] }}\nroutes:\n  - id: orders\n    match: {{ path_prefix: /orders }}\n    upstream: {}\n    authenticate: [jwt]\n",
         issuer_yaml(idp, &op_issuer),
         up.url()
     ))
@@ -40,7 +41,7 @@ async fn post_logout(gw: &Gateway, token: &str) -> (u16, String) {
 async fn a_session_ended_at_the_provider_is_refused_by_the_gateway() {
     let (idp, op, up) = (Idp::start(), AuthServer::start(), Upstream::start());
     idp.key("ec", "ES256").await;
-    let gw = gateway(&idp, &op, &up).await;
+    let gw = gateway(&idp, &op, &up, "op").await;
     let iat = now() - 5;
     let ended = idp.token("ec", json!({"sub": "alice", "sid": "session-1", "iat": iat})).await;
     let other = idp.token("ec", json!({"sub": "alice", "sid": "session-2", "iat": iat})).await;
@@ -59,16 +60,22 @@ async fn a_session_ended_at_the_provider_is_refused_by_the_gateway() {
     assert_eq!(told["status"], 200, "{told}\n{}", gw.stderr());
     assert_eq!(get(&gw, &ended).await, 401);
     assert_eq!(get(&gw, &other).await, 200, "another session of the user goes on");
+
+    // A logout token from a trusted issuer that is not among those taken: refused.
+    let event = json!({"http://schemas.openid.net/event/backchannel-logout": {}});
+    let claims = json!({"iss": idp.url, "aud": "web", "iat": now(), "exp": now() + 60, "jti": "j", "events": event, "sid": "session-2"});
+    let token = idp.mint(json!({"kid": "ec", "claims": claims, "header": {"typ": "logout+jwt"}})).await;
+    assert_eq!(post_logout(&gw, &token).await.0, 400);
+    assert_eq!(get(&gw, &other).await, 200);
 }
 
 #[tokio::test]
 async fn logout_tokens_that_break_the_rules_are_refused() {
     let (idp, op, up) = (Idp::start(), AuthServer::start(), Upstream::start());
     idp.key("ec", "ES256").await;
-    let gw = gateway(&idp, &op, &up).await;
+    let gw = gateway(&idp, &op, &up, "idp").await;
     let event = json!({"http://schemas.openid.net/event/backchannel-logout": {}});
-    let good =
-        |jti: &str| json!({"iss": idp.url, "aud": "web", "iat": now(), "jti": jti, "events": event, "sid": "s-9"});
+    let good = |jti: &str| json!({"iss": idp.url, "aud": "web", "iat": now(), "exp": now() + 120, "jti": jti, "events": event, "sid": "s-9"});
     let mint = |claims: Value, typ: &str| {
         let idp = &idp;
         let typ = typ.to_string();
@@ -95,6 +102,14 @@ async fn logout_tokens_that_break_the_rules_are_refused() {
             }),
             "logout+jwt",
         ),
+        (
+            "no exp",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+            "logout+jwt",
+        ),
+        ("an exp past", with(&|c| c["exp"] = json!(now() - 600)), "logout+jwt"),
         (
             "neither sub nor sid",
             with(&|c| {
@@ -137,7 +152,7 @@ async fn security_events_revoke_sessions_and_users() {
     let (idp, up) = (Idp::start(), Upstream::start());
     idp.key("ec", "ES256").await;
     let gw = Gateway::start(&format!(
-        "{}shared_signals: {{ audiences: [\"https://gateway.example/ssf\"] }}\nroutes:\n  - id: orders\n    match: {{ path_prefix: /orders }}\n    upstream: {}\n    authenticate: [jwt]\n",
+        "{}shared_signals: {{ audiences: [\"https://gateway.example/ssf\"], issuers: [idp] }}\nroutes:\n  - id: orders\n    match: {{ path_prefix: /orders }}\n    upstream: {}\n    authenticate: [jwt]\n",
         issuer_yaml(&idp, ""),
         up.url()
     ));

@@ -260,3 +260,20 @@ async fn a_token_is_revoked_by_its_hash() {
     // Not a SHA-256: refused.
     assert_eq!(admin(&gw, reqwest::Method::POST, "", Some(json!({"token_sha256": "abc"}))).await.0, 400);
 }
+
+/// Revocations kept under the keys of earlier versions (`<prefix>revocations`) are moved to
+/// the current ones on start: an upgrade keeps them in force.
+#[tokio::test]
+async fn revocations_under_the_earlier_keys_are_kept() {
+    let redis = Redis::start(&[]);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let times = format!("{} {}", now_ms, now_ms + 3_600_000);
+    redis.command(&["HSET", "portcullis:revocations", "sub\nzed", &times]);
+    redis.command(&["SET", "portcullis:revocations:version", "1"]);
+    let (idp, _up, config) = setup(&format!("state:\n  backend: redis\n  redis_url: {}\n", redis.url())).await;
+    let gw = Gateway::start(&config);
+    let token = idp.token("ec", json!({"sub": "zed", "iat": now_ms / 1000 - 60})).await;
+    assert_eq!(get(&gw, &token).await.status(), 401);
+    let fields = redis.command(&["HKEYS", "portcullis:{revocations}"]);
+    assert!(fields.contains("sub\nzed"), "{fields:?}");
+}

@@ -281,6 +281,8 @@ async fn redis_credentials_from_config_secrets() {
         "+expire",
         "+publish",
         "+subscribe",
+        "+del",
+        "+renamenx",
         "--user",
         "default",
         "off",

@@ -28,6 +28,8 @@ pub struct Logout {
     pub sid: Option<String>,
     /// The token's id (for its replay check).
     pub jti: String,
+    /// How long its `jti` must be remembered: as long as its `iat` would be taken.
+    pub remember_secs: u64,
 }
 
 impl Verifiers {
@@ -38,6 +40,7 @@ impl Verifiers {
         &self,
         token: &str,
         types: &[&str],
+        issuers: &[String],
     ) -> Result<(Arc<jwt::Issuer>, Value), AuthnError> {
         let bad = |code: &'static str, why: &'static str| AuthnError::invalid(code, why);
         let jws = Jws::parse(token, HeaderPolicy::default()).map_err(AuthnError::from)?;
@@ -53,23 +56,34 @@ impl Verifiers {
         let issuer = self
             .issuers
             .iter()
-            .find(|i| *i.issuer == *iss)
+            .find(|i| *i.issuer == *iss && issuers.iter().any(|id| **id == *i.id))
             .cloned()
             .ok_or_else(|| bad("issuer_unknown", "the issuer is not trusted here"))?;
         issuer.verify_signed(&jws).await?;
         Ok((issuer, claims))
     }
 
-    /// Verifies a logout token meant for one of `client_ids`. `Err` says why it is refused.
-    pub async fn verify_logout(&self, token: &str, client_ids: &[String]) -> Result<Logout, AuthnError> {
+    /// Verifies a logout token meant for one of `client_ids`, from one of `issuers` (ids).
+    /// `Err` says why it is refused.
+    pub async fn verify_logout(
+        &self,
+        token: &str,
+        client_ids: &[String],
+        issuers: &[String],
+    ) -> Result<Logout, AuthnError> {
         let bad = |code: &'static str, why: &'static str| AuthnError::invalid(code, why);
         // Explicitly typed (`logout+jwt`) or untyped; never an access or ID token's type.
-        let (issuer, claims) = self.verify_event_token(token, &["logout+jwt", "application/logout+jwt", "JWT"]).await?;
+        let (issuer, claims) =
+            self.verify_event_token(token, &["logout+jwt", "application/logout+jwt", "JWT"], issuers).await?;
         let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_string);
         if !audience_names(&claims, client_ids) {
             return Err(bad("aud_mismatch", "the logout token is not meant for this client (aud)"));
         }
         fresh(&claims, issuer.leeway(), MAX_AGE_SECS)?;
+        // Required by the final text of the spec (§2.4).
+        if claims.get("exp").is_none() {
+            return Err(bad("exp_missing", "the logout token has no exp"));
+        }
         let jti = text("jti").filter(|j| !j.is_empty()).ok_or_else(|| bad("jti_missing", "no jti"))?;
         match claims.get("events").and_then(|e| e.get(LOGOUT_EVENT)) {
             Some(Value::Object(_)) => {}
@@ -82,7 +96,8 @@ impl Verifiers {
         if sub.is_none() && sid.is_none() {
             return Err(bad("subject_missing", "the logout token names neither a sub nor a sid"));
         }
-        Ok(Logout { issuer: issuer.issuer.clone(), sub, sid, jti })
+        let remember_secs = MAX_AGE_SECS + 2 * issuer.leeway() + 60;
+        Ok(Logout { issuer: issuer.issuer.clone(), sub, sid, jti, remember_secs })
     }
 }
 

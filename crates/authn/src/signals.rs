@@ -41,12 +41,17 @@ pub struct Signal {
 }
 
 impl Verifiers {
-    /// Verifies a SET meant for one of `audiences`: signed by a configured issuer, typed
+    /// Verifies a SET meant for one of `audiences`: signed by one of `issuers` (ids), typed
     /// `secevent+jwt` (or untyped), with `iat` (within a day), `jti` and an `events` object.
-    pub async fn verify_set(&self, token: &str, audiences: &[String]) -> Result<Signal, AuthnError> {
+    pub async fn verify_set(
+        &self,
+        token: &str,
+        audiences: &[String],
+        issuers: &[String],
+    ) -> Result<Signal, AuthnError> {
         let bad = |code: &'static str, why: &'static str| AuthnError::invalid(code, why);
         let (issuer, claims) =
-            self.verify_event_token(token, &["secevent+jwt", "application/secevent+jwt", "JWT"]).await?;
+            self.verify_event_token(token, &["secevent+jwt", "application/secevent+jwt", "JWT"], issuers).await?;
         if !audience_names(&claims, audiences) {
             return Err(bad("aud_mismatch", "the SET is not meant for this receiver (aud)"));
         }

@@ -219,6 +219,10 @@ pub struct BackchannelLogoutConfig {
     /// The gateway's client ids at the identity providers: a logout token's `aud` must name
     /// one.
     pub client_ids: Vec<String>,
+    /// The ids (in `issuers`) of the identity providers whose logout tokens are taken. A
+    /// logout revokes a session or a user whatever issued its credentials: name only
+    /// providers whose users are the ones the gateway knows by those names.
+    pub issuers: Vec<String>,
 }
 
 fn default_logout_path() -> String {
@@ -236,6 +240,9 @@ pub struct SharedSignalsConfig {
     pub path: String,
     /// The audiences (the receiver's ids at the transmitters): a SET's `aud` must name one.
     pub audiences: Vec<String>,
+    /// The ids (in `issuers`) of the transmitters whose events are taken (see
+    /// `backchannel_logout.issuers`).
+    pub issuers: Vec<String>,
 }
 
 fn default_signals_path() -> String {

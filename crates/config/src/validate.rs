@@ -68,6 +68,12 @@ fn limits(config: &Config, out: &mut Vec<Invalid>) {
             if l.limit == 0 {
                 out.push(Invalid::new(at(j, "limit"), "must be at least 1"));
             }
+            if l.mode == crate::LimitMode::Approximate && l.on_error == crate::FailMode::Closed {
+                out.push(Invalid::new(
+                    at(j, "on_error"),
+                    "an approximate limit goes on with local counts when Redis is down: `closed` would never apply; use `mode: exact`",
+                ));
+            }
             let per = l.per.get();
             if per < std::time::Duration::from_millis(1) {
                 out.push(Invalid::new(at(j, "per"), "must be at least 1ms"));
@@ -177,6 +183,18 @@ fn limits(config: &Config, out: &mut Vec<Invalid>) {
     }
 }
 
+/// The issuers an event receiver takes tokens from: at least one, each one of `issuers`.
+fn receivers_issuers(config: &Config, ids: &[String], at: &str, out: &mut Vec<Invalid>) {
+    if ids.is_empty() {
+        out.push(Invalid::new(at, "name the ids (in `issuers`) whose tokens are taken"));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if !config.issuers.iter().any(|c| c.id == *id) {
+            out.push(Invalid::new(format!("{at}[{i}]"), format!("no issuer `{id}` in `issuers`")));
+        }
+    }
+}
+
 fn state(config: &Config, out: &mut Vec<Invalid>) {
     let s = &config.state;
     let r = &s.redis;
@@ -267,9 +285,7 @@ fn state(config: &Config, out: &mut Vec<Invalid>) {
         {
             out.push(Invalid::new("backchannel_logout.path", "a plain absolute path, e.g. /oidc/backchannel-logout"));
         }
-        if config.issuers.is_empty() {
-            out.push(Invalid::new("backchannel_logout", "needs `issuers`: their keys verify logout tokens"));
-        }
+        receivers_issuers(config, &l.issuers, "backchannel_logout.issuers", out);
     }
     if let Some(sig) = &config.shared_signals {
         if sig.audiences.is_empty() || sig.audiences.iter().any(String::is_empty) {
@@ -281,9 +297,7 @@ fn state(config: &Config, out: &mut Vec<Invalid>) {
         {
             out.push(Invalid::new("shared_signals.path", "a plain absolute path, e.g. /ssf/events"));
         }
-        if config.issuers.is_empty() {
-            out.push(Invalid::new("shared_signals", "needs `issuers`: the transmitters' keys verify their events"));
-        }
+        receivers_issuers(config, &sig.issuers, "shared_signals.issuers", out);
         if config.backchannel_logout.as_ref().is_some_and(|l| l.path == sig.path) {
             out.push(Invalid::new("shared_signals.path", "the same as `backchannel_logout.path`"));
         }
@@ -613,9 +627,10 @@ fn routes(config: &Config, out: &mut Vec<Invalid>) {
 }
 
 fn has_identity_rules(a: &crate::AuthorizeConfig) -> bool {
-    [&a.scopes, &a.any_scopes, &a.roles, &a.groups, &a.subjects, &a.clients, &a.spiffe_ids]
+    [&a.scopes, &a.any_scopes, &a.roles, &a.groups, &a.subjects, &a.clients, &a.spiffe_ids, &a.acr_values]
         .iter()
         .any(|l| !l.is_empty())
+        || a.max_age.is_some()
 }
 
 /// `spiffe://<trust domain>/<path>`, where a path segment may be `*` and the last may be `**`.
@@ -675,6 +690,17 @@ fn authorization(config: &Config, out: &mut Vec<Invalid>) {
         }
         if a.action.as_deref().is_some_and(str::is_empty) {
             out.push(Invalid::new(format!("routes[{i}].authorize.action"), "must not be empty"));
+        }
+        for (j, acr) in a.acr_values.iter().enumerate() {
+            if acr.is_empty() || !acr.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+                out.push(Invalid::new(
+                    format!("routes[{i}].authorize.acr_values[{j}]"),
+                    "a class name of printable characters, without spaces or quotes",
+                ));
+            }
+        }
+        if a.max_age.is_some_and(|m| m.get() < std::time::Duration::from_secs(1)) {
+            out.push(Invalid::new(format!("routes[{i}].authorize.max_age"), "at least 1s"));
         }
     }
 }

@@ -265,7 +265,8 @@ fn time(text: &str, up: bool) -> Result<u64, String> {
 /// leading `'` (OWASP's advice against CSV injection): consumer names come from callers.
 fn csv_field(out: &mut String, v: &str, guard: bool) {
     let formula = guard && v.starts_with(['=', '+', '-', '@', '\t', '\r']) && v != "-";
-    let quote = formula || v.contains([',', '"', '\r', '\n']);
+    // `;` too: spreadsheets set to it as the separator would split the field there.
+    let quote = formula || v.contains([',', ';', '"', '\r', '\n']);
     if quote {
         out.push('"');
     }

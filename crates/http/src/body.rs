@@ -203,12 +203,19 @@ pub struct Counted<B> {
     inner: B,
     bytes: u64,
     report: Option<CountReport>,
+    /// Kept current as bytes pass, for a reader that cannot wait for the end.
+    live: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl<B> Counted<B> {
     /// Counts `inner`'s bytes for `report`.
     pub fn new(inner: B, report: CountReport) -> Self {
-        Counted { inner, bytes: 0, report: Some(report) }
+        Counted { inner, bytes: 0, report: Some(report), live: None }
+    }
+
+    /// Counts `inner`'s bytes into `tally` as they pass.
+    pub fn live(inner: B, tally: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Counted { inner, bytes: 0, report: None, live: Some(tally) }
     }
 
     /// The body counted.
@@ -234,6 +241,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
             && let Some(data) = frame.data_ref()
         {
             this.bytes += data.len() as u64;
+            if let Some(t) = &this.live {
+                t.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         polled
     }

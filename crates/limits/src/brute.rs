@@ -22,7 +22,7 @@ use portcullis_state::admit::{Check, Rule};
 /// The state namespace of failure counts.
 const NS: &str = "bf";
 
-/// Blocked addresses held at most: past it, the oldest blocks are forgotten first.
+/// Blocked addresses held at most (a sweep of lapsed blocks makes room).
 const MAX_BLOCKED: usize = 100_000;
 
 /// A config's brute-force blocking.
@@ -90,13 +90,12 @@ impl BruteForce {
         let mut map = blocked().lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_BLOCKED {
             map.retain(|_, until| *until > now);
-            if map.len() >= MAX_BLOCKED
-                && let Some(oldest) = map.iter().min_by_key(|(_, until)| **until).map(|(a, _)| *a)
-            {
-                map.remove(&oldest);
-            }
         }
-        map.insert(addr, now + self.block_for);
+        // Full of live blocks: none is lifted early; this address is still refused at each
+        // failure by its shared count.
+        if map.len() < MAX_BLOCKED || map.contains_key(&addr) {
+            map.insert(addr, now + self.block_for);
+        }
     }
 }
 

@@ -25,9 +25,6 @@ use crate::runtime::Runtime;
 /// How long a logout's revocation lasts: longer than the session's access tokens live.
 const REVOKED_FOR_MS: u64 = 86_400_000;
 
-/// How long a logout token's `jti` is remembered (its `iat` is refused when older).
-const SEEN_FOR: Duration = Duration::from_secs(900);
-
 /// Serves one request to the endpoint.
 pub async fn serve(
     rt: &Runtime,
@@ -59,13 +56,13 @@ pub async fn serve(
         (Some(t), None) => t.into_owned(),
         _ => return Err(invalid("send exactly one logout_token")),
     };
-    let logout = rt.verifiers().verify_logout(&token, &config.client_ids).await.map_err(|e| {
+    let logout = rt.verifiers().verify_logout(&token, &config.client_ids, &config.issuers).await.map_err(|e| {
         tracing::info!(reason = e.code(), "back-channel logout: a logout token was refused");
         invalid("the logout token is not valid")
     })?;
     let state = rt.state().ok_or_else(unavailable)?;
     let seen = [logout.issuer.as_bytes(), b"\n", logout.jti.as_bytes()].concat();
-    match state.insert_once("bcl-jti", &seen, SEEN_FOR).await {
+    match state.insert_once("bcl-jti", &seen, Duration::from_secs(logout.remember_secs)).await {
         Ok(true) => {}
         Ok(false) => return Err(invalid("this logout token was used already")),
         Err(_) => return Err(unavailable()),
@@ -76,10 +73,11 @@ pub async fn serve(
         (None, None) => return Err(invalid("the logout token names neither a sub nor a sid")),
     };
     let now = now_ms();
-    state
-        .revoke(Revocation { kind, value, at_ms: now, expires_ms: now + REVOKED_FOR_MS })
-        .await
-        .map_err(|_| unavailable())?;
+    if state.revoke(Revocation { kind, value, at_ms: now, expires_ms: now + REVOKED_FOR_MS }).await.is_err() {
+        // Not done: the provider may send the token again, and it must then be taken.
+        let _ = state.forget("bcl-jti", &seen).await;
+        return Err(unavailable());
+    }
     tracing::info!(kind = kind.as_str(), issuer = %logout.issuer, "back-channel logout: revoked");
     let mut r = Response::new(ResponseBody::empty());
     r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -116,7 +114,7 @@ pub async fn signals(
         return Ok(set_error("invalid_request", "the body is not readable or is larger than 64 KiB"));
     };
     let Ok(token) = std::str::from_utf8(&body) else { return Ok(set_error("invalid_request", "the SET is not text")) };
-    let signal = match rt.verifiers().verify_set(token.trim(), &config.audiences).await {
+    let signal = match rt.verifiers().verify_set(token.trim(), &config.audiences, &config.issuers).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(reason = e.code(), "shared signals: a security event token was refused");
@@ -146,10 +144,11 @@ pub async fn signals(
             portcullis_authn::signals::Action::RevokeSub(sub) => (Kind::Sub, sub.clone()),
             portcullis_authn::signals::Action::RevokeSid(sid) => (Kind::Sid, sid.clone()),
         };
-        state
-            .revoke(Revocation { kind, value, at_ms: now, expires_ms: now + REVOKED_FOR_MS })
-            .await
-            .map_err(|_| unavailable())?;
+        if state.revoke(Revocation { kind, value, at_ms: now, expires_ms: now + REVOKED_FOR_MS }).await.is_err() {
+            // Not all done: the transmitter delivers the SET again, and it must then be taken.
+            let _ = state.forget("ssf-jti", &seen).await;
+            return Err(unavailable());
+        }
         tracing::info!(kind = kind.as_str(), issuer = %signal.issuer, "shared signals: revoked");
     }
     Ok(accepted())

@@ -72,6 +72,15 @@ impl State {
         }
     }
 
+    /// Forgets what [`State::insert_once`] recorded under `key` (an action it marked as
+    /// done that then failed, so that it may be tried again).
+    pub async fn forget(&self, ns: &str, key: &[u8]) -> Result<(), StateError> {
+        match self {
+            State::Memory(m) => m.forget(ns, key),
+            State::Redis(r) => r.forget(ns, key).await,
+        }
+    }
+
     /// Counts a request against rate-limit buckets and quota windows (see [`admit`]),
     /// atomically: it is admitted only if every key admits it, and then counted by all of
     /// them. Of N concurrent checks against a key with room for M < N, exactly M are

@@ -56,13 +56,24 @@ impl Memory {
         self.buckets.check(ns, checks, now)
     }
 
-    /// See [`crate::State::insert_once`].
-    pub fn insert_once(&self, ns: &str, key: &[u8], ttl: Duration) -> Result<bool, StateError> {
+    fn digest(ns: &str, key: &[u8]) -> Result<[u8; 32], StateError> {
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         ctx.update(&(ns.len() as u64).to_be_bytes());
         ctx.update(ns.as_bytes());
         ctx.update(key);
-        let digest: [u8; 32] = ctx.finish().as_ref().try_into().map_err(|_| StateError::Full)?;
+        ctx.finish().as_ref().try_into().map_err(|_| StateError::Full)
+    }
+
+    /// See [`crate::State::forget`].
+    pub fn forget(&self, ns: &str, key: &[u8]) -> Result<(), StateError> {
+        let digest = Self::digest(ns, key)?;
+        self.shards[digest[0] as usize % SHARDS].lock().unwrap_or_else(|e| e.into_inner()).entries.remove(&digest);
+        Ok(())
+    }
+
+    /// See [`crate::State::insert_once`].
+    pub fn insert_once(&self, ns: &str, key: &[u8], ttl: Duration) -> Result<bool, StateError> {
+        let digest = Self::digest(ns, key)?;
         let now = self.epoch.elapsed().as_millis() as u64;
         let until = now.saturating_add(ttl.as_millis() as u64);
         let shard = &self.shards[digest[0] as usize % SHARDS];

@@ -421,6 +421,11 @@ impl Redis {
         }
     }
 
+    /// See [`crate::State::forget`]: `DEL`.
+    pub async fn forget(&self, ns: &str, key: &[u8]) -> Result<(), StateError> {
+        self.run(redis::cmd("DEL").arg(self.key(ns, key))).await.map(drop)
+    }
+
     /// See [`crate::State::admit`]: one script call, whatever the number of keys. On a
     /// Redis Cluster, keys on several slots are counted slot by slot: a refusal on one gives
     /// back what the others counted.
@@ -435,6 +440,19 @@ impl Redis {
     /// others in Redis; counted by all only if all admit.
     async fn admit_synced(&self, ns: &str, checks: &[Check<'_>]) -> Result<Checked, StateError> {
         let keys: Vec<Vec<u8>> = checks.iter().map(|c| self.key(ns, c.key)).collect();
+        if !self.synced.has_room(checks, &keys) {
+            // No room for another local bucket: counted in Redis, exactly.
+            let exact: Vec<Check<'_>> = checks
+                .iter()
+                .map(|c| match c.rule {
+                    Rule::Synced { interval_us, capacity_us } => {
+                        Check { key: c.key, rule: Rule::Gcra { interval_us, capacity_us } }
+                    }
+                    _ => *c,
+                })
+                .collect();
+            return self.admit_exact(ns, &exact).await;
+        }
         let mut values = self.synced.peek(checks, &keys);
         let local = |c: &Check<'_>| matches!(c.rule, Rule::Synced { .. });
         if !checks.iter().zip(&values).all(|(c, v)| !local(c) || crate::admit::admits(c.rule, *v)) {
@@ -707,6 +725,9 @@ return n
         self.listen_for_revocations();
         let store = Arc::downgrade(self);
         tokio::spawn(async move {
+            if let Some(redis) = store.upgrade() {
+                redis.migrate_revocations().await;
+            }
             let mut seen: Option<i64> = None;
             let mut last_full: Option<Instant> = None;
             let mut complained = false;
@@ -729,6 +750,24 @@ return n
                 let _ = tokio::time::timeout(revocations::POLL, changed.notified()).await;
             }
         });
+    }
+
+    /// Moves a revocation list kept under the keys of earlier versions (`<prefix>revocations`,
+    /// without the hash tag) to the current ones, unless those exist: an upgrade keeps the
+    /// revocations in force. Not on a cluster (the two keys may live on different slots), which
+    /// earlier versions did not support.
+    async fn migrate_revocations(&self) {
+        if matches!(self.reach, Reach::Cluster(_)) {
+            return;
+        }
+        let (list, version) = self.revocation_keys();
+        for (old, new) in
+            [(format!("{}revocations", self.prefix), list), (format!("{}revocations:version", self.prefix), version)]
+        {
+            if let Ok(redis::Value::Int(1)) = self.background(redis::cmd("RENAMENX").arg(&old).arg(&new)).await {
+                tracing::info!(from = %old, to = %new, "shared state: the revocation list moved to its current key");
+            }
+        }
     }
 
     /// One poll: the version, and the list when it moved (or was not read for a while).

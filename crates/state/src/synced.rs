@@ -19,6 +19,10 @@ use crate::admit::{Check, Rule};
 
 const SHARDS: usize = 16;
 
+/// Local buckets held at most, per shard (a million in all): past it, requests for new keys
+/// are counted in Redis directly, as in exact mode.
+const PER_SHARD: usize = 1 << 16;
+
 /// A bucket untouched for this long (µs) and fully synced is forgotten: the next request
 /// for its key starts from what the next sync says.
 const IDLE_US: u64 = 2_000_000;
@@ -55,7 +59,12 @@ pub(crate) struct Outgoing {
 
 impl Synced {
     pub(crate) fn new() -> Synced {
-        let seed = |i: u64| foldhash::fast::FixedState::with_seed(0x5eed_0000 ^ i ^ (std::process::id() as u64));
+        let seed = |i: u64| {
+            let mut b = [0u8; 8];
+            // The system's generator does not fail on Linux; the ids stay distinct either way.
+            let _ = aws_lc_rs::rand::fill(&mut b);
+            foldhash::fast::FixedState::with_seed(u64::from_le_bytes(b) ^ i)
+        };
         Synced {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             seeds: [seed(1), seed(2)],
@@ -93,6 +102,15 @@ impl Synced {
                 _ => 0,
             })
             .collect()
+    }
+
+    /// Whether every `Rule::Synced` key of `checks` has a bucket here or room for one.
+    pub(crate) fn has_room(&self, checks: &[Check<'_>], keys: &[Vec<u8>]) -> bool {
+        checks.iter().zip(keys).filter(|(c, _)| matches!(c.rule, Rule::Synced { .. })).all(|(_, key)| {
+            let id = self.id(key);
+            let shard = self.shard(id);
+            shard.len() < PER_SHARD || shard.contains_key(&id)
+        })
     }
 
     /// Counts a request admitted by the `Rule::Synced` checks of `checks`.

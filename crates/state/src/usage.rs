@@ -144,6 +144,8 @@ impl std::fmt::Debug for Meter {
 #[derive(Default)]
 struct Local {
     totals: HashMap<Series, Counts>,
+    /// Series by hour, to hold each hour to its share of `max_series`.
+    per_hour: HashMap<u64, usize>,
     journal: Option<Journal>,
     /// The hour before which series were last dropped.
     pruned: u64,
@@ -178,6 +180,9 @@ impl Meter {
         let mut local = Local { journal, ..Local::default() };
         if let Some(j) = &mut local.journal {
             local.totals = std::mem::take(&mut j.loaded);
+        }
+        for s in local.totals.keys() {
+            *local.per_hour.entry(s.hour).or_default() += 1;
         }
         Meter {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
@@ -266,15 +271,22 @@ impl Meter {
         let oldest = hour.saturating_sub(self.retention_hours);
         if local.pruned < oldest {
             local.totals.retain(|s, _| s.hour >= oldest);
+            local.per_hour.retain(|h, _| *h >= oldest);
             local.pruned = oldest;
         }
+        // Each hour gets its share of the cap, so that a full store still counts the hours
+        // to come by consumer (past the share, new consumers of an hour are `(other)`).
+        let share = (self.max_series / self.retention_hours as usize).max(1000).min(self.max_series);
         let mut lines = Vec::new();
         for (mut series, counts) in deltas {
             if series.hour < oldest {
                 continue;
             }
-            if local.totals.len() >= self.max_series && !local.totals.contains_key(&series) {
+            if !local.totals.contains_key(&series) && local.per_hour.get(&series.hour).copied().unwrap_or(0) >= share {
                 series.consumer = OTHER.into();
+            }
+            if !local.totals.contains_key(&series) {
+                *local.per_hour.entry(series.hour).or_default() += 1;
             }
             if local.journal.is_some() {
                 push_line(&mut lines, &series, &counts);
@@ -295,7 +307,11 @@ impl Meter {
 
     async fn flush_redis(&self, redis: &crate::Redis, deltas: Vec<(Series, Counts)>) -> Result<(), String> {
         let mut outbox = self.outbox.lock().await;
-        for (series, counts) in deltas {
+        for (mut series, counts) in deltas {
+            // Redis out of reach for long: what waits is bounded, new consumers folded.
+            if outbox.next.len() >= self.max_series && !outbox.next.contains_key(&series) {
+                series.consumer = OTHER.into();
+            }
             outbox.next.entry(series).or_default().add(&counts);
         }
         if outbox.sent.is_empty() && !outbox.next.is_empty() {

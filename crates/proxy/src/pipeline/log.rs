@@ -78,8 +78,8 @@ fn protocol(v: Version) -> &'static str {
 }
 
 /// The request body as it goes upstream, its size known for usage metering: declared, or
-/// counted as it passes (a body of unknown length; the count is read when the response
-/// head is in).
+/// counted as it passes (a body of unknown length: what passed by the time the response head
+/// is in).
 pub fn count_request(ctx: &mut RequestCtx, body: RequestBody) -> RequestBody {
     match http_body::Body::size_hint(&body).exact() {
         Some(n) => {
@@ -88,9 +88,8 @@ pub fn count_request(ctx: &mut RequestCtx, body: RequestBody) -> RequestBody {
         }
         None => {
             let tally = Arc::new(AtomicU64::new(0));
-            let sink = tally.clone();
-            ctx.request_tally = Some(tally);
-            RequestBody::Counted(Box::new(Counted::new(body, Box::new(move |n| sink.store(n, Ordering::Relaxed)))))
+            ctx.request_tally = Some(tally.clone());
+            RequestBody::Counted(Box::new(Counted::live(body, tally)))
         }
     }
 }

@@ -179,14 +179,17 @@ async fn run(
     Ok(resp)
 }
 
-/// A refused credential: counted against its address when brute-force blocking is on (a
-/// missing credential, or a DPoP nonce to use, is not a failure).
+/// A refused credential: counted against its address when brute-force blocking is on. Not
+/// counted: a missing credential, a DPoP nonce to use, and credentials that were good once
+/// (expired, not yet valid, revoked): clients behind one address that hold such tokens are
+/// not guessing.
 #[cold]
 async fn failed_authentication(rt: &Runtime, ctx: &RequestCtx, problem: Problem) -> Problem {
+    const NOT_GUESSES: [&str; 5] =
+        ["credential_missing", "dpop_nonce_required", "token_expired", "token_not_yet_valid", "credential_revoked"];
     match (&rt.brute_force, rt.state()) {
         (Some(bf), Some(state))
-            if problem.status == StatusCode::UNAUTHORIZED
-                && !matches!(problem.code, "credential_missing" | "dpop_nonce_required") =>
+            if problem.status == StatusCode::UNAUTHORIZED && !NOT_GUESSES.contains(&problem.code) =>
         {
             bf.failed(state, ctx.client_ip, problem).await
         }
