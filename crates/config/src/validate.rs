@@ -183,6 +183,11 @@ fn limits(config: &Config, out: &mut Vec<Invalid>) {
     }
 }
 
+/// An absolute path without a query, fragment, escapes or dot segments.
+fn plain_path(p: &str) -> bool {
+    p.starts_with('/') && !p.contains(['?', '#', '%']) && !p.split('/').any(|s| s == "." || s == "..")
+}
+
 /// The issuers an event receiver takes tokens from: at least one, each one of `issuers`.
 fn receivers_issuers(config: &Config, ids: &[String], at: &str, out: &mut Vec<Invalid>) {
     if ids.is_empty() {
@@ -279,10 +284,7 @@ fn state(config: &Config, out: &mut Vec<Invalid>) {
                 "name the gateway's client ids at the identity providers",
             ));
         }
-        if !l.path.starts_with('/')
-            || l.path.contains(['?', '#', '%'])
-            || l.path.split('/').any(|s| s == "." || s == "..")
-        {
+        if !plain_path(&l.path) {
             out.push(Invalid::new("backchannel_logout.path", "a plain absolute path, e.g. /oidc/backchannel-logout"));
         }
         receivers_issuers(config, &l.issuers, "backchannel_logout.issuers", out);
@@ -291,10 +293,7 @@ fn state(config: &Config, out: &mut Vec<Invalid>) {
         if sig.audiences.is_empty() || sig.audiences.iter().any(String::is_empty) {
             out.push(Invalid::new("shared_signals.audiences", "name the receiver's ids at the transmitters"));
         }
-        if !sig.path.starts_with('/')
-            || sig.path.contains(['?', '#', '%'])
-            || sig.path.split('/').any(|s| s == "." || s == "..")
-        {
+        if !plain_path(&sig.path) {
             out.push(Invalid::new("shared_signals.path", "a plain absolute path, e.g. /ssf/events"));
         }
         receivers_issuers(config, &sig.issuers, "shared_signals.issuers", out);

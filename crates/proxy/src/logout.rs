@@ -32,14 +32,7 @@ pub async fn serve(
     body: ClientBody,
 ) -> Result<Response<ResponseBody>, Problem> {
     let Some(config) = rt.config.config.backchannel_logout.as_ref() else { return Err(Problem::no_route()) };
-    if parts.method != Method::POST {
-        return Err(Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "logout tokens are POSTed")
-            .header(ALLOW, HeaderValue::from_static("POST")));
-    }
-    let form = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")
-    });
-    if !form {
+    if !posted(parts, "application/x-www-form-urlencoded")? {
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -84,6 +77,16 @@ pub async fn serve(
     Ok(r)
 }
 
+/// `Err` (`405`, `Allow: POST`) for another method; whether the body is of `media_type`.
+fn posted(parts: &http::request::Parts, media_type: &str) -> Result<bool, Problem> {
+    if parts.method != Method::POST {
+        return Err(Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "events are POSTed here")
+            .header(ALLOW, HeaderValue::from_static("POST")));
+    }
+    let declared = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    Ok(declared.is_some_and(|v| v.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(media_type)))
+}
+
 fn invalid(detail: &'static str) -> Problem {
     Problem::bad_request("invalid_request", detail)
 }
@@ -100,14 +103,7 @@ pub async fn signals(
     body: ClientBody,
 ) -> Result<Response<ResponseBody>, Problem> {
     let Some(config) = rt.config.config.shared_signals.as_ref() else { return Err(Problem::no_route()) };
-    if parts.method != Method::POST {
-        return Err(Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "security events are POSTed")
-            .header(ALLOW, HeaderValue::from_static("POST")));
-    }
-    let typed = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/secevent+jwt")
-    });
-    if !typed {
+    if !posted(parts, "application/secevent+jwt")? {
         return Ok(set_error("invalid_request", "send the SET as application/secevent+jwt"));
     }
     let Ok(body) = Limited::new(body, 64 * 1024).collect().await.map(|b| b.to_bytes()) else {
