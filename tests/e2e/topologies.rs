@@ -295,3 +295,22 @@ routes:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A lone sentinel (the other two configured ones out of reach) is not trusted to name the
+/// primary: it may be the one cut off from a failover. Nothing that needs Redis is served.
+#[tokio::test]
+async fn one_sentinel_of_three_is_not_a_majority() {
+    let primary = Redis::start(&[]);
+    let sentinel = Sentinel::start(primary.port);
+    let (gone1, gone2) = (free_port(), free_port());
+    let config = format!(
+        "state:\n  backend: redis\n  redis:\n    timeout: 200ms\n    sentinel: {{ master: mymaster, nodes: [\"127.0.0.1:{}\", \"127.0.0.1:{gone1}\", \"127.0.0.1:{gone2}\"] }}\n{LIMITED}",
+        sentinel.port
+    );
+    let gw = Gateway::start_alive(&config);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(client().get(gw.url("/limited")).send().await.unwrap().status(), 503);
+    assert_eq!(admin_get(gw.admin, "/readyz").unwrap().0, 503);
+    let log = gw.stderr();
+    assert!(log.contains("no majority of the sentinels"), "{log}");
+}

@@ -7,7 +7,7 @@
 //! past which the caller gets [`StateError::Unavailable`] and refuses its request.
 //!
 //! Behind Sentinel, a task asks the sentinels for the primary every second (at once after a
-//! failed command) and, when they name another, swaps in a connection to it. With Redis
+//! failed command) and, when a majority of them name another, swaps in a connection to it. With Redis
 //! Cluster, the redis crate's cluster connection routes each command to its key's node; a
 //! request counted against limits whose keys live on several slots is counted slot by slot,
 //! and counts taken before a refusal are given back (see [`Redis::admit`]).
@@ -1008,30 +1008,48 @@ return 1
 }
 
 impl Sentinel {
-    /// The primary's address: the first a sentinel names that answers `ROLE` as a primary
-    /// (a sentinel that has not yet heard of a failover still names the old one).
+    /// The primary's address: the one a majority of the configured sentinels names, if it
+    /// answers `ROLE` as a primary. A sentinel cut off from the others may still name a
+    /// primary the rest have replaced; writes sent there would be lost when it rejoins, so
+    /// without a majority there is no primary (and what needs Redis is refused).
     async fn primary(&self) -> Result<(String, u16), String> {
+        let ask = |sentinel: &Client| {
+            let sentinel = sentinel.clone();
+            async move {
+                let asked = async {
+                    let mut c = sentinel.get_multiplexed_async_connection().await?;
+                    redis::cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg(&self.master)
+                        .query_async::<Option<(String, u16)>>(&mut c)
+                        .await
+                };
+                match tokio::time::timeout(Duration::from_millis(500), asked).await {
+                    Ok(Ok(answer)) => Ok(answer),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no answer in time".to_string()),
+                }
+            }
+        };
+        let answers = futures_util::future::join_all(self.sentinels.iter().map(ask)).await;
+        let mut votes: Vec<((String, u16), usize)> = Vec::new();
         let mut last = String::from("no sentinel configured");
-        for sentinel in &self.sentinels {
-            let asked = async {
-                let mut c = sentinel.get_multiplexed_async_connection().await?;
-                redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(&self.master)
-                    .query_async::<Option<(String, u16)>>(&mut c)
-                    .await
-            };
-            match tokio::time::timeout(Duration::from_millis(500), asked).await {
-                Ok(Ok(Some((host, port)))) => match self.is_primary(&host, port).await {
-                    Ok(()) => return Ok((host, port)),
-                    Err(e) => last = format!("{host}:{port}, named by a sentinel: {e}"),
+        for answer in answers {
+            match answer {
+                Ok(Some(addr)) => match votes.iter_mut().find(|(a, _)| *a == addr) {
+                    Some((_, n)) => *n += 1,
+                    None => votes.push((addr, 1)),
                 },
-                Ok(Ok(None)) => last = format!("the sentinels know no primary named `{}`", self.master),
-                Ok(Err(e)) => last = format!("a sentinel: {e}"),
-                Err(_) => last = "a sentinel did not answer in time".into(),
+                Ok(None) => last = format!("a sentinel knows no primary named `{}`", self.master),
+                Err(e) => last = format!("a sentinel: {e}"),
             }
         }
-        Err(last)
+        let needed = self.sentinels.len() / 2 + 1;
+        let Some(((host, port), _)) = votes.into_iter().find(|(_, n)| *n >= needed) else {
+            return Err(format!("no majority of the sentinels names one primary ({last})"));
+        };
+        self.is_primary(&host, port).await.map_err(|e| format!("{host}:{port}, named by the sentinels: {e}"))?;
+        Ok((host, port))
     }
 
     /// A client for the server at `host:port`, with the primary's settings.
