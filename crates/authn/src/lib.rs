@@ -12,6 +12,7 @@ pub mod apikey;
 pub mod cache;
 pub mod dpop;
 mod error;
+mod events;
 pub mod extract;
 pub mod introspection;
 pub mod jwks;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::logout::{audience_names, fresh};
+use crate::events::{audience_names, fresh};
 use crate::{AuthnError, Verifiers};
 
 const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";

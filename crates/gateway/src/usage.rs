@@ -69,15 +69,14 @@ impl Dim {
 
     /// The value of this dimension for `s`.
     fn of(self, s: &Series) -> String {
-        let start = || Timestamp::from_second(i64::try_from(s.hour * 3600).unwrap_or(0)).unwrap_or_default();
         match self {
             Dim::Consumer => s.consumer.to_string(),
             Dim::Plan => s.plan.to_string(),
             Dim::Route => s.route.to_string(),
             Dim::Status => format!("{}xx", s.class),
-            Dim::Hour => start().strftime("%Y-%m-%dT%H:00:00Z").to_string(),
-            Dim::Day => start().strftime("%Y-%m-%d").to_string(),
-            Dim::Month => start().strftime("%Y-%m").to_string(),
+            Dim::Hour => hour_text(s.hour, "%Y-%m-%dT%H:00:00Z"),
+            Dim::Day => hour_text(s.hour, "%Y-%m-%d"),
+            Dim::Month => hour_text(s.hour, "%Y-%m"),
         }
     }
 
@@ -202,7 +201,7 @@ impl Query {
     }
 
     fn json(&self, rows: &[(Vec<String>, Counts)]) -> Value {
-        let hour = |h: u64| Dim::Hour.of(&Series { hour: h, ..blank() });
+        let hour = |h: u64| hour_text(h, "%Y-%m-%dT%H:00:00Z");
         let rows: Vec<Value> = rows
             .iter()
             .map(|(key, c)| {
@@ -242,8 +241,10 @@ impl Query {
     }
 }
 
-fn blank() -> Series {
-    Series { hour: 0, consumer: "".into(), plan: "".into(), route: "".into(), class: 2 }
+/// The start of hour `hour` (hours since the epoch, UTC) in `format`.
+fn hour_text(hour: u64, format: &str) -> String {
+    let start = Timestamp::from_second(i64::try_from(hour * 3600).unwrap_or(0)).unwrap_or_default();
+    start.strftime(format).to_string()
 }
 
 /// An hour from a query: an RFC 3339 time or a date (UTC midnight); `up` rounds a time

@@ -8,8 +8,8 @@
 
 mod echo;
 pub mod headers;
-mod logout;
 pub mod pipeline;
+mod receivers;
 pub mod router;
 pub mod runtime;
 pub mod tls;

@@ -140,8 +140,10 @@ async fn run(
             // Boxed: a rare path whose state would otherwise enlarge every request's future.
             return portcullis_http::boxed!(own_endpoint(rt, conn, ctx, &authority.host, endpoint, parts, body)).await;
         }
-        route::Destination::Logout => return portcullis_http::boxed!(crate::logout::serve(rt, &parts, body)).await,
-        route::Destination::Signals => return portcullis_http::boxed!(crate::logout::signals(rt, &parts, body)).await,
+        route::Destination::Logout => return portcullis_http::boxed!(crate::receivers::logout(rt, &parts, body)).await,
+        route::Destination::Signals => {
+            return portcullis_http::boxed!(crate::receivers::signals(rt, &parts, body)).await;
+        }
     };
     let route = routed.route.clone();
     ctx.route = Some(route.clone());

@@ -31,21 +31,21 @@ pub fn route<'r, 'p>(
     path: &'p str,
     method: &http::Method,
 ) -> Result<Destination<'r, 'p>, Problem> {
-    if let Some(ts) = &rt.token_service
-        && ts.serves(portcullis_config::Listener::Public)
-        && let Ok(normalized) = normalize(path, false)
-        && let Some(endpoint) = Endpoint::at(&normalized)
-    {
-        return Ok(Destination::Gateway(endpoint));
-    }
+    // The gateway's own endpoints, when it has any on this listener: one normalized path.
     let c = &rt.config.config;
-    if c.backchannel_logout.is_some() || c.shared_signals.is_some() {
-        let normalized = normalize(path, false).ok();
-        let at = |p: &str| normalized.as_deref().is_some_and(|n| n == p);
-        if c.backchannel_logout.as_ref().is_some_and(|l| at(&l.path)) {
+    let token_service = rt.token_service.as_ref().filter(|ts| ts.serves(portcullis_config::Listener::Public));
+    if (token_service.is_some() || c.backchannel_logout.is_some() || c.shared_signals.is_some())
+        && let Ok(normalized) = normalize(path, false)
+    {
+        if token_service.is_some()
+            && let Some(endpoint) = Endpoint::at(&normalized)
+        {
+            return Ok(Destination::Gateway(endpoint));
+        }
+        if c.backchannel_logout.as_ref().is_some_and(|l| *l.path == *normalized) {
             return Ok(Destination::Logout);
         }
-        if c.shared_signals.as_ref().is_some_and(|s| at(&s.path)) {
+        if c.shared_signals.as_ref().is_some_and(|s| *s.path == *normalized) {
             return Ok(Destination::Signals);
         }
     }

@@ -25,8 +25,8 @@ use crate::runtime::Runtime;
 /// How long a logout's revocation lasts: longer than the session's access tokens live.
 const REVOKED_FOR_MS: u64 = 86_400_000;
 
-/// Serves one request to the endpoint.
-pub async fn serve(
+/// Serves one request to the Back-Channel Logout endpoint.
+pub async fn logout(
     rt: &Runtime,
     parts: &http::request::Parts,
     body: ClientBody,
