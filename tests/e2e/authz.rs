@@ -524,4 +524,16 @@ async fn step_up_asks_for_a_stronger_and_more_recent_authentication() {
     let r = send(json!({"scope": "read", "acr": "pwd"})).await;
     assert_eq!(r.status(), 403);
     assert_eq!(up.count(), 2);
+    // Bad step-up settings are named: a class with a space, a max_age under a second, and
+    // step-up on a public route (no one authenticates there).
+    let dir = TempDir::new("step-up-check");
+    let path = dir.write(
+        "bad.yaml",
+        "server: { listen: 127.0.0.1:0 }\nroutes:\n  - id: a\n    match: { path_prefix: /a }\n    upstream: echo\n    authenticate: [api_key]\n    authorize: { acr_values: [\"two words\"], max_age: 500ms }\n  - id: b\n    match: { path_prefix: /b }\n    upstream: echo\n    authenticate: [none]\n    authorize: { max_age: 5m }\napi_keys:\n  consumers: []\n",
+    );
+    let (code, _, err) = run_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("routes[0].authorize.acr_values[0]"), "{err}");
+    assert!(err.contains("routes[0].authorize.max_age"), "{err}");
+    assert!(err.contains("routes[1].authorize: a public route"), "{err}");
 }

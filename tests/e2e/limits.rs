@@ -442,6 +442,16 @@ fn limit_mistakes_are_named_with_their_key() {
     assert!(err.contains("`nope` is not a key part"), "{err}");
     assert!(err.contains("plans.gold.rate_limits[0].limit"), "{err}");
     assert!(err.contains("api_keys.consumers[0].plan"), "{err}");
+
+    // An approximate limit limits with local counts while Redis is down: `closed` would
+    // never apply, and is refused.
+    let path = dir.write(
+        "approx.yaml",
+        "server: { listen: 127.0.0.1:0 }\nroutes:\n  - id: r\n    upstream: echo\n    authenticate: [none]\n    rate_limits:\n      - {limit: 1, per: 1s, mode: approximate, on_error: closed}\n",
+    );
+    let (code, _, err) = run_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("routes[0].rate_limits[0].on_error"), "{err}");
 }
 
 /// Allow and deny lists, one of them a file that is read again when it changes; the address
