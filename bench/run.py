@@ -309,7 +309,9 @@ log:
 routes:
 {routes_yaml.replace("{upstream}", f"http://127.0.0.1:{upstream_port}")}
 """)
-    return Server("portcullis", [*wrap, BINARY, "serve", "--config", conf], port, work)
+    server = Server("portcullis", [*wrap, BINARY, "serve", "--config", conf], port, work)
+    server.admin = admin
+    return server
 
 
 PLAIN_ROUTE = """  - id: bench
@@ -633,14 +635,16 @@ def jwt_servers(work, idp):
     return upstream, servers
 
 
-def run_repeated_token(servers, upstream, token, args, idp):
+def run_repeated_token(servers, upstream, token, args, idp, redis=None):
     """Checks every authenticating server refuses bad tokens and takes `token`, then runs the
-    rounds with `token` on every request; stops the servers."""
+    rounds with `token` on every request (counting `redis`'s commands, given one); stops the
+    servers."""
+    headers = [f"Authorization: Bearer {token}"]
     try:
         for name, server in servers.items():
             if name not in NGINX_BASELINES:
                 check_auth(server, token, idp)
-        runs = rounds(servers, args, headers=[f"Authorization: Bearer {token}"])
+        runs = rounds(servers, args, headers=headers, load=redis.counting(headers) if redis else None)
     finally:
         for s in list(servers.values()) + [upstream]:
             s.stop()
@@ -680,6 +684,26 @@ class RedisServer:
         self.proc.kill()
         self.proc.wait()
 
+    def counting(self, headers=(), scripts=None):
+        """A `load` for `rounds`: wrk, and for the servers on this Redis (`portcullis-redis*`)
+        the Redis commands a request cost in that run (`redis_cmds_per_req`): what the
+        gateway sent, not what scripts ran inside Redis."""
+        def load(server, duration, name, connections):
+            before = sent_commands(server) if name.startswith("portcullis-redis") else None
+            r = wrk(server, connections, duration, headers, (scripts or {}).get(name))
+            if before is not None:
+                r["redis_cmds_per_req"] = (sent_commands(server) - before) / max(r["requests"], 1)
+            return r
+        return load
+
+
+def sent_commands(server):
+    """The Redis commands a gateway has sent (a batch is one), from its metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.admin}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(r"^portcullis_state_command_duration_seconds_count (\d+)", text, re.M)
+    return int(m.group(1)) if m else 0
+
 
 def scenario_jwt_limit(work, args):
     """(b) with a per-consumer rate limit (never reached): on memory (`portcullis`), on a
@@ -701,7 +725,7 @@ def scenario_jwt_limit(work, args):
         approx = LIMIT_ROUTE.replace("per: 1s}", "per: 1s, mode: approximate}")
         servers["portcullis-redis-approx"] = start_portcullis(work, upstream.port, approx, extra=idp.config + state)
     try:
-        return run_repeated_token(servers, upstream, token, args, idp)
+        return run_repeated_token(servers, upstream, token, args, idp, redis)
     finally:
         if redis:
             redis.stop()
@@ -836,7 +860,8 @@ def dpop_script(work, name, proof_file, token, host=None):
 def scenario_dpop(work, args):
     """(e) DPoP: a bound RS256 token (cached) and a fresh ES256 proof on every request; with
     redis-server installed, also with the replay cache on a local Redis (`portcullis-redis`,
-    sent the same proofs, each once)."""
+    sent the same proofs, each once), and with a per-consumer rate limit on it too
+    (`portcullis-redis-limit`)."""
     idp = Idp(work)
     upstream = start_upstream(work)
     # Proofs are made in advance, so the replay window is an hour for the run.
@@ -850,6 +875,10 @@ def scenario_dpop(work, args):
         redis = RedisServer(work)
         state = f"state:\n  backend: redis\n  redis_url: {redis.url()}\n"
         servers["portcullis-redis"] = start_portcullis(work, upstream.port, DPOP_ROUTE, extra=dpop + state)
+        limited = DPOP_ROUTE + "    rate_limits: [{key: consumer, limit: 1000000, per: 1s}]\n"
+        # Its own key prefix: it is sent the proofs `portcullis-redis` was.
+        prefixed = state + "  redis:\n    key_prefix: 'limited:'\n"
+        servers["portcullis-redis-limit"] = start_portcullis(work, upstream.port, limited, extra=dpop + prefixed)
     # Proofs name the URL: one set for the gateway's port (nginx ignores them, and is sent
     # its own copy so that both walk their lists at their own pace).
     htu = f"http://127.0.0.1:{servers['portcullis'].port}/"
@@ -863,14 +892,14 @@ def scenario_dpop(work, args):
     with open(proof_file, "w") as f:
         f.write("\n".join(proofs[1:]) + "\n")
     authority = f"127.0.0.1:{servers['portcullis'].port}"
-    scripts = {name: dpop_script(work, name, proof_file, token, authority if name == "portcullis-redis" else None)
+    scripts = {name: dpop_script(work, name, proof_file, token, authority if name.startswith("portcullis-") else None)
                for name in servers}
     try:
         check = urllib.request.Request(htu, headers={"Authorization": f"DPoP {token}", "DPoP": proofs[0]})
         with urllib.request.urlopen(check, timeout=5) as r:
             if r.status != 200:
                 raise RuntimeError(f"a DPoP request: status {r.status}")
-        runs = rounds(servers, args, scripts=scripts)
+        runs = rounds(servers, args, scripts=scripts, load=redis.counting(scripts=scripts) if redis else None)
     finally:
         for s in list(servers.values()) + [upstream]:
             s.stop()
@@ -1061,6 +1090,9 @@ def report_count(runs):
         print(f"{proxy:<15} {m['rps']:>9.0f} {m['p50_ms']:>8.3f} {m['p99_ms']:>8.3f} {m['cpu_us_per_req']:>11.2f} "
               f"{m['server_cpu_busy'] * 100:>10.0f}% {m['load_cpu_busy'] * 100:>8.0f}% {m['other_cpu'] * 100:>5.0f}%   "
               + " ".join(f"{r['rps']:.0f}" + ("*" if r.get("other_cpu", 0) > OTHER_WORK else "") for r in rs))
+        if any("redis_cmds_per_req" in r for r in rs):
+            m["redis_cmds_per_req"] = med(r.get("redis_cmds_per_req") for r in rs)
+            print(f"   {proxy}: Redis commands a request {m['redis_cmds_per_req']:.3f} (median of runs)")
         if any(r["errors"] for r in rs):
             print(f"   !! {proxy}: errors or non-2xx responses in some runs")
     disturbed = sum(any(rs[i].get("other_cpu", 0) > OTHER_WORK for rs in runs.values())

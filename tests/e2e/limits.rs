@@ -272,14 +272,25 @@ async fn replicas_on_one_redis_share_a_limit_exactly() {
         assert!(ttl > 0 && ttl <= 3_600_001, "{key}: {ttl}");
     }
     redis.command(&["FLUSHALL"]);
+    // The script is loaded again when Redis has lost it.
+    redis.command(&["SCRIPT", "FLUSH"]);
     // 64 racing clients spread over both replicas: exactly the shared limit of 100.
     let route_only = config.replace(", {name: per-ip, key: client_ip, limit: 10, per: 1h}", "");
     a.write_config(&route_only);
     b.write_config(&route_only);
     a.reload();
     b.reload();
+    redis.command(&["CONFIG", "RESETSTAT"]);
     assert_eq!(race(&[&a, &b], "/orders").await, 100);
     assert_eq!(up.count(), 110);
+    // Racing requests share script calls (group commit): fewer calls than requests.
+    let stats = redis.command(&["INFO", "commandstats"]);
+    let calls: usize = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .map(|l| l.split("calls=").nth(1).unwrap().split(',').next().unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert!((1..256).contains(&calls), "{calls} script calls for 256 requests: {stats}");
 }
 
 /// `mode: approximate`: each replica decides locally and syncs every `sync_interval`.

@@ -89,43 +89,85 @@ pub(crate) fn decide(checks: &[Check<'_>], stored: impl Iterator<Item = Option<u
 }
 
 /// The Redis side: the same rule as [`decide`], run atomically in the server, buckets on its
-/// clock (so replicas with skewed clocks agree). `KEYS` are the keys; `ARGV` holds three
-/// values for each: `0`, interval and capacity (µs) for a bucket; `1`, limit and end (ms
-/// since the epoch) for a window. A value that is not a number (someone else's key, a
-/// version skew) reads as absent. Returns `{admitted, value_1, value_2, ...}`.
+/// clock (so replicas with skewed clocks agree), for a batch of operations in one call (see
+/// `batch`). `ARGV` is the operations in turn, each taking the next of `KEYS`:
+/// - `a`, `n`, then three values for each of its `n` keys: `0`, interval and capacity (µs)
+///   for a bucket; `1`, limit and end (ms since the epoch) for a window. It answers
+///   `admitted, value_1, ..., value_n`.
+/// - `s`, `ttl` (ms): its one key is set if absent, for `ttl`. It answers `1` if it was set,
+///   `0` if it was there.
+///
+/// A value that is not a number (someone else's key, a version skew) reads as absent. The
+/// operations run in order, so two of one batch on one key see each other's counts; a key is
+/// read once a batch and written once at its end (one caller's many requests in a batch cost
+/// Redis one `GET` and one `SET`).
 pub(crate) const SCRIPT: &str = r"
 pcall(redis.replicate_commands)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local values = {}
-local ok = 1
-for i, key in ipairs(KEYS) do
-  local kind, a, b = ARGV[3 * i - 2], tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
-  local stored = tonumber(redis.call('GET', key))
-  local v
-  if kind == '0' then
-    if stored == nil or stored < now then stored = now end
-    if stored > now + b then stored = now + b end
-    v = stored - now + a
-    if v > b then ok = 0 end
+local cache, ends, written = {}, {}, {}
+local out = {}
+local k = 0
+local a = 1
+while a <= #ARGV do
+  if ARGV[a] == 's' then
+    k = k + 1
+    if redis.call('SET', KEYS[k], 1, 'NX', 'PX', ARGV[a + 1]) then out[#out + 1] = 1 else out[#out + 1] = 0 end
+    a = a + 2
   else
-    v = (stored or 0) + 1
-    if v > a then ok = 0 end
-  end
-  values[i] = v
-end
-if ok == 1 then
-  for i, key in ipairs(KEYS) do
-    if ARGV[3 * i - 2] == '0' then
-      redis.call('SET', key, string.format('%.0f', now + values[i]), 'PX', math.ceil(values[i] / 1000) + 1)
-    else
-      redis.call('SET', key, string.format('%.0f', values[i]))
-      redis.call('PEXPIREAT', key, ARGV[3 * i])
+    local n = tonumber(ARGV[a + 1])
+    a = a + 2
+    local values = {}
+    local ok = 1
+    for i = 1, n do
+      local key = KEYS[k + i]
+      local kind, x, y = ARGV[a + 3 * i - 3], tonumber(ARGV[a + 3 * i - 2]), tonumber(ARGV[a + 3 * i - 1])
+      local stored = cache[key]
+      if stored == nil then
+        stored = tonumber(redis.call('GET', key)) or false
+        cache[key] = stored
+      end
+      if stored == false then stored = nil end
+      local v
+      if kind == '0' then
+        if stored == nil or stored < now then stored = now end
+        if stored > now + y then stored = now + y end
+        v = stored - now + x
+        if v > y then ok = 0 end
+      else
+        v = (stored or 0) + 1
+        if v > x then ok = 0 end
+      end
+      values[i] = v
     end
+    if ok == 1 then
+      for i = 1, n do
+        local key = KEYS[k + i]
+        if ends[key] == nil then written[#written + 1] = key end
+        if ARGV[a + 3 * i - 3] == '0' then
+          cache[key] = now + values[i]
+          ends[key] = false
+        else
+          cache[key] = values[i]
+          ends[key] = ARGV[a + 3 * i - 1]
+        end
+      end
+    end
+    out[#out + 1] = ok
+    for i = 1, n do out[#out + 1] = values[i] end
+    k = k + n
+    a = a + 3 * n
   end
 end
-local out = {ok}
-for i = 1, #values do out[i + 1] = values[i] end
+for _, key in ipairs(written) do
+  local v = cache[key]
+  if ends[key] == false then
+    redis.call('SET', key, string.format('%.0f', v), 'PX', math.ceil((v - now) / 1000) + 1)
+  else
+    redis.call('SET', key, string.format('%.0f', v))
+    redis.call('PEXPIREAT', key, ends[key])
+  end
+end
 return out
 ";
 

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admit;
+mod batch;
 mod memory;
 mod redis;
 pub mod revocations;

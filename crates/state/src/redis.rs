@@ -3,14 +3,16 @@
 //! store is (so it is up before the first request), and its task runs on the control
 //! thread; a connection per worker, each on its own event loop, measured no faster
 //! (bench/RESULTS.md, "Rate limits") and met each worker's first request unconnected. A
-//! request never opens a connection nor takes a lock; every command is bounded by `state.redis.timeout`,
-//! past which the caller gets [`StateError::Unavailable`] and refuses its request.
+//! request never opens a connection nor takes a lock. Its admissions and replay records
+//! are queued and sent in batches, one script call each (see [`crate::batch`]); it waits at
+//! most `state.redis.timeout`, past which it gets [`StateError::Unavailable`] and refuses.
 //!
 //! Behind Sentinel, a task asks the sentinels for the primary every second (at once after a
 //! failed command) and, when a majority of them name another, swaps in a connection to it. With Redis
 //! Cluster, the redis crate's cluster connection routes each command to its key's node; a
 //! request counted against limits whose keys live on several slots is counted slot by slot,
-//! and counts taken before a refusal are given back (see [`Redis::admit`]).
+//! and counts taken before a refusal are given back (see [`Redis::admit`]). Cluster
+//! commands are sent one by one, not batched: a batch's keys would have to share a slot.
 //!
 //! Keys are `<prefix><namespace>:<key>`. A caller's key that is short and made of plain
 //! characters is used as it is (readable in `redis-cli`); any other is replaced by `#` and
@@ -30,6 +32,7 @@ use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisErr
 
 use crate::StateError;
 use crate::admit::{Check, Checked, Rule};
+use crate::batch::{Op, Queued};
 use crate::revocations::{self, Copy, Kind, Revocation};
 
 /// Caller keys longer than this are hashed.
@@ -58,7 +61,7 @@ struct Sentinel {
 
 /// A connection: to one server, or to a cluster.
 #[derive(Clone)]
-enum Conn {
+pub(crate) enum Conn {
     Manager(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -118,6 +121,14 @@ pub struct Redis {
     sync_interval: Duration,
     /// The task that syncs them has been started.
     syncing: AtomicBool,
+    /// This store, for the batch tasks (see [`crate::batch`]), which batch the request
+    /// path's commands: set when started within a runtime, and not for a cluster.
+    me: std::sync::OnceLock<std::sync::Weak<Redis>>,
+    /// The server the shared connection reaches (one server, or the primary the sentinels
+    /// name): each worker's own connection goes to it too.
+    server: arc_swap::ArcSwapOption<Client>,
+    /// Dropped with the store: ends the workers' batch tasks.
+    closing: tokio::sync::watch::Sender<()>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -251,10 +262,16 @@ impl Redis {
             cluster_node,
             sync_interval: r.sync_interval.get(),
             syncing: AtomicBool::new(false),
+            me: std::sync::OnceLock::new(),
+            server: arc_swap::ArcSwapOption::empty(),
+            closing: tokio::sync::watch::channel(()).0,
             timeout: r.timeout.get(),
             prefix: r.key_prefix.clone(),
             down: AtomicBool::new(false),
         };
+        if let Reach::Single(client) = &redis.reach {
+            redis.server.store(Some(Arc::new(client.clone())));
+        }
         if tokio::runtime::Handle::try_current().is_ok() {
             // Connects in the background; a failure is reported by the first command.
             let _ = redis.connection();
@@ -265,7 +282,7 @@ impl Redis {
     /// The connection. For one server, made on first call (which must be within a tokio
     /// runtime: making it spawns the connection's task there); behind Sentinel and for a
     /// cluster, the keeper's (see [`Redis::keep_connected`]), `Err` until it has one.
-    fn connection(&self) -> Result<Conn, StateError> {
+    pub(crate) fn connection(&self) -> Result<Conn, StateError> {
         if let Some(c) = &*self.conn.load() {
             return Ok((**c).clone());
         }
@@ -285,7 +302,7 @@ impl Redis {
 
     /// Reconnection is tried on demand, a few times with short backoff: a request waits at
     /// most `timeout` for it, and the next request tries again.
-    fn manager_config(&self) -> ConnectionManagerConfig {
+    pub(crate) fn manager_config(&self) -> ConnectionManagerConfig {
         ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(250))))
             .set_response_timeout(Some(self.timeout))
@@ -300,6 +317,9 @@ impl Redis {
     pub(crate) fn start(self: &Arc<Self>) {
         self.follow_revocations();
         self.sync_synced();
+        if !matches!(self.reach, Reach::Cluster(_)) {
+            self.me.get_or_init(|| Arc::downgrade(self));
+        }
         if matches!(self.reach, Reach::Single(_))
             || self.keeping.load(Ordering::Relaxed)
             || tokio::runtime::Handle::try_current().is_err()
@@ -387,9 +407,10 @@ impl Redis {
                 let mut current = s.current.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 if current.as_ref() != Some(&(host.clone(), port)) || self.conn.load().is_none() {
                     let client = s.client(&host, port)?;
-                    let c = ConnectionManager::new_lazy_with_config(client, self.manager_config())
+                    let c = ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config())
                         .map_err(|e| e.to_string())?;
                     self.conn.store(Some(Arc::new(Conn::Manager(c))));
+                    self.server.store(Some(Arc::new(client)));
                     if current.is_some() {
                         tracing::warn!(primary = %format!("{host}:{port}"), "shared state: the sentinels name a new Redis primary; connected to it");
                     } else {
@@ -408,9 +429,13 @@ impl Redis {
         build_key(&self.prefix, ns, key)
     }
 
-    /// See [`crate::State::insert_once`]: `SET key 1 NX PX ttl`.
+    /// See [`crate::State::insert_once`]: `SET key 1 NX PX ttl`, in the next batch.
     pub async fn insert_once(&self, ns: &str, key: &[u8], ttl: Duration) -> Result<bool, StateError> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        if self.me.get().is_some() {
+            let answer = self.queued(Op::Once { key: self.key(ns, key), ttl_ms: ms }).await?;
+            return Ok(answer.first() == Some(&1));
+        }
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(ns, key)).arg(1).arg("NX").arg("PX").arg(ms);
         match self.run(&cmd).await? {
@@ -419,6 +444,63 @@ impl Redis {
             redis::Value::SimpleString(s) if s == "OK" => Ok(true),
             other => Err(self.failed(StateErrorKind::protocol, &format!("unexpected answer to SET: {other:?}"))),
         }
+    }
+
+    /// Queues `op` for this thread's next batch and awaits its answer, within the timeout
+    /// (sent alone from a thread without a runtime).
+    async fn queued(&self, op: Op) -> Result<Vec<i64>, StateError> {
+        let Some(me) = self.me.get() else {
+            return Err(StateError::Unavailable("the shared state has not started".into()));
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let deadline = Instant::now() + self.timeout;
+        match crate::batch::queue(me, Queued { op, reply, deadline }) {
+            // The batch answers by the deadline: no timer of its own.
+            Ok(()) => {
+                answer.await.unwrap_or_else(|_| Err(StateError::Unavailable("the shared state has stopped".into())))
+            }
+            Err(q) => self.send_ops(&mut self.connection()?, std::iter::once(&q.op), q.deadline).await,
+        }
+    }
+
+    /// Sends `ops` as one script call (see [`crate::batch`]), answered by `deadline`: the
+    /// script's answers for all of them.
+    pub(crate) async fn send_ops<'a>(
+        &self,
+        conn: &mut Conn,
+        ops: impl Iterator<Item = &'a Op> + Clone,
+        deadline: Instant,
+    ) -> Result<Vec<i64>, StateError> {
+        let cmd = crate::batch::command(ops.clone());
+        let call = async {
+            match cmd.query_async::<Vec<i64>>(&mut *conn).await {
+                // The server lost the script (a restart, `SCRIPT FLUSH`): loaded again.
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    crate::batch::script().load_async(&mut *conn).await?;
+                    cmd.query_async(&mut *conn).await
+                }
+                other => other,
+            }
+        };
+        let answers: Vec<i64> = self.timed_until(deadline, call).await?;
+        if !crate::batch::plausible(ops, &answers) {
+            return Err(self.failed(StateErrorKind::protocol, "unexpected answer to the batch script"));
+        }
+        Ok(answers)
+    }
+
+    /// The server the shared connection reaches, when the request path's commands are
+    /// batched (not for a cluster).
+    pub(crate) fn server(&self) -> Option<Arc<Client>> {
+        match self.reach {
+            Reach::Cluster(_) => None,
+            _ => self.server.load_full(),
+        }
+    }
+
+    /// Ends with the store (the batch tasks wait on it).
+    pub(crate) fn closed(&self) -> tokio::sync::watch::Receiver<()> {
+        self.closing.subscribe()
     }
 
     /// See [`crate::State::forget`]: `DEL`.
@@ -584,23 +666,26 @@ impl Redis {
     }
 
     async fn admit_on_one_slot(&self, ns: &str, checks: &[Check<'_>]) -> Result<Checked, StateError> {
-        let script = admit_script();
-        let mut call = script.prepare_invoke();
-        for c in checks {
-            call.key(self.key(ns, c.key));
-        }
-        for c in checks {
-            match c.rule {
-                Rule::Gcra { interval_us, capacity_us } | Rule::Synced { interval_us, capacity_us } => {
-                    call.arg(0).arg(interval_us).arg(capacity_us)
-                }
-                Rule::Window { limit, ends_ms } => call.arg(1).arg(limit).arg(ends_ms),
-            };
-        }
-        let mut conn = self.connection()?;
-        let answer: Vec<i64> = self.timed(call.invoke_async(&mut conn)).await?;
+        let op = Op::Admit {
+            keys: checks.iter().map(|c| self.key(ns, c.key)).collect(),
+            rules: checks
+                .iter()
+                .map(|c| match c.rule {
+                    Rule::Gcra { interval_us, capacity_us } | Rule::Synced { interval_us, capacity_us } => {
+                        (0, interval_us, capacity_us)
+                    }
+                    Rule::Window { limit, ends_ms } => (1, limit, ends_ms),
+                })
+                .collect(),
+        };
+        let answer = if self.me.get().is_some() {
+            self.queued(op).await?
+        } else {
+            let deadline = Instant::now() + self.timeout;
+            self.send_ops(&mut self.connection()?, std::iter::once(&op), deadline).await?
+        };
         match answer.split_first() {
-            Some((&ok, values)) if values.len() == checks.len() && values.iter().all(|a| *a >= 0) => {
+            Some((&ok, values)) if values.len() == checks.len() => {
                 Ok(Checked { admitted: ok == 1, values: values.iter().map(|a| *a as u64).collect() })
             }
             _ => Err(self.failed(StateErrorKind::protocol, "unexpected answer to the rate-limit script")),
@@ -962,8 +1047,17 @@ return 1
 
     /// Awaits a command within the timeout, recording its latency and any failure.
     async fn timed<T>(&self, command: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StateError> {
+        self.timed_until(Instant::now() + self.timeout, command).await
+    }
+
+    /// Awaits a command until `deadline`, recording its latency and any failure.
+    async fn timed_until<T>(
+        &self,
+        deadline: Instant,
+        command: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StateError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, command).await;
+        let result = tokio::time::timeout_at(deadline.into(), command).await;
         state_metrics().command(started.elapsed());
         match result {
             Ok(Ok(value)) => {
@@ -1084,12 +1178,6 @@ impl Sentinel {
             Err(_) => Err("no answer in time".into()),
         }
     }
-}
-
-/// The admission script, hashed once (`EVALSHA`, loaded again if the server lost it).
-fn admit_script() -> &'static redis::Script {
-    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| redis::Script::new(crate::admit::SCRIPT))
 }
 
 /// `<prefix><ns>:<key>`, the key hashed unless short and plain.
