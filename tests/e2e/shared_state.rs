@@ -193,6 +193,35 @@ async fn a_dpop_proof_replayed_to_another_replica_is_refused() {
     assert!(ttl > 0 && ttl <= 400_000, "{ttl}");
 }
 
+/// Server nonces are stateless (a time and its HMAC under `nonce_secret`): a nonce one
+/// replica gave is good at another that shares the secret, and not at one that does not.
+#[tokio::test]
+async fn a_dpop_nonce_from_one_replica_is_good_at_another() {
+    let redis = Redis::start(&[]);
+    let f = Fixture::new(&redis).await;
+    let nonces = |secret: &str| format!("dpop:\n  require_nonce: true\n  nonce_secret: {secret}\n{}", f.config);
+    let a = Gateway::start(&nonces("0123456789abcdef0123"));
+    let b = Gateway::start(&nonces("0123456789abcdef0123"));
+    let other = Gateway::start(&nonces("another-secret-of-20-chars"));
+    let authority = a.addr.to_string();
+    let token = f.token().await;
+    let proof = |nonce: Option<String>| {
+        let mut body = json!({"holder": "h1", "htm": "GET", "htu": a.url("/dpop/n"), "token": token});
+        if let Some(n) = nonce {
+            body["nonce"] = json!(n);
+        }
+        f.idp.post_text("/dpop/proof", body)
+    };
+    let r = send(&a, &authority, "/dpop/n", &token, &proof(None).await).await;
+    assert_eq!(r.status(), 401);
+    let nonce = r.headers()["dpop-nonce"].to_str().unwrap().to_string();
+    assert_eq!(send(&b, &authority, "/dpop/n", &token, &proof(Some(nonce.clone())).await).await.status(), 200);
+    let r = send(&other, &authority, "/dpop/n", &token, &proof(Some(nonce)).await).await;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("dpop-nonce"));
+    assert_eq!(f.up.count(), 1);
+}
+
 #[tokio::test]
 async fn a_redis_outage_fails_closed_quickly_and_recovers_without_a_restart() {
     let mut redis = Redis::start(&[]);
