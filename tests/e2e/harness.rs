@@ -238,9 +238,16 @@ impl Gateway {
             + self.metric("portcullis_config_reloads_total{result=\"failure\"}")
     }
 
-    /// Sends SIGTERM and waits for the exit.
+    /// Sends SIGTERM and waits for the exit. Once the gateway has taken it (it reports
+    /// not-ready), a second SIGTERM skips `server.shutdown_delay`.
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
         self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && matches!(admin_get(self.admin, "/readyz"), Ok((200, _))) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Not asserted: it may have exited already.
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
         self.wait_exit(within)
     }
 

@@ -113,11 +113,49 @@ async fn invalid_reload_keeps_the_old_config_serving() {
     assert_eq!(gw.metric("portcullis_config_generation"), 2.0);
 }
 
+/// A Kubernetes ConfigMap volume: the file is a symlink through `..data`, itself a symlink
+/// to a timestamped folder, and an update swaps `..data` in one rename. The gateway sees it
+/// and reloads, with no signal.
+#[tokio::test]
+async fn a_configmap_update_is_reloaded() {
+    use std::os::unix::fs::symlink;
+    let up = Upstream::start();
+    let gw = Gateway::start(&routes(&up.url(), false));
+    let dir = gw.config.parent().unwrap().to_path_buf();
+    let first = std::fs::read_to_string(&gw.config).unwrap();
+    // The volume's layout, with the same content (no reload: nothing changed).
+    std::fs::create_dir(dir.join("..2026_12_08_01")).unwrap();
+    std::fs::write(dir.join("..2026_12_08_01/portcullis.yaml"), &first).unwrap();
+    symlink("..2026_12_08_01", dir.join("..data")).unwrap();
+    symlink("..data/portcullis.yaml", dir.join("portcullis.yaml.link")).unwrap();
+    std::fs::rename(dir.join("portcullis.yaml.link"), &gw.config).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(gw.metric("portcullis_config_generation"), 1.0);
+    let c = client();
+    assert_eq!(c.get(gw.url("/extra")).send().await.unwrap().status(), 404);
+    // The update, as the kubelet makes it.
+    let second = first.replace(&routes(&up.url(), false), &routes(&up.url(), true));
+    assert_ne!(second, first);
+    std::fs::create_dir(dir.join("..2026_12_08_02")).unwrap();
+    std::fs::write(dir.join("..2026_12_08_02/portcullis.yaml"), &second).unwrap();
+    symlink("..2026_12_08_02", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join("..2026_12_08_01")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.metric("portcullis_config_generation") < 2.0 {
+        assert!(Instant::now() < deadline, "no reload after the swap: {}", gw.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.get(gw.url("/extra")).send().await.unwrap().status(), 200);
+}
+
 #[test]
 fn sigterm_drains_requests_in_flight() {
     let up = Upstream::start();
-    let mut gw =
-        Gateway::start(&format!("server:\n  listen: {{listen}}\n  drain_timeout: 10s\n{}", routes(&up.url(), false)));
+    let mut gw = Gateway::start(&format!(
+        "server:\n  listen: {{listen}}\n  drain_timeout: 10s\n  shutdown_delay: 0s\n{}",
+        routes(&up.url(), false)
+    ));
     let url = gw.url("/main/slow?ms=1500");
     let in_flight = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -133,6 +171,81 @@ fn sigterm_drains_requests_in_flight() {
     assert!(status.success(), "exit status {status}");
     assert_eq!(in_flight.join().unwrap().unwrap(), 200, "the request in flight completed");
     assert!(started.elapsed() >= Duration::from_millis(900), "exit waited for the request");
+}
+
+/// A rolling update: on SIGTERM the gateway reports not-ready at once and keeps accepting
+/// for `server.shutdown_delay`, then drains. Clients that route by readiness, as a
+/// Kubernetes Service does (here: /readyz polled every 100 ms, a probe), lose no request
+/// while one of two replicas goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_with_a_shutdown_delay_loses_no_request() {
+    let up = Upstream::start();
+    let config = format!(
+        "server:\n  listen: {{listen}}\n  shutdown_delay: 1500ms\n  drain_timeout: 5s\n{}",
+        routes(&up.url(), false)
+    );
+    let mut a = Gateway::start(&config);
+    let b = Gateway::start(&config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new([AtomicBool::new(true), AtomicBool::new(true)]);
+    let probe = {
+        let (ready, stop, admins) = (ready.clone(), stop.clone(), [a.admin, b.admin]);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for (i, admin) in admins.iter().enumerate() {
+                    let up = matches!(admin_get(*admin, "/readyz"), Ok((200, _)));
+                    ready[i].store(up, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let ok = Arc::new(AtomicU64::new(0));
+    let urls = Arc::new([a.url("/main/x"), b.url("/main/x")]);
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        // Half keep connections alive, half open one a request.
+        let c =
+            if i % 2 == 0 { client() } else { reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap() };
+        let (urls, ready, stop, ok) = (urls.clone(), ready.clone(), stop.clone(), ok.clone());
+        clients.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut n = i;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let pick = if ready[n % 2].load(Ordering::Relaxed) { n % 2 } else { 1 - n % 2 };
+                match c.get(&urls[pick]).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failures.push(format!("replica {pick}: status {}", r.status())),
+                    Err(e) => failures.push(format!("replica {pick}: {e}")),
+                }
+            }
+            failures
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    a.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Within the delay: not ready, and still serving a new connection.
+    assert_eq!(admin_get(a.admin, "/readyz").unwrap().0, 503, "not ready at once");
+    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    assert_eq!(fresh.get(a.url("/main/late")).send().await.unwrap().status(), 200, "accepting during the delay");
+    let status = tokio::task::spawn_blocking(move || a.wait_exit(Duration::from_secs(10))).await.unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "accepted until the delay ended");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    probe.join().unwrap();
+    let mut failures = Vec::new();
+    for c in clients {
+        failures.extend(c.await.unwrap());
+    }
+    assert!(failures.is_empty(), "{} lost requests: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(ok.load(Ordering::Relaxed) > 100, "load ran: {}", ok.load(Ordering::Relaxed));
+    drop(b);
 }
 
 #[test]

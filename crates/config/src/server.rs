@@ -36,6 +36,11 @@ pub struct ServerConfig {
     /// On SIGTERM, how long requests in flight may take to finish before the process exits.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Duration,
+    /// On SIGTERM, how long the gateway reports not-ready while still accepting, before it
+    /// stops accepting and drains: load balancers (a Kubernetes Service) take it out of
+    /// rotation first, so no new connection meets a closed port. `0` outside such set-ups.
+    #[serde(default = "default_shutdown_delay")]
+    pub shutdown_delay: Duration,
     /// Worker threads for the data plane. Default: one per available CPU.
     #[serde(default)]
     pub workers: Option<usize>,
@@ -124,4 +129,8 @@ fn yes() -> bool {
 
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_shutdown_delay() -> Duration {
+    Duration::from_secs(5)
 }

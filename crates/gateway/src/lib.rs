@@ -179,7 +179,7 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    loop {
+    let terminated = loop {
         tokio::select! {
             _ = hangup.recv() => reloader.reload("SIGHUP").await,
             _ = reloader.watch.changed() => {
@@ -187,14 +187,29 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
                     reloader.reload("file change").await;
                 }
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break true,
+            _ = interrupt.recv() => break false,
+        }
+    };
+
+    // Not ready first, still accepting: a load balancer that follows /readyz (a Kubernetes
+    // Service) stops sending new connections before the port closes. SIGINT (an operator at
+    // a terminal) and a second signal skip the wait.
+    admin_state.ready.store(false, Ordering::Release);
+    let delay = swap.load().config.config.server.shutdown_delay.get();
+    if terminated && !delay.is_zero() {
+        tracing::info!(
+            seconds = delay.as_secs_f64(),
+            "shutting down: not ready; accepting until the shutdown delay ends"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
     }
-
-    // Drain: tell load balancers, stop accepting, let requests in flight finish. Each worker
-    // drains its own connections until the drain deadline.
-    admin_state.ready.store(false, Ordering::Release);
+    // Drain: stop accepting, let requests in flight finish. Each worker drains its own
+    // connections until the drain deadline.
     let drain = swap.load().config.config.server.drain_timeout.get();
     tracing::info!(connections = metrics.connections_active.get(), seconds = drain.as_secs_f64(), "draining");
     let _ = shutdown_tx.send(true);
