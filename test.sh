@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests start as real peers
-# (Python with PyJWT, jwcrypto and gRPC; Node with oidc-provider; redis-server), checks the
-# dependencies against deny.toml (installing cargo-deny if needed), then runs every test.
+# (Python with PyJWT, jwcrypto and gRPC; Node with oidc-provider; redis-server) and the tools
+# that check what ships beside the binary (systemd-analyze, groff), checks the dependencies against
+# deny.toml (installing cargo-deny if needed), then runs every test.
 # Arguments go to `cargo test` (e.g. `./test.sh --test e2e proxy::`).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -16,6 +17,10 @@ command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 # Redis for the shared-state tests; each test starts its own on a free port (the system
 # service is not used by them).
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# systemd-analyze checks the shipped unit file (deploy/systemd).
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# groff reads the manual pages `portcullis man` writes.
+command -v groff >/dev/null 2>&1 || missing+=(groff-base)
 if ! command -v cargo >/dev/null 2>&1; then
   echo "test.sh: needs a Rust toolchain (cargo, Rust >= 1.89) on PATH" >&2
   exit 1

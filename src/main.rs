@@ -92,8 +92,20 @@ enum Command {
         #[command(subcommand)]
         command: UsageCommand,
     },
-    /// Print the version.
+    /// Print the version and the commit it was built from.
     Version,
+    /// Print a shell completion script (`portcullis completions bash > /etc/bash_completion.d/portcullis`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, in roff (`portcullis man > portcullis.1; man -l portcullis.1`),
+    /// or write it and a page for each command into a folder (`--dir /usr/local/share/man/man1`).
+    Man {
+        /// The folder to write `portcullis.1` and `portcullis-<command>.1` into.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -308,9 +320,28 @@ fn main() -> ExitCode {
             }
         }
         Command::Version => {
-            println!("portcullis {}", env!("CARGO_PKG_VERSION"));
+            println!("portcullis {} (commit {})", env!("CARGO_PKG_VERSION"), env!("PORTCULLIS_COMMIT"));
             ExitCode::SUCCESS
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "portcullis",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => match match dir {
+            Some(dir) => clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), dir),
+            None => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout()),
+        } {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portcullis: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

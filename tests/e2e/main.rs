@@ -10,6 +10,7 @@ mod authn;
 mod authz;
 mod cli;
 mod confusion;
+mod deploy;
 mod docs;
 mod identity;
 mod lifecycle;
