@@ -19,6 +19,8 @@ command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # systemd-analyze checks the shipped unit file (deploy/systemd).
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# nginx serves signed config bundles to gateways in the fleet tests.
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 # groff reads the manual pages `portcullis man` writes.
 command -v groff >/dev/null 2>&1 || missing+=(groff-base)
 if ! command -v cargo >/dev/null 2>&1; then

@@ -92,6 +92,16 @@ enum Command {
         #[command(subcommand)]
         command: UsageCommand,
     },
+    /// Signed config bundles: pack a config folder, check a bundle, print a public key.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
+    /// Fleet tooling: the status of many gateways.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// Print the version and the commit it was built from.
     Version,
     /// Print a shell completion script (`portcullis completions bash > /etc/bash_completion.d/portcullis`).
@@ -105,6 +115,56 @@ enum Command {
         /// The folder to write `portcullis.1` and `portcullis-<command>.1` into.
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Pack every file under DIR (the config and the files it names) into a signed bundle.
+    Create {
+        /// The folder.
+        dir: PathBuf,
+        /// The Ed25519 signing key, PEM PKCS#8 (`openssl genpkey -algorithm ed25519`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The bundle's version: must increase with every bundle published (default: the
+        /// time now, in seconds since 1970).
+        #[arg(long = "bundle-version")]
+        bundle_version: Option<u64>,
+        /// The config file within DIR.
+        #[arg(long, default_value = "portcullis.yaml")]
+        config: String,
+        /// Where to write the bundle.
+        #[arg(long, short, default_value = "bundle.tar")]
+        out: PathBuf,
+    },
+    /// Check a bundle's signature and digests, and print its manifest; exits 1 if it is bad.
+    Verify {
+        /// The bundle.
+        bundle: PathBuf,
+        /// The public keys (PEM) it may be signed with.
+        #[arg(long = "public-key", required = true)]
+        public_keys: Vec<PathBuf>,
+    },
+    /// Print the PEM public key of a signing key (for `config.source.public_keys`).
+    PublicKey {
+        /// The signing key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Print a table of gateways' status (their admin listeners' `/status`); exits 1 if any
+    /// does not answer.
+    Status {
+        /// The gateways' admin base URLs, e.g. `http://10.0.0.7:9901`.
+        #[arg(required = true)]
+        urls: Vec<String>,
+        /// The admin bearer token (`admin.auth.bearer_token`), if the gateways need one.
+        #[arg(long)]
+        token: Option<String>,
     },
 }
 
@@ -219,7 +279,11 @@ fn main() -> ExitCode {
                 Format::Json => LogFormat::Json,
                 Format::Pretty => LogFormat::Pretty,
             });
-            match portcullis_gateway::serve(portcullis_gateway::ServeOptions { config, log_format }) {
+            match portcullis_gateway::serve(portcullis_gateway::ServeOptions {
+                config,
+                log_format,
+                build: (env!("CARGO_PKG_VERSION").into(), env!("PORTCULLIS_COMMIT").into()),
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis: {e}");
@@ -323,6 +387,12 @@ fn main() -> ExitCode {
             println!("portcullis {} (commit {})", env!("CARGO_PKG_VERSION"), env!("PORTCULLIS_COMMIT"));
             ExitCode::SUCCESS
         }
+        Command::Bundle { command } => bundle(command),
+        Command::Fleet { command: FleetCommand::Status { urls, token } } => {
+            let (table, all) = portcullis_gateway::fleet::status(&urls, token.as_deref());
+            print!("{table}");
+            if all { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -341,6 +411,62 @@ fn main() -> ExitCode {
                 eprintln!("portcullis: {e}");
                 ExitCode::FAILURE
             }
+        },
+    }
+}
+
+fn bundle(command: BundleCommand) -> ExitCode {
+    use portcullis_gateway::bundle;
+    let fail = |e: String| {
+        eprintln!("portcullis: {e}");
+        ExitCode::FAILURE
+    };
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    match command {
+        BundleCommand::Create { dir, key, bundle_version, config, out } => {
+            let key = match read(&key).and_then(|pem| bundle::signing_key(&pem)) {
+                Ok(k) => k,
+                Err(e) => return fail(e),
+            };
+            let version = bundle_version.unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+            });
+            match bundle::create(&dir, &config, version, &key)
+                .and_then(|b| std::fs::write(&out, b).map_err(|e| format!("cannot write {}: {e}", out.display())))
+            {
+                Ok(()) => {
+                    println!("{}: version {version}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        BundleCommand::Verify { bundle: path, public_keys } => {
+            let keys: Result<Vec<_>, String> = public_keys.iter().map(|p| bundle::PublicKey::read(p)).collect();
+            match keys.and_then(|keys| read(&path).and_then(|b| bundle::verify(&b, &keys))) {
+                Ok(v) => {
+                    println!(
+                        "{}: good; version {}, made {}, digest {}",
+                        path.display(),
+                        v.manifest.version,
+                        v.manifest.created,
+                        v.digest
+                    );
+                    for f in &v.manifest.files {
+                        let mark = if f.path == v.manifest.config { " (config)" } else { "" };
+                        println!("  {} {} {}{mark}", f.sha256, f.size, f.path);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("{}: refused: {e}", path.display())),
+            }
+        }
+        BundleCommand::PublicKey { key } => match read(&key).and_then(|pem| bundle::signing_key(&pem)) {
+            Ok(k) => {
+                print!("{}", bundle::public_pem(&k));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
         },
     }
 }

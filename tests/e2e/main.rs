@@ -12,6 +12,7 @@ mod cli;
 mod confusion;
 mod deploy;
 mod docs;
+mod fleet;
 mod identity;
 mod lifecycle;
 mod limits;

@@ -9,6 +9,7 @@
 mod admin;
 mod authz;
 mod dpop;
+mod fleet;
 mod identity;
 mod issuer;
 mod limits;
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 pub use admin::{AdminAuthConfig, AdminConfig, redacted};
 pub use authz::{AuthorizationConfig, CedarConfig};
 pub use dpop::DpopConfig;
+pub use fleet::{Bootstrap, BundleSource, ConfigOrigin, FleetConfig};
 pub use identity::{
     AudienceConfig, EncryptConfig, InternalTokenConfig, Listener, PropagateConfig, SigningKeysConfig,
     TokenClientConfig, TokenServiceConfig,
@@ -43,7 +45,7 @@ pub use limits::{
     BruteForceConfig, ConcurrencyConfig, FailMode, IpListEntry, IpRulesConfig, JsonLimitsConfig, KeyPart, LimitKey,
     LimitMode, PlanConfig, QuotaConfig, QuotaWindow, RateLimitConfig,
 };
-pub use load::{ConfigError, ConfigErrors, Invalid, LoadedConfig, load_file, load_str};
+pub use load::{ConfigError, ConfigErrors, Invalid, LoadedConfig, load_bootstrap, load_file, load_str};
 pub use route::{
     AuthMethod, AuthorizeConfig, CredentialsConfig, OtherMethods, Rewrite, RouteConfig, RouteLimits, RouteMatch,
     RouteTimeouts,
@@ -137,6 +139,9 @@ pub struct Config {
     /// sessions or users they name are revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_signals: Option<SharedSignalsConfig>,
+    /// Fleet status: this gateway's name, and where it reports its status.
+    #[serde(default)]
+    pub fleet: FleetConfig,
 }
 
 impl Config {

@@ -98,6 +98,27 @@ impl LoadedConfig {
         ConfigErrors(problems.into_iter().map(|p| self.source_map.error(&self.file, p)).collect())
     }
 
+    /// Puts this gateway's own listen addresses over the file's (a bootstrap's
+    /// `config.listen` and `config.admin_listen`), then checks the config again as if they
+    /// had been written in it (a public admin address needs a credential...).
+    pub fn set_listeners(
+        &mut self,
+        listen: Option<std::net::SocketAddr>,
+        admin: Option<std::net::SocketAddr>,
+    ) -> Result<(), ConfigErrors> {
+        if let Some(l) = listen {
+            self.config.server.listen = l;
+        }
+        if let Some(a) = admin {
+            match &mut self.config.admin {
+                Some(existing) => existing.listen = a,
+                None => self.config.admin = Some(crate::AdminConfig { listen: a, auth: None, tls: None }),
+            }
+        }
+        let problems = crate::validate::validate(&self.config);
+        if problems.is_empty() { Ok(()) } else { Err(self.locate(problems)) }
+    }
+
     /// Resolves `path` against the folder of the config file, as every relative path in a
     /// config file is.
     pub fn resolve(&self, path: &Path) -> PathBuf {
@@ -124,11 +145,59 @@ pub fn load_file(file: &Path) -> Result<LoadedConfig, ConfigErrors> {
     load_str(text, file)
 }
 
-/// Parses and validates config `text` as if read from `file` (relative paths resolve
-/// against its folder). Every problem is reported, in the order of the file: unknown keys,
-/// values of the wrong type and missing keys (all of them, not only the first), then the
-/// rules that span keys.
-pub fn load_str(text: String, file: &Path) -> Result<LoadedConfig, ConfigErrors> {
+/// The bootstrap file at `file`, if it is one (its top-level key `config` says so; `None`
+/// for a config), with its relative paths resolved against its folder.
+pub fn load_bootstrap(file: &Path) -> Result<Option<crate::Bootstrap>, ConfigErrors> {
+    let file = &std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let Ok(text) = std::fs::read_to_string(file) else { return Ok(None) };
+    let keys: Result<std::collections::BTreeMap<String, de::IgnoredAny>, _> = serde_saphyr::from_str(&text);
+    if !keys.is_ok_and(|k| k.contains_key("config")) {
+        return Ok(None);
+    }
+    let Typed { value, errors, source_map, .. } = typed::<crate::Bootstrap>(&text, file)?;
+    match value {
+        Some(mut b) if errors.is_empty() => {
+            let s = &mut b.config.source;
+            let mut problems = Vec::new();
+            if s.public_keys.is_empty() {
+                problems.push(Invalid::new(
+                    "config.source.public_keys",
+                    "name at least one: a bundle is taken only when signed",
+                ));
+            }
+            if !matches!(s.url.scheme(), "http" | "https") {
+                problems.push(Invalid::new("config.source.url", "write an http:// or https:// URL"));
+            }
+            if s.poll_interval.get() < std::time::Duration::from_secs(1) {
+                problems.push(Invalid::new("config.source.poll_interval", "at least 1s"));
+            }
+            if !problems.is_empty() {
+                return Err(sorted(problems.into_iter().map(|p| source_map.error(file, p)).collect()));
+            }
+            for k in &mut s.public_keys {
+                *k = resolve_against(file, k);
+            }
+            s.cache = Some(resolve_against(file, s.cache.as_deref().unwrap_or(Path::new("bundles"))));
+            s.ca = s.ca.as_deref().map(|c| resolve_against(file, c));
+            Ok(Some(b))
+        }
+        _ => Err(sorted(errors)),
+    }
+}
+
+/// What typing a document found: the value (with stand-ins where errors were), the errors,
+/// and where things were written.
+struct Typed<T> {
+    value: Option<T>,
+    errors: Vec<ConfigError>,
+    source_map: SourceMap,
+    touched: Vec<String>,
+    shifted: Vec<String>,
+}
+
+/// Types `text` (read from `file`) as `T`, finding every typing error with its line. `Err`
+/// when the text is not YAML or is empty.
+fn typed<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<Typed<T>, ConfigErrors> {
     let error = |path: String, loc: Option<&Location>, message: String| ConfigError {
         file: file.to_path_buf(),
         path,
@@ -143,8 +212,8 @@ pub fn load_str(text: String, file: &Path) -> Result<LoadedConfig, ConfigErrors>
     // with their full path.
     let mut tree_options = options();
     tree_options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
-    let (source_map, tree) = match serde_saphyr::from_str_with_options::<Spanned<Node>>(&text, tree_options) {
-        Ok(root) => SourceMap::build(root, &text),
+    let (source_map, tree) = match serde_saphyr::from_str_with_options::<Spanned<Node>>(text, tree_options) {
+        Ok(root) => SourceMap::build(root, text),
         Err(e) => {
             return Err(ConfigErrors(vec![error(String::new(), e.location().as_ref(), clean_message(&e))]));
         }
@@ -174,9 +243,9 @@ pub fn load_str(text: String, file: &Path) -> Result<LoadedConfig, ConfigErrors>
 
     // Second pass: strict typing. The path tracker names the key the error is about.
     let mut failed_path = None;
-    let typed = serde_saphyr::with_deserializer_from_str_with_options(&text, options(), |de| {
+    let typed = serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
         let mut track = serde_path_to_error::Track::new();
-        let result = Config::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
+        let result = T::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
         if result.is_err() {
             failed_path = Some(track.path().to_string());
         }
@@ -186,7 +255,7 @@ pub fn load_str(text: String, file: &Path) -> Result<LoadedConfig, ConfigErrors>
         Ok(config) if errors.is_empty() => (Some(config), Vec::new(), Vec::new()),
         typed => {
             // Serde stops at the first error: find the others too (see `recover`).
-            let collected = recover::collect::<Config>(tree.clone(), &options);
+            let collected = recover::collect::<T>(tree.clone(), &options);
             for found in &collected.errors {
                 errors.push(typing_error(found.path.clone(), &found.message));
             }
@@ -207,6 +276,16 @@ pub fn load_str(text: String, file: &Path) -> Result<LoadedConfig, ConfigErrors>
             (collected.value, collected.touched, collected.shifted)
         }
     };
+    Ok(Typed { value: config, errors, source_map, touched, shifted })
+}
+
+/// Parses and validates config `text` as if read from `file` (relative paths resolve
+/// against its folder). Every problem is reported, in the order of the file: unknown keys,
+/// values of the wrong type and missing keys (all of them, not only the first), then the
+/// rules that span keys.
+pub fn load_str(text: String, file: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    let Typed { value: config, errors, source_map, touched, shifted } = typed::<Config>(&text, file)?;
+    let mut errors = errors;
     let Some(mut config) = config else { return Err(sorted(errors)) };
 
     let mut problems = config.resolve_files(|p| resolve_against(file, p));

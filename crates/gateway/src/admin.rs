@@ -55,6 +55,8 @@ pub struct AdminState {
     /// Set once every route has been ready: from then on, one route's missing keys no longer
     /// hold the gateway not-ready.
     pub settled: AtomicBool,
+    /// What `/status` reports.
+    pub status: crate::fleet::Shared,
 }
 
 impl AdminState {
@@ -66,6 +68,7 @@ impl AdminState {
             ready: AtomicBool::new(true),
             started: Instant::now(),
             settled: AtomicBool::new(false),
+            status: Default::default(),
         }
     }
 }
@@ -129,6 +132,7 @@ enum AdminEndpoint {
     Config,
     Revocations,
     Usage,
+    Status,
 }
 
 impl AdminEndpoint {
@@ -140,6 +144,7 @@ impl AdminEndpoint {
             "/config" => AdminEndpoint::Config,
             "/revocations" => AdminEndpoint::Revocations,
             "/usage" => AdminEndpoint::Usage,
+            "/status" => AdminEndpoint::Status,
             _ => return None,
         })
     }
@@ -243,6 +248,13 @@ async fn respond(
         AdminEndpoint::Usage => {
             let query = req.uri().query().unwrap_or_default();
             crate::usage::serve(rt.meter().map(|m| &**m), query).await.unwrap_or_else(problem)
+        }
+        AdminEndpoint::Status => {
+            let mut status = crate::fleet::snapshot(&state.status);
+            if let Some(id) = &rt.config.config.fleet.id {
+                status.id.clone_from(id);
+            }
+            text(StatusCode::OK, "application/json", serde_json::to_string(&status).unwrap_or_default())
         }
         AdminEndpoint::Config => {
             let body = serde_json::json!({

@@ -5,8 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod bundle;
+pub mod fleet;
 pub mod policy_tools;
 pub mod revoke;
+mod source;
 pub mod usage;
 mod watch;
 
@@ -48,6 +51,9 @@ pub enum Error {
     /// Logging could not be set up.
     #[error("{0}")]
     Logging(String),
+    /// No config bundle could be had (`config.source`).
+    #[error("config bundle: {0}")]
+    Bundle(String),
     /// Anything else the operating system refused.
     #[error("cannot start: {0}")]
     Io(#[from] io::Error),
@@ -60,6 +66,8 @@ pub struct ServeOptions {
     pub config: PathBuf,
     /// Overrides `log.format`.
     pub log_format: Option<LogFormat>,
+    /// The gateway's version and the commit it was built from, for `/status`.
+    pub build: (String, String),
 }
 
 /// What a successful `check` found.
@@ -72,6 +80,21 @@ pub struct CheckSummary {
 /// Loads and compiles a config without serving it: every error a `serve` would hit at
 /// start-up (syntax, types, cross-references, unreadable certificates...).
 pub fn check(path: &Path) -> Result<CheckSummary, ConfigErrors> {
+    // A bootstrap file: its keys must be readable; its config is checked when fetched.
+    if let Some(boot) = portcullis_config::load_bootstrap(path)? {
+        for key in &boot.config.source.public_keys {
+            bundle::PublicKey::read(key).map_err(|e| {
+                ConfigErrors(vec![portcullis_config::ConfigError {
+                    file: path.to_path_buf(),
+                    path: "config.source.public_keys".into(),
+                    line: None,
+                    column: None,
+                    message: e,
+                }])
+            })?;
+        }
+        return Ok(CheckSummary { routes: Vec::new() });
+    }
     let loaded = load_file(path)?;
     let lasting = Lasting::new(Arc::new(Metrics::new()), 1);
     admin_tls(&loaded)?;
@@ -80,14 +103,70 @@ pub fn check(path: &Path) -> Result<CheckSummary, ConfigErrors> {
 }
 
 /// Runs the gateway in the foreground until SIGTERM or SIGINT, then drains and returns.
+/// `opts.config` is a config, or a bootstrap file whose `config.source` names where signed
+/// config bundles are fetched.
 pub fn serve(opts: ServeOptions) -> Result<(), Error> {
+    if let Some(boot) = portcullis_config::load_bootstrap(&opts.config).map_err(Error::Config)? {
+        let format = opts.log_format.unwrap_or(boot.log.format);
+        init_logging(format == LogFormat::Json, &boot.log.level).map_err(Error::Logging)?;
+        let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return control.block_on(async move {
+            let listeners = (boot.config.listen, boot.config.admin_listen);
+            let mut source = source::Source::new(boot.config.source).map_err(Error::Bundle)?;
+            let url = source.url();
+            let start = source.first().await;
+            let load = |f: &source::Fetched| {
+                let mut loaded = load_file(&f.config)?;
+                loaded.set_listeners(listeners.0, listeners.1)?;
+                Ok::<_, ConfigErrors>(loaded)
+            };
+            let mut refused = start.problem.clone();
+            // The server's bundle if it loads, else the cached one.
+            let (first, loaded) = match (start.fresh, start.cached) {
+                (Some(fresh), cached) => match (load(&fresh), cached) {
+                    (Ok(loaded), _) => (fresh, loaded),
+                    (Err(e), Some(cached)) => {
+                        source.dropped(&fresh);
+                        refused = Some((Some(fresh.bundle.manifest.version), format!("its config: {e}")));
+                        let loaded = load(&cached).map_err(Error::Config)?;
+                        (cached, loaded)
+                    }
+                    (Err(e), None) => return Err(Error::Config(e)),
+                },
+                (None, Some(cached)) => {
+                    let loaded = load(&cached).map_err(Error::Config)?;
+                    (cached, loaded)
+                }
+                (None, None) => {
+                    let why = start.problem.map_or_else(|| "no bundle".to_string(), |p| p.1);
+                    return Err(Error::Bundle(format!("{url}: {why}; and no cached bundle to start with")));
+                }
+            };
+            if let Some((version, why)) = &refused {
+                tracing::warn!(version, reason = %why, "config: the server's bundle is not taken; serving the cached bundle");
+            }
+            source.taken(&first);
+            tracing::info!(version = first.bundle.manifest.version, from = %first.from, "config: bundle taken");
+            let refused = refused.map(|(version, reason)| fleet::Refusal { version, reason, at: fleet::now() });
+            run(first.config.clone(), loaded, opts.build, Some((source, first, listeners, refused))).await
+        });
+    }
     let loaded = load_file(&opts.config).map_err(Error::Config)?;
     let format = opts.log_format.unwrap_or(loaded.config.log.format);
     init_logging(format == LogFormat::Json, &loaded.config.log.level).map_err(Error::Logging)?;
     // This thread runs the control plane (signals, reloads, the admin API); requests run on
     // the worker threads `run` starts.
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    control.block_on(run(opts.config, loaded))
+    control.block_on(run(opts.config, loaded, opts.build, None))
+}
+
+fn bundle_status(f: &source::Fetched) -> fleet::BundleStatus {
+    fleet::BundleStatus {
+        version: f.bundle.manifest.version,
+        digest: f.bundle.digest.clone(),
+        created: f.bundle.manifest.created.clone(),
+        from: f.from.clone(),
+    }
 }
 
 /// The admin listener's TLS settings, if it has any.
@@ -106,7 +185,13 @@ fn bind_admin(addr: SocketAddr) -> Result<TcpListener, Error> {
     socket.listen(128).map_err(err)
 }
 
-async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
+async fn run(
+    path: PathBuf,
+    loaded: LoadedConfig,
+    build: (String, String),
+    source: Option<(source::Source, source::Fetched, Listeners, Option<fleet::Refusal>)>,
+) -> Result<(), Error> {
+    let listeners = source.as_ref().map_or((None, None), |s| s.2);
     // A gateway holds many sockets: use all the descriptors the hard limit allows.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "cannot raise the open-file limit");
@@ -151,7 +236,18 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
     for (i, socket) in sockets.into_iter().enumerate() {
         threads.push(listener::spawn_worker(i + 1, socket, ctx.clone())?);
     }
-    let admin_state = Arc::new(AdminState::new(swap.clone(), metrics.clone()));
+    let status = fleet::start(loaded_fleet_id(&swap).as_deref(), &build.0, &build.1, path.clone());
+    let mut source = source.map(|(source, first, _, refused)| {
+        fleet::update(&status, |s| {
+            s.bundle = Some(bundle_status(&first));
+            s.last_refused_bundle = refused;
+        });
+        source
+    });
+    let mut admin_state = AdminState::new(swap.clone(), metrics.clone());
+    admin_state.status = status.clone();
+    let admin_state = Arc::new(admin_state);
+    tokio::spawn(report_status(swap.clone(), status.clone()));
     if let Some(l) = admin_listener {
         // The admin listener lives until the process exits, so that /readyz says
         // "not ready" while connections drain.
@@ -174,17 +270,32 @@ async fn run(path: PathBuf, loaded: LoadedConfig) -> Result<(), Error> {
         listen,
         admin: admin_addr,
         admin_tls: admin_tls_at_start,
+        status: status.clone(),
+        bundle_unreachable: false,
+        listeners,
     };
     reloader.set_files(files);
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut poll = source.as_ref().map(|s| {
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + s.interval(), s.interval());
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every
+    });
     let terminated = loop {
         tokio::select! {
-            _ = hangup.recv() => reloader.reload("SIGHUP").await,
+            _ = hangup.recv() => {
+                let _ = reloader.reload("SIGHUP").await;
+            }
+            _ = async { poll.as_mut().expect("polled only with a source").tick().await }, if poll.is_some() => {
+                if let Some(source) = source.as_mut() {
+                    reloader.poll_bundle(source).await;
+                }
+            }
             _ = reloader.watch.changed() => {
                 if fingerprint(&reloader.files) != reloader.fingerprint {
-                    reloader.reload("file change").await;
+                    let _ = reloader.reload("file change").await;
                 }
             }
             _ = terminate.recv() => break true,
@@ -273,7 +384,16 @@ struct Reloader {
     /// The admin listener's address and TLS settings, as bound at start.
     admin: Option<SocketAddr>,
     admin_tls: Option<portcullis_config::TlsConfig>,
+    /// What `/status` reports.
+    status: fleet::Shared,
+    /// The bundle server could not be asked at the last poll (logged once).
+    bundle_unreachable: bool,
+    /// A bootstrap's own listen addresses, over every config's.
+    listeners: Listeners,
 }
+
+/// A bootstrap's `config.listen` and `config.admin_listen`.
+type Listeners = (Option<SocketAddr>, Option<SocketAddr>);
 
 impl Reloader {
     fn set_files(&mut self, files: Vec<PathBuf>) {
@@ -302,13 +422,79 @@ impl Reloader {
 
     /// Loads, validates and compiles the config again; swaps it in only if all of that
     /// succeeds. Requests in flight finish on the runtime they started with.
-    async fn reload(&mut self, cause: &'static str) {
+    async fn reload(&mut self, cause: &'static str) -> Result<(), String> {
+        let outcome = self.try_reload(cause).await;
+        let generation = self.generation;
+        fleet::update(&self.status, |s| {
+            s.config.generation = generation;
+            if outcome.is_ok() {
+                s.config.file.clone_from(&self.path);
+            }
+            s.last_reload = Some(fleet::ReloadStatus {
+                result: if outcome.is_ok() { "success" } else { "failure" }.into(),
+                cause: cause.into(),
+                at: fleet::now(),
+                error: outcome.as_ref().err().cloned(),
+            });
+        });
+        outcome
+    }
+
+    /// Asks the bundle source for a newer bundle, and takes it if its config loads.
+    async fn poll_bundle(&mut self, source: &mut source::Source) {
+        let refuse = |status: &fleet::Shared, version: Option<u64>, reason: String| {
+            tracing::error!(version, reason = %reason, "config: bundle refused; still serving the previous config");
+            fleet::update(status, |s| {
+                s.last_refused_bundle = Some(fleet::Refusal { version, reason, at: fleet::now() })
+            });
+        };
+        match source.poll().await {
+            source::Polled::Unchanged => self.bundle_reachable(),
+            source::Polled::Unreachable(why) => {
+                if !std::mem::replace(&mut self.bundle_unreachable, true) {
+                    tracing::warn!(url = %source.url(), error = %why, "config: the bundle server cannot be reached; still serving the current bundle");
+                }
+            }
+            source::Polled::Refused(version, reason) => {
+                self.bundle_reachable();
+                refuse(&self.status, version, reason);
+            }
+            source::Polled::New(fetched) => {
+                self.bundle_reachable();
+                let previous = std::mem::replace(&mut self.path, fetched.config.clone());
+                match self.reload("bundle").await {
+                    Ok(()) => {
+                        source.taken(&fetched);
+                        tracing::info!(version = fetched.bundle.manifest.version, "config: bundle taken");
+                        fleet::update(&self.status, |s| s.bundle = Some(bundle_status(&fetched)));
+                    }
+                    Err(e) => {
+                        self.path = previous;
+                        source.dropped(&fetched);
+                        refuse(&self.status, Some(fetched.bundle.manifest.version), format!("its config: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn bundle_reachable(&mut self) {
+        if std::mem::take(&mut self.bundle_unreachable) {
+            tracing::info!("config: the bundle server answers again");
+        }
+    }
+
+    async fn try_reload(&mut self, cause: &'static str) -> Result<(), String> {
         let path = self.path.clone();
         let lasting = self.lasting.clone();
         let log = self.access_log.clone();
         let generation = self.generation + 1;
+        let listeners = self.listeners;
         let built = tokio::task::spawn_blocking(move || {
-            let loaded = load_file(&path)?;
+            let mut loaded = load_file(&path)?;
+            if listeners != (None, None) {
+                loaded.set_listeners(listeners.0, listeners.1)?;
+            }
             let files = watched_files(&path, &loaded);
             Runtime::build(Arc::new(loaded), &lasting, Some(log), generation).map(|rt| (rt, files))
         })
@@ -326,7 +512,7 @@ impl Reloader {
                         "config reload rejected; still serving the previous config"
                     );
                     self.fingerprint = fingerprint(&self.files);
-                    return;
+                    return Err(why.to_string());
                 }
                 if c.server.listen != self.listen || c.admin.as_ref().map(|a| a.listen) != self.admin {
                     tracing::warn!("listen addresses changed; they take effect at the next restart");
@@ -346,17 +532,43 @@ impl Reloader {
                 metrics.config_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
                 tracing::info!(cause, generation, routes, "config reloaded");
                 self.set_files(files);
+                Ok(())
             }
             Ok(Err(errors)) => {
                 metrics.reload(false);
                 tracing::error!(cause, generation = self.generation, errors = %errors, "config reload rejected; still serving the previous config");
                 // Do not retry the same broken files on every unrelated event.
                 self.fingerprint = fingerprint(&self.files);
+                Err(errors.to_string())
             }
             Err(e) => {
                 metrics.reload(false);
                 tracing::error!(cause, error = %e, "config reload failed");
+                Err(e.to_string())
             }
+        }
+    }
+}
+
+/// The `fleet.id` of the config in service.
+fn loaded_fleet_id(swap: &ArcSwap<Runtime>) -> Option<String> {
+    swap.load().config.config.fleet.id.clone()
+}
+
+/// Posts the status to `fleet.report_url` every `fleet.report_interval`, as the config in
+/// service says at each round.
+async fn report_status(swap: Arc<ArcSwap<Runtime>>, status: fleet::Shared) {
+    let client = reqwest::Client::new();
+    let mut failing = false;
+    loop {
+        let fleet = swap.load().config.config.fleet.clone();
+        tokio::time::sleep(fleet.report_interval.get().max(std::time::Duration::from_secs(1))).await;
+        if let Some(url) = &fleet.report_url {
+            let mut snapshot = fleet::snapshot(&status);
+            if let Some(id) = &fleet.id {
+                snapshot.id.clone_from(id);
+            }
+            fleet::report(&client, url, &snapshot, &mut failing).await;
         }
     }
 }
