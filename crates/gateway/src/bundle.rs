@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
-use aws_lc_rs::digest::{SHA256, digest};
+use aws_lc_rs::digest::SHA256;
 use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use base64::Engine as _;
 use rustls::pki_types::pem::PemObject;
@@ -105,6 +105,15 @@ pub fn public_pem(key: &Ed25519KeyPair) -> String {
     format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n")
 }
 
+/// The SHA-256 of a bundle file, hex.
+pub fn digest(bundle: &[u8]) -> String {
+    hex(digest_of(bundle).as_ref())
+}
+
+fn digest_of(bytes: &[u8]) -> aws_lc_rs::digest::Digest {
+    aws_lc_rs::digest::digest(&SHA256, bytes)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -136,7 +145,7 @@ pub fn create(dir: &Path, config: &str, version: u64, key: &Ed25519KeyPair) -> R
             .map(|(path, bytes)| Entry {
                 path: path.clone(),
                 size: bytes.len() as u64,
-                sha256: hex(digest(&SHA256, bytes).as_ref()),
+                sha256: hex(digest_of(bytes).as_ref()),
             })
             .collect(),
     };
@@ -234,14 +243,14 @@ pub fn verify(bundle: &[u8], keys: &[PublicKey]) -> Result<Verified, String> {
     }
     for f in &manifest.files {
         let bytes = entries.get(&f.path).ok_or_else(|| format!("`{}` is missing from the bundle", f.path))?;
-        if bytes.len() as u64 != f.size || hex(digest(&SHA256, bytes).as_ref()) != f.sha256 {
+        if bytes.len() as u64 != f.size || hex(digest_of(bytes).as_ref()) != f.sha256 {
             return Err(format!("`{}` does not match its digest in the manifest", f.path));
         }
     }
     if let Some(extra) = entries.keys().find(|p| !manifest.files.iter().any(|f| &f.path == *p)) {
         return Err(format!("`{extra}` is in the bundle but not in its manifest"));
     }
-    Ok(Verified { manifest, files: entries, digest: hex(digest(&SHA256, bundle).as_ref()) })
+    Ok(Verified { manifest, files: entries, digest: digest(bundle) })
 }
 
 impl Verified {

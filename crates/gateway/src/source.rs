@@ -62,6 +62,8 @@ pub struct Source {
     running: Option<(u64, String)>,
     /// Polls made.
     polls: u64,
+    /// The digest of the last bundle refused: fetched again, it is not refused again.
+    refused: Option<String>,
 }
 
 impl Source {
@@ -81,7 +83,7 @@ impl Source {
             }
         }
         let client = builder.build().map_err(|e| format!("config.source: {e}"))?;
-        Ok(Source { config, keys, client, cache, etag: None, running: None, polls: 0 })
+        Ok(Source { config, keys, client, cache, etag: None, running: None, polls: 0, refused: None })
     }
 
     /// How often to poll.
@@ -167,9 +169,16 @@ impl Source {
         }
         // Whatever it holds, this response is not asked for again.
         self.etag = etag;
+        let whole = bundle::digest(&bytes);
+        if self.refused.as_ref() == Some(&whole) {
+            return Polled::Unchanged;
+        }
         let verified = match bundle::verify(&bytes, &self.keys) {
             Ok(v) => v,
-            Err(e) => return Polled::Refused(None, e),
+            Err(e) => {
+                self.refused = Some(whole);
+                return Polled::Refused(None, e);
+            }
         };
         let version = verified.manifest.version;
         if let Some((running, digest)) = &self.running {
@@ -177,6 +186,7 @@ impl Source {
                 return Polled::Unchanged;
             }
             if version <= *running {
+                self.refused = Some(whole);
                 return Polled::Refused(
                     Some(version),
                     format!("version {version} is not newer than the running {running} (no rollback)"),
@@ -187,7 +197,10 @@ impl Source {
             Ok((dir, config)) => {
                 Polled::New(Box::new(Fetched { bundle: verified, bytes, dir, config, from: self.url() }))
             }
-            Err(e) => Polled::Refused(Some(version), e),
+            Err(e) => {
+                self.refused = Some(whole);
+                Polled::Refused(Some(version), e)
+            }
         }
     }
 
@@ -220,8 +233,10 @@ impl Source {
         }
     }
 
-    /// A bundle that was unpacked but not taken (its config is invalid) is removed.
-    pub fn dropped(&self, f: &Fetched) {
+    /// A bundle that was unpacked but not taken (its config is invalid) is removed, and not
+    /// refused again when fetched again.
+    pub fn dropped(&mut self, f: &Fetched) {
+        self.refused = Some(f.bundle.digest.clone());
         if f.dir.starts_with(&self.cache) {
             let _ = std::fs::remove_dir_all(&f.dir);
         }
