@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests start as real peers
-# (Python with PyJWT, jwcrypto and gRPC; Node with oidc-provider; redis-server) and the tools
-# that check what ships beside the binary (systemd-analyze, groff), checks the dependencies against
-# deny.toml (installing cargo-deny if needed), then runs every test.
-# Arguments go to `cargo test` (e.g. `./test.sh --test e2e proxy::`).
+# (Python with PyJWT, jwcrypto and gRPC; Node with oidc-provider; redis-server, nginx) and the
+# tools that check what ships beside the binary (systemd-analyze, groff, Buildah, Podman,
+# kubernetes-validate), checks the dependencies against deny.toml (installing cargo-deny if
+# needed), runs every test, then checks the release build's container image and the
+# Kubernetes manifests. Arguments go to `cargo test` (e.g. `./test.sh --test e2e proxy::`),
+# and then only the tests they name run.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,6 +21,10 @@ command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # systemd-analyze checks the shipped unit file (deploy/systemd).
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# Buildah builds the container image; Podman runs it (with runc: crun cannot start
+# containers under hybrid cgroups); without them the image check runs it in a chroot.
+command -v buildah >/dev/null 2>&1 || missing+=(buildah)
+command -v podman >/dev/null 2>&1 || missing+=(podman runc)
 # nginx serves signed config bundles to gateways in the fleet tests.
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 # groff reads the manual pages `portcullis man` writes.
@@ -46,4 +52,18 @@ if ! cargo deny --version >/dev/null 2>&1; then
 fi
 cargo deny check --hide-inclusion-graph licenses bans sources
 
-exec cargo test --workspace "$@"
+cargo test --workspace "$@"
+
+# With no arguments (the whole suite), also what ships beside the binary, built for release as
+# users get it: the container image (built with Buildah from the binary, nothing pulled, and
+# run) and the Kubernetes manifests and Helm chart (validated, their config checked by the
+# binary).
+if [ $# -eq 0 ]; then
+  cargo build --release --locked --bin portcullis
+  if [ "$(id -u)" = 0 ]; then
+    tests/deploy/image_check.sh target/release/portcullis
+  else
+    echo "test.sh: the container image check needs root (Buildah, mounts); skipped" >&2
+  fi
+  python3 tests/deploy/k8s_check.py target/release/portcullis
+fi
