@@ -113,21 +113,18 @@ fn config_dir(dir: &TempDir, tag: &str, extra: &str) -> PathBuf {
     d
 }
 
+/// `portcullis bundle create SRC --key KEY --bundle-version VERSION --out OUT`.
+fn create(src: &Path, key: &Path, version: u64, out: &Path) -> (i32, String, String) {
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let version = version.to_string();
+    run_cli(&["bundle", "create", &path(src), "--key", &path(key), "--bundle-version", &version, "--out", &path(out)])
+}
+
 /// Publishes a bundle of `src` as version `version` at `root/edge.tar` (atomically, as a
 /// deployment would).
 fn publish(root: &Path, src: &Path, key: &Path, version: u64) {
     let tmp = root.join("edge.tar.tmp");
-    let (code, _, err) = run_cli(&[
-        "bundle",
-        "create",
-        src.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "--bundle-version",
-        &version.to_string(),
-        "--out",
-        tmp.to_str().unwrap(),
-    ]);
+    let (code, _, err) = create(src, key, version, &tmp);
     assert_eq!(code, 0, "{err}");
     // nginx's ETag is the modification time in seconds and the size, which tar pads: a time
     // of its own for each publication, as files published seconds apart would have.
@@ -365,17 +362,7 @@ fn bundle_create_and_verify_on_the_command_line() {
     let (_, other) = keys(&work, "other");
     let src = config_dir(&work, "one", "");
     let out = work.path().join("b.tar");
-    let (code, said, err) = run_cli(&[
-        "bundle",
-        "create",
-        src.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "--bundle-version",
-        "42",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (code, said, err) = create(&src, &key, 42, &out);
     assert_eq!(code, 0, "{err}");
     assert!(said.contains("version 42"), "{said}");
     // The tar holds the manifest, the signature and the files; tar(1) reads it.
