@@ -396,3 +396,68 @@ fn bundle_create_and_verify_on_the_command_line() {
     assert_eq!(code, 1);
     assert!(err.contains("config.source.public_keys") && err.contains("config.source.url"), "{err}");
 }
+
+/// A receiver of status reports: every request's text (head and body), answered `204`.
+fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/fleet", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut text = Vec::new();
+            let mut buf = [0u8; 8192];
+            // The head, then as many body bytes as it announces.
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => text.extend_from_slice(&buf[..n]),
+                }
+                let t = String::from_utf8_lossy(&text).to_string();
+                if let Some((head, body)) = t.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            seen.lock().unwrap().push(String::from_utf8_lossy(&text).into_owned());
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
+#[test]
+fn the_status_is_reported_to_the_fleet_url() {
+    let (url, got) = receiver();
+    let gw = crate::harness::Gateway::start(&format!(
+        "fleet:\n  id: edge-7\n  report_url: {url}\n  report_interval: 1s\nroutes:\n  - id: a\n    match: {{ path_prefix: /a }}\n    upstream: echo\n    authenticate: [none]\n"
+    ));
+    let status: Value = serde_json::from_str(&admin_get(gw.admin, "/status").unwrap().1).unwrap();
+    assert_eq!(status["id"], "edge-7");
+    assert_eq!(status["config"]["generation"], 1);
+    assert!(status["bundle"].is_null(), "a config from a file: {status}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let report = loop {
+        if let Some(r) = got.lock().unwrap().first().cloned() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no status report within 5s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(report.starts_with("POST /fleet HTTP/1.1"), "{report}");
+    let body: Value = serde_json::from_str(report.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["id"], "edge-7");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+}
