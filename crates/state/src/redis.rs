@@ -1,11 +1,9 @@
-//! The Redis backend: one multiplexed connection per store, shared by every worker, that
-//! reconnects by itself with backoff (`redis::aio::ConnectionManager`). It is made when the
-//! store is (so it is up before the first request), and its task runs on the control
-//! thread; a connection per worker, each on its own event loop, measured no faster
-//! (bench/RESULTS.md, "Rate limits") and met each worker's first request unconnected. A
-//! request never opens a connection nor takes a lock. Its admissions and replay records
-//! are queued and sent in batches, one script call each (see [`crate::batch`]); it waits at
-//! most `state.redis.timeout`, past which it gets [`StateError::Unavailable`] and refuses.
+//! The Redis backend. A store has one shared multiplexed connection that reconnects by
+//! itself with backoff (`redis::aio::ConnectionManager`), made when the store is and run on
+//! the control thread, for background work. A request never opens a connection nor takes a
+//! lock: its admissions and replay records are queued on its worker and sent in batches,
+//! one script call each, over the worker's own connection (see [`crate::batch`]); it waits
+//! at most `state.redis.timeout`, past which it gets [`StateError::Unavailable`] and refuses.
 //!
 //! Behind Sentinel, a task asks the sentinels for the primary every second (at once after a
 //! failed command) and, when a majority of them name another, swaps in a connection to it. With Redis
@@ -429,38 +427,34 @@ impl Redis {
         build_key(&self.prefix, ns, key)
     }
 
-    /// See [`crate::State::insert_once`]: `SET key 1 NX PX ttl`, in the next batch.
+    /// See [`crate::State::insert_once`]: `SET key 1 NX PX ttl` in the admission script.
     pub async fn insert_once(&self, ns: &str, key: &[u8], ttl: Duration) -> Result<bool, StateError> {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        if self.me.get().is_some() {
-            let answer = self.queued(Op::Once { key: self.key(ns, key), ttl_ms: ms }).await?;
-            return Ok(answer.first() == Some(&1));
-        }
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(ns, key)).arg(1).arg("NX").arg("PX").arg(ms);
-        match self.run(&cmd).await? {
-            redis::Value::Okay => Ok(true),
-            redis::Value::Nil => Ok(false),
-            redis::Value::SimpleString(s) if s == "OK" => Ok(true),
-            other => Err(self.failed(StateErrorKind::protocol, &format!("unexpected answer to SET: {other:?}"))),
-        }
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let answer = self.run_op(Op::Once { key: self.key(ns, key), ttl_ms }).await?;
+        Ok(answer.first() == Some(&1))
     }
 
-    /// Queues `op` for this thread's next batch and awaits its answer, within the timeout
-    /// (sent alone from a thread without a runtime).
-    async fn queued(&self, op: Op) -> Result<Vec<i64>, StateError> {
-        let Some(me) = self.me.get() else {
-            return Err(StateError::Unavailable("the shared state has not started".into()));
-        };
-        let (reply, answer) = tokio::sync::oneshot::channel();
+    /// Runs `op` within the timeout: in this thread's next batch when the store batches (one
+    /// server, Sentinel) and the thread has a runtime, else alone (a cluster routes it by its
+    /// keys, which share a slot).
+    async fn run_op(&self, op: Op) -> Result<Vec<i64>, StateError> {
         let deadline = Instant::now() + self.timeout;
-        match crate::batch::queue(me, Queued { op, reply, deadline }) {
-            // The batch answers by the deadline: no timer of its own.
-            Ok(()) => {
-                answer.await.unwrap_or_else(|_| Err(StateError::Unavailable("the shared state has stopped".into())))
+        let op = match self.me.get() {
+            Some(me) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                match crate::batch::queue(me, Queued { op, reply, deadline }) {
+                    // The batch answers by the deadline: no timer of its own.
+                    Ok(()) => {
+                        return answer
+                            .await
+                            .unwrap_or_else(|_| Err(StateError::Unavailable("the shared state has stopped".into())));
+                    }
+                    Err(q) => q.op,
+                }
             }
-            Err(q) => self.send_ops(&mut self.connection()?, std::iter::once(&q.op), q.deadline).await,
-        }
+            None => op,
+        };
+        self.send_ops(&mut self.connection()?, std::iter::once(&op), deadline).await
     }
 
     /// Sends `ops` as one script call (see [`crate::batch`]), answered by `deadline`: the
@@ -678,12 +672,7 @@ impl Redis {
                 })
                 .collect(),
         };
-        let answer = if self.me.get().is_some() {
-            self.queued(op).await?
-        } else {
-            let deadline = Instant::now() + self.timeout;
-            self.send_ops(&mut self.connection()?, std::iter::once(&op), deadline).await?
-        };
+        let answer = self.run_op(op).await?;
         match answer.split_first() {
             Some((&ok, values)) if values.len() == checks.len() => {
                 Ok(Checked { admitted: ok == 1, values: values.iter().map(|a| *a as u64).collect() })
