@@ -106,58 +106,87 @@ pub fn check(path: &Path) -> Result<CheckSummary, ConfigErrors> {
 /// `opts.config` is a config, or a bootstrap file whose `config.source` names where signed
 /// config bundles are fetched.
 pub fn serve(opts: ServeOptions) -> Result<(), Error> {
-    if let Some(boot) = portcullis_config::load_bootstrap(&opts.config).map_err(Error::Config)? {
-        let format = opts.log_format.unwrap_or(boot.log.format);
-        init_logging(format == LogFormat::Json, &boot.log.level).map_err(Error::Logging)?;
-        let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        return control.block_on(async move {
-            let listeners = (boot.config.listen, boot.config.admin_listen);
-            let mut source = source::Source::new(boot.config.source).map_err(Error::Bundle)?;
-            let url = source.url();
-            let start = source.first().await;
-            let load = |f: &source::Fetched| {
-                let mut loaded = load_file(&f.config)?;
-                loaded.set_listeners(listeners.0, listeners.1)?;
-                Ok::<_, ConfigErrors>(loaded)
-            };
-            let mut refused = start.problem.clone();
-            // The server's bundle if it loads, else the cached one.
-            let (first, loaded) = match (start.fresh, start.cached) {
-                (Some(fresh), cached) => match (load(&fresh), cached) {
-                    (Ok(loaded), _) => (fresh, loaded),
-                    (Err(e), Some(cached)) => {
-                        source.dropped(&fresh);
-                        refused = Some((Some(fresh.bundle.manifest.version), format!("its config: {e}")));
-                        let loaded = load(&cached).map_err(Error::Config)?;
-                        (cached, loaded)
-                    }
-                    (Err(e), None) => return Err(Error::Config(e)),
-                },
-                (None, Some(cached)) => {
-                    let loaded = load(&cached).map_err(Error::Config)?;
-                    (cached, loaded)
-                }
-                (None, None) => {
-                    let why = start.problem.map_or_else(|| "no bundle".to_string(), |p| p.1);
-                    return Err(Error::Bundle(format!("{url}: {why}; and no cached bundle to start with")));
-                }
-            };
-            if let Some((version, why)) = &refused {
-                tracing::warn!(version, reason = %why, "config: the server's bundle is not taken; serving the cached bundle");
-            }
-            source.taken(&first);
-            tracing::info!(version = first.bundle.manifest.version, from = %first.from, "config: bundle taken");
-            let refused = refused.map(|(version, reason)| fleet::Refusal { version, reason, at: fleet::now() });
-            run(first.config.clone(), loaded, opts.build, Some((source, first, listeners, refused))).await
-        });
-    }
-    let loaded = load_file(&opts.config).map_err(Error::Config)?;
-    let format = opts.log_format.unwrap_or(loaded.config.log.format);
-    init_logging(format == LogFormat::Json, &loaded.config.log.level).map_err(Error::Logging)?;
+    let origin = match portcullis_config::load_bootstrap(&opts.config).map_err(Error::Config)? {
+        Some(boot) => Origin::Bundle(boot),
+        None => Origin::File(load_file(&opts.config).map_err(Error::Config)?),
+    };
+    let log = match &origin {
+        Origin::File(loaded) => &loaded.config.log,
+        Origin::Bundle(boot) => &boot.log,
+    };
+    let format = opts.log_format.unwrap_or(log.format);
+    init_logging(format == LogFormat::Json, &log.level).map_err(Error::Logging)?;
     // This thread runs the control plane (signals, reloads, the admin API); requests run on
     // the worker threads `run` starts.
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    control.block_on(run(opts.config, loaded, opts.build, None))
+    control.block_on(async move {
+        match origin {
+            Origin::File(loaded) => run(opts.config, loaded, opts.build, None).await,
+            Origin::Bundle(boot) => {
+                let (from, loaded) = first_bundle(boot).await?;
+                run(from.first.config.clone(), loaded, opts.build, Some(from)).await
+            }
+        }
+    })
+}
+
+/// Where the config at start comes from.
+// One value, once, at start: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Origin {
+    /// The file given.
+    File(LoadedConfig),
+    /// Signed bundles, as the bootstrap file given says.
+    Bundle(portcullis_config::Bootstrap),
+}
+
+/// A config served from a bundle: its source, the bundle taken at start, the bootstrap's
+/// own listen addresses, and the server's bundle refused at start, if one was.
+struct FromBundle {
+    source: source::Source,
+    first: source::Fetched,
+    listeners: Listeners,
+    refused: Option<fleet::Refusal>,
+}
+
+/// The bundle to start with: the server's if its config loads, else the cached one.
+async fn first_bundle(boot: portcullis_config::Bootstrap) -> Result<(FromBundle, LoadedConfig), Error> {
+    let listeners = (boot.config.listen, boot.config.admin_listen);
+    let mut source = source::Source::new(boot.config.source).map_err(Error::Bundle)?;
+    let start = source.first().await;
+    let load = |f: &source::Fetched| {
+        let mut loaded = load_file(&f.config)?;
+        loaded.set_listeners(listeners.0, listeners.1)?;
+        Ok::<_, ConfigErrors>(loaded)
+    };
+    let mut refused = start.problem.clone();
+    let (first, loaded) = match (start.fresh, start.cached) {
+        (Some(fresh), cached) => match (load(&fresh), cached) {
+            (Ok(loaded), _) => (fresh, loaded),
+            (Err(e), Some(cached)) => {
+                source.dropped(&fresh);
+                refused = Some((Some(fresh.bundle.manifest.version), format!("its config: {e}")));
+                let loaded = load(&cached).map_err(Error::Config)?;
+                (cached, loaded)
+            }
+            (Err(e), None) => return Err(Error::Config(e)),
+        },
+        (None, Some(cached)) => {
+            let loaded = load(&cached).map_err(Error::Config)?;
+            (cached, loaded)
+        }
+        (None, None) => {
+            let why = start.problem.map_or_else(|| "no bundle".to_string(), |p| p.1);
+            return Err(Error::Bundle(format!("{}: {why}; and no cached bundle to start with", source.url())));
+        }
+    };
+    if let Some((version, why)) = &refused {
+        tracing::warn!(version, reason = %why, "config: the server's bundle is not taken; serving the cached bundle");
+    }
+    source.taken(&first);
+    tracing::info!(version = first.bundle.manifest.version, from = %first.from, "config: bundle taken");
+    let refused = refused.map(|(version, reason)| fleet::Refusal { version, reason, at: fleet::now() });
+    Ok((FromBundle { source, first, listeners, refused }, loaded))
 }
 
 fn bundle_status(f: &source::Fetched) -> fleet::BundleStatus {
@@ -189,9 +218,9 @@ async fn run(
     path: PathBuf,
     loaded: LoadedConfig,
     build: (String, String),
-    source: Option<(source::Source, source::Fetched, Listeners, Option<fleet::Refusal>)>,
+    from_bundle: Option<FromBundle>,
 ) -> Result<(), Error> {
-    let listeners = source.as_ref().map_or((None, None), |s| s.2);
+    let listeners = from_bundle.as_ref().map_or((None, None), |b| b.listeners);
     // A gateway holds many sockets: use all the descriptors the hard limit allows.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "cannot raise the open-file limit");
@@ -237,12 +266,12 @@ async fn run(
         threads.push(listener::spawn_worker(i + 1, socket, ctx.clone())?);
     }
     let status = fleet::start(loaded_fleet_id(&swap).as_deref(), &build.0, &build.1, path.clone());
-    let mut source = source.map(|(source, first, _, refused)| {
+    let mut source = from_bundle.map(|b| {
         fleet::update(&status, |s| {
-            s.bundle = Some(bundle_status(&first));
-            s.last_refused_bundle = refused;
+            s.bundle = Some(bundle_status(&b.first));
+            s.last_refused_bundle = b.refused;
         });
-        source
+        b.source
     });
     let mut admin_state = AdminState::new(swap.clone(), metrics.clone());
     admin_state.status = status.clone();
